@@ -1,0 +1,184 @@
+"""In-process backends: fast, and gone when the process ends.
+
+Useful for tests and for apps that run their worker in the same process
+(``with Worker(): ...``). Producers in other processes cannot see this queue.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import threading
+import time
+from collections import deque
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+from nuvom.job import Job, JobStatus
+from nuvom.plugins.contracts import BaseJobQueue, BaseResultBackend, Plugin
+from nuvom.plugins.registry import register_queue_backend, register_result_backend
+
+if TYPE_CHECKING:
+    from nuvom.config import Settings
+
+__all__ = ["MemoryJobQueue", "MemoryPlugin", "MemoryResultBackend"]
+
+
+class MemoryJobQueue(BaseJobQueue):
+    shared_between_processes = False
+
+    def __init__(self, settings: Settings | None = None) -> None:
+        super().__init__(settings)
+        self._cond = threading.Condition()
+        self._ready: deque[Job] = deque()
+        # Jobs with a not-before time wait in a heap until due.
+        self._delayed: list[tuple[float, int, Job]] = []
+        self._seq = itertools.count()
+        self._claimed: dict[str, Job] = {}
+
+    def enqueue(self, job: Job) -> None:
+        self.enqueue_many((job,))
+
+    def enqueue_many(self, jobs: Sequence[Job]) -> None:
+        now = time.time()
+        with self._cond:
+            for job in jobs:
+                if job.not_before is not None and job.not_before > now:
+                    heapq.heappush(self._delayed, (job.not_before, next(self._seq), job))
+                else:
+                    self._ready.append(job)
+            self._cond.notify_all()
+
+    def _promote_due(self) -> float | None:
+        """Move due delayed jobs to the ready deque; returns the next due time."""
+        now = time.time()
+        delayed = self._delayed
+        while delayed and delayed[0][0] <= now:
+            self._ready.append(heapq.heappop(delayed)[2])
+        return delayed[0][0] if delayed else None
+
+    def claim(self, batch_size: int) -> list[Job]:
+        with self._cond:
+            return self._claim_locked(batch_size)
+
+    def _claim_locked(self, batch_size: int) -> list[Job]:
+        if self._delayed:
+            self._promote_due()
+        ready = self._ready
+        out = []
+        for _ in range(min(batch_size, len(ready))):
+            job = ready.popleft()
+            job.status = JobStatus.RUNNING
+            job.attempts += 1
+            self._claimed[job.id] = job
+            out.append(job)
+        return out
+
+    def pop_batch(self, batch_size: int, timeout: float | None = 0.0) -> list[Job]:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._cond:
+            while True:
+                jobs = self._claim_locked(batch_size)
+                if jobs or timeout == 0:
+                    return jobs
+                wait = None if deadline is None else deadline - time.monotonic()
+                if wait is not None and wait <= 0:
+                    return []
+                next_due = self._delayed[0][0] if self._delayed else None
+                if next_due is not None:
+                    until_due = max(0.0, next_due - time.time())
+                    wait = until_due if wait is None else min(wait, until_due)
+                self._cond.wait(wait)
+
+    def ack(self, job_ids: Sequence[str]) -> None:
+        with self._cond:
+            for job_id in job_ids:
+                self._claimed.pop(job_id, None)
+
+    def requeue(self, jobs: Sequence[Job]) -> None:
+        with self._cond:
+            for job in jobs:
+                self._claimed.pop(job.id, None)
+        self.enqueue_many(jobs)
+
+    def get(self, job_id: str) -> Job | None:
+        with self._cond:
+            if job_id in self._claimed:
+                return self._claimed[job_id]
+            for job in itertools.chain(self._ready, (item[2] for item in self._delayed)):
+                if job.id == job_id:
+                    return job
+        return None
+
+    def qsize(self) -> int:
+        with self._cond:
+            return len(self._ready) + len(self._delayed)
+
+    def clear(self) -> int:
+        with self._cond:
+            n = len(self._ready) + len(self._delayed)
+            self._ready.clear()
+            self._delayed.clear()
+            return n
+
+
+class MemoryResultBackend(BaseResultBackend):
+    def __init__(self, settings: Settings | None = None) -> None:
+        super().__init__(settings)
+        self._cond = threading.Condition()
+        self._records: dict[str, Job] = {}
+        self._waiters = 0
+
+    def store(self, jobs: Sequence[Job]) -> None:
+        with self._cond:
+            records = self._records
+            for job in jobs:
+                records.pop(job.id, None)  # keep insertion order = finish order
+                records[job.id] = job
+            if self._waiters:
+                self._cond.notify_all()
+
+    def get_full(self, job_id: str) -> Job | None:
+        return self._records.get(job_id)
+
+    def wait(self, job_id: str, timeout: float | None = None) -> Job | None:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._cond:
+            self._waiters += 1
+            try:
+                while job_id not in self._records:
+                    wait = None if deadline is None else deadline - time.monotonic()
+                    if wait is not None and wait <= 0:
+                        return None
+                    self._cond.wait(wait)
+                return self._records[job_id]
+            finally:
+                self._waiters -= 1
+
+    def list_jobs(
+        self, status: JobStatus | str | None = None, limit: int = 100, task: str | None = None
+    ) -> list[Job]:
+        wanted = None if status is None else JobStatus(str(getattr(status, "value", status)).upper())
+        out: list[Job] = []
+        with self._cond:
+            records = list(self._records.values())
+        for job in sorted(records, key=lambda j: j.finished_at or 0.0, reverse=True):
+            if (wanted is None or job.status is wanted) and (task is None or job.func_name == task):
+                out.append(job)
+                if len(out) >= limit:
+                    break
+        return out
+
+    def count(self) -> int:
+        return len(self._records)
+
+
+class MemoryPlugin(Plugin):
+    """Registers the ``memory`` backends (core's own entry point)."""
+
+    name = "memory"
+    provides = ["queue_backend", "result_backend"]
+
+    def start(self, settings: Settings, extras: dict[str, Any] | None = None) -> None:
+        register_queue_backend("memory", MemoryJobQueue)
+        register_result_backend("memory", MemoryResultBackend)

@@ -1,0 +1,62 @@
+"""Every error nuvom raises on purpose derives from :class:`NuvomError`.
+
+Messages say what was wrong and what to do about it, because they end up on a
+user's terminal through the CLI as a single line.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "BackendError",
+    "ConfigError",
+    "InvalidJobId",
+    "JobFailed",
+    "NuvomError",
+    "PluginError",
+    "SerializationError",
+    "TaskNotFound",
+]
+
+
+class NuvomError(Exception):
+    """Base class of all nuvom errors."""
+
+
+class ConfigError(NuvomError):
+    """A setting (environment, ``.env`` or code) has a value nuvom cannot use."""
+
+
+class SerializationError(NuvomError):
+    """A value could not be encoded or decoded by the serializer."""
+
+
+class TaskNotFound(NuvomError):
+    """A job names a task that is neither registered nor importable."""
+
+
+class BackendError(NuvomError):
+    """A queue or result backend cannot be found, opened or used."""
+
+
+class PluginError(NuvomError):
+    """A plugin could not be loaded, checked or started."""
+
+
+class InvalidJobId(NuvomError, ValueError):
+    """A job id from outside (CLI, SDK, file name) is not a well-formed id."""
+
+
+class JobFailed(NuvomError):
+    """Raised by ``Job.get()`` when the job ended in failure.
+
+    It carries the remote exception's type name, message and formatted
+    traceback, because the original exception object lives in another thread
+    or process and may not be importable here.
+    """
+
+    def __init__(self, job_id: str, exc_type: str, message: str, traceback: str | None) -> None:
+        super().__init__(f"job {job_id} failed: {exc_type}: {message}")
+        self.job_id = job_id
+        self.exc_type = exc_type
+        self.message = message
+        self.remote_traceback = traceback

@@ -1,0 +1,330 @@
+"""The contracts between nuvom-core and every plugin: the one page a plugin author reads.
+
+Three kinds of objects cross the boundary:
+
+* :class:`Plugin`: what an entry point in the ``nuvom`` group (or a
+  ``module:Class`` line in ``.nuvom_plugins.toml``) names. Core instantiates it
+  with no arguments, calls :meth:`Plugin.start` once and :meth:`Plugin.stop` at
+  shutdown.
+* :class:`BaseJobQueue`: where jobs wait, and how workers claim them.
+* :class:`BaseResultBackend`: where finished jobs are recorded and read back.
+
+Backends are registered by name from a plugin's ``start()`` with
+:func:`nuvom.plugins.registry.register_queue_backend` /
+:func:`~nuvom.plugins.registry.register_result_backend`, then chosen with
+``NUVOM_QUEUE_BACKEND`` / ``NUVOM_RESULT_BACKEND``. Core's own ``memory`` and
+``file`` backends are registered exactly that way. Backends are constructed
+as ``cls(settings)`` where ``settings`` is :class:`nuvom.config.Settings`.
+
+Jobs travel as :class:`nuvom.job.Job`; a backend that persists them should use
+``job.to_bytes()`` / ``Job.from_bytes()`` (msgpack) unless it stores columns.
+"""
+
+from __future__ import annotations
+
+import abc
+import time
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol, runtime_checkable
+
+from nuvom.job import Job, JobError, JobStatus
+
+if TYPE_CHECKING:
+    from nuvom.config import Settings
+
+__all__ = [
+    "API_VERSION",
+    "BaseJobQueue",
+    "BaseResultBackend",
+    "JobHooks",
+    "Plugin",
+    "Poller",
+]
+
+#: The contract version this core implements. A plugin whose ``api_version``
+#: has a different major number is refused with a clear message.
+API_VERSION = "1.0"
+
+
+class Plugin:
+    """Base class (and protocol) of every plugin.
+
+    Class attributes:
+
+    ``api_version``
+        The contract version the plugin was written for, e.g. ``"1.0"``.
+    ``name``
+        A short unique name; a plugin found twice (entry point and
+        ``.nuvom_plugins.toml``) is loaded once.
+    ``provides``
+        What it contributes. Known roles: ``"queue_backend"``,
+        ``"result_backend"`` (started in every process that uses backends,
+        producers included), and ``"tasks"``, ``"hooks"``, ``"metrics"``,
+        ``"exporter"`` (started only by a worker). A plugin that provides
+        only worker roles never runs in a producer process.
+    ``requires``
+        Names of plugins that must be started first.
+
+    ``start(settings, extras)`` is called once. Backend plugins register their
+    classes there. Worker plugins receive ``extras``:
+
+    ``extras["worker"]``: the running :class:`nuvom.worker.Worker`;
+    ``extras["registry"]``: the task registry (:class:`nuvom.registry.TaskRegistry`);
+    ``extras["metrics_provider"]``: a callable returning a dict with
+    ``worker_count``, ``inflight_jobs``, ``queue_size``, ``started_at``;
+    ``extras["dev"]``: ``True`` when the worker runs with ``--dev``.
+
+    A plugin may also define any of the :class:`JobHooks` methods; a worker
+    calls them for every job. Installing a plugin must never open a port or
+    start a thread by itself: do that in ``start()`` and only when enabled by
+    configuration.
+    """
+
+    api_version: ClassVar[str] = API_VERSION
+    name: ClassVar[str] = ""
+    provides: ClassVar[list[str]] = []
+    requires: ClassVar[list[str]] = []
+
+    def start(self, settings: Settings, extras: dict[str, Any] | None = None) -> None:
+        """Begin work: register backends, open servers, start threads."""
+
+    def stop(self) -> None:
+        """Release everything ``start`` acquired. Called once, at shutdown."""
+
+
+@runtime_checkable
+class JobHooks(Protocol):
+    """Lifecycle hooks. Each is optional, on a plugin, on a task or global.
+
+    Hooks run in the worker thread that runs the job; a hook that raises is
+    logged and ignored, it never fails the job.
+    """
+
+    def before_job(self, job: Job) -> None:
+        """Called right before an attempt starts."""
+
+    def after_job(self, job: Job, result: Any) -> None:
+        """Called after an attempt returned ``result``."""
+
+    def on_error(self, job: Job, error: BaseException) -> None:
+        """Called after an attempt raised (or timed out: ``TimeoutError``)."""
+
+    def on_job_finished(self, job: Job, outcome: str, duration: float) -> None:
+        """Called once per attempt when its fate is decided.
+
+        ``outcome`` is one of ``"success"``, ``"failure"``, ``"timeout"`` or
+        ``"retry"``; ``duration`` is the attempt's run time in seconds.
+        Metrics exporters use this one.
+        """
+
+
+class Poller:
+    """Adaptive sleep for backends that must poll (files, SQLite).
+
+    The interval starts at ``min_interval`` after work was found and doubles
+    while nothing is found, up to ``max_interval``: quick pickup right after
+    activity, near-zero CPU when idle.
+    """
+
+    def __init__(self, min_interval: float = 0.001, max_interval: float = 0.05) -> None:
+        self.min_interval = min_interval
+        self.max_interval = max_interval
+        self._interval = min_interval
+
+    def reset(self) -> None:
+        self._interval = self.min_interval
+
+    def next_interval(self) -> float:
+        current = self._interval
+        self._interval = min(self._interval * 2, self.max_interval)
+        return current
+
+
+class BaseJobQueue(abc.ABC):
+    """Where jobs wait until a worker claims them.
+
+    Delivery contract (at-least-once):
+
+    * :meth:`pop_batch` *claims* jobs: each returned job is marked
+      ``RUNNING``, its ``attempts`` is incremented in storage (so a run lost
+      with a killed worker counts), and it is invisible to other claimers
+      until it is acknowledged, handed back, or its lease runs out.
+    * A claimed job leaves the queue only through :meth:`ack` (its outcome is
+      stored) or :meth:`requeue` (it goes back, possibly with a not-before
+      time). Nothing is ever deleted on claim.
+    * Durable backends give claims a lease of ``settings.lease_secs`` (never
+      shorter than the job's timeout plus a margin) and make a job whose
+      lease expired claimable again. :meth:`extend_leases` is called
+      periodically by a live worker for the jobs it still holds.
+    * Only *due* jobs are claimed (``job.not_before`` is ``None`` or in the
+      past), oldest due first.
+
+    All methods must be safe to call from several threads; durable backends
+    must also be safe across processes sharing the same store.
+    """
+
+    #: True when producers and workers in *different processes* see the same
+    #: jobs. The memory backend is not shared; the worker warns about it.
+    shared_between_processes: ClassVar[bool] = True
+
+    def __init__(self, settings: Settings | None = None) -> None:
+        self.settings = settings
+
+    # -- producing ----------------------------------------------------------
+    @abc.abstractmethod
+    def enqueue(self, job: Job) -> None:
+        """Store ``job`` as ``PENDING``; it is due at ``job.not_before`` if set."""
+
+    def enqueue_many(self, jobs: Sequence[Job]) -> None:
+        """Store several jobs, in one round trip where the store allows it."""
+        for job in jobs:
+            self.enqueue(job)
+
+    # -- claiming -----------------------------------------------------------
+    @abc.abstractmethod
+    def claim(self, batch_size: int) -> list[Job]:
+        """Claim up to ``batch_size`` due jobs now, without waiting."""
+
+    def pop_batch(self, batch_size: int, timeout: float | None = 0.0) -> list[Job]:
+        """Claim up to ``batch_size`` due jobs, waiting up to ``timeout`` seconds
+        (``None``: forever) for at least one. Returns ``[]`` on timeout.
+
+        The default polls :meth:`claim` with a :class:`Poller`; backends that
+        can be woken (in-process queues) override it to block instead.
+        """
+        jobs = self.claim(batch_size)
+        if jobs or timeout == 0:
+            return jobs
+        deadline = None if timeout is None else time.monotonic() + timeout
+        poller = self._poller()
+        while True:
+            pause = poller.next_interval()
+            if deadline is not None:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return []
+                pause = min(pause, remaining)
+            time.sleep(pause)
+            jobs = self.claim(batch_size)
+            if jobs:
+                return jobs
+
+    def _poller(self) -> Poller:
+        return Poller()
+
+    def dequeue(self, timeout: float | None = None) -> Job | None:
+        """Claim a single job (the seeds' name); ``None`` on timeout."""
+        jobs = self.pop_batch(1, timeout)
+        return jobs[0] if jobs else None
+
+    # -- settling claims ----------------------------------------------------
+    @abc.abstractmethod
+    def ack(self, job_ids: Sequence[str]) -> None:
+        """Remove claimed jobs whose outcome has been stored. Unknown ids are ignored."""
+
+    @abc.abstractmethod
+    def requeue(self, jobs: Sequence[Job]) -> None:
+        """Put claimed jobs back exactly as given (status, attempts, history,
+        ``not_before``) and release their claim. Used for retries (with a
+        not-before time) and for handing back jobs at shutdown (the worker
+        undoes the claim's attempt first for jobs that never started)."""
+
+    def complete(self, jobs: Sequence[Job], results: BaseResultBackend) -> None:
+        """Record finished jobs and remove them from the queue.
+
+        The default stores outcomes first and acknowledges second, so a crash
+        in between re-runs a job rather than losing it. A backend whose queue
+        and results share a store overrides this to do both atomically and
+        to ignore a completion whose claim has since been taken over.
+        """
+        results.store(jobs)
+        self.ack([job.id for job in jobs])
+
+    def extend_leases(self, job_ids: Sequence[str]) -> None:
+        """Renew the leases of claimed jobs still being run (no-op without leases)."""
+
+    # -- reading ------------------------------------------------------------
+    @abc.abstractmethod
+    def get(self, job_id: str) -> Job | None:
+        """Return the queued or claimed job with this id, or ``None``."""
+
+    @abc.abstractmethod
+    def qsize(self) -> int:
+        """Number of jobs waiting to be claimed (due or not)."""
+
+    @abc.abstractmethod
+    def clear(self) -> int:
+        """Drop every waiting job; returns how many. Claimed jobs are kept."""
+
+    def close(self) -> None:
+        """Release connections and files."""
+
+
+class BaseResultBackend(abc.ABC):
+    """Where finished jobs are recorded: status, result, error, attempts, timings.
+
+    Records are :class:`~nuvom.job.Job` objects in a terminal status
+    (``SUCCESS`` or ``FAILED``). :meth:`store` is the only write; the seeds'
+    ``set_result`` / ``set_error`` are thin helpers over it.
+    """
+
+    def __init__(self, settings: Settings | None = None) -> None:
+        self.settings = settings
+
+    @abc.abstractmethod
+    def store(self, jobs: Sequence[Job]) -> None:
+        """Persist finished jobs, replacing any earlier record with the same id."""
+
+    @abc.abstractmethod
+    def get_full(self, job_id: str) -> Job | None:
+        """Return the stored record of a finished job, or ``None``."""
+
+    @abc.abstractmethod
+    def list_jobs(
+        self, status: JobStatus | str | None = None, limit: int = 100, task: str | None = None
+    ) -> list[Job]:
+        """Finished jobs, newest (``finished_at``) first, optionally filtered."""
+
+    # -- conveniences over the three methods above ----------------------------
+    def set_result(self, job: Job, result: Any) -> None:
+        job.status, job.result, job.error = JobStatus.SUCCESS, result, None
+        job.finished_at = job.finished_at or time.time()
+        self.store([job])
+
+    def set_error(self, job: Job, error: BaseException | JobError) -> None:
+        if isinstance(error, BaseException):
+            error = JobError.from_exception(error)
+        job.status, job.error = JobStatus.FAILED, error
+        job.finished_at = job.finished_at or time.time()
+        self.store([job])
+
+    def get_result(self, job_id: str) -> Any:
+        record = self.get_full(job_id)
+        return None if record is None else record.result
+
+    def get_error(self, job_id: str) -> JobError | None:
+        record = self.get_full(job_id)
+        return None if record is None else record.error
+
+    def wait(self, job_id: str, timeout: float | None = None) -> Job | None:
+        """Block until the job has a record or ``timeout`` passes (``None``: forever)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        poller = Poller(0.002, 0.1)
+        while True:
+            record = self.get_full(job_id)
+            if record is not None:
+                return record
+            pause = poller.next_interval()
+            if deadline is not None:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return None
+                pause = min(pause, remaining)
+            time.sleep(pause)
+
+    def count(self) -> int:
+        """Number of stored records (backends should override with a cheap count)."""
+        return len(self.list_jobs(limit=2**62))
+
+    def close(self) -> None:
+        """Release connections and files."""

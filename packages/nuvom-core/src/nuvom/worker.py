@@ -1,0 +1,463 @@
+"""The threaded engine: a dispatcher feeding a pool of worker threads.
+
+::
+
+    queue --pop_batch--> dispatcher --least busy--> thread inbox --> runner
+                                                                       |
+    results <--complete (grouped)-- finished jobs <--------------------+
+
+* The dispatcher claims jobs in batches and appends each to the inbox of the
+  least busy thread; it claims only while the pool has room, so a process
+  never hoards jobs other workers could run.
+* Finished jobs are written in groups: whichever thread finishes a job while
+  no write is in progress writes everything waiting (group commit), so a
+  durable backend sees one transaction per group, not per job.
+* A watchdog enforces timeouts. A Python thread cannot be killed, so a job
+  past its deadline is settled by the watchdog, its thread is abandoned
+  (whatever it returns later is discarded) and a fresh thread takes its
+  place, keeping the pool at ``max_workers``.
+* The watchdog also renews leases on claimed jobs, for durable queues.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import threading
+import time
+import uuid
+from collections import deque
+from collections.abc import Sequence
+from types import FrameType
+from typing import Any
+
+from nuvom.config import Settings, get_settings
+from nuvom.job import Job, JobStatus
+from nuvom.plugins.contracts import BaseJobQueue, BaseResultBackend
+from nuvom.plugins.loader import PluginManager, get_plugin_manager
+from nuvom.registry import TaskRegistry, get_registry
+from nuvom.runner import Hooks, JobRunner
+
+__all__ = ["Worker"]
+
+log = logging.getLogger("nuvom.worker")
+
+# How often the dispatcher re-checks for a stop while waiting on the queue.
+_DISPATCH_WAIT = 0.2
+# Margin before the watchdog checks a deadline again when nothing is due sooner.
+_WATCHDOG_TICK = 0.1
+
+
+class _Slot:
+    """One worker thread: its inbox and what it is running."""
+
+    __slots__ = (
+        "abandoned",
+        "attempt",
+        "deadline",
+        "inbox",
+        "index",
+        "job",
+        "lock",
+        "task",
+        "thread",
+        "timed_out",
+        "wake",
+    )
+
+    def __init__(self, index: int) -> None:
+        self.index = index
+        self.inbox: deque[Job] = deque()
+        self.wake = threading.Event()
+        self.lock = threading.Lock()
+        self.job: Job | None = None
+        self.task: Any = None
+        self.attempt: Any = None
+        self.deadline: float | None = None
+        self.timed_out = False  # warned already (policy "ignore")
+        self.thread: threading.Thread | None = None
+        self.abandoned = False
+
+    @property
+    def load(self) -> int:
+        return len(self.inbox) + (self.job is not None)
+
+
+class Worker:
+    """Runs jobs from the configured queue until stopped.
+
+    Embeddable::
+
+        with Worker(max_workers=4):
+            job = add.delay(1, 2)
+            assert job.get(timeout=5) == 3
+
+    ``nuvom runworker`` calls :meth:`run_forever`, which also stops on
+    SIGINT/SIGTERM.
+    """
+
+    def __init__(
+        self,
+        max_workers: int | None = None,
+        *,
+        batch_size: int | None = None,
+        queue: BaseJobQueue | None = None,
+        results: BaseResultBackend | None = None,
+        settings: Settings | None = None,
+        registry: TaskRegistry | None = None,
+        plugins: PluginManager | None = None,
+        dev: bool = False,
+        worker_id: str | None = None,
+    ) -> None:
+        self.settings = settings or get_settings()
+        self.max_workers = max_workers or self.settings.max_workers
+        self.batch_size = batch_size or self.settings.batch_size
+        self.registry = registry or get_registry()
+        self.plugins = plugins or get_plugin_manager()
+        self.dev = dev
+        self.worker_id = worker_id or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+        self._queue = queue
+        self._results = results
+        self._slots: list[_Slot] = []
+        self._slots_lock = threading.Lock()
+        self._stopping = threading.Event()
+        self._stopped = threading.Event()
+        self._room = threading.Condition()
+        self._finished: list[Job] = []
+        self._finished_lock = threading.Lock()
+        self._flush_lock = threading.Lock()
+        self._threads: list[threading.Thread] = []
+        self._started = False
+        self.started_at: float | None = None
+        self.capacity = self.max_workers + self.batch_size
+        self.runner: JobRunner | None = None
+
+    # -- public ---------------------------------------------------------------
+    @property
+    def queue(self) -> BaseJobQueue:
+        if self._queue is None:
+            from nuvom.backends import get_queue_backend
+
+            self._queue = get_queue_backend()
+        return self._queue
+
+    @property
+    def results(self) -> BaseResultBackend:
+        if self._results is None:
+            from nuvom.backends import get_result_backend
+
+            self._results = get_result_backend()
+        return self._results
+
+    def start(self) -> Worker:
+        if self._started:
+            return self
+        self._started = True
+        self.started_at = time.time()
+        queue, results = self.queue, self.results
+        extras = {
+            "worker": self,
+            "registry": self.registry,
+            "metrics_provider": self.metrics,
+            "dev": self.dev,
+        }
+        self.plugins.start(self.settings, extras=extras)
+        self.runner = JobRunner(
+            registry=self.registry,
+            hooks=Hooks.collect(self.plugins.started_plugins()),
+            default_timeout_policy=self.settings.timeout_policy,
+            max_payload_bytes=self.settings.max_payload_bytes,
+            worker_id=self.worker_id,
+            finish=self._finish,
+            retry=self._retry,
+        )
+        for i in range(self.max_workers):
+            self._spawn(_Slot(i))
+        for target, name in ((self._dispatch, "dispatcher"), (self._watch, "watchdog")):
+            t = threading.Thread(target=target, name=f"nuvom-{name}", daemon=True)
+            t.start()
+            self._threads.append(t)
+        log.info(
+            "worker %s started: %d threads, queue=%s, results=%s, %d tasks registered",
+            self.worker_id,
+            self.max_workers,
+            type(queue).__name__,
+            type(results).__name__,
+            len(self.registry),
+        )
+        return self
+
+    def stop(self, grace: float | None = None) -> None:
+        """Stop claiming, let running jobs finish for up to ``grace`` seconds
+        (default ``NUVOM_SHUTDOWN_GRACE_SECS``), hand back the rest, stop plugins."""
+        if not self._started or self._stopped.is_set():
+            return
+        grace = self.settings.shutdown_grace_secs if grace is None else grace
+        self._stopping.set()
+        with self._room:
+            self._room.notify_all()
+        for t in self._threads:
+            t.join()
+        # Jobs claimed but not started go back untouched: undo the claim's attempt.
+        unstarted: list[Job] = []
+        for slot in self._slots:
+            while slot.inbox:
+                try:
+                    job = slot.inbox.popleft()
+                except IndexError:
+                    break
+                job.attempts -= 1
+                job.status = JobStatus.RETRYING if job.history else JobStatus.PENDING
+                unstarted.append(job)
+            slot.wake.set()
+        if unstarted:
+            self._handback(unstarted)
+        deadline = time.monotonic() + grace
+        for slot in list(self._slots):
+            if slot.thread is not None:
+                slot.thread.join(max(0.0, deadline - time.monotonic()))
+        # Still running after the grace period: the attempt counts; the job goes
+        # back so another worker runs it again.
+        stuck: list[Job] = []
+        for slot in self._slots:
+            with slot.lock:
+                if slot.job is not None and not slot.abandoned:
+                    slot.abandoned = True
+                    slot.job.status = JobStatus.RETRYING
+                    stuck.append(slot.job)
+        if stuck:
+            log.warning(
+                "%d job(s) still running after %.1f s grace; handed back to the queue", len(stuck), grace
+            )
+            self._handback(stuck)
+        self._flush()
+        self.plugins.stop(worker_only=True)
+        self._stopped.set()
+        log.info("worker %s stopped", self.worker_id)
+
+    def run_forever(self) -> int:
+        """Start, wait for SIGINT/SIGTERM (or :meth:`stop`), stop gracefully; returns 0."""
+        self.start()
+        if threading.current_thread() is threading.main_thread():
+            self._install_signal_handlers()
+        # Event.wait with a timeout so that signals are handled promptly on every platform.
+        while not self._stopping.wait(0.5):
+            pass
+        self.stop()
+        return 0
+
+    def request_stop(self) -> None:
+        """Ask :meth:`run_forever` to stop (thread- and signal-safe)."""
+        self._stopping.set()
+        with self._room:
+            self._room.notify_all()
+
+    def _install_signal_handlers(self) -> None:
+        def handler(signum: int, frame: FrameType | None) -> None:
+            log.info("received %s, stopping gracefully", signal.Signals(signum).name)
+            self._stopping.set()
+
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, handler)
+
+    def __enter__(self) -> Worker:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def metrics(self) -> dict[str, Any]:
+        """Live figures for exporters: threads, jobs running, queue size, start time."""
+        try:
+            queue_size = self.queue.qsize()
+        except Exception:
+            queue_size = -1
+        return {
+            "worker_count": sum(1 for s in self._slots if not s.abandoned),
+            "inflight_jobs": sum(1 for s in self._slots if s.job is not None and not s.abandoned),
+            "queue_size": queue_size,
+            "started_at": self.started_at,
+            "worker_id": self.worker_id,
+        }
+
+    # -- threads --------------------------------------------------------------
+    def _spawn(self, slot: _Slot) -> None:
+        t = threading.Thread(target=self._work, args=(slot,), name=f"nuvom-worker-{slot.index}", daemon=True)
+        slot.thread = t
+        with self._slots_lock:
+            self._slots = [s for s in self._slots if s.index != slot.index] + [slot]
+            self._slots.sort(key=lambda s: s.index)
+        t.start()
+
+    def _dispatch(self) -> None:
+        queue, batch_size, capacity = self.queue, self.batch_size, self.capacity
+        while not self._stopping.is_set():
+            with self._room:
+                held = sum(s.load for s in self._slots)
+                if held >= capacity:
+                    self._room.wait(_DISPATCH_WAIT)
+                    continue
+            want = min(batch_size, capacity - held)
+            try:
+                jobs = queue.pop_batch(want, timeout=_DISPATCH_WAIT)
+            except Exception:
+                log.exception("claiming jobs failed; retrying shortly")
+                self._stopping.wait(1.0)
+                continue
+            if not jobs:
+                continue
+            if self._stopping.is_set():
+                for job in jobs:
+                    job.attempts -= 1
+                    job.status = JobStatus.RETRYING if job.history else JobStatus.PENDING
+                self._handback(jobs)
+                return
+            slots = self._slots
+            for job in jobs:
+                slot = min(slots, key=_load)
+                slot.inbox.append(job)
+                slot.wake.set()
+
+    def _work(self, slot: _Slot) -> None:
+        runner = self.runner
+        assert runner is not None
+        inbox, wake = slot.inbox, slot.wake
+        while True:
+            try:
+                job = inbox.popleft()
+            except IndexError:
+                if slot.abandoned or self._stopping.is_set():
+                    return
+                wake.clear()
+                if not inbox:
+                    wake.wait(_DISPATCH_WAIT if self._stopping.is_set() else None)
+                continue
+            slot.job = job
+            if not inbox:
+                # Running the last job of this inbox: ask the dispatcher for more now,
+                # so the thread does not go idle waiting for a claim.
+                with self._room:
+                    self._room.notify()
+            task = runner.prepare(job)
+            if task is None:
+                slot.job = None
+                continue
+            timeout = job.timeout_secs or self.settings.job_timeout_secs
+            attempt = runner.start(job, task)
+            slot.task, slot.attempt = task, attempt
+            slot.deadline = time.monotonic() + timeout
+            ok, value = runner.call(job, task)
+            with slot.lock:
+                if slot.abandoned:
+                    return  # the watchdog settled this job and replaced this thread
+                slot.job = slot.task = slot.attempt = slot.deadline = None
+                slot.timed_out = False
+            runner.settle(job, task, attempt, ok, value)
+
+    def _watch(self) -> None:
+        lease_every = max(0.5, self.settings.lease_secs / 3)
+        next_lease = time.monotonic() + lease_every
+        while not self._stopping.is_set():
+            now = time.monotonic()
+            next_check = now + lease_every
+            for slot in list(self._slots):
+                deadline = slot.deadline
+                if deadline is None or slot.abandoned:
+                    continue
+                if deadline <= now:
+                    self._expire(slot)
+                else:
+                    next_check = min(next_check, deadline)
+            if now >= next_lease:
+                self._renew_leases()
+                next_lease = now + lease_every
+            self._stopping.wait(max(0.005, min(next_check, next_lease) - time.monotonic() + 0.001))
+
+    def _expire(self, slot: _Slot) -> None:
+        runner = self.runner
+        assert runner is not None
+        with slot.lock:
+            job, task, attempt = slot.job, slot.task, slot.attempt
+            if job is None or slot.deadline is None or slot.abandoned:
+                return
+            timeout = job.timeout_secs or self.settings.job_timeout_secs
+            policy = job.timeout_policy or self.settings.timeout_policy
+            if policy == "ignore":
+                if not slot.timed_out:
+                    slot.timed_out = True
+                    log.warning(
+                        "job %s (%s) exceeded %.1f s; timeout_policy=ignore lets it run on",
+                        job.id,
+                        job.func_name,
+                        timeout,
+                    )
+                slot.deadline = None
+                return
+            slot.abandoned = True
+        log.warning(
+            "job %s (%s) timed out after %.1f s (policy %s); its thread is abandoned and replaced",
+            job.id,
+            job.func_name,
+            timeout,
+            policy,
+        )
+        replacement = _Slot(slot.index)
+        replacement.inbox = slot.inbox  # jobs waiting for the stuck thread move to the new one
+        replacement.wake.set()
+        self._spawn(replacement)
+        exc = TimeoutError(f"job exceeded its timeout of {timeout:g} s (timeout_secs)")
+        runner.fail_attempt(job, task, attempt, exc, timed_out=True)
+
+    def _renew_leases(self) -> None:
+        ids = [j.id for s in list(self._slots) for j in ([s.job] if s.job else []) + list(s.inbox)]
+        if ids:
+            try:
+                self.queue.extend_leases(ids)
+            except Exception:
+                log.exception("renewing leases failed")
+
+    # -- outcomes -------------------------------------------------------------
+    def _finish(self, job: Job) -> None:
+        with self._finished_lock:
+            self._finished.append(job)
+        self._flush()
+
+    def _flush(self) -> None:
+        # Group commit: one thread writes everything finished so far; threads
+        # that finish meanwhile just leave their job for it.
+        while self._finished and self._flush_lock.acquire(blocking=False):
+            try:
+                while True:
+                    with self._finished_lock:
+                        batch, self._finished = self._finished, []
+                    if not batch:
+                        break
+                    try:
+                        self.queue.complete(batch, self.results)
+                    except Exception:
+                        # Claims stay in place: with a durable queue the jobs run again
+                        # after their lease, so nothing is lost.
+                        log.exception(
+                            "storing %d finished job(s) failed; they will be retried "
+                            "when their lease expires",
+                            len(batch),
+                        )
+            finally:
+                self._flush_lock.release()
+
+    def _retry(self, job: Job) -> None:
+        self._handback([job])
+
+    def _handback(self, jobs: Sequence[Job]) -> None:
+        try:
+            self.queue.requeue(jobs)
+        except Exception:
+            log.exception(
+                "handing %d job(s) back to the queue failed; their lease will return them", len(jobs)
+            )
+
+
+def _load(slot: _Slot) -> int:
+    return len(slot.inbox) + (slot.job is not None)

@@ -26,9 +26,7 @@ ENV_PREFIX = "NUVOM_"
 class Settings(BaseSettings):
     """Every core setting. Each field ``x`` is read from ``NUVOM_X``."""
 
-    model_config = SettingsConfigDict(
-        env_prefix=ENV_PREFIX, env_file=".env", env_file_encoding="utf-8", extra="ignore"
-    )
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, env_file=".env", env_file_encoding="utf-8", extra="ignore")
 
     environment: Literal["dev", "prod", "test"] = Field("dev", description="Deployment flavour.")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = Field(
@@ -49,12 +47,8 @@ class Settings(BaseSettings):
     )
     manifest_path: Path = Field(Path(".nuvom/manifest.json"), description="Task manifest file.")
     data_dir: Path = Field(Path(".nuvom"), description="Where embedded backends store data.")
-    lease_secs: float = Field(
-        30.0, gt=0, description="How long a claim holds a job before another worker may take it."
-    )
-    shutdown_grace_secs: float = Field(
-        10.0, ge=0, description="How long a stopping worker lets running jobs finish."
-    )
+    lease_secs: float = Field(30.0, gt=0, description="How long a claim holds a job before another worker may take it.")
+    shutdown_grace_secs: float = Field(10.0, ge=0, description="How long a stopping worker lets running jobs finish.")
     max_payload_bytes: int = Field(
         16 * 1024 * 1024, ge=1024, description="Largest encoded arguments or result accepted."
     )
@@ -77,9 +71,7 @@ def _load(cls: type[BaseSettings], **overrides: Any) -> Any:
         field = str(err["loc"][0]) if err.get("loc") else "?"
         var = ENV_PREFIX + field.upper()
         value = err.get("input")
-        raise ConfigError(
-            f"{var}={value!r} is not valid: {err['msg']}; fix it in the environment or .env"
-        ) from None
+        raise ConfigError(f"{var}={value!r} is not valid: {err['msg']}; fix it in the environment or .env") from None
 
 
 def get_settings() -> Settings:

@@ -104,9 +104,7 @@ class JobRunner:
         lost = job.attempts - 1 - len(job.history)
         now = time.time()
         for _ in range(max(0, lost)):
-            job.history.append(
-                Attempt(number=len(job.history) + 1, started_at=job.started_at or now, outcome="lost")
-            )
+            job.history.append(Attempt(number=len(job.history) + 1, started_at=job.started_at or now, outcome="lost"))
         lost_total = sum(1 for a in job.history if a.outcome == "lost")
         if lost_total > MAX_LOST_RUNS:
             self.fail_without_running(

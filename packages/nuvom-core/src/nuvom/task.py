@@ -45,9 +45,7 @@ class Task(Generic[R]):
         if timeout_secs is not None and timeout_secs <= 0:
             raise ValueError(f"@task {fn.__name__}: timeout_secs must be > 0 or None")
         if timeout_policy is not None and timeout_policy not in _POLICIES:
-            raise ValueError(
-                f"@task {fn.__name__}: timeout_policy must be one of {_POLICIES}, got {timeout_policy!r}"
-            )
+            raise ValueError(f"@task {fn.__name__}: timeout_policy must be one of {_POLICIES}, got {timeout_policy!r}")
         self.fn = fn
         self.name = name or fn.__name__
         self.retries = retries

@@ -228,9 +228,7 @@ class Worker:
                     slot.job.status = JobStatus.RETRYING
                     stuck.append(slot.job)
         if stuck:
-            log.warning(
-                "%d job(s) still running after %.1f s grace; handed back to the queue", len(stuck), grace
-            )
+            log.warning("%d job(s) still running after %.1f s grace; handed back to the queue", len(stuck), grace)
             self._handback(stuck)
         self._flush()
         self.plugins.stop(worker_only=True)
@@ -440,8 +438,7 @@ class Worker:
                         # Claims stay in place: with a durable queue the jobs run again
                         # after their lease, so nothing is lost.
                         log.exception(
-                            "storing %d finished job(s) failed; they will be retried "
-                            "when their lease expires",
+                            "storing %d finished job(s) failed; they will be retried when their lease expires",
                             len(batch),
                         )
             finally:
@@ -454,9 +451,7 @@ class Worker:
         try:
             self.queue.requeue(jobs)
         except Exception:
-            log.exception(
-                "handing %d job(s) back to the queue failed; their lease will return them", len(jobs)
-            )
+            log.exception("handing %d job(s) back to the queue failed; their lease will return them", len(jobs))
 
 
 def _load(slot: _Slot) -> int:

@@ -155,9 +155,7 @@ class MemoryResultBackend(BaseResultBackend):
             finally:
                 self._waiters -= 1
 
-    def list_jobs(
-        self, status: JobStatus | str | None = None, limit: int = 100, task: str | None = None
-    ) -> list[Job]:
+    def list_jobs(self, status: JobStatus | str | None = None, limit: int = 100, task: str | None = None) -> list[Job]:
         wanted = None if status is None else JobStatus(str(getattr(status, "value", status)).upper())
         out: list[Job] = []
         with self._cond:

@@ -72,7 +72,9 @@ class Plugin:
     ``extras["registry"]``: the task registry (:class:`nuvom.registry.TaskRegistry`);
     ``extras["metrics_provider"]``: a callable returning a dict with
     ``worker_count``, ``inflight_jobs``, ``queue_size``, ``started_at``;
-    ``extras["dev"]``: ``True`` when the worker runs with ``--dev``.
+    ``extras["dev"]``: ``True`` when the worker runs with ``--dev``;
+    ``extras["enabled_in_file"]`` (every plugin): ``True`` when the plugin is
+    listed in ``.nuvom_plugins.toml``, i.e. explicitly enabled by the user.
 
     A plugin may also define any of the :class:`JobHooks` methods; a worker
     calls them for every job. Installing a plugin must never open a port or
@@ -280,9 +282,7 @@ class BaseResultBackend(abc.ABC):
         """Return the stored record of a finished job, or ``None``."""
 
     @abc.abstractmethod
-    def list_jobs(
-        self, status: JobStatus | str | None = None, limit: int = 100, task: str | None = None
-    ) -> list[Job]:
+    def list_jobs(self, status: JobStatus | str | None = None, limit: int = 100, task: str | None = None) -> list[Job]:
         """Finished jobs, newest (``finished_at``) first, optionally filtered."""
 
     # -- conveniences over the three methods above ----------------------------

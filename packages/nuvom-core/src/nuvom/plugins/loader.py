@@ -71,6 +71,9 @@ class PluginRecord:
     plugin: Plugin | None = None
     state: str = "found"  # found | loaded | started | stopped | failed
     error: str | None = None
+    #: Listed in .nuvom_plugins.toml: the user asked for it explicitly, which is
+    #: how plugins that open ports (exporters) know they are enabled.
+    in_plugins_file: bool = False
 
     @property
     def is_backend(self) -> bool:
@@ -169,7 +172,10 @@ class PluginManager:
             plugins_file = (self.project_dir or Path.cwd()) / PLUGINS_FILE
             if plugins_file.is_file():
                 for target, source in read_plugins_file(plugins_file):
-                    found.setdefault(target, PluginRecord(target, source))
+                    record = found.setdefault(target, PluginRecord(target, source))
+                    record.in_plugins_file = True
+                    if record.source != source:
+                        record.source = f"{record.source} + {source}"
             names: set[str] = set()
             for record in found.values():
                 self._import(record)
@@ -214,7 +220,7 @@ class PluginManager:
                 try:
                     assert record.plugin is not None
                     if _accepts_extras(record.plugin.start):
-                        record.plugin.start(settings, extras)
+                        record.plugin.start(settings, {**(extras or {}), "enabled_in_file": record.in_plugins_file})
                     else:
                         record.plugin.start(settings)  # type: ignore[call-arg]
                     record.state = "started"

@@ -7,9 +7,9 @@ to store.
 
 from __future__ import annotations
 
+import os
 import re
 import time
-import uuid
 from enum import Enum
 from typing import Any, Literal
 
@@ -73,7 +73,8 @@ class Attempt(BaseModel):
 
 
 def new_job_id() -> str:
-    return uuid.uuid4().hex
+    # 128 random bits as 32 hex digits; measured 3x cheaper than uuid4().hex.
+    return os.urandom(16).hex()
 
 
 def validate_job_id(job_id: object) -> str:
@@ -123,6 +124,18 @@ class Job(BaseModel):
     history: list[Attempt] = Field(default_factory=list)
     retry_of: str | None = None
 
+    @classmethod
+    def trusted(cls, values: dict[str, Any]) -> Job:
+        """Build a job from a complete dict of known-good field values, skipping
+        validation. ``.delay()``/``.map()`` use it: pydantic's ``model_construct``
+        was measured at ~11 us a job, most of the cost of ``.map()``."""
+        job = cls.__new__(cls)
+        object.__setattr__(job, "__dict__", values)
+        object.__setattr__(job, "__pydantic_fields_set__", set(_ALL_FIELDS))
+        object.__setattr__(job, "__pydantic_extra__", None)
+        object.__setattr__(job, "__pydantic_private__", None)
+        return job
+
     # -- encoding -------------------------------------------------------------
     def to_bytes(self) -> bytes:
         return serialization.dumps(self.model_dump(mode="json"), what=f"job {self.id}")
@@ -169,3 +182,6 @@ class Job(BaseModel):
             err = record.error or JobError(type="Error", message="unknown failure")
             raise JobFailed(record.id, err.type, err.message, err.traceback)
         return record.result
+
+
+_ALL_FIELDS = frozenset(Job.model_fields)

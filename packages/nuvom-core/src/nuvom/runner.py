@@ -45,8 +45,12 @@ class Hooks:
 
     @classmethod
     def collect(cls, plugins: list[Any]) -> Hooks:
+        """Global hooks, then each plugin's. A plugin whose ``hooks_enabled``
+        is ``False`` after ``start()`` (an exporter left disabled) contributes none."""
         hooks = cls(**global_hooks())
         for plugin in plugins:
+            if getattr(plugin, "hooks_enabled", True) is False:
+                continue
             for name in HOOK_NAMES:
                 fn = getattr(plugin, name, None)
                 if callable(fn):

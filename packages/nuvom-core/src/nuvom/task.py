@@ -72,7 +72,7 @@ class Task(Generic[R]):
         """Queue one call; returns the :class:`Job` (``job.get()`` waits for it)."""
         from nuvom.backends import get_queue_backend
 
-        job = self._job(list(args), kwargs)
+        job = self.make_job(list(args), kwargs)
         get_queue_backend().enqueue(job)
         return job
 
@@ -87,16 +87,17 @@ class Task(Generic[R]):
         jobs = []
         for item in items:
             if isinstance(item, dict):
-                jobs.append(self._job([], item))
+                jobs.append(self.make_job([], item))
             elif isinstance(item, (tuple, list)):
-                jobs.append(self._job(list(item), {}))
+                jobs.append(self.make_job(list(item), {}))
             else:
-                jobs.append(self._job([item], {}))
+                jobs.append(self.make_job([item], {}))
         if jobs:
             get_queue_backend().enqueue_many(jobs)
         return jobs
 
-    def _job(self, args: list[Any], kwargs: dict[str, Any]) -> Job:
+    def make_job(self, args: list[Any], kwargs: dict[str, Any]) -> Job:
+        """Build (and check) a job for this task without queueing it."""
         from nuvom.config import get_settings
 
         try:
@@ -109,31 +110,31 @@ class Task(Generic[R]):
                 f"task {self.name!r}: arguments are {size} bytes encoded, over the limit of {limit} "
                 "(NUVOM_MAX_PAYLOAD_BYTES); store large data in a file and pass its path"
             )
-        # model_construct: the values are built here and known good, and
-        # validation would double the cost of .delay() on the hot path.
-        return Job.model_construct(
-            id=new_job_id(),
-            func_name=self.name,
-            task_path=self.path,
-            args=args,
-            kwargs=kwargs,
-            status=JobStatus.PENDING,
-            attempts=0,
-            max_retries=self.retries,
-            retry_delay_secs=self.retry_delay_secs,
-            timeout_secs=self.timeout_secs,
-            timeout_policy=self.timeout_policy,
-            store_result=self.store_result,
-            tags=self.tags,
-            created_at=time.time(),
-            not_before=None,
-            started_at=None,
-            finished_at=None,
-            worker_id=None,
-            result=None,
-            error=None,
-            history=[],
-            retry_of=None,
+        return Job.trusted(
+            {
+                "id": new_job_id(),
+                "func_name": self.name,
+                "task_path": self.path,
+                "args": args,
+                "kwargs": kwargs,
+                "status": JobStatus.PENDING,
+                "attempts": 0,
+                "max_retries": self.retries,
+                "retry_delay_secs": self.retry_delay_secs,
+                "timeout_secs": self.timeout_secs,
+                "timeout_policy": self.timeout_policy,
+                "store_result": self.store_result,
+                "tags": list(self.tags),
+                "created_at": time.time(),
+                "not_before": None,
+                "started_at": None,
+                "finished_at": None,
+                "worker_id": None,
+                "result": None,
+                "error": None,
+                "history": [],
+                "retry_of": None,
+            }
         )
 
 

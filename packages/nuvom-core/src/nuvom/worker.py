@@ -46,7 +46,7 @@ log = logging.getLogger("nuvom.worker")
 
 # How often the dispatcher re-checks for a stop while waiting on the queue.
 _DISPATCH_WAIT = 0.2
-# Margin before the watchdog checks a deadline again when nothing is due sooner.
+# Longest the watchdog sleeps; bounds how late a timeout is noticed.
 _WATCHDOG_TICK = 0.1
 
 
@@ -237,9 +237,9 @@ class Worker:
 
     def run_forever(self) -> int:
         """Start, wait for SIGINT/SIGTERM (or :meth:`stop`), stop gracefully; returns 0."""
-        self.start()
         if threading.current_thread() is threading.main_thread():
             self._install_signal_handlers()
+        self.start()
         # Event.wait with a timeout so that signals are handled promptly on every platform.
         while not self._stopping.wait(0.5):
             pass
@@ -328,6 +328,10 @@ class Worker:
             except IndexError:
                 if slot.abandoned or self._stopping.is_set():
                     return
+                stolen = self._steal(slot)
+                if stolen is not None:
+                    inbox.append(stolen)
+                    continue
                 wake.clear()
                 if not inbox:
                     wake.wait(_DISPATCH_WAIT if self._stopping.is_set() else None)
@@ -354,12 +358,25 @@ class Worker:
                 slot.timed_out = False
             runner.settle(job, task, attempt, ok, value)
 
+    def _steal(self, thief: _Slot) -> Job | None:
+        # Least-busy dispatch counts jobs, not their length: a job queued behind
+        # a long-running one is taken over by a thread that has run dry.
+        for slot in self._slots:
+            if slot is not thief and slot.job is not None and slot.inbox:
+                try:
+                    return slot.inbox.popleft()
+                except IndexError:
+                    continue
+        return None
+
     def _watch(self) -> None:
         lease_every = max(0.5, self.settings.lease_secs / 3)
         next_lease = time.monotonic() + lease_every
         while not self._stopping.is_set():
             now = time.monotonic()
-            next_check = now + lease_every
+            # Jobs start without telling the watchdog (that would cost on every job),
+            # so it looks again at least every tick.
+            next_check = now + _WATCHDOG_TICK
             for slot in list(self._slots):
                 deadline = slot.deadline
                 if deadline is None or slot.abandoned:

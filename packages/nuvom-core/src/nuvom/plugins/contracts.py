@@ -77,9 +77,11 @@ class Plugin:
     listed in ``.nuvom_plugins.toml``, i.e. explicitly enabled by the user.
 
     A plugin may also define any of the :class:`JobHooks` methods; a worker
-    calls them for every job. Installing a plugin must never open a port or
-    start a thread by itself: do that in ``start()`` and only when enabled by
-    configuration.
+    calls them for every job. A plugin that sets ``hooks_enabled = False`` by
+    the end of ``start()`` (e.g. an exporter that is installed but not enabled)
+    has none of its hooks called, so it costs nothing per job. Installing a
+    plugin must never open a port or start a thread by itself: do that in
+    ``start()`` and only when enabled by configuration.
     """
 
     api_version: ClassVar[str] = API_VERSION

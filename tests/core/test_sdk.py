@@ -1,0 +1,73 @@
+from __future__ import annotations
+
+import pytest
+from nuvom.errors import InvalidJobId, JobFailed
+from nuvom.job import JobStatus
+from nuvom.sdk import get_job, list_jobs, queue_size, retry_job
+from nuvom.task import task
+from nuvom.worker import Worker
+
+ATTEMPTS: dict[str, int] = {}
+
+
+@task
+def sdk_add(x, y):
+    return x + y
+
+
+@task
+def fails_first_time(key):
+    ATTEMPTS[key] = ATTEMPTS.get(key, 0) + 1
+    if ATTEMPTS[key] == 1:
+        raise RuntimeError("first run fails")
+    return "fine"
+
+
+def test_get_job_reads_queued_then_finished_records(mem):
+    job = sdk_add.delay(1, 2)
+    assert get_job(job.id).status is JobStatus.PENDING and queue_size() == 1
+    with Worker(max_workers=1):
+        job.get(timeout=5)
+    record = get_job(job.id)
+    assert record.status is JobStatus.SUCCESS and record.result == 3 and record.attempts == 1
+    assert record.started_at <= record.finished_at and record.worker_id
+
+
+def test_unknown_and_malformed_ids(mem):
+    assert get_job("0" * 32) is None
+    for bad in ("../../etc/passwd", "a/b", "", "x" * 65, "id with space"):
+        with pytest.raises(InvalidJobId):
+            get_job(bad)
+
+
+def test_retry_job_requeues_a_failed_job_as_a_new_one(mem, request):
+    key = request.node.nodeid
+    with Worker(max_workers=1):
+        job = fails_first_time.delay(key)
+        with pytest.raises(JobFailed):
+            job.get(timeout=5)
+        again = retry_job(job.id)
+        assert again.id != job.id and again.retry_of == job.id
+        assert again.get(timeout=5) == "fine"
+    assert retry_job("f" * 32) is None
+    with pytest.raises(ValueError, match="not FAILED"):
+        retry_job(again.id)
+
+
+def test_list_jobs_newest_first_with_filters(mem, request):
+    key = request.node.nodeid
+    with Worker(max_workers=1):
+        jobs = [sdk_add.delay(i, 0) for i in range(5)]
+        for j in jobs:
+            j.get(timeout=5)
+        failed = fails_first_time.delay(key)
+        with pytest.raises(JobFailed):
+            failed.get(timeout=5)
+    newest = list_jobs(limit=3)
+    assert [j.id for j in newest] == [failed.id, jobs[4].id, jobs[3].id]
+    assert [j.id for j in list_jobs(status="failed")] == [failed.id]
+    assert len(list_jobs(task="sdk_add", limit=100)) == 5
+    with pytest.raises(ValueError, match="finished jobs only"):
+        list_jobs(status="PENDING")
+    with pytest.raises(ValueError, match="unknown status"):
+        list_jobs(status="DONE")

@@ -1,0 +1,130 @@
+from __future__ import annotations
+
+import pytest
+from nuvom.backends import set_backends
+from nuvom.backends.memory import MemoryJobQueue
+from nuvom.errors import SerializationError
+from nuvom.job import JobStatus
+from nuvom.registry import get_registry
+from nuvom.task import Task, task
+
+
+@task
+def plain(x, y):
+    return x + y
+
+
+@task(
+    retries=2,
+    retry_delay_secs=1.5,
+    timeout_secs=3,
+    timeout_policy="retry",
+    store_result=False,
+    tags=["math"],
+    description="adds",
+    name="renamed_add",
+)
+def configured(x, y):
+    """Docstring line."""
+    return x + y
+
+
+def test_decorated_function_still_runs_when_called_directly():
+    assert plain(2, 3) == 5
+    assert configured(2, 3) == 5
+
+
+def test_decorator_options_are_kept_and_the_task_is_registered():
+    assert isinstance(configured, Task)
+    assert configured.name == "renamed_add"
+    assert (configured.retries, configured.retry_delay_secs, configured.timeout_secs) == (2, 1.5, 3.0)
+    assert configured.timeout_policy == "retry" and configured.store_result is False
+    assert configured.tags == ["math"] and configured.description == "adds"
+    assert get_registry().get("renamed_add") is configured
+    assert get_registry().get("plain") is plain
+
+
+def test_description_defaults_to_the_docstring_first_line():
+    @task(name="documented_task")
+    def documented():
+        """Say hello.
+
+        More text."""
+
+    assert documented.description == "Say hello."
+
+
+@pytest.mark.parametrize(
+    "options, fragment",
+    [
+        ({"retries": -1}, "retries"),
+        ({"timeout_secs": 0}, "timeout_secs"),
+        ({"timeout_policy": "kill"}, "timeout_policy"),
+    ],
+)
+def test_bad_decorator_options_are_refused(options, fragment):
+    with pytest.raises(ValueError, match=fragment):
+        task(**options)(lambda: None)
+
+
+def test_delay_queues_a_pending_job_carrying_the_task_settings(mem):
+    queue, _ = mem
+    job = configured.delay(1, y=2)
+    assert job.func_name == "renamed_add" and job.task_path.endswith(":configured")
+    assert job.args == [1] and job.kwargs == {"y": 2}
+    assert job.status is JobStatus.PENDING and job.max_retries == 2 and job.timeout_secs == 3.0
+    assert queue.get(job.id) is job and queue.qsize() == 1
+
+
+class CountingQueue(MemoryJobQueue):
+    def __init__(self):
+        super().__init__()
+        self.calls = 0
+
+    def enqueue(self, job):
+        self.calls += 1
+        super().enqueue(job)
+
+    def enqueue_many(self, jobs):
+        self.calls += 1
+        super().enqueue_many(jobs)
+
+
+def test_map_queues_one_job_per_item_in_one_round_trip():
+    queue = CountingQueue()
+    set_backends(queue=queue)
+    jobs = plain.map([(1, 2), {"x": 3, "y": 4}, [5, 6]])
+    assert queue.calls == 1 and queue.qsize() == 3
+    assert [(j.args, j.kwargs) for j in jobs] == [([1, 2], {}), ([], {"x": 3, "y": 4}), ([5, 6], {})]
+    assert len({j.id for j in jobs}) == 3
+
+
+def test_map_of_scalars_passes_each_as_the_single_argument(mem):
+    jobs = plain.map(range(3))
+    assert [j.args for j in jobs] == [[0], [1], [2]]
+
+
+def test_unserializable_argument_is_refused_at_delay_naming_task_and_argument(mem):
+    queue, _ = mem
+    with pytest.raises(SerializationError, match=r"task 'plain': keyword argument 'y' \(object\)"):
+        plain.delay(1, y=object())
+    with pytest.raises(SerializationError, match=r"positional argument 0 \(set\)"):
+        plain.delay({1, 2}, 3)
+    assert queue.qsize() == 0
+
+
+def test_huge_argument_is_refused_with_the_limit_named(mem, monkeypatch):
+    from nuvom.config import reset_settings
+
+    monkeypatch.setenv("NUVOM_MAX_PAYLOAD_BYTES", "2048")
+    reset_settings()
+    with pytest.raises(SerializationError, match="NUVOM_MAX_PAYLOAD_BYTES"):
+        plain.delay("x" * 5000, 1)
+
+
+def test_same_name_from_another_function_is_an_error_that_says_what_to_do():
+    with pytest.raises(ValueError, match="pass name="):
+
+        @task(name="plain")
+        def other():
+            pass

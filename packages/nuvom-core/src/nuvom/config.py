@@ -60,7 +60,8 @@ _current: Settings | None = None
 
 def load_settings(**overrides: Any) -> Settings:
     """Read settings afresh; a bad value raises :class:`ConfigError` naming the variable."""
-    return _load(Settings, **overrides)
+    settings: Settings = _load(Settings, **overrides)
+    return settings
 
 
 def _load(cls: type[BaseSettings], **overrides: Any) -> Any:

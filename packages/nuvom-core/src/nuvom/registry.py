@@ -45,11 +45,11 @@ class LazyTask:
 class TaskRegistry:
     def __init__(self) -> None:
         self._lock = threading.RLock()
-        self._tasks: dict[str, Task] = {}
+        self._tasks: dict[str, Task[Any]] = {}
         self._lazy: dict[str, LazyTask] = {}
         self._listeners: list[Callable[[], None]] = []
 
-    def register(self, task: Task, *, force: bool = False, silent: bool = False) -> None:
+    def register(self, task: Task[Any], *, force: bool = False, silent: bool = False) -> None:
         """Add ``task`` under ``task.name``.
 
         A name already taken by another task is an error unless ``force``
@@ -84,7 +84,7 @@ class TaskRegistry:
             self._tasks.pop(name, None)
             self._lazy.pop(name, None)
 
-    def get(self, name: str) -> Task | None:
+    def get(self, name: str) -> Task[Any] | None:
         """The task called ``name``, importing a lazy entry if needed; ``None`` if unknown."""
         task = self._tasks.get(name)
         if task is not None:
@@ -98,7 +98,7 @@ class TaskRegistry:
             self._lazy.pop(name, None)
         return task
 
-    def resolve(self, name: str, path: str | None) -> Task:
+    def resolve(self, name: str, path: str | None) -> Task[Any]:
         """Find the task of a job: by name, then by its import path."""
         task = self.get(name)
         if task is not None:
@@ -119,7 +119,7 @@ class TaskRegistry:
         with self._lock:
             return sorted({*self._tasks, *self._lazy})
 
-    def entries(self) -> dict[str, Task | LazyTask]:
+    def entries(self) -> dict[str, Task[Any] | LazyTask]:
         with self._lock:
             return {**self._lazy, **self._tasks}
 
@@ -136,7 +136,7 @@ class TaskRegistry:
             self._lazy.clear()
 
 
-def _same_origin(a: Task, b: Task) -> bool:
+def _same_origin(a: Task[Any], b: Task[Any]) -> bool:
     # A script's tasks are registered as __main__ and again under their module
     # name when imported: both are the same task.
     if a.path == b.path:
@@ -144,7 +144,7 @@ def _same_origin(a: Task, b: Task) -> bool:
     return a.fn.__qualname__ == b.fn.__qualname__ and "__main__" in (a.fn.__module__, b.fn.__module__)
 
 
-def import_task(path: str, *, file: str | None = None, name: str | None = None) -> Task:
+def import_task(path: str, *, file: str | None = None, name: str | None = None) -> Task[Any]:
     """Import ``module:qualname`` and return the task object found there.
 
     When the module is not importable by name and ``file`` is given, the file

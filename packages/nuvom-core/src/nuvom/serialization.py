@@ -11,7 +11,7 @@ from __future__ import annotations
 import threading
 from typing import Any
 
-import msgpack
+import msgpack  # type: ignore[import-untyped]
 from nuvom.errors import SerializationError
 
 __all__ = ["dumps", "loads"]

@@ -156,6 +156,8 @@ class Worker:
             return self
         self._started = True
         self.started_at = time.time()
+        # NUVOM_LOG_LEVEL sets the level of nuvom's loggers; handlers are the app's (or the CLI's) business.
+        logging.getLogger("nuvom").setLevel(self.settings.log_level)
         queue, results = self.queue, self.results
         extras = {
             "worker": self,

@@ -222,7 +222,7 @@ class PluginManager:
                     if _accepts_extras(record.plugin.start):
                         record.plugin.start(settings, {**(extras or {}), "enabled_in_file": record.in_plugins_file})
                     else:
-                        record.plugin.start(settings)  # type: ignore[call-arg]
+                        record.plugin.start(settings)
                     record.state = "started"
                     started.append(record)
                 except Exception as exc:

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import sys
 import textwrap
 
 import pytest
@@ -61,7 +62,10 @@ GOOD = """
 def plugin_dir(isolated, monkeypatch):
     write_plugin_module(isolated, body=GOOD)
     monkeypatch.syspath_prepend(str(isolated))
-    return isolated
+    # Each test imports its own copy of the module, with fresh EVENTS.
+    monkeypatch.delitem(sys.modules, "thirdparty_plugin", raising=False)
+    yield isolated
+    sys.modules.pop("thirdparty_plugin", None)
 
 
 def test_core_registers_memory_through_its_own_entry_point(monkeypatch):

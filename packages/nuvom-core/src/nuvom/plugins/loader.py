@@ -84,9 +84,12 @@ def read_plugins_file(path: Path) -> list[tuple[str, str]]:
     """``(target, source)`` pairs from a ``.nuvom_plugins.toml``; a malformed
     file raises :class:`PluginError` naming the file and line."""
     try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
+        text = path.read_text(encoding="utf-8")
+        data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
-        raise PluginError(f"{path}: not valid TOML ({exc}); fix the file or remove it") from None
+        # tomllib says "at end of document" for unclosed brackets: give a line there too.
+        where = str(exc).replace("at end of document", f"at line {text.count(chr(10)) + 1}, the end of the file")
+        raise PluginError(f"{path}: not valid TOML ({where}); fix the file or remove it") from None
     except OSError as exc:
         raise PluginError(f"{path}: cannot be read ({exc.strerror})") from None
     section = data.get("plugins", {})

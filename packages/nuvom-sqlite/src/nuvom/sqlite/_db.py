@@ -1,0 +1,357 @@
+"""One SQLite file: connections (one per thread), pragmas, the schema and its
+migrations, and the translation of SQLite's errors into :class:`BackendError`
+messages that say what is wrong with the file and what to do.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import TypeVar
+
+from nuvom.errors import BackendError
+
+__all__ = ["SCHEMA_VERSION", "Database", "SchemaTooNew"]
+
+log = logging.getLogger("nuvom.sqlite")
+
+T = TypeVar("T")
+
+#: How long a statement waits for another process's write lock before giving
+#: up. Write transactions here last well under a millisecond, so reaching this
+#: means another program holds the file locked.
+BUSY_TIMEOUT_SECS = 60.0
+
+# -- schema -------------------------------------------------------------------
+# Migrations are applied in order, each in the transaction that records it in
+# nuvom_schema. Never edit a released one: append a new version.
+_MIGRATIONS: dict[int, tuple[str, ...]] = {
+    1: (
+        # The queue. ``ready_at`` is when the row can next be claimed: its due
+        # time while it waits, its lease expiry once claimed. One index on it
+        # serves "oldest due first" and "expired leases come back" alike.
+        """
+        CREATE TABLE nuvom_queue (
+            seq          INTEGER PRIMARY KEY,
+            id           TEXT    NOT NULL UNIQUE,
+            func_name    TEXT    NOT NULL,
+            state        INTEGER NOT NULL DEFAULT 0,   -- 0 waiting, 1 claimed
+            ready_at     REAL    NOT NULL,
+            attempts     INTEGER NOT NULL DEFAULT 0,
+            timeout_secs REAL,
+            claim_token  INTEGER,
+            claimed_by   TEXT,
+            created_at   REAL    NOT NULL,
+            payload      BLOB    NOT NULL
+        )
+        """,
+        "CREATE INDEX nuvom_queue_ready ON nuvom_queue (ready_at)",
+        # Finished jobs. The full Job travels in ``payload`` (msgpack); the
+        # columns are what queries filter and sort on, and what a person
+        # reading the file with the sqlite3 shell wants to see.
+        """
+        CREATE TABLE nuvom_results (
+            id            TEXT    PRIMARY KEY,
+            func_name     TEXT    NOT NULL,
+            status        TEXT    NOT NULL,
+            attempts      INTEGER NOT NULL,
+            worker_id     TEXT,
+            created_at    REAL,
+            started_at    REAL,
+            finished_at   REAL    NOT NULL,
+            error_type    TEXT,
+            error_message TEXT,
+            payload       BLOB    NOT NULL
+        )
+        """,
+        "CREATE INDEX nuvom_results_finished ON nuvom_results (finished_at)",
+        "CREATE INDEX nuvom_results_status ON nuvom_results (status, finished_at)",
+        "CREATE INDEX nuvom_results_task ON nuvom_results (func_name, finished_at)",
+    ),
+}
+SCHEMA_VERSION = max(_MIGRATIONS)
+
+#: Oldest SQLite library this works with (``DELETE ... RETURNING``).
+MIN_SQLITE = (3, 35, 0)
+
+# Primary result codes (sqlite3.h).
+_BUSY, _LOCKED, _READONLY, _IOERR, _CORRUPT, _FULL, _CANTOPEN, _NOTADB = 5, 6, 8, 10, 11, 13, 14, 26
+
+
+def _code(exc: sqlite3.Error) -> int | None:
+    code = getattr(exc, "sqlite_errorcode", None)  # Python 3.11+
+    if code is not None:
+        return int(code) & 0xFF
+    text = str(exc).lower()  # Python 3.10: the message is all there is
+    for needle, guess in (
+        ("locked", _BUSY),
+        ("readonly", _READONLY),
+        ("disk is full", _FULL),
+        ("not a database", _NOTADB),
+        ("malformed", _CORRUPT),
+        ("unable to open", _CANTOPEN),
+        ("disk i/o", _IOERR),
+    ):
+        if needle in text:
+            return guess
+    return None
+
+
+class SchemaTooNew(BackendError):
+    """The file was written by a newer nuvom-sqlite."""
+
+
+class Database:
+    """A SQLite file shared by threads of this process and by other processes.
+
+    Every thread gets its own connection (``sqlite3`` connections must not be
+    used by two threads at once, and separate connections let reads run in
+    parallel with a write under WAL). Writes go through :meth:`write`, which
+    holds ``BEGIN IMMEDIATE`` so that a transaction never has to upgrade a read
+    lock, the case where SQLite reports "database is locked" at once instead
+    of waiting.
+    """
+
+    def __init__(self, path: Path | str, *, busy_timeout: float = BUSY_TIMEOUT_SECS) -> None:
+        self.path = Path(path).expanduser().absolute()
+        self.busy_timeout = busy_timeout
+        self.readonly = False
+        self._local = threading.local()
+        self._lock = threading.Lock()
+        self._connections: list[sqlite3.Connection] = []
+        self._generation = 0
+        self._ready = False
+
+    def __repr__(self) -> str:
+        return f"<Database {self.path}>"
+
+    # -- connections ----------------------------------------------------------
+    def connection(self) -> sqlite3.Connection:
+        """This thread's connection, opened (and the schema checked) on first use."""
+        local = self._local
+        conn: sqlite3.Connection | None = getattr(local, "conn", None)
+        if conn is not None and local.generation == self._generation:
+            return conn
+        conn = self._open()
+        local.conn, local.generation = conn, self._generation
+        return conn
+
+    def _open(self) -> sqlite3.Connection:
+        if sqlite3.sqlite_version_info < MIN_SQLITE:
+            raise BackendError(
+                f"nuvom-sqlite needs SQLite {'.'.join(map(str, MIN_SQLITE))} or newer, but this Python uses "
+                f"SQLite {sqlite3.sqlite_version}; use a Python built with a newer SQLite (python.org builds "
+                "bundle one) or pick another backend"
+            )
+        path = self.path
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise BackendError(
+                f"cannot create the folder {path.parent} for the SQLite database ({exc.strerror}); "
+                "create it or point NUVOM_SQLITE_DB_PATH / NUVOM_DATA_DIR somewhere writable"
+            ) from None
+        if path.is_dir():
+            raise BackendError(f"{path} is a folder, not a SQLite database file; point NUVOM_SQLITE_DB_PATH at a file")
+        # root passes access() checks on a 0444 file but not on an immutable one.
+        readonly = path.exists() and not os.access(path, os.W_OK)
+        try:
+            if readonly:
+                conn = sqlite3.connect(
+                    f"{path.as_uri()}?mode=ro",
+                    uri=True,
+                    timeout=self.busy_timeout,
+                    isolation_level=None,
+                    check_same_thread=False,
+                )
+            else:
+                conn = sqlite3.connect(
+                    str(path), timeout=self.busy_timeout, isolation_level=None, check_same_thread=False
+                )
+        except sqlite3.Error as exc:
+            raise self.error(exc, "opening") from None
+        try:
+            self._prepare(conn, readonly)
+        except BaseException as exc:
+            conn.close()
+            if isinstance(exc, sqlite3.Error):
+                raise self.error(exc, "opening") from None
+            raise
+        self.readonly = readonly
+        with self._lock:
+            self._connections.append(conn)
+        return conn
+
+    def _prepare(self, conn: sqlite3.Connection, readonly: bool) -> None:
+        # Switching a new file to WAL needs an exclusive lock, and SQLite reports
+        # "database is locked" at once (no busy wait) when several processes
+        # open a new file together; so retry for as long as the busy timeout.
+        deadline = time.monotonic() + self.busy_timeout
+        while True:
+            try:
+                if not readonly:
+                    # WAL: readers never block the writer nor it them; the mode is
+                    # stored in the file, so this is a no-op after the first time.
+                    conn.execute("PRAGMA journal_mode=WAL").fetchone()
+                    # NORMAL is safe with WAL: a power loss may undo the last
+                    # transactions but never corrupts the file (docs/sqlite.md).
+                    conn.execute("PRAGMA synchronous=NORMAL")
+                conn.execute("PRAGMA temp_store=MEMORY")
+                if not self._ready:
+                    with self._lock:
+                        if not self._ready:
+                            self._ensure_schema(conn, readonly)
+                            self._ready = True
+                return
+            except sqlite3.OperationalError as exc:
+                if _code(exc) not in (_BUSY, _LOCKED) or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.002)
+
+    def close(self) -> None:
+        """Close every connection of every thread; the next use opens new ones."""
+        with self._lock:
+            conns, self._connections = self._connections, []
+            self._generation += 1
+        for conn in conns:
+            with contextlib.suppress(sqlite3.Error):
+                conn.close()
+
+    # -- transactions ---------------------------------------------------------
+    @contextlib.contextmanager
+    def write(self, what: str = "writing") -> Iterator[sqlite3.Connection]:
+        """A short write transaction (``BEGIN IMMEDIATE`` ... ``COMMIT``)."""
+        conn = self.connection()
+        if self.readonly:
+            raise self.readonly_error(what)
+        # No lock of our own around this: measured, letting threads of this
+        # process wait in SQLite's busy handler was faster (its sleeps let
+        # finished jobs pile up into larger completion groups).
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+        except sqlite3.Error as exc:
+            raise self.error(exc, what) from None
+        try:
+            yield conn
+            conn.execute("COMMIT")
+        except BaseException as exc:
+            with contextlib.suppress(sqlite3.Error):
+                conn.execute("ROLLBACK")
+            if isinstance(exc, sqlite3.Error):
+                raise self.error(exc, what) from None
+            raise
+
+    def read(self, fn: Callable[[sqlite3.Connection], T], what: str = "reading") -> T:
+        """Run ``fn(conn)`` (one or more reads); SQLite errors become BackendError."""
+        conn = self.connection()
+        try:
+            return fn(conn)
+        except sqlite3.Error as exc:
+            raise self.error(exc, what) from None
+
+    def data_version(self) -> int:
+        """Changes whenever another connection commits (PRAGMA data_version):
+        a cheap way for a poller to know that looking again is worth it."""
+        try:
+            return int(self.connection().execute("PRAGMA data_version").fetchone()[0])
+        except sqlite3.Error as exc:
+            raise self.error(exc, "polling") from None
+
+    # -- schema ---------------------------------------------------------------
+    def _schema_version(self, conn: sqlite3.Connection) -> int:
+        try:
+            row = conn.execute("SELECT max(version) FROM nuvom_schema").fetchone()
+        except sqlite3.OperationalError as exc:
+            if "no such table" in str(exc):
+                return 0
+            raise
+        return int(row[0] or 0)
+
+    def _ensure_schema(self, conn: sqlite3.Connection, readonly: bool) -> None:
+        version = self._schema_version(conn)
+        if version == SCHEMA_VERSION:
+            return
+        if version > SCHEMA_VERSION:
+            raise self._too_new(version)
+        if readonly:
+            raise BackendError(
+                f"SQLite database {self.path} is read-only and has schema version {version}, older than "
+                f"{SCHEMA_VERSION} which this nuvom-sqlite needs; make the file writable once so that it "
+                "can be upgraded"
+            )
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            conn.execute(
+                "CREATE TABLE IF NOT EXISTS nuvom_schema "
+                "(version INTEGER PRIMARY KEY, applied_at REAL NOT NULL, by TEXT NOT NULL)"
+            )
+            version = self._schema_version(conn)  # another process may have migrated meanwhile
+            if version > SCHEMA_VERSION:
+                raise self._too_new(version)
+            for number in range(version + 1, SCHEMA_VERSION + 1):
+                for statement in _MIGRATIONS[number]:
+                    conn.execute(statement)
+                conn.execute(
+                    "INSERT INTO nuvom_schema (version, applied_at, by) VALUES (?, ?, ?)",
+                    (number, time.time(), "nuvom-sqlite"),
+                )
+                log.info("SQLite database %s: schema migrated to version %d", self.path, number)
+            conn.execute("COMMIT")
+        except BaseException:
+            with contextlib.suppress(sqlite3.Error):
+                conn.execute("ROLLBACK")
+            raise
+
+    def _too_new(self, version: int) -> SchemaTooNew:
+        return SchemaTooNew(
+            f"SQLite database {self.path} has schema version {version}, written by a newer "
+            f"nuvom-sqlite (this one knows versions up to {SCHEMA_VERSION}); upgrade nuvom-sqlite "
+            "in this environment, or point NUVOM_SQLITE_DB_PATH / NUVOM_SQLITE_QUEUE_PATH at another file"
+        )
+
+    # -- errors ---------------------------------------------------------------
+    def readonly_error(self, what: str) -> BackendError:
+        return BackendError(
+            f"SQLite database {self.path} is read-only: {what} needs write access; fix the file's "
+            "permissions (and those of its folder, where SQLite keeps the -wal and -shm files) or "
+            "point NUVOM_SQLITE_DB_PATH / NUVOM_SQLITE_QUEUE_PATH at a writable file"
+        )
+
+    def error(self, exc: sqlite3.Error, what: str) -> BackendError:
+        """Turn a SQLite error into a BackendError that names the file and the fix."""
+        code = _code(exc)
+        path = self.path
+        detail = f"{type(exc).__name__}: {exc}"
+        if code == _READONLY:
+            return self.readonly_error(what)
+        if code == _FULL:
+            return BackendError(
+                f"SQLite database {path}: the disk is full while {what} ({detail}); free space on the "
+                "disk holding it, or prune old results (NUVOM_RESULT_TTL_SECS)"
+            )
+        if code in (_CORRUPT, _NOTADB):
+            return BackendError(
+                f"{path} is not a usable SQLite database: the file is corrupt or not a database "
+                f"({detail}); move it aside (it may be recoverable with the sqlite3 shell's .recover) "
+                "and nuvom will create a new one"
+            )
+        if code in (_BUSY, _LOCKED):
+            return BackendError(
+                f"SQLite database {path} stayed locked by another connection for more than "
+                f"{self.busy_timeout:g} s while {what}; a program holds a long transaction open on it "
+                "(a sqlite3 shell, a backup tool?)"
+            )
+        if code == _CANTOPEN:
+            return BackendError(
+                f"cannot open SQLite database {path} ({detail}); check that its folder exists and is "
+                "writable by this user"
+            )
+        if code == _IOERR:
+            return BackendError(f"disk I/O error on SQLite database {path} while {what} ({detail})")
+        return BackendError(f"SQLite database {path}: {what} failed ({detail})")

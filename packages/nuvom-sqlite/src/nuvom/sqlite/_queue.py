@@ -1,0 +1,434 @@
+"""The job queue: rows in ``nuvom_queue``, claimed with leases.
+
+A row is claimable when ``ready_at <= now``. While it waits, ``ready_at`` is
+its due time (created, or the retry's not-before time); a claim sets it to the
+lease expiry. So a job whose worker died becomes claimable again by the same
+query, through the same index, in due order with everything else.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+import socket
+import threading
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from nuvom.errors import BackendError, SerializationError
+from nuvom.job import Job, JobError, JobStatus
+from nuvom.plugins.contracts import BaseJobQueue, BaseResultBackend
+from nuvom.sqlite._db import Database
+from nuvom.sqlite._results import INSERT_RESULT, SQLiteResultBackend, result_row
+from nuvom.sqlite._settings import load_sqlite_settings, resolve_paths
+
+if TYPE_CHECKING:
+    import sqlite3
+
+    from nuvom.config import Settings
+
+__all__ = ["SQLiteJobQueue"]
+
+log = logging.getLogger("nuvom.sqlite")
+
+#: Added to a job's timeout to get the shortest lease: the time a worker
+#: needs between noticing a timeout and storing its outcome.
+LEASE_MARGIN_SECS = 1.0
+#: Fraction of the timeout added on top, for long jobs on a loaded machine.
+LEASE_MARGIN_RATIO = 0.1
+
+# Polling: right after work was seen the queue is looked at every
+# ``_POLL_FAST`` s; once nothing has come for ``_IDLE_AFTER`` s the pause
+# doubles up to ``_POLL_IDLE``. A look that finds the file unchanged (PRAGMA
+# data_version) and nothing due costs a few microseconds and no lock.
+_POLL_FAST = 0.001
+_POLL_IDLE = 0.05
+_IDLE_AFTER = 2.0
+
+# Host parameters per statement stay well under SQLite's limit (32766).
+_CHUNK = 500
+
+_INSERT = (
+    "INSERT INTO nuvom_queue (id, func_name, state, ready_at, attempts, timeout_secs, created_at, payload) "
+    "VALUES (?, ?, 0, ?, ?, ?, ?, ?)"
+)
+_UPSERT = (
+    _INSERT + " ON CONFLICT (id) DO UPDATE SET func_name = excluded.func_name, state = 0, "
+    "ready_at = excluded.ready_at, attempts = excluded.attempts, timeout_secs = excluded.timeout_secs, "
+    "payload = excluded.payload, claim_token = NULL, claimed_by = NULL"
+)
+_REQUEUE_CLAIMED = (
+    "UPDATE nuvom_queue SET state = 0, ready_at = ?, attempts = ?, payload = ?, claim_token = NULL, "
+    "claimed_by = NULL WHERE id = ? AND claim_token = ?"
+)
+_SELECT_DUE = (
+    "SELECT seq, id, func_name, attempts, created_at, payload FROM nuvom_queue "
+    "WHERE ready_at <= ? ORDER BY ready_at, seq LIMIT ?"
+)
+
+
+def _chunks(items: Sequence[Any], size: int = _CHUNK) -> list[Sequence[Any]]:
+    return [items[i : i + size] for i in range(0, len(items), size)]
+
+
+def _marks(n: int) -> str:
+    return ",".join("?" * n)
+
+
+class SQLiteJobQueue(BaseJobQueue):
+    """A durable queue in a SQLite file, shared by every process that opens it.
+
+    ``path`` overrides ``NUVOM_SQLITE_QUEUE_PATH``. Safe across threads (one
+    connection each) and processes (SQLite's locks, WAL mode).
+    """
+
+    shared_between_processes = True
+
+    def __init__(self, settings: Settings | None = None, *, path: Path | str | None = None) -> None:
+        super().__init__(settings)
+        if settings is None:
+            from nuvom.config import get_settings
+
+            settings = get_settings()
+        self.settings = settings
+        if path is None:
+            path = resolve_paths(settings, load_sqlite_settings())[0]
+        self.db = Database(path)
+        self.lease_secs = float(settings.lease_secs)
+        self.default_timeout = float(settings.job_timeout_secs)
+        self.claimer = f"{socket.gethostname()}:{os.getpid()}"
+        # job id -> claim token of the claims this process holds. A settlement
+        # (complete, ack, requeue) only touches a row whose token still matches:
+        # a claim taken over after its lease expired is not ours any more.
+        self._claims: dict[str, int] = {}
+        self._claims_lock = threading.Lock()
+        # Poll state: what the last empty look saw (thread, PRAGMA data_version of
+        # that thread's connection, local write count) and when the next row is due.
+        self._seen: tuple[int, int, int] | None = None
+        self._next_ready: float | None = None
+        self._last_work = 0.0
+        self._local_writes = 0
+
+    @property
+    def path(self) -> Path:
+        return self.db.path
+
+    def __repr__(self) -> str:
+        return f"<SQLiteJobQueue {self.path}>"
+
+    # -- producing ------------------------------------------------------------
+    def enqueue(self, job: Job) -> None:
+        self.enqueue_many((job,))
+
+    def enqueue_many(self, jobs: Sequence[Job]) -> None:
+        """Insert every job in one transaction (``.map()``)."""
+        rows = [
+            (
+                job.id,
+                job.func_name,
+                job.due_at,
+                job.attempts,
+                job.timeout_secs,
+                job.created_at,
+                job.to_bytes(),
+            )
+            for job in jobs
+        ]
+        if not rows:
+            return
+        try:
+            with self.db.write("queueing jobs") as conn:
+                conn.executemany(_INSERT, rows)
+        except BackendError as exc:
+            if "UNIQUE constraint failed" in str(exc):
+                raise BackendError(
+                    f"{self.path}: a job with one of these ids is already queued; job ids must be unique"
+                ) from None
+            raise
+        self._local_writes += 1
+
+    # -- claiming -------------------------------------------------------------
+    def claim(self, batch_size: int) -> list[Job]:
+        now = time.time()
+        # A read first: finding nothing due must not take the write lock.
+        row = self.db.read(lambda c: c.execute("SELECT min(ready_at) FROM nuvom_queue").fetchone())
+        if row[0] is None or row[0] > now:
+            self._next_ready = row[0]
+            return []
+        return self._claim(batch_size, now)
+
+    def _claim(self, batch_size: int, now: float) -> list[Job]:
+        token = secrets.randbits(62)
+        with self.db.write("claiming jobs") as conn:
+            rows = conn.execute(_SELECT_DUE, (now, batch_size)).fetchall()
+            if not rows:
+                return []
+            conn.execute(
+                "UPDATE nuvom_queue SET state = 1, attempts = attempts + 1, claim_token = ?, claimed_by = ?, "
+                "ready_at = ? + max(?, coalesce(timeout_secs, ?) * ? + ?) "
+                f"WHERE seq IN ({_marks(len(rows))})",
+                (
+                    token,
+                    self.claimer,
+                    now,
+                    self.lease_secs,
+                    self.default_timeout,
+                    1 + LEASE_MARGIN_RATIO,
+                    LEASE_MARGIN_SECS,
+                    *(r[0] for r in rows),
+                ),
+            )
+        # Decoded after the commit: the write lock is held for SQL only.
+        jobs: list[Job] = []
+        unreadable: list[Job] = []
+        for _seq, job_id, func_name, attempts, created_at, payload in rows:
+            try:
+                job = Job.from_bytes(payload)
+            except SerializationError as exc:
+                unreadable.append(_unreadable(job_id, func_name, attempts + 1, created_at, exc, self.claimer))
+                continue
+            job.attempts = attempts + 1
+            job.status = JobStatus.RUNNING
+            jobs.append(job)
+        if unreadable:
+            self._fail_unreadable(unreadable, token)
+        with self._claims_lock:
+            claims = self._claims
+            for job in jobs:
+                claims[job.id] = token
+        return jobs
+
+    def _fail_unreadable(self, jobs: list[Job], token: int) -> None:
+        """Record jobs whose stored payload cannot be decoded as FAILED, in this
+        file's results: no worker could ever run them."""
+        for job in jobs:
+            log.error("job %s (%s): %s", job.id, job.func_name, job.error.message if job.error else "")
+        with self.db.write("recording unreadable jobs") as conn:
+            gone = _delete_claimed(conn, jobs, [token] * len(jobs))
+            conn.executemany(INSERT_RESULT, [result_row(job) for job in jobs if job.id in gone])
+
+    def pop_batch(self, batch_size: int, timeout: float | None = 0.0) -> list[Job]:
+        """Claim up to ``batch_size`` due jobs, waiting up to ``timeout`` s.
+
+        Polls, because another process cannot wake this one; but a poll that
+        finds the file unchanged since the last empty look, and nothing due
+        yet, reads one counter and returns, so polling every millisecond
+        while busy costs little and an idle worker backs off to 20 looks a second.
+        """
+        jobs = self._poll(batch_size)
+        if jobs or timeout == 0:
+            return jobs
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            now = time.monotonic()
+            if deadline is not None and now >= deadline:
+                return []
+            idle_for = now - self._last_work
+            if idle_for < _IDLE_AFTER:
+                pause = _POLL_FAST
+            else:
+                pause = min(_POLL_IDLE, _POLL_FAST * 2 ** min(16.0, idle_for - _IDLE_AFTER))
+            next_ready = self._next_ready
+            if next_ready is not None:
+                pause = min(pause, max(0.0, next_ready - time.time()))
+            if deadline is not None:
+                pause = min(pause, deadline - now)
+            time.sleep(pause)
+            jobs = self._poll(batch_size)
+            if jobs:
+                return jobs
+
+    def _poll(self, batch_size: int) -> list[Job]:
+        seen = (threading.get_ident(), self.db.data_version(), self._local_writes)
+        next_ready = self._next_ready
+        if seen == self._seen and (next_ready is None or next_ready > time.time()):
+            return []
+        jobs = self.claim(batch_size)
+        if jobs:
+            self._last_work = time.monotonic()
+        else:
+            # Until the file changes or the next row comes due, there is
+            # nothing to look for.
+            self._seen = seen
+        return jobs
+
+    # -- settling claims ------------------------------------------------------
+    def _tokens(self, job_ids: Sequence[str]) -> list[int | None]:
+        with self._claims_lock:
+            get = self._claims.get
+            return [get(job_id) for job_id in job_ids]
+
+    def _forget(self, job_ids: Sequence[str]) -> None:
+        with self._claims_lock:
+            pop = self._claims.pop
+            for job_id in job_ids:
+                pop(job_id, None)
+
+    def ack(self, job_ids: Sequence[str]) -> None:
+        tokens = self._tokens(job_ids)
+        plain = [job_id for job_id, token in zip(job_ids, tokens, strict=True) if token is None]
+        pairs = [(job_id, token) for job_id, token in zip(job_ids, tokens, strict=True) if token is not None]
+        with self.db.write("acknowledging jobs") as conn:
+            # A claim taken over since is left alone: its new holder settles it.
+            conn.executemany("DELETE FROM nuvom_queue WHERE id = ? AND claim_token = ?", pairs)
+            conn.executemany("DELETE FROM nuvom_queue WHERE id = ?", [(job_id,) for job_id in plain])
+        self._forget(job_ids)
+
+    def requeue(self, jobs: Sequence[Job]) -> None:
+        """Put jobs back as given. A job whose claim was taken over meanwhile
+        is left to its new claimer."""
+        ids = [job.id for job in jobs]
+        tokens = self._tokens(ids)
+        guarded, free = [], []
+        for job, token in zip(jobs, tokens, strict=True):
+            if token is None:
+                free.append(
+                    (job.id, job.func_name, job.due_at, job.attempts, job.timeout_secs, job.created_at, job.to_bytes())
+                )
+            else:
+                guarded.append((job.due_at, job.attempts, job.to_bytes(), job.id, token))
+        with self.db.write("requeueing jobs") as conn:
+            for row in guarded:
+                cur = conn.execute(_REQUEUE_CLAIMED, row)
+                if cur.rowcount == 0:
+                    log.info("job %s was claimed by another worker meanwhile; not requeued", row[3])
+            if free:
+                conn.executemany(_UPSERT, free)
+        self._forget(ids)
+        self._local_writes += 1
+
+    def complete(self, jobs: Sequence[Job], results: BaseResultBackend) -> None:
+        """Store outcomes and remove the jobs from the queue.
+
+        When ``results`` is a :class:`SQLiteResultBackend` on this file, both
+        happen in one transaction, and only for jobs whose claim is still the
+        one they ran under: a completion whose claim was taken over (its lease
+        ran out and another worker claimed the job) is dropped, and the other
+        run records the outcome. So each job is recorded exactly once. With
+        results elsewhere: store, then acknowledge (a crash in between re-runs
+        the job).
+        """
+        if not self._shares_file(results):
+            super().complete(jobs, results)
+            return
+        assert isinstance(results, SQLiteResultBackend)
+        rows = [result_row(job) for job in jobs]
+        ids = [job.id for job in jobs]
+        tokens = self._tokens(ids)
+        with self.db.write("completing jobs") as conn:
+            kept = _delete_claimed(conn, jobs, tokens)
+            if len(kept) == len(rows):
+                conn.executemany(INSERT_RESULT, rows)
+            else:
+                keep = set(kept)
+                conn.executemany(INSERT_RESULT, [row for row in rows if row[0] in keep])
+        self._forget(ids)
+        if len(kept) != len(rows):
+            log.info("%d completion(s) ignored: their claim was taken over by another worker", len(rows) - len(kept))
+        results.maybe_prune()
+
+    def _shares_file(self, results: BaseResultBackend) -> bool:
+        return isinstance(results, SQLiteResultBackend) and results.path == self.path
+
+    def extend_leases(self, job_ids: Sequence[str]) -> None:
+        now = time.time()
+        with self._claims_lock:
+            owned = [(job_id, self._claims[job_id]) for job_id in job_ids if job_id in self._claims]
+        if not owned:
+            return
+        with self.db.write("renewing leases") as conn:
+            conn.executemany(
+                "UPDATE nuvom_queue SET ready_at = ? + max(?, coalesce(timeout_secs, ?) * ? + ?) "
+                "WHERE id = ? AND claim_token = ?",
+                [
+                    (
+                        now,
+                        self.lease_secs,
+                        self.default_timeout,
+                        1 + LEASE_MARGIN_RATIO,
+                        LEASE_MARGIN_SECS,
+                        job_id,
+                        token,
+                    )
+                    for job_id, token in owned
+                ],
+            )
+
+    # -- reading --------------------------------------------------------------
+    def get(self, job_id: str) -> Job | None:
+        row = self.db.read(
+            lambda c: c.execute("SELECT state, attempts, payload FROM nuvom_queue WHERE id = ?", (job_id,)).fetchone()
+        )
+        if row is None:
+            return None
+        job = Job.from_bytes(row[2])
+        job.attempts = row[1]
+        if row[0] == 1:
+            job.status = JobStatus.RUNNING
+        return job
+
+    def qsize(self) -> int:
+        return int(self.db.read(lambda c: c.execute("SELECT count(*) FROM nuvom_queue WHERE state = 0").fetchone()[0]))
+
+    def running(self) -> int:
+        """Number of claimed jobs (running somewhere, or held by a dead worker until its lease ends)."""
+        return int(self.db.read(lambda c: c.execute("SELECT count(*) FROM nuvom_queue WHERE state = 1").fetchone()[0]))
+
+    def clear(self) -> int:
+        with self.db.write("clearing the queue") as conn:
+            return int(conn.execute("DELETE FROM nuvom_queue WHERE state = 0").rowcount)
+
+    def close(self) -> None:
+        self.db.close()
+
+
+def _delete_claimed(conn: sqlite3.Connection, jobs: Sequence[Job], tokens: Sequence[int | None]) -> list[str]:
+    """Delete the queue rows of ``jobs`` whose claim is still the one these
+    jobs were run under; returns the ids deleted.
+
+    The claim is known by its token when it was made through this queue
+    object; otherwise the row must still be claimed with the job's attempt
+    count (a later claim would have counted another attempt)."""
+    kept: list[str] = []
+    # Grouped by claim (a worker's completions mostly come from one or two
+    # claims), so each statement finds its rows through the id index.
+    by_token: dict[int, list[str]] = {}
+    for job, token in zip(jobs, tokens, strict=True):
+        if token is not None:
+            by_token.setdefault(token, []).append(job.id)
+    for token, ids in by_token.items():
+        for chunk in _chunks(ids):
+            cur = conn.execute(
+                f"DELETE FROM nuvom_queue WHERE id IN ({_marks(len(chunk))}) AND claim_token = ? RETURNING id",
+                (*chunk, token),
+            )
+            kept.extend(row[0] for row in cur.fetchall())
+    for job, token in zip(jobs, tokens, strict=True):
+        if token is None:
+            cur = conn.execute(
+                "DELETE FROM nuvom_queue WHERE id = ? AND state = 1 AND attempts = ? RETURNING id",
+                (job.id, job.attempts),
+            )
+            kept.extend(row[0] for row in cur.fetchall())
+    return kept
+
+
+def _unreadable(job_id: str, func_name: str, attempts: int, created_at: float, exc: Exception, worker: str) -> Job:
+    now = time.time()
+    return Job(
+        id=job_id,
+        func_name=func_name,
+        status=JobStatus.FAILED,
+        attempts=attempts,
+        created_at=created_at,
+        started_at=None,
+        finished_at=now,
+        worker_id=worker,
+        error=JobError(
+            type="SerializationError",
+            message=f"the job's stored payload in the queue is corrupt and it was not run ({exc})",
+        ),
+    )

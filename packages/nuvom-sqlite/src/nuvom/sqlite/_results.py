@@ -1,0 +1,182 @@
+"""The result backend: finished jobs in the ``nuvom_results`` table."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from nuvom.job import Job, JobStatus
+from nuvom.plugins.contracts import BaseResultBackend, Poller
+from nuvom.sqlite._db import Database
+from nuvom.sqlite._settings import load_sqlite_settings, resolve_paths
+
+if TYPE_CHECKING:
+    import sqlite3
+
+    from nuvom.config import Settings
+
+__all__ = ["SQLiteResultBackend"]
+
+log = logging.getLogger("nuvom.sqlite")
+
+INSERT_RESULT = (
+    "INSERT OR REPLACE INTO nuvom_results (id, func_name, status, attempts, worker_id, created_at, "
+    "started_at, finished_at, error_type, error_message, payload) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+
+# Pruning deletes at most this many rows per transaction, so that a first
+# prune of a large table never holds the write lock for long.
+_PRUNE_CHUNK = 5000
+
+
+def result_row(job: Job) -> tuple[Any, ...]:
+    """The ``nuvom_results`` row of a finished job."""
+    err = job.error
+    return (
+        job.id,
+        job.func_name,
+        job.status.value,
+        job.attempts,
+        job.worker_id,
+        job.created_at,
+        job.started_at,
+        job.finished_at or time.time(),
+        None if err is None else err.type,
+        None if err is None else err.message,
+        job.to_bytes(),
+    )
+
+
+class SQLiteResultBackend(BaseResultBackend):
+    """Finished jobs in a SQLite file, read back by any process.
+
+    ``path`` overrides ``NUVOM_SQLITE_DB_PATH``; ``ttl_secs`` overrides
+    ``NUVOM_RESULT_TTL_SECS`` (results older than that are pruned as new ones
+    are stored).
+    """
+
+    def __init__(
+        self, settings: Settings | None = None, *, path: Path | str | None = None, ttl_secs: float | None = None
+    ) -> None:
+        super().__init__(settings)
+        sqlite = load_sqlite_settings()
+        if path is None:
+            path = resolve_paths(settings, sqlite)[1]
+        self.db = Database(path)
+        self.ttl_secs = ttl_secs if ttl_secs is not None else sqlite.result_ttl_secs
+        # Prune at most every tenth of the retention time, and at least once a minute.
+        self._prune_every = None if self.ttl_secs is None else min(60.0, self.ttl_secs / 10)
+        self._next_prune = 0.0
+        self._prune_lock = threading.Lock()
+
+    @property
+    def path(self) -> Path:
+        return self.db.path
+
+    def __repr__(self) -> str:
+        return f"<SQLiteResultBackend {self.path}>"
+
+    # -- writing --------------------------------------------------------------
+    def store(self, jobs: Sequence[Job]) -> None:
+        rows = [result_row(job) for job in jobs]
+        with self.db.write("storing results") as conn:
+            conn.executemany(INSERT_RESULT, rows)
+        self.maybe_prune()
+
+    def maybe_prune(self) -> None:
+        """Prune if a retention is set and the last prune is old enough."""
+        if self._prune_every is None or time.monotonic() < self._next_prune:
+            return
+        if not self._prune_lock.acquire(blocking=False):
+            return
+        try:
+            self._next_prune = time.monotonic() + self._prune_every
+            self.prune()
+        except Exception:
+            log.exception("pruning old results from %s failed", self.path)
+        finally:
+            self._prune_lock.release()
+
+    def prune(self, older_than_secs: float | None = None) -> int:
+        """Delete results that finished more than ``older_than_secs`` (default:
+        the retention) ago; returns how many."""
+        age = older_than_secs if older_than_secs is not None else self.ttl_secs
+        if age is None:
+            return 0
+        cutoff = time.time() - age
+        total = 0
+        while True:
+            with self.db.write("pruning results") as conn:
+                n = conn.execute(
+                    "DELETE FROM nuvom_results WHERE rowid IN "
+                    "(SELECT rowid FROM nuvom_results WHERE finished_at < ? LIMIT ?)",
+                    (cutoff, _PRUNE_CHUNK),
+                ).rowcount
+            total += n
+            if n < _PRUNE_CHUNK:
+                return total
+
+    def delete(self, job_id: str) -> bool:
+        """Forget one result; ``True`` if there was one."""
+        with self.db.write("deleting a result") as conn:
+            return conn.execute("DELETE FROM nuvom_results WHERE id = ?", (job_id,)).rowcount > 0
+
+    # -- reading --------------------------------------------------------------
+    def get_full(self, job_id: str) -> Job | None:
+        row = self.db.read(
+            lambda c: c.execute("SELECT payload FROM nuvom_results WHERE id = ?", (job_id,)).fetchone(),
+            "reading a result",
+        )
+        return None if row is None else Job.from_bytes(row[0])
+
+    def list_jobs(self, status: JobStatus | str | None = None, limit: int = 100, task: str | None = None) -> list[Job]:
+        where: list[str] = []
+        params: list[Any] = []
+        if status is not None:
+            where.append("status = ?")
+            params.append(JobStatus(str(getattr(status, "value", status)).upper()).value)
+        if task is not None:
+            where.append("func_name = ?")
+            params.append(task)
+        sql = "SELECT payload FROM nuvom_results"
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        sql += " ORDER BY finished_at DESC LIMIT ?"
+        params.append(limit)
+
+        def query(c: sqlite3.Connection) -> list[Any]:
+            return c.execute(sql, params).fetchall()
+
+        return [Job.from_bytes(row[0]) for row in self.db.read(query, "listing results")]
+
+    def count(self) -> int:
+        return int(self.db.read(lambda c: c.execute("SELECT count(*) FROM nuvom_results").fetchone()[0]))
+
+    def wait(self, job_id: str, timeout: float | None = None) -> Job | None:
+        """Block until the job has a record. Looks at the table only when the
+        file changed (``PRAGMA data_version``), so waiting costs little."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        poller = Poller(0.001, 0.05)
+        seen = None
+        while True:
+            version = self.db.data_version()
+            if version != seen:
+                seen = version
+                record = self.get_full(job_id)
+                if record is not None:
+                    return record
+                poller.reset()
+            pause = poller.next_interval()
+            if deadline is not None:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return None
+                pause = min(pause, remaining)
+            time.sleep(pause)
+
+    def close(self) -> None:
+        self.db.close()

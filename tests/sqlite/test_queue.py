@@ -1,0 +1,262 @@
+"""The queue's delivery contract on a real file: claims, leases, due order, settling."""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+import time
+
+from nuvom.job import Job, JobStatus
+from nuvom.sqlite import SQLiteJobQueue, SQLiteResultBackend
+
+from .conftest import expire_leases
+
+
+def make(n: int, **fields) -> list[Job]:
+    return [Job(func_name="record", args=[f"k{i}"], **fields) for i in range(n)]
+
+
+def finish(jobs: list[Job]) -> list[Job]:
+    now = time.time()
+    for job in jobs:
+        job.status, job.result, job.started_at, job.finished_at = JobStatus.SUCCESS, job.args[0], now, now
+    return jobs
+
+
+def test_claim_marks_jobs_running_and_counts_the_attempt_in_storage(queue):
+    queue.enqueue_many(make(3))
+    jobs = queue.claim(10)
+    assert [j.status for j in jobs] == [JobStatus.RUNNING] * 3
+    assert [j.attempts for j in jobs] == [1, 1, 1]
+    stored = queue.get(jobs[0].id)
+    assert stored.status is JobStatus.RUNNING and stored.attempts == 1
+
+
+def test_claims_come_oldest_first_in_batches(queue):
+    jobs = make(5)
+    queue.enqueue_many(jobs)
+    assert [j.id for j in queue.claim(2)] == [jobs[0].id, jobs[1].id]
+    assert [j.id for j in queue.claim(10)] == [j.id for j in jobs[2:]]
+    assert queue.claim(10) == []
+
+
+def test_a_claimed_job_is_invisible_to_other_claimers(db_path, queue):
+    other = SQLiteJobQueue(path=db_path)  # another process's view of the same file
+    queue.enqueue(make(1)[0])
+    assert len(queue.claim(1)) == 1
+    assert other.claim(1) == []
+    other.close()
+
+
+def test_a_job_whose_lease_expired_is_claimed_again_with_its_attempt_counted(db_path, queue):
+    other = SQLiteJobQueue(path=db_path)
+    job = make(1)[0]
+    queue.enqueue(job)
+    queue.claim(1)
+    expire_leases(db_path)
+    again = other.claim(1)
+    assert [j.id for j in again] == [job.id]
+    assert again[0].attempts == 2
+    other.close()
+
+
+def test_the_lease_is_never_shorter_than_the_job_timeout_plus_a_margin(queue, db_path):
+    queue.enqueue(Job(func_name="record", timeout_secs=600))
+    queue.enqueue(Job(func_name="record"))
+    before = time.time()
+    queue.claim(2)
+    with sqlite3.connect(db_path) as conn:
+        leases = [r[0] - before for r in conn.execute("SELECT ready_at FROM nuvom_queue ORDER BY seq")]
+    conn.close()
+    assert leases[0] >= 600
+    # No timeout on the job: the default NUVOM_JOB_TIMEOUT_SECS (30) plus margin, over NUVOM_LEASE_SECS (30).
+    assert 30 < leases[1] < 60
+
+
+def test_extend_leases_renews_only_claims_held_here(queue, db_path):
+    other = SQLiteJobQueue(path=db_path)
+    queue.enqueue_many(make(2))
+    mine = queue.claim(1)
+    theirs = other.claim(1)
+    with sqlite3.connect(db_path, isolation_level=None) as conn:
+        conn.execute("UPDATE nuvom_queue SET ready_at = 1")
+        queue.extend_leases([mine[0].id, theirs[0].id])
+        leases = dict(conn.execute("SELECT id, ready_at FROM nuvom_queue"))
+    conn.close()
+    assert leases[mine[0].id] > time.time() + 10
+    assert leases[theirs[0].id] == 1
+    other.close()
+
+
+def test_delayed_jobs_wait_until_due_then_come_in_due_order(queue):
+    now = time.time()
+    later = Job(func_name="record", args=["later"], not_before=now + 0.4)
+    sooner = Job(func_name="record", args=["sooner"], not_before=now + 0.2)
+    queue.enqueue_many([later, sooner])
+    assert queue.claim(5) == []
+    assert queue.qsize() == 2
+    got = queue.pop_batch(5, timeout=5)
+    assert [j.id for j in got] == [sooner.id]
+    assert time.time() >= sooner.not_before
+    got = queue.pop_batch(5, timeout=5)
+    assert [j.id for j in got] == [later.id]
+
+
+def test_pop_batch_returns_empty_after_its_timeout(queue):
+    t0 = time.monotonic()
+    assert queue.pop_batch(4, timeout=0.05) == []
+    assert 0.04 <= time.monotonic() - t0 < 1
+
+
+def test_pop_batch_wakes_for_a_job_queued_by_another_connection(db_path, queue):
+    producer = SQLiteJobQueue(path=db_path)
+    queue.pop_batch(1, timeout=0.01)  # the file has been seen empty
+    job = make(1)[0]
+    threading.Timer(0.05, producer.enqueue, args=(job,)).start()
+    got = queue.pop_batch(1, timeout=5)
+    assert [j.id for j in got] == [job.id]
+    assert got[0].started_at is None
+    producer.close()
+
+
+def test_requeue_puts_the_job_back_as_given_with_its_not_before(queue):
+    queue.enqueue(make(1)[0])
+    job = queue.claim(1)[0]
+    job.status, job.not_before = JobStatus.RETRYING, time.time() + 0.2
+    queue.requeue([job])
+    assert queue.claim(1) == []
+    back = queue.pop_batch(1, timeout=5)[0]
+    assert back.id == job.id and back.attempts == 2
+    assert time.time() >= job.not_before
+
+
+def test_requeue_of_a_claim_taken_over_leaves_the_new_claim_alone(db_path, queue):
+    other = SQLiteJobQueue(path=db_path)
+    queue.enqueue(make(1)[0])
+    stale = queue.claim(1)[0]
+    expire_leases(db_path)
+    current = other.claim(1)[0]
+    stale.not_before = time.time() + 60
+    queue.requeue([stale])
+    assert other.get(current.id).status is JobStatus.RUNNING
+    assert other.get(current.id).attempts == 2
+    other.close()
+
+
+def test_complete_stores_the_outcome_and_removes_the_job(queue, results):
+    queue.enqueue_many(make(3))
+    jobs = finish(queue.claim(3))
+    queue.complete(jobs, results)
+    assert results.count() == 3
+    assert queue.qsize() == 0 and all(queue.get(j.id) is None for j in jobs)
+    assert results.get_full(jobs[0].id).result == "k0"
+
+
+def test_complete_is_one_transaction_when_results_share_the_file(queue, results):
+    queue.enqueue_many(make(2))
+    jobs = finish(queue.claim(2))
+    statements: list[str] = []
+    conn = queue.db.connection()
+    conn.set_trace_callback(statements.append)
+    queue.complete(jobs, results)
+    conn.set_trace_callback(None)
+    assert [s for s in statements if s.split()[0] in ("BEGIN", "COMMIT")] == ["BEGIN IMMEDIATE", "COMMIT"]
+    assert any(s.startswith("DELETE FROM nuvom_queue") for s in statements)
+    assert any(s.startswith("INSERT OR REPLACE INTO nuvom_results") for s in statements)
+
+
+def test_a_completion_whose_claim_was_taken_over_is_ignored(db_path, queue, results):
+    other = SQLiteJobQueue(path=db_path)
+    queue.enqueue(make(1)[0])
+    late = finish(queue.claim(1))
+    expire_leases(db_path)
+    current = finish(other.claim(1))
+    queue.complete(late, results)  # the first worker comes back after its lease ran out
+    assert results.count() == 0
+    other.complete(current, results)
+    assert results.count() == 1
+    assert results.get_full(current[0].id).attempts == 2
+    queue.complete(late, results)  # and again: still recorded once
+    assert results.get_full(current[0].id).attempts == 2
+    other.close()
+
+
+def test_complete_with_results_in_another_store_stores_then_acks(queue, tmp_path):
+    elsewhere = SQLiteResultBackend(path=tmp_path / "other.db")
+    queue.enqueue(make(1)[0])
+    jobs = finish(queue.claim(1))
+    queue.complete(jobs, elsewhere)
+    assert elsewhere.get_full(jobs[0].id).status is JobStatus.SUCCESS
+    assert queue.get(jobs[0].id) is None
+    elsewhere.close()
+
+
+def test_enqueue_many_is_one_transaction(queue):
+    statements: list[str] = []
+    queue.qsize()  # open the connection
+    conn = queue.db.connection()
+    conn.set_trace_callback(statements.append)
+    queue.enqueue_many(make(500))
+    conn.set_trace_callback(None)
+    assert [s for s in statements if s.split()[0] in ("BEGIN", "COMMIT")] == ["BEGIN IMMEDIATE", "COMMIT"]
+    assert queue.qsize() == 500
+
+
+def test_map_goes_through_enqueue_many(monkeypatch, tmp_path):
+    from nuvom.backends import get_queue_backend
+    from nuvom.task import task
+
+    @task(name="sqlite_map_probe")
+    def probe(x):
+        return x
+
+    probe.map([(i,) for i in range(50)])
+    assert get_queue_backend().qsize() == 50
+
+
+def test_clear_drops_waiting_jobs_and_keeps_claimed_ones(queue):
+    queue.enqueue_many(make(4))
+    claimed = queue.claim(1)
+    assert queue.clear() == 3
+    assert queue.qsize() == 0
+    assert queue.get(claimed[0].id) is not None
+
+
+def test_get_returns_queued_jobs_and_none_for_unknown_ids(queue):
+    job = make(1)[0]
+    queue.enqueue(job)
+    assert queue.get(job.id).args == ["k0"]
+    assert queue.get("nope") is None
+
+
+def test_threads_and_connections_contending_never_see_database_is_locked(db_path, results):
+    producers = [SQLiteJobQueue(path=db_path) for _ in range(3)]
+    consumers = [SQLiteJobQueue(path=db_path) for _ in range(3)]
+    total, errors = 1500, []
+
+    def produce(q: SQLiteJobQueue, start: int) -> None:
+        try:
+            for i in range(start, total, len(producers)):
+                q.enqueue(Job(func_name="record", args=[i]))
+        except Exception as exc:
+            errors.append(exc)
+
+    def consume(q: SQLiteJobQueue) -> None:
+        try:
+            while results.count() < total and not errors:
+                jobs = q.pop_batch(16, timeout=0.05)
+                if jobs:
+                    q.complete(finish(jobs), results)
+        except Exception as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=produce, args=(q, i)) for i, q in enumerate(producers)]
+    threads += [threading.Thread(target=consume, args=(q,)) for q in consumers]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert errors == []
+    assert results.count() == total, (results.count(), producers[0].qsize(), producers[0].running())
+    for q in producers + consumers:
+        q.close()

@@ -36,19 +36,18 @@ def main() -> int:
     os.environ.setdefault("NUVOM_LOG_LEVEL", "WARNING")
     sys.path.insert(0, str(HERE))
 
+    import tasks
+    from nuvom.backends import get_result_backend, resolve_backend_names
+    from nuvom.config import get_settings
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
     from rich.table import Table
 
-    from nuvom.backends import get_result_backend, resolve_backend_names
-    from nuvom.config import get_settings
-
-    import tasks
-
     console = Console()
     backends = resolve_backend_names(get_settings())
-    console.print(f"[bold]nuvom demo[/] — queue: {backends['queue'][0]} ({backends['queue'][1]}), "
-                  f"data in {work / '.nuvom'}")
+    console.print(
+        f"[bold]nuvom demo[/] — queue: {backends['queue'][0]} ({backends['queue'][1]}), data in {work / '.nuvom'}"
+    )
 
     for i in range(args.files):
         (work / "files" / f"file-{i:05d}.txt").write_bytes(os.urandom(2048))
@@ -63,12 +62,17 @@ def main() -> int:
 
     worker = subprocess.Popen(
         [sys.executable, "-m", "nuvom.cli", "runworker", "--workers", str(args.workers)],
-        cwd=HERE, env=os.environ.copy(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        cwd=HERE,
+        env=os.environ.copy(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     results = get_result_backend()
     try:
-        with Progress(TextColumn("running"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                      console=console) as progress:
+        with Progress(
+            TextColumn("running"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=console
+        ) as progress:
             bar = progress.add_task("jobs", total=total)
             deadline = time.monotonic() + 120
             done = 0

@@ -69,8 +69,9 @@ class TaskRegistry:
             self._tasks[task.name] = task
             self._lazy.pop(task.name, None)
 
-    def register_lazy(self, entry: LazyTask, *, force: bool = True) -> None:
-        """Add a task known by module path; an imported task of that name wins."""
+    def register_lazy(self, entry: LazyTask, *, force: bool = False) -> None:
+        """Add a task known by module path. An already imported task of that name
+        wins unless ``force`` (then the lazy entry replaces it)."""
         with self._lock:
             if entry.name in self._tasks and not force:
                 return

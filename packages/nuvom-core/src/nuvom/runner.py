@@ -93,7 +93,7 @@ class JobRunner:
         finish: Callable[[Job], None],
         retry: Callable[[Job], None],
     ) -> None:
-        self.registry = registry or get_registry()
+        self.registry = registry if registry is not None else get_registry()
         self.hooks = hooks or Hooks()
         self.default_timeout_policy = default_timeout_policy
         self.max_payload_bytes = max_payload_bytes

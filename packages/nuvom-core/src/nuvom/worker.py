@@ -114,7 +114,7 @@ class Worker:
         self.settings = settings or get_settings()
         self.max_workers = max_workers or self.settings.max_workers
         self.batch_size = batch_size or self.settings.batch_size
-        self.registry = registry or get_registry()
+        self.registry = registry if registry is not None else get_registry()
         self.plugins = plugins or get_plugin_manager()
         self.dev = dev
         self.worker_id = worker_id or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"

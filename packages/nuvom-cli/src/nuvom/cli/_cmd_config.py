@@ -1,0 +1,119 @@
+"""``nuvom config``: every setting, its value, and where the value came from."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+import typer
+from nuvom.cli._output import Format
+
+__all__ = ["config", "plugin_settings"]
+
+FormatOpt = Annotated[
+    Format, typer.Option("--format", "-f", case_sensitive=False, help="table for people, json for scripts.")
+]
+
+
+def _load_plugin_settings(cls: type, plugin: str) -> Any:
+    from nuvom.config import ENV_PREFIX
+    from nuvom.errors import ConfigError
+    from pydantic import ValidationError
+
+    try:
+        return cls()
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        field = str(err["loc"][0]) if err.get("loc") else "?"
+        prefix = str(getattr(cls, "model_config", {}).get("env_prefix", ENV_PREFIX))
+        raise ConfigError(
+            f"{(prefix + field).upper()}={err.get('input')!r} is not valid: {err['msg']} "
+            f"(a setting of plugin {plugin!r}); fix it in the environment or .env"
+        ) from None
+
+
+def plugin_settings() -> list[tuple[str, Any]]:
+    """``(plugin name, settings instance)`` for every loaded plugin that declares
+    a ``settings_class``."""
+    from nuvom.plugins.loader import get_plugin_manager
+
+    out = []
+    for record in get_plugin_manager().discover():
+        cls = getattr(type(record.plugin), "settings_class", None) if record.plugin is not None else None
+        if cls is not None:
+            out.append((record.name, _load_plugin_settings(cls, record.name)))
+    return out
+
+
+def _describe(settings: Any) -> list[dict[str, Any]]:
+    from nuvom.config import setting_sources
+
+    fields = type(settings).model_fields
+    sources = setting_sources(settings)
+    prefix = str(settings.model_config.get("env_prefix", "NUVOM_"))
+    rows = []
+    for field, info in fields.items():
+        var = (prefix + field).upper()
+        value, source = sources.get(var, (getattr(settings, field), "default"))
+        rows.append({"variable": var, "value": value, "source": source, "description": info.description or ""})
+    return rows
+
+
+def _jsonable(value: Any) -> Any:
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    return str(value)
+
+
+def config(format: FormatOpt = Format.table) -> None:
+    """Every setting (core and plugins), its value and where it came from: environment, .env or default.
+
+    Example: [bold]NUVOM_MAX_WORKERS=8 nuvom config[/]
+
+    Also shows which queue and result backends are in use and why. A bad
+    value is reported as one line naming the variable (exit code 5).
+    """
+    from nuvom.cli._project import backend_report, load_project_settings, setup_logging
+
+    settings = load_project_settings()
+    setup_logging(settings.log_level, quiet=True)
+    core = _describe(settings)
+    plugins = [(name, _describe(s)) for name, s in plugin_settings()]
+    backends = backend_report(settings)
+    if format is Format.json:
+        from nuvom.cli._output import print_json
+
+        def section(rows: list[dict[str, Any]]) -> dict[str, Any]:
+            return {
+                r["variable"]: {"value": _jsonable(r["value"]), "source": r["source"], "description": r["description"]}
+                for r in rows
+            }
+
+        print_json(
+            {
+                "settings": section(core),
+                "plugins": {name: section(rows) for name, rows in plugins},
+                "backends": backends,
+            }
+        )
+        return
+    from nuvom.cli._output import console
+    from rich.markup import escape
+    from rich.table import Table
+
+    out = console()
+    source_style = {"environment": "bold cyan", ".env": "bold magenta", "default": "dim"}
+    for title, rows in [("Settings", core), *((f"Plugin {name}", r) for name, r in plugins)]:
+        table = Table(title=title, title_justify="left", title_style="bold")
+        table.add_column("variable", no_wrap=True)
+        table.add_column("value", overflow="fold")
+        table.add_column("source", no_wrap=True)
+        table.add_column("description", overflow="fold")
+        for r in rows:
+            value = "(unset)" if r["value"] is None else str(r["value"])
+            style = source_style.get(r["source"], "")
+            table.add_row(r["variable"], escape(value), f"[{style}]{r['source']}[/]", escape(r["description"]))
+        out.print(table)
+    for role, label in (("queue", "queue backend"), ("result", "result backend")):
+        info = backends[role]
+        missing = "" if info["installed"] else "  [red](not installed)[/]"
+        out.print(f"[bold]{label}[/]: {escape(info['name'])}  [dim]({escape(info['why'])})[/]{missing}")

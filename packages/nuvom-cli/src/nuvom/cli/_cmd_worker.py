@@ -1,0 +1,258 @@
+"""Running jobs: ``runworker`` (the engine) and ``runtestworker run`` (one job, here and now)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import signal
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+from nuvom.cli._errors import EXIT_FAILED, EXIT_INVALID, EXIT_OK, CliError
+from nuvom.cli._output import Format
+
+if TYPE_CHECKING:
+    from nuvom.config import Settings
+    from nuvom.job import Job
+    from nuvom.worker import Worker
+
+__all__ = ["runtestworker_app", "runworker"]
+
+log = logging.getLogger("nuvom.cli")
+
+FormatOpt = Annotated[
+    Format, typer.Option("--format", "-f", case_sensitive=False, help="table for people, json for scripts.")
+]
+
+
+def register_manifest_tasks(settings: Settings, root: Path, *, scan_for: str | None = None) -> int:
+    """Register the manifest's tasks lazily (each imported when a job needs it)
+    and return how many. When ``scan_for`` names a task the manifest lacks, the
+    project is scanned first (as ``nuvom discover tasks`` does)."""
+    from nuvom.discovery import discover_tasks, load_manifest, manifest_path_for
+    from nuvom.registry import LazyTask, get_registry
+
+    path = manifest_path_for(root, settings.manifest_path)
+    manifest = load_manifest(path)
+    tasks = list(manifest.tasks) if manifest is not None else []
+    if scan_for is not None and scan_for not in {t.name for t in tasks}:
+        import tempfile
+
+        # Scan without touching the project's manifest: `discover tasks` owns it and its diff.
+        with tempfile.TemporaryDirectory(prefix="nuvom-scan-") as tmp:
+            tasks = list(discover_tasks(root, Path(tmp) / "manifest.json").tasks)
+    registry = get_registry()
+    for info in tasks:
+        registry.register_lazy(
+            LazyTask(name=info.name, module=info.module, qualname=info.qualname, file=str(root / info.file)),
+            force=False,
+        )
+    return len(tasks)
+
+
+# -- runworker ------------------------------------------------------------------
+def runworker(
+    workers: Annotated[
+        int | None,
+        typer.Option("--workers", "-w", min=1, max=1024, help="Worker threads (default NUVOM_MAX_WORKERS)."),
+    ] = None,
+    batch_size: Annotated[
+        int | None,
+        typer.Option("--batch-size", "-b", min=1, max=10_000, help="Jobs claimed per round trip (NUVOM_BATCH_SIZE)."),
+    ] = None,
+    dev: Annotated[bool, typer.Option("--dev", help="Reload tasks when the code or the manifest changes.")] = False,
+) -> None:
+    """Run the worker engine until Ctrl+C (SIGINT) or SIGTERM, then stop gracefully (exit 0).
+
+    Example: [bold]nuvom runworker --workers 8 --batch-size 64[/]
+
+    The current directory is put on the import path, so the project's tasks
+    import without setting PYTHONPATH. Running jobs get NUVOM_SHUTDOWN_GRACE_SECS
+    to finish on stop; the others go back to the queue.
+    """
+    from nuvom.cli._project import load_project_settings, project_on_path, setup_logging
+
+    root = project_on_path()
+    settings = load_project_settings()
+    setup_logging(settings.log_level, rich=True)
+
+    from nuvom.backends import get_queue_backend, get_result_backend
+    from nuvom.cli._project import backend_report
+    from nuvom.worker import Worker
+
+    backends = backend_report(settings)
+    queue, _ = get_queue_backend(), get_result_backend()  # fails here, clearly, if not installed
+    worker = Worker(max_workers=workers, batch_size=batch_size, dev=dev)
+
+    # Until run_forever() installs its own handlers, turn SIGTERM into the same
+    # graceful path as Ctrl+C instead of an abrupt kill.
+    def _early_stop(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, _early_stop)
+    try:
+        worker.start()
+        _banner(worker, settings, backends, root)
+        if not getattr(queue, "shared_between_processes", True):
+            log.warning(
+                "the queue backend %r is not shared between processes: jobs queued by other processes are not "
+                "visible to this worker; set NUVOM_QUEUE_BACKEND=file (or install nuvom-sqlite) to share them",
+                backends["queue"]["name"],
+            )
+        code = worker.run_forever()
+    except KeyboardInterrupt:
+        worker.stop()
+        code = EXIT_OK
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    raise typer.Exit(code)
+
+
+def _banner(
+    worker: Worker,
+    settings: Settings,
+    backends: dict[str, dict[str, Any]],
+    root: Path,
+) -> None:
+    from nuvom.cli._output import err_console
+    from rich.markup import escape
+    from rich.panel import Panel
+    from rich.table import Table
+
+    grid = Table.grid(padding=(0, 2))
+    grid.add_column(style="bold")
+    grid.add_column(overflow="fold")
+    for role, label in (("queue", "queue"), ("result", "results")):
+        info = backends[role]
+        grid.add_row(label, f"{escape(info['name'])}  [dim]({escape(info['why'])})[/]")
+    grid.add_row("data", escape(str(Path(settings.data_dir).resolve())))
+    names = worker.registry.names()
+    shown = ", ".join(names[:8]) + (f", … ({len(names) - 8} more)" if len(names) > 8 else "")
+    from nuvom.discovery import manifest_path_for
+
+    manifest = manifest_path_for(root, settings.manifest_path)
+    where = f"manifest {manifest}" if manifest.is_file() else "no manifest: run `nuvom discover tasks`"
+    grid.add_row("tasks", f"{len(names)} registered  [dim]({escape(where)})[/]")
+    if shown:
+        grid.add_row("", escape(shown))
+    grid.add_row("project", escape(str(root)))
+    grid.add_row(
+        "threads",
+        f"{worker.max_workers}, batch size {worker.batch_size}"
+        + ("  [yellow]dev mode: reloads on change[/]" if worker.dev else ""),
+    )
+    started = [r.name for r in worker.plugins.records if r.state == "started"]
+    failed = [r.name or r.target for r in worker.plugins.records if r.state == "failed"]
+    plugins = ", ".join(started) or "none"
+    if failed:
+        plugins += f"  [red](failed: {escape(', '.join(failed))}; see `nuvom plugin status`)[/]"
+    grid.add_row("plugins", escape(plugins) if not failed else plugins)
+    err_console().print(
+        Panel(grid, title=f"nuvom worker [bold]{escape(worker.worker_id)}[/]", subtitle="Ctrl+C to stop", expand=False)
+    )
+
+
+# -- runtestworker run ------------------------------------------------------------
+runtestworker_app = typer.Typer(help="Run one job here and now, without a queue.", no_args_is_help=True)
+
+
+@runtestworker_app.callback()
+def _runtestworker() -> None:
+    """Run one job here and now, without a queue."""
+
+
+def _read_job_file(path: Path) -> Job:
+    from nuvom.job import Job, JobStatus
+
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise CliError(f"{path}: cannot be read ({exc.strerror})", EXIT_INVALID) from None
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise CliError(
+            f"{path}: not valid JSON ({exc.msg} at line {exc.lineno}, column {exc.colno})", EXIT_INVALID
+        ) from None
+    if not isinstance(data, dict):
+        raise CliError(f'{path}: expected a JSON object like {{"func_name": "add", "args": [1, 2]}}', EXIT_INVALID)
+    data = dict(data)
+    # Also accept the job document of `nuvom inspect job --format json`.
+    for alias, field in (("task", "func_name"), ("name", "func_name"), ("retries", "max_retries")):
+        if alias in data and field not in data:
+            data[field] = data.pop(alias)
+    if not isinstance(data.get("func_name"), str) or not data["func_name"]:
+        raise CliError(f'{path}: "func_name" (the task name) is missing', EXIT_INVALID)
+    fresh = {"status": JobStatus.PENDING, "attempts": 0, "history": [], "error": None, "result": None}
+    for key in ("started_at", "finished_at", "worker_id", "not_before", "duration_secs"):
+        data.pop(key, None)
+    if isinstance(data.get("error"), dict) or data.get("error") is None:
+        data.pop("error", None)
+    try:
+        return Job.model_validate({**data, **fresh})
+    except Exception as exc:
+        from nuvom.cli._errors import one_line
+
+        raise CliError(f"{path}: not a valid job ({one_line(str(exc))})", EXIT_INVALID) from None
+
+
+@runtestworker_app.command("run")
+def runtestworker_run(
+    job_file: Annotated[
+        Path, typer.Option("--job-file", "-j", help='JSON file: {"func_name": ..., "args": [...], "kwargs": {...}}.')
+    ],
+    retries: Annotated[bool, typer.Option("--retries/--no-retries", help="Run the task's retries too.")] = True,
+    format: FormatOpt = Format.table,
+) -> None:
+    """Run one job synchronously in this process and print the outcome (exit 0 on success, 1 on failure).
+
+    Example: [bold]nuvom runtestworker run --job-file job.json[/]  with job.json:
+    [bold]{"func_name": "add", "args": [1, 2]}[/]
+
+    The job document of [bold]nuvom inspect job ID --format json[/] is accepted too,
+    to re-run a failed job under a debugger. Nothing is read from or written to the backends.
+    """
+    from nuvom.cli._project import load_project_settings, project_on_path, setup_logging
+
+    root = project_on_path()
+    settings = load_project_settings()
+    setup_logging(settings.log_level, quiet=True)
+    # The outcome printed below says it all; the runner's own log line would repeat it.
+    logging.getLogger("nuvom.runner").setLevel(logging.CRITICAL)
+    job = _read_job_file(job_file)
+    from nuvom.registry import get_registry
+
+    if job.func_name not in get_registry() and not job.task_path:
+        register_manifest_tasks(settings, root, scan_for=job.func_name)
+
+    from nuvom.runner import run_job
+
+    run_job(job, retries=retries)
+    code = EXIT_OK if job.status.value == "SUCCESS" else EXIT_FAILED
+    if format is Format.json:
+        from nuvom.cli._output import job_document, print_json
+
+        print_json(job_document(job))
+    else:
+        _print_outcome(job)
+    raise typer.Exit(code)
+
+
+def _print_outcome(job: Job) -> None:
+    from nuvom.cli._output import console, fmt_duration, short_repr, styled_status
+    from rich.markup import escape
+    from rich.panel import Panel
+    from rich.text import Text
+
+    out = console()
+    took = fmt_duration(job.finished_at - job.started_at) if job.started_at and job.finished_at else "-"
+    out.print(f"{escape(job.func_name)}  {styled_status(job.status.value)}  attempts {job.attempts}  took {took}")
+    if job.status.value == "SUCCESS":
+        out.print(f"result: {escape(short_repr(job.result, 2000))}")
+    elif job.error is not None:
+        out.print(f"[red]error: {escape(job.error.type)}: {escape(job.error.message)}[/]")
+        if job.error.traceback:
+            out.print(
+                Panel(Text(job.error.traceback.rstrip()), title="Traceback", title_align="left", border_style="red")
+            )

@@ -1,0 +1,171 @@
+"""Printing: rich tables for people, one JSON document for scripts.
+
+``--format json`` writes exactly one JSON document to stdout (sorted keys,
+two-space indent) and nothing else; notes and warnings go to stderr. The
+shapes are documented in docs/cli.md and are kept stable.
+
+rich is imported on first use, never at start-up: ``nuvom --help`` must stay fast.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import sys
+import time
+from enum import Enum
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from nuvom.job import Job
+    from rich.console import Console
+
+__all__ = [
+    "Format",
+    "console",
+    "err_console",
+    "fmt_duration",
+    "fmt_time",
+    "fmt_time_short",
+    "job_document",
+    "note",
+    "print_json",
+]
+
+
+class Format(str, Enum):
+    table = "table"
+    json = "json"
+
+
+def console() -> Console:
+    """A rich console on stdout (created per call: CliRunner swaps sys.stdout)."""
+    from rich.console import Console
+
+    return Console(file=sys.stdout, highlight=False, soft_wrap=False)
+
+
+def err_console() -> Console:
+    from rich.console import Console
+
+    return Console(file=sys.stderr, highlight=False, stderr=True)
+
+
+def note(message: str) -> None:
+    """A remark for the person at the terminal: stderr, so stdout stays data."""
+    sys.stderr.write(message.rstrip("\n") + "\n")
+    sys.stderr.flush()
+
+
+def _default(value: Any) -> Any:
+    if isinstance(value, bytes):
+        return {"base64": base64.b64encode(value).decode("ascii")}
+    if isinstance(value, Enum):
+        return value.value
+    if hasattr(value, "__fspath__"):
+        return str(value)
+    if isinstance(value, (set, frozenset, tuple)):
+        return list(value)
+    if hasattr(value, "model_dump"):
+        return value.model_dump(mode="python")
+    return repr(value)
+
+
+def print_json(document: Any) -> None:
+    sys.stdout.write(json.dumps(document, indent=2, sort_keys=True, default=_default, ensure_ascii=False) + "\n")
+    sys.stdout.flush()
+
+
+def fmt_time(ts: float | None) -> str:
+    if ts is None:
+        return "-"
+    lt = time.localtime(ts)
+    return time.strftime("%Y-%m-%d %H:%M:%S", lt) + f".{int((ts % 1) * 1000):03d}"
+
+
+def fmt_time_short(ts: float | None) -> str:
+    """``HH:MM:SS`` today, ``YYYY-MM-DD HH:MM`` before."""
+    if ts is None:
+        return "-"
+    lt = time.localtime(ts)
+    if time.strftime("%Y-%m-%d", lt) == time.strftime("%Y-%m-%d"):
+        return time.strftime("%H:%M:%S", lt)
+    return time.strftime("%Y-%m-%d %H:%M", lt)
+
+
+def fmt_duration(secs: float | None) -> str:
+    if secs is None:
+        return "-"
+    if secs < 0.001:
+        return f"{secs * 1_000_000:.0f} µs"
+    if secs < 1:
+        return f"{secs * 1000:.1f} ms"
+    if secs < 120:
+        return f"{secs:.2f} s"
+    return f"{secs / 60:.1f} min"
+
+
+def _error_document(error: Any) -> dict[str, Any] | None:
+    if error is None:
+        return None
+    return {"type": error.type, "message": error.message, "traceback": error.traceback}
+
+
+def job_document(job: Job) -> dict[str, Any]:
+    """The stable JSON shape of a job (docs/cli.md, "Job document")."""
+    duration = None
+    if job.started_at is not None and job.finished_at is not None:
+        duration = round(job.finished_at - job.started_at, 6)
+    return {
+        "id": job.id,
+        "task": job.func_name,
+        "task_path": job.task_path,
+        "status": job.status.value,
+        "args": job.args,
+        "kwargs": job.kwargs,
+        "result": job.result,
+        "error": _error_document(job.error),
+        "attempts": job.attempts,
+        "max_retries": job.max_retries,
+        "retry_delay_secs": job.retry_delay_secs,
+        "timeout_secs": job.timeout_secs,
+        "timeout_policy": job.timeout_policy,
+        "store_result": job.store_result,
+        "tags": list(job.tags),
+        "created_at": job.created_at,
+        "not_before": job.not_before,
+        "started_at": job.started_at,
+        "finished_at": job.finished_at,
+        "duration_secs": duration,
+        "worker_id": job.worker_id,
+        "retry_of": job.retry_of,
+        "history": [
+            {
+                "number": a.number,
+                "outcome": a.outcome,
+                "started_at": a.started_at,
+                "finished_at": a.finished_at,
+                "duration_secs": None if a.finished_at is None else round(a.finished_at - a.started_at, 6),
+                "error": _error_document(a.error),
+            }
+            for a in job.history
+        ],
+    }
+
+
+STATUS_STYLE = {
+    "SUCCESS": "bold green",
+    "FAILED": "bold red",
+    "RUNNING": "bold cyan",
+    "PENDING": "yellow",
+    "RETRYING": "bold yellow",
+}
+
+
+def styled_status(status: str) -> str:
+    return f"[{STATUS_STYLE.get(status, 'bold')}]{status}[/]"
+
+
+def short_repr(value: Any, limit: int = 80) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 1] + "…"

@@ -12,13 +12,21 @@ from __future__ import annotations
 import os
 import threading
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from nuvom.errors import ConfigError
 from pydantic import Field, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-__all__ = ["ENV_PREFIX", "Settings", "get_settings", "load_settings", "reset_settings", "setting_sources"]
+__all__ = [
+    "ENV_PREFIX",
+    "Settings",
+    "get_settings",
+    "load_settings",
+    "read_settings",
+    "reset_settings",
+    "setting_sources",
+]
 
 ENV_PREFIX = "NUVOM_"
 
@@ -60,19 +68,25 @@ _current: Settings | None = None
 
 def load_settings(**overrides: Any) -> Settings:
     """Read settings afresh; a bad value raises :class:`ConfigError` naming the variable."""
-    settings: Settings = _load(Settings, **overrides)
-    return settings
+    return read_settings(Settings, **overrides)
 
 
-def _load(cls: type[BaseSettings], **overrides: Any) -> Any:
+S = TypeVar("S", bound=BaseSettings)
+
+
+def read_settings(cls: type[S], **overrides: Any) -> S:
+    """Instantiate any settings class (core's or a plugin's); a bad value raises
+    :class:`ConfigError` naming the environment variable and the value."""
     try:
         return cls(**overrides)
     except ValidationError as exc:
         err = exc.errors()[0]
         field = str(err["loc"][0]) if err.get("loc") else "?"
-        var = ENV_PREFIX + field.upper()
-        value = err.get("input")
-        raise ConfigError(f"{var}={value!r} is not valid: {err['msg']}; fix it in the environment or .env") from None
+        prefix = str(cls.model_config.get("env_prefix", ENV_PREFIX))
+        var = (prefix + field).upper()
+        raise ConfigError(
+            f"{var}={err.get('input')!r} is not valid: {err['msg']}; fix it in the environment or .env"
+        ) from None
 
 
 def get_settings() -> Settings:

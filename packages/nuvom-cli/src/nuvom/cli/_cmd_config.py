@@ -15,20 +15,13 @@ FormatOpt = Annotated[
 
 
 def _load_plugin_settings(cls: type, plugin: str) -> Any:
-    from nuvom.config import ENV_PREFIX
+    from nuvom.config import read_settings
     from nuvom.errors import ConfigError
-    from pydantic import ValidationError
 
     try:
-        return cls()
-    except ValidationError as exc:
-        err = exc.errors()[0]
-        field = str(err["loc"][0]) if err.get("loc") else "?"
-        prefix = str(getattr(cls, "model_config", {}).get("env_prefix", ENV_PREFIX))
-        raise ConfigError(
-            f"{(prefix + field).upper()}={err.get('input')!r} is not valid: {err['msg']} "
-            f"(a setting of plugin {plugin!r}); fix it in the environment or .env"
-        ) from None
+        return read_settings(cls)
+    except ConfigError as exc:
+        raise ConfigError(f"{exc} (a setting of plugin {plugin!r})") from None
 
 
 def plugin_settings() -> list[tuple[str, Any]]:

@@ -6,11 +6,11 @@ import logging
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from nuvom.config import read_settings
 from nuvom.discovery._loader import add_import_roots, register_tasks
 from nuvom.discovery._manifest import ManifestError, load_manifest, manifest_path_for
-from nuvom.errors import ConfigError
 from nuvom.plugins.contracts import API_VERSION, Plugin
-from pydantic import Field, ValidationError
+from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 if TYPE_CHECKING:
@@ -34,12 +34,7 @@ class DiscoverySettings(BaseSettings):
 
 
 def _discovery_settings() -> DiscoverySettings:
-    try:
-        return DiscoverySettings()  # type: ignore[call-arg]  # fields come from the environment
-    except ValidationError as exc:
-        err = exc.errors()[0]
-        var = "NUVOM_" + str(err["loc"][0]).upper() if err.get("loc") else "NUVOM_DISCOVERY_*"
-        raise ConfigError(f"{var}={err.get('input')!r} is not valid: {err['msg']}") from None
+    return read_settings(DiscoverySettings)
 
 
 class DiscoveryPlugin(Plugin):

@@ -5,9 +5,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from nuvom.config import ENV_PREFIX
-from nuvom.errors import ConfigError
-from pydantic import Field, ValidationError, field_validator
+from nuvom.config import ENV_PREFIX, read_settings
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 __all__ = [
@@ -98,12 +97,4 @@ class PrometheusSettings(BaseSettings):
 def load_prometheus_settings(**overrides: Any) -> PrometheusSettings:
     """Read the settings afresh; a bad value raises :class:`~nuvom.errors.ConfigError`
     naming the variable."""
-    try:
-        return PrometheusSettings(**overrides)
-    except ValidationError as exc:
-        err = exc.errors()[0]
-        field = str(err["loc"][0]) if err.get("loc") else "?"
-        var = ENV_PREFIX + field.upper()
-        raise ConfigError(
-            f"{var}={err.get('input')!r} is not valid: {err['msg']}; fix it in the environment or .env"
-        ) from None
+    return read_settings(PrometheusSettings, **overrides)

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from nuvom.config import ENV_PREFIX, Settings, get_settings
-from nuvom.errors import ConfigError
-from pydantic import Field, ValidationError
+from nuvom.config import ENV_PREFIX, Settings, get_settings, read_settings
+from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 __all__ = ["DEFAULT_FILE_NAME", "SQLiteSettings", "load_sqlite_settings", "resolve_paths"]
@@ -34,15 +33,7 @@ class SQLiteSettings(BaseSettings):
 
 def load_sqlite_settings() -> SQLiteSettings:
     """Read the settings; a bad value raises :class:`ConfigError` naming the variable."""
-    try:
-        return SQLiteSettings()  # type: ignore[call-arg]  # fields come from the environment
-    except ValidationError as exc:
-        err = exc.errors()[0]
-        field = str(err["loc"][0]) if err.get("loc") else "?"
-        raise ConfigError(
-            f"{ENV_PREFIX}{field.upper()}={err.get('input')!r} is not valid: {err['msg']}; "
-            "fix it in the environment or .env"
-        ) from None
+    return read_settings(SQLiteSettings)
 
 
 def resolve_paths(settings: Settings | None = None, sqlite: SQLiteSettings | None = None) -> tuple[Path, Path]:

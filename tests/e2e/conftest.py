@@ -59,7 +59,9 @@ class Project:
     def nuvom_json(self, *args: str) -> Any:
         return json.loads(self.nuvom(*args, "--format", "json").stdout)
 
-    def python(self, code: str, check: bool = True, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    def python(
+        self, code: str, check: bool = True, timeout: float = 120, input: str | None = None
+    ) -> subprocess.CompletedProcess[str]:
         proc = subprocess.run(
             [sys.executable, "-c", textwrap.dedent(code)],
             cwd=self.root,
@@ -67,6 +69,7 @@ class Project:
             text=True,
             capture_output=True,
             timeout=timeout,
+            input=input,
         )
         if check and proc.returncode != 0:
             raise AssertionError(f"python exited {proc.returncode}: {proc.stderr}")
@@ -93,16 +96,16 @@ class Project:
 
     def records(self, ids: list[str]) -> dict[str, dict[str, Any]]:
         """Each job's current record (finished or queued), read by a separate process."""
-        code = f"""
+        code = """
             import json, sys
             from nuvom.sdk import get_job
-            out = {{}}
-            for i in {ids!r}:
+            out = {}
+            for i in json.load(sys.stdin):
                 job = get_job(i)
                 out[i] = None if job is None else job.model_dump(mode="json")
             print(json.dumps(out))
         """
-        return json.loads(self.python(code).stdout)
+        return json.loads(self.python(code, input=json.dumps(ids)).stdout)
 
     def cleanup(self) -> None:
         for proc in self.workers:

@@ -251,13 +251,16 @@ def test_producer_and_three_workers_then_every_job_ends_in_exactly_one_state(mak
     )
     records = p.records(ids)
     audit = json.loads(
-        p.python(f"""
-        import json
-        from nuvom.sdk import list_jobs
-        ids = set({ids!r})
-        rows = [j for j in list_jobs(limit=10**9) if j.id in ids]
-        print(json.dumps({{"rows": len(rows), "distinct": len({{j.id for j in rows}})}}))
-    """).stdout
+        p.python(
+            """
+            import json, sys
+            from nuvom.sdk import list_jobs
+            ids = set(json.load(sys.stdin))
+            rows = [j for j in list_jobs(limit=10**9) if j.id in ids]
+            print(json.dumps({"rows": len(rows), "distinct": len({j.id for j in rows})}))
+            """,
+            input=json.dumps(ids),
+        ).stdout
     )
     # Exactly one terminal record per job, no job missing.
     assert audit == {"rows": len(ids), "distinct": len(ids)}

@@ -327,3 +327,13 @@ def test_idle_worker_does_not_burn_cpu_and_picks_up_work_fast(mem):
         latency = time.perf_counter() - start
     assert idle_cpu < 0.1, f"idle worker used {idle_cpu:.3f} s CPU in 1 s"
     assert latency < 0.1, f"pickup took {latency * 1000:.1f} ms"
+
+
+def test_a_waiter_that_times_out_leaves_nothing_behind(mem):
+    _, results = mem
+    job = add.delay(1, 1)
+    with pytest.raises(TimeoutError):
+        job.get(timeout=0.01)
+    assert results._waiting == {}
+    with Worker(max_workers=1):
+        assert job.get(timeout=5) == 2

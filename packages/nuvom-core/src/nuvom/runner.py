@@ -130,7 +130,7 @@ class JobRunner:
 
     def start(self, job: Job, task: Task[Any]) -> Attempt:
         now = time.time()
-        job.started_at, job.worker_id = now, self.worker_id
+        job.set_fields(started_at=now, worker_id=self.worker_id)
         attempt = Attempt(number=job.attempts, started_at=now)
         if self.hooks.before_job:
             _call_hooks(self.hooks.before_job, job)
@@ -163,8 +163,9 @@ class JobRunner:
                 ok, value = False, exc
         if ok:
             job.history.append(attempt)
-            job.status, job.finished_at, job.error = JobStatus.SUCCESS, now, None
-            job.result = value if job.store_result else None
+            job.set_fields(
+                status=JobStatus.SUCCESS, finished_at=now, error=None, result=value if job.store_result else None
+            )
             if self.hooks.after_job:
                 _call_hooks(self.hooks.after_job, job, value)
             if task is not None and task.after_job is not None:

@@ -57,6 +57,7 @@ class _Slot:
         "abandoned",
         "attempt",
         "deadline",
+        "idle",
         "inbox",
         "index",
         "job",
@@ -71,6 +72,7 @@ class _Slot:
         self.index = index
         self.inbox: deque[Job] = deque()
         self.wake = threading.Event()
+        self.idle = False  # waiting on `wake`: only then does a new job need to set it
         self.lock = threading.Lock()
         self.job: Job | None = None
         self.task: Any = None
@@ -318,7 +320,8 @@ class Worker:
             for job in jobs:
                 slot = min(slots, key=_load)
                 slot.inbox.append(job)
-                slot.wake.set()
+                if slot.idle:
+                    slot.wake.set()
 
     def _work(self, slot: _Slot) -> None:
         runner = self.runner
@@ -334,9 +337,13 @@ class Worker:
                 if stolen is not None:
                     inbox.append(stolen)
                     continue
+                # Announce idleness before the last look at the inbox: a job appended
+                # after that look finds `idle` set and sets `wake`.
                 wake.clear()
+                slot.idle = True
                 if not inbox:
                     wake.wait(_DISPATCH_WAIT if self._stopping.is_set() else None)
+                slot.idle = False
                 continue
             slot.job = job
             if not inbox:

@@ -68,8 +68,7 @@ class MemoryJobQueue(BaseJobQueue):
         out = []
         for _ in range(min(batch_size, len(ready))):
             job = ready.popleft()
-            job.status = JobStatus.RUNNING
-            job.attempts += 1
+            job.set_fields(status=JobStatus.RUNNING, attempts=job.attempts + 1)
             self._claimed[job.id] = job
             out.append(job)
         return out
@@ -125,40 +124,45 @@ class MemoryJobQueue(BaseJobQueue):
 class MemoryResultBackend(BaseResultBackend):
     def __init__(self, settings: Settings | None = None) -> None:
         super().__init__(settings)
-        self._cond = threading.Condition()
+        self._lock = threading.Lock()
         self._records: dict[str, Job] = {}
-        self._waiters = 0
+        # One event per awaited job: a store wakes only the waiters of the jobs it
+        # stores (a shared condition woke every waiter on every store).
+        self._waiting: dict[str, list[threading.Event]] = {}
 
     def store(self, jobs: Sequence[Job]) -> None:
-        with self._cond:
-            records = self._records
+        with self._lock:
+            records, waiting = self._records, self._waiting
             for job in jobs:
                 records.pop(job.id, None)  # keep insertion order = finish order
                 records[job.id] = job
-            if self._waiters:
-                self._cond.notify_all()
+                if waiting:
+                    for event in waiting.pop(job.id, ()):
+                        event.set()
 
     def get_full(self, job_id: str) -> Job | None:
         return self._records.get(job_id)
 
     def wait(self, job_id: str, timeout: float | None = None) -> Job | None:
-        deadline = None if timeout is None else time.monotonic() + timeout
-        with self._cond:
-            self._waiters += 1
-            try:
-                while job_id not in self._records:
-                    wait = None if deadline is None else deadline - time.monotonic()
-                    if wait is not None and wait <= 0:
-                        return None
-                    self._cond.wait(wait)
-                return self._records[job_id]
-            finally:
-                self._waiters -= 1
+        with self._lock:
+            record = self._records.get(job_id)
+            if record is not None:
+                return record
+            event = threading.Event()
+            self._waiting.setdefault(job_id, []).append(event)
+        if not event.wait(timeout):
+            with self._lock:
+                events = self._waiting.get(job_id, [])
+                if event in events:
+                    events.remove(event)
+                    if not events:
+                        del self._waiting[job_id]
+        return self._records.get(job_id)
 
     def list_jobs(self, status: JobStatus | str | None = None, limit: int = 100, task: str | None = None) -> list[Job]:
         wanted = None if status is None else JobStatus(str(getattr(status, "value", status)).upper())
         out: list[Job] = []
-        with self._cond:
+        with self._lock:
             records = list(self._records.values())
         for job in sorted(records, key=lambda j: j.finished_at or 0.0, reverse=True):
             if (wanted is None or job.status is wanted) and (task is None or job.func_name == task):

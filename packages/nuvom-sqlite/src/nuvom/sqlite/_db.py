@@ -348,6 +348,11 @@ class Database:
                 "(a sqlite3 shell, a backup tool?)"
             )
         if code == _CANTOPEN:
+            folder = os.path.dirname(os.path.abspath(path))
+            # SQLite cannot say why; a folder it may not write to (a read-only mount,
+            # permissions) is the usual reason, and needs the read-only message.
+            if os.path.isdir(folder) and not os.access(folder, os.W_OK):
+                return self.readonly_error(what)
             return BackendError(
                 f"cannot open SQLite database {path} ({detail}); check that its folder exists and is "
                 "writable by this user"

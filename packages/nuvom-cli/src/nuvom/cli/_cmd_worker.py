@@ -85,12 +85,13 @@ def runworker(
     queue, _ = get_queue_backend(), get_result_backend()  # fails here, clearly, if not installed
     worker = Worker(max_workers=workers, batch_size=batch_size, dev=dev)
 
-    # Until run_forever() installs its own handlers, turn SIGTERM into the same
-    # graceful path as Ctrl+C instead of an abrupt kill.
-    def _early_stop(signum: int, frame: Any) -> None:
-        raise KeyboardInterrupt
+    # From here on SIGINT/SIGTERM only ask the worker to stop: a KeyboardInterrupt
+    # raised at an arbitrary point of start-up (inside Thread.start(), a plugin's
+    # start(), the banner) could leave threads or locks half set up.
+    def _request_stop(signum: int, frame: Any) -> None:
+        worker.request_stop()
 
-    previous = signal.signal(signal.SIGTERM, _early_stop)
+    previous = {sig: signal.signal(sig, _request_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         worker.start()
         _banner(worker, settings, backends, root)
@@ -101,11 +102,9 @@ def runworker(
                 backends["queue"]["name"],
             )
         code = worker.run_forever()
-    except KeyboardInterrupt:
-        worker.stop()
-        code = EXIT_OK
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
     raise typer.Exit(code)
 
 

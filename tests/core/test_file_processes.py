@@ -138,9 +138,15 @@ def test_several_workers_run_every_job_exactly_once(cluster: Cluster) -> None:
 
 
 CLAIMER = """
-import os
+import os, time
+from pathlib import Path
 from nuvom.backends.file import FileJobQueue
 queue = FileJobQueue()
+# A start line: every claimer is up before any claims, so they really compete.
+Path(os.environ["OUT"] + ".ready").touch()
+deadline = time.monotonic() + 60
+while not Path(os.environ["GO"]).exists() and time.monotonic() < deadline:
+    time.sleep(0.005)
 claimed = []
 idle = 0
 while idle < 20:
@@ -156,7 +162,10 @@ with open(os.environ["OUT"], "w") as f:
 def test_concurrent_claimers_never_share_a_job(cluster: Cluster) -> None:
     jobs = cluster.enqueue("record", range(2000))
     outs = [cluster.root / f"claimed-{i}.txt" for i in range(4)]
-    procs = [cluster.spawn(CLAIMER, OUT=str(out)) for out in outs]
+    go = cluster.root / "go"
+    procs = [cluster.spawn(CLAIMER, OUT=str(out), GO=str(go)) for out in outs]
+    wait_for(lambda: all(Path(f"{out}.ready").exists() for out in outs), "every claimer to be ready")
+    go.touch()
     for proc in procs:
         assert proc.wait(120) == 0, cluster.output(proc)
     claimed = [line for out in outs for line in out.read_text().split("\n") if line]

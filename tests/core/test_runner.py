@@ -5,6 +5,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 
 from nuvom.job import Job, JobStatus
@@ -85,3 +86,30 @@ def test_sigint_stops_gracefully_finishing_the_running_job(tmp_path):
 def test_sigterm_stops_gracefully_too(tmp_path):
     code, out = _run_and_signal(tmp_path, signal.SIGTERM)
     assert code == 0 and "OUTCOME SUCCESS" in out
+
+
+def test_the_signal_handler_takes_no_lock_the_main_thread_may_hold(mem):
+    # Regression: the handler used to call Event.set() on the Event that
+    # run_forever() waits on; a signal landing while the main thread held that
+    # Event's lock deadlocked the worker (seen about once in twenty stops).
+    from nuvom.worker import Worker
+
+    worker = Worker(max_workers=1)
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        worker._install_signal_handlers()
+        handler = signal.getsignal(signal.SIGINT)
+        done = threading.Event()
+
+        def deliver():
+            # Every lock run_forever() and stop() might be holding when a signal lands.
+            with worker._stopping._cond, worker._room:
+                handler(signal.SIGINT, None)
+            done.set()
+
+        threading.Thread(target=deliver, daemon=True).start()
+        assert done.wait(5), "the signal handler blocked on a lock"
+        assert worker._stop_requested
+    finally:
+        for sig, h in previous.items():
+            signal.signal(sig, h)

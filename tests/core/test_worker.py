@@ -326,7 +326,7 @@ def test_idle_worker_does_not_burn_cpu_and_picks_up_work_fast(mem):
         add.delay(1, 1).get(timeout=5)
         latency = time.perf_counter() - start
     assert idle_cpu < 0.1, f"idle worker used {idle_cpu:.3f} s CPU in 1 s"
-    assert latency < 0.1, f"pickup took {latency * 1000:.1f} ms"
+    assert latency < 0.2, f"pickup took {latency * 1000:.1f} ms"
 
 
 def test_a_waiter_that_times_out_leaves_nothing_behind(mem):

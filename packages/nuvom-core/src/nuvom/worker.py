@@ -46,6 +46,8 @@ log = logging.getLogger("nuvom.worker")
 
 # How often the dispatcher re-checks for a stop while waiting on the queue.
 _DISPATCH_WAIT = 0.2
+# How often run_forever() looks whether a signal asked it to stop.
+_SIGNAL_POLL = 0.1
 # Longest the watchdog sleeps; bounds how late a timeout is noticed.
 _WATCHDOG_TICK = 0.1
 
@@ -125,6 +127,8 @@ class Worker:
         self._slots: list[_Slot] = []
         self._slots_lock = threading.Lock()
         self._stopping = threading.Event()
+        self._stop_requested = False
+        self._stop_signal: int | None = None
         self._stopped = threading.Event()
         self._room = threading.Condition()
         self._finished: list[Job] = []
@@ -244,22 +248,25 @@ class Worker:
         if threading.current_thread() is threading.main_thread():
             self._install_signal_handlers()
         self.start()
-        # Event.wait with a timeout so that signals are handled promptly on every platform.
-        while not self._stopping.wait(0.5):
-            pass
+        # A signal handler runs inside whatever the main thread was doing, so it
+        # must take no lock (an Event.set() from the handler deadlocked against
+        # this very thread waiting on the Event). It sets a flag; this loop polls it.
+        while not self._stop_requested and not self._stopping.is_set():
+            time.sleep(_SIGNAL_POLL)
+        if self._stop_signal is not None:
+            log.info("received %s, stopping gracefully", signal.Signals(self._stop_signal).name)
         self.stop()
         return 0
 
     def request_stop(self) -> None:
-        """Ask :meth:`run_forever` to stop (thread- and signal-safe)."""
-        self._stopping.set()
-        with self._room:
-            self._room.notify_all()
+        """Ask :meth:`run_forever` to stop gracefully. Takes no lock: safe from
+        any thread and from a signal handler."""
+        self._stop_requested = True
 
     def _install_signal_handlers(self) -> None:
         def handler(signum: int, frame: FrameType | None) -> None:
-            log.info("received %s, stopping gracefully", signal.Signals(signum).name)
-            self._stopping.set()
+            self._stop_signal = signum
+            self._stop_requested = True
 
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, handler)

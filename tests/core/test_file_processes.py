@@ -50,6 +50,12 @@ def slow(n):
 """
 
 WORKER = "from nuvom.worker import Worker; Worker().run_forever()"
+# The same, saying when it is up: tests that check the work is shared start
+# every worker before queueing, or the first one up may take it all.
+READY_WORKER = (
+    "import os, pathlib; from nuvom.worker import Worker; w = Worker().start(); "
+    "pathlib.Path(os.environ['READY']).touch(); w.run_forever()"
+)
 
 
 class Cluster:
@@ -124,8 +130,10 @@ def wait_for(condition: Callable[[], bool], what: str, timeout: float = 90.0) ->
 
 def test_several_workers_run_every_job_exactly_once(cluster: Cluster) -> None:
     n = 600
+    ready = [cluster.root / f"ready-{i}" for i in range(3)]
+    workers = [cluster.spawn(READY_WORKER, READY=str(r)) for r in ready]
+    wait_for(lambda: all(r.exists() for r in ready), "three workers up")
     jobs = cluster.enqueue("record", range(n))
-    workers = [cluster.spawn(WORKER) for _ in range(3)]
     wait_for(lambda: cluster.results.count() == n, f"{n} results")
     cluster.stop_all()
     assert cluster.runs_of("run") == Counter(range(n))

@@ -25,12 +25,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from nuvom.backends import reset_backends, set_backends
+from nuvom.backends import set_backends
 from nuvom.backends.memory import MemoryJobQueue, MemoryResultBackend
-from nuvom.config import reset_settings
-from nuvom.hooks import clear_hooks
-from nuvom.plugins.loader import reset_plugin_manager
 from nuvom.registry import get_registry
+from nuvom.testing import reset_process_state
 
 TASKS_PY = textwrap.dedent(
     """
@@ -50,10 +48,7 @@ TASKS_PY = textwrap.dedent(
 
 
 def _reset() -> None:
-    reset_backends()
-    reset_settings()
-    reset_plugin_manager()
-    clear_hooks()
+    reset_process_state()
     get_registry().clear()
     from nuvom.cli._errors import options
 

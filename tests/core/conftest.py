@@ -7,18 +7,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from nuvom.backends import reset_backends, set_backends
+from nuvom.backends import set_backends
 from nuvom.backends.memory import MemoryJobQueue, MemoryResultBackend
-from nuvom.config import reset_settings
-from nuvom.hooks import clear_hooks
-from nuvom.plugins.loader import reset_plugin_manager
-
-
-def _reset() -> None:
-    reset_backends()
-    reset_settings()
-    reset_plugin_manager()
-    clear_hooks()
+from nuvom.testing import reset_process_state
 
 
 @pytest.fixture(autouse=True)
@@ -27,9 +18,9 @@ def isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     for var in ("NUVOM_QUEUE_BACKEND", "NUVOM_RESULT_BACKEND", "NUVOM_MAX_WORKERS", "NUVOM_BATCH_SIZE"):
         monkeypatch.delenv(var, raising=False)
     monkeypatch.setenv("NUVOM_DATA_DIR", str(tmp_path / ".nuvom"))
-    _reset()
+    reset_process_state()
     yield tmp_path
-    _reset()
+    reset_process_state()
 
 
 @pytest.fixture

@@ -14,21 +14,13 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
-from nuvom.backends import reset_backends, set_backends
+from nuvom.backends import set_backends
 from nuvom.backends.memory import MemoryJobQueue, MemoryResultBackend
-from nuvom.config import reset_settings
-from nuvom.hooks import clear_hooks
-from nuvom.plugins.loader import PluginManager, reset_plugin_manager
+from nuvom.plugins.loader import PluginManager
 from nuvom.prometheus import PrometheusPlugin
+from nuvom.testing import reset_process_state
 from nuvom.worker import Worker
 from prometheus_client.parser import text_string_to_metric_families
-
-
-def _reset() -> None:
-    reset_backends()
-    reset_settings()
-    reset_plugin_manager()
-    clear_hooks()
 
 
 @pytest.fixture(autouse=True)
@@ -38,9 +30,9 @@ def isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
         if var.startswith("NUVOM_"):
             monkeypatch.delenv(var)
     monkeypatch.setenv("NUVOM_DATA_DIR", str(tmp_path / ".nuvom"))
-    _reset()
+    reset_process_state()
     yield tmp_path
-    _reset()
+    reset_process_state()
 
 
 @pytest.fixture

@@ -15,11 +15,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from nuvom.backends import reset_backends
-from nuvom.config import reset_settings
-from nuvom.hooks import clear_hooks
-from nuvom.plugins.loader import reset_plugin_manager
 from nuvom.sqlite import SQLiteJobQueue, SQLiteResultBackend
+from nuvom.testing import reset_process_state
 
 # The tasks the worker processes run. Every run appends "<key> <pid> <time>" to
 # runs.log (one O_APPEND write, atomic across processes), so a test counts
@@ -78,13 +75,6 @@ WORKER = (
 )
 
 
-def _reset() -> None:
-    reset_backends()
-    reset_settings()
-    reset_plugin_manager()
-    clear_hooks()
-
-
 @pytest.fixture(autouse=True)
 def isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     monkeypatch.chdir(tmp_path)
@@ -92,9 +82,9 @@ def isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
         if var.startswith("NUVOM_"):
             monkeypatch.delenv(var)
     monkeypatch.setenv("NUVOM_DATA_DIR", str(tmp_path / "data"))
-    _reset()
+    reset_process_state()
     yield tmp_path
-    _reset()
+    reset_process_state()
 
 
 @pytest.fixture

@@ -84,10 +84,6 @@ class _Slot:
         self.thread: threading.Thread | None = None
         self.abandoned = False
 
-    @property
-    def load(self) -> int:
-        return len(self.inbox) + (self.job is not None)
-
 
 class Worker:
     """Runs jobs from the configured queue until stopped.
@@ -304,7 +300,7 @@ class Worker:
         queue, batch_size, capacity = self.queue, self.batch_size, self.capacity
         while not self._stopping.is_set():
             with self._room:
-                held = sum(s.load for s in self._slots)
+                held = sum(map(_load, self._slots))
                 if held >= capacity:
                     self._room.wait(_DISPATCH_WAIT)
                     continue

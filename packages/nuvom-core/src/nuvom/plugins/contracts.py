@@ -24,8 +24,8 @@ from __future__ import annotations
 
 import abc
 import time
-from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any, ClassVar, Protocol, runtime_checkable
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol, TypeVar, runtime_checkable
 
 from nuvom.job import Job, JobError, JobStatus
 
@@ -40,6 +40,8 @@ __all__ = [
     "Plugin",
     "Poller",
 ]
+
+T = TypeVar("T")
 
 #: The contract version this core implements. A plugin whose ``api_version``
 #: has a different major number is refused with a clear message.
@@ -143,6 +145,23 @@ class Poller:
         self._interval = min(self._interval * 2, self.max_interval)
         return current
 
+    def until(self, check: Callable[[], T | None], timeout: float | None) -> T | None:
+        """Call ``check`` until it returns something other than ``None``, pausing
+        by this poller between calls; ``None`` once ``timeout`` seconds pass
+        (``None``: wait forever; ``0``: one call)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            result = check()
+            if result is not None:
+                return result
+            pause = self.next_interval()
+            if deadline is not None:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return None
+                pause = min(pause, remaining)
+            time.sleep(pause)
+
 
 class BaseJobQueue(abc.ABC):
     """Where jobs wait until a worker claims them.
@@ -196,22 +215,7 @@ class BaseJobQueue(abc.ABC):
         The default polls :meth:`claim` with a :class:`Poller`; backends that
         can be woken (in-process queues) override it to block instead.
         """
-        jobs = self.claim(batch_size)
-        if jobs or timeout == 0:
-            return jobs
-        deadline = None if timeout is None else time.monotonic() + timeout
-        poller = self._poller()
-        while True:
-            pause = poller.next_interval()
-            if deadline is not None:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    return []
-                pause = min(pause, remaining)
-            time.sleep(pause)
-            jobs = self.claim(batch_size)
-            if jobs:
-                return jobs
+        return self._poller().until(lambda: self.claim(batch_size) or None, timeout) or []
 
     def _poller(self) -> Poller:
         return Poller()
@@ -310,19 +314,7 @@ class BaseResultBackend(abc.ABC):
 
     def wait(self, job_id: str, timeout: float | None = None) -> Job | None:
         """Block until the job has a record or ``timeout`` passes (``None``: forever)."""
-        deadline = None if timeout is None else time.monotonic() + timeout
-        poller = Poller(0.002, 0.1)
-        while True:
-            record = self.get_full(job_id)
-            if record is not None:
-                return record
-            pause = poller.next_interval()
-            if deadline is not None:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    return None
-                pause = min(pause, remaining)
-            time.sleep(pause)
+        return Poller(0.002, 0.1).until(lambda: self.get_full(job_id), timeout)
 
     def count(self) -> int:
         """Number of stored records (backends should override with a cheap count)."""

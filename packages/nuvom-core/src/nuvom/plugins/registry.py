@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from typing import TypeVar
 
 from nuvom.errors import BackendError
 from nuvom.plugins.contracts import BaseJobQueue, BaseResultBackend
@@ -48,24 +49,24 @@ def result_backend_names() -> list[str]:
 
 
 def get_queue_backend_class(name: str) -> type[BaseJobQueue]:
-    with _lock:
-        cls = _queues.get(name.lower())
-    if cls is None:
-        raise BackendError(
-            f"unknown queue backend {name!r} (NUVOM_QUEUE_BACKEND); installed: "
-            f"{', '.join(queue_backend_names()) or 'none'}; install the package that provides it "
-            "(e.g. pip install nuvom-sqlite)"
-        )
-    return cls
+    return _lookup(_queues, name, "queue")
 
 
 def get_result_backend_class(name: str) -> type[BaseResultBackend]:
+    return _lookup(_results, name, "result")
+
+
+B = TypeVar("B")
+
+
+def _lookup(table: dict[str, B], name: str, role: str) -> B:
     with _lock:
-        cls = _results.get(name.lower())
+        cls = table.get(name.lower())
+        installed = sorted(table)
     if cls is None:
         raise BackendError(
-            f"unknown result backend {name!r} (NUVOM_RESULT_BACKEND); installed: "
-            f"{', '.join(result_backend_names()) or 'none'}; install the package that provides it "
+            f"unknown {role} backend {name!r} (NUVOM_{role.upper()}_BACKEND); installed: "
+            f"{', '.join(installed) or 'none'}; install the package that provides it "
             "(e.g. pip install nuvom-sqlite)"
         )
     return cls

@@ -159,24 +159,18 @@ class SQLiteResultBackend(BaseResultBackend):
     def wait(self, job_id: str, timeout: float | None = None) -> Job | None:
         """Block until the job has a record. Looks at the table only when the
         file changed (``PRAGMA data_version``), so waiting costs little."""
-        deadline = None if timeout is None else time.monotonic() + timeout
         poller = Poller(0.001, 0.05)
-        seen = None
-        while True:
+        seen: list[int | None] = [None]
+
+        def check() -> Job | None:
             version = self.db.data_version()
-            if version != seen:
-                seen = version
-                record = self.get_full(job_id)
-                if record is not None:
-                    return record
-                poller.reset()
-            pause = poller.next_interval()
-            if deadline is not None:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    return None
-                pause = min(pause, remaining)
-            time.sleep(pause)
+            if version == seen[0]:
+                return None
+            seen[0] = version
+            poller.reset()  # something changed: look again soon
+            return self.get_full(job_id)
+
+        return poller.until(check, timeout)
 
     def close(self) -> None:
         self.db.close()

@@ -18,12 +18,16 @@ from nuvom.errors import InvalidJobId, JobFailed, SerializationError
 from pydantic import BaseModel, ConfigDict, Field
 
 __all__ = [
+    "LEASE_FACTOR",
+    "LEASE_MARGIN_SECS",
     "TERMINAL_STATUSES",
     "Attempt",
     "Job",
     "JobError",
     "JobStatus",
     "TimeoutPolicy",
+    "effective_timeout",
+    "lease_secs_for",
     "new_job_id",
     "validate_job_id",
 ]
@@ -70,6 +74,28 @@ class Attempt(BaseModel):
     finished_at: float | None = None
     outcome: Literal["success", "error", "timeout", "lost"] = "success"
     error: JobError | None = None
+
+
+#: A claim's lease covers the job's timeout times this factor plus this margin:
+#: the time a worker needs between noticing a timeout and storing its outcome,
+#: with room for a loaded machine. Every backend with leases uses
+#: :func:`lease_secs_for`, so the rule is stated once.
+LEASE_FACTOR = 1.1
+LEASE_MARGIN_SECS = 2.0
+
+
+def effective_timeout(timeout_secs: float | None, default_secs: float) -> float:
+    """The timeout a job runs under: its own ``timeout_secs``, else the
+    configured default (``NUVOM_JOB_TIMEOUT_SECS``)."""
+    return timeout_secs if timeout_secs else default_secs
+
+
+def lease_secs_for(timeout_secs: float | None, *, lease_secs: float, default_timeout_secs: float) -> float:
+    """How long a claim holds a job before another worker may take it:
+    never shorter than ``NUVOM_LEASE_SECS``, and always long enough for the
+    job's own worker to settle it after its timeout."""
+    timeout = effective_timeout(timeout_secs, default_timeout_secs)
+    return max(lease_secs, timeout * LEASE_FACTOR + LEASE_MARGIN_SECS)
 
 
 def new_job_id() -> str:

@@ -151,12 +151,9 @@ def run_python(code: str, cwd: Path, env: dict[str, str], timeout: float = 60) -
 
 
 def installed_backends() -> list[str]:
-    from nuvom.config import load_settings
-    from nuvom.plugins.loader import PluginManager
-    from nuvom.plugins.registry import queue_backend_names
+    from nuvom.backends import installed_backend_names
 
-    PluginManager().start(load_settings(), backends_only=True)
-    return queue_backend_names()
+    return installed_backend_names("queue")
 
 
 @pytest.fixture(params=["file", "sqlite"])

@@ -137,11 +137,14 @@ def test_plugin_test_of_something_unimportable_fails_cleanly(cli):
     assert out.exit_code == 1 and "no Plugin subclass" in out.stdout
 
 
-def test_plugin_test_of_a_core_plugin(cli):
-    out = cli("plugin", "test", "nuvom.backends.memory:MemoryPlugin", "-f", "json")
+def test_plugin_test_of_core_backend_classes(cli):
+    # A module holding backend classes (what the backend entry points name) is
+    # tested class by class, each named by its entry point.
+    out = cli("plugin", "test", "nuvom.backends.memory", "-f", "json")
     assert out.exit_code == 0, out.stdout
-    checks = checks_of(json.loads(out.stdout), "memory")
-    assert checks["queue backend 'memory'"] and checks["result backend 'memory'"]
+    doc = json.loads(out.stdout)
+    assert checks_of(doc, "MemoryJobQueue")["queue backend 'memory'"]
+    assert checks_of(doc, "MemoryResultBackend")["result backend 'memory'"]
 
 
 # -- plugin status -----------------------------------------------------------------------
@@ -157,20 +160,27 @@ def test_plugin_status_lists_entry_points_and_the_plugins_file(cli, tmp_path):
     assert out.exit_code == 0, out.stderr
     doc = json.loads(out.stdout)
     by_target = {p["target"]: p for p in doc["plugins"]}
-    memory = by_target["nuvom.backends.memory:MemoryPlugin"]
-    assert memory["source"].startswith("entry point (nuvom-core)")
-    assert (memory["state"], memory["provides"], memory["api_version"]) == (
-        "loaded",
-        ["queue_backend", "result_backend"],
-        "1.0",
-    )
+    backends = {(b["role"], b["name"]): b for b in doc["backends"]}
+    memory = backends[("queue", "memory")]
+    assert (memory["target"], memory["distribution"]) == ("nuvom.backends.memory:MemoryJobQueue", "nuvom-core")
+    assert backends[("result", "file")]["target"] == "nuvom.backends.file:FileResultBackend"
     echo = by_target["good_plugin:EchoPlugin"]
     assert (echo["name"], echo["state"], echo["source"]) == ("echo", "loaded", ".nuvom_plugins.toml [result_backend]")
     future = by_target["bad_plugins:FromTheFuture"]
     assert future["state"] == "failed" and "api_version '9.0'" in future["error"]
     missing = by_target["missing_mod:Nope"]
     assert missing["state"] == "failed" and "missing_mod" in missing["error"]
-    assert set(echo) == {"name", "target", "source", "provides", "api_version", "state", "error", "settings"}
+    assert set(echo) == {
+        "name",
+        "target",
+        "source",
+        "provides",
+        "api_version",
+        "state",
+        "error",
+        "settings",
+        "moved_to",
+    }
     assert isinstance(doc["cli_commands"], list)
     assert out.stderr == ""  # failures are in the document, not logged on top
 

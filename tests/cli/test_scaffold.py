@@ -36,7 +36,10 @@ def test_scaffold_installs_and_passes_plugin_test(nuvom, python, env_for, tmp_pa
         "src/nuvom_hello/cli.py",
     } <= set(doc["files"])
     pyproject = (project / "pyproject.toml").read_text()
-    assert "[project.entry-points.nuvom]" in pyproject and '[project.entry-points."nuvom.cli"]' in pyproject
+    group = (
+        '[project.entry-points."nuvom.result_backends"]' if kind == "result_backend" else "[project.entry-points.nuvom]"
+    )
+    assert group in pyproject and '[project.entry-points."nuvom.cli"]' in pyproject
 
     site = tmp_path / "site"
     pip_install(project, site)
@@ -47,19 +50,20 @@ def test_scaffold_installs_and_passes_plugin_test(nuvom, python, env_for, tmp_pa
     report = json.loads(tested.stdout)
     assert report["ok"] is True
     checks = {c["check"] for c in report["plugins"][0]["checks"]}
-    assert {"import", "contract", "instantiate", "start", "stop"} <= checks
+    status = json.loads(nuvom(["plugin", "status", "-f", "json"], tmp_path, env).stdout)
     if kind == "result_backend":
-        assert "result backend 'hello'" in checks
+        assert {"import", "contract", "result backend 'hello'"} <= checks
+        [hello] = [b for b in status["backends"] if b["name"] == "hello"]
+        assert (hello["role"], hello["distribution"]) == ("result", "nuvom-hello")
     else:
+        assert {"import", "contract", "instantiate", "start", "stop"} <= checks
         assert {"hook before_job", "hook after_job", "hook on_error", "hook on_job_finished"} <= checks
-
-    status = nuvom(["plugin", "status", "-f", "json"], tmp_path, env)
-    hello = [p for p in json.loads(status.stdout)["plugins"] if p["name"] == "hello"]
-    assert hello and hello[0]["state"] == "loaded"
-    assert hello[0]["source"] == "entry point (nuvom-hello)"
+        hello = [p for p in status["plugins"] if p["name"] == "hello"]
+        assert hello and hello[0]["state"] == "loaded"
+        assert hello[0]["source"] == "entry point (nuvom-hello)"
 
     info = nuvom(["hello", "info"], tmp_path, env)
-    assert info.returncode == 0 and info.stdout.startswith("hello: provides")
+    assert info.returncode == 0 and info.stdout.startswith("hello: "), info.stderr
 
     own_tests = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests"],

@@ -11,7 +11,7 @@ PROBE = """
 import json, sys
 from nuvom.cli import main
 code = main(sys.argv[1:])
-heavy = ["pydantic_settings", "nuvom.config", "nuvom.backends", "nuvom.plugins.loader",
+heavy = ["pydantic_settings", "nuvom.config", "nuvom.backends", "nuvom.plugins._loader", "nuvom.app",
          "nuvom.discovery", "nuvom.sdk", "nuvom.worker", "msgpack", "rich.table"]
 print(json.dumps({"code": code, "loaded": [m for m in heavy if m in sys.modules]}), file=sys.stderr)
 """

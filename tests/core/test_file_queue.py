@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 
 import pytest
-from nuvom.backends import file as file_backend
+from nuvom import job as job_module
 from nuvom.backends.file import FileJobQueue
 from nuvom.config import Settings, load_settings
 from nuvom.errors import InvalidJobId
@@ -106,7 +106,7 @@ def test_a_retry_due_earlier_goes_before_later_jobs(queue: FileJobQueue) -> None
 def test_an_expired_claim_is_claimed_again_by_another_process(
     settings: Settings, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    monkeypatch.setattr(file_backend, "LEASE_MARGIN_SECS", 0.0)
+    monkeypatch.setattr(job_module, "LEASE_MARGIN_SECS", 0.0)
     short = settings.model_copy(update={"lease_secs": 0.2, "job_timeout_secs": 0.2})
     dead, alive = FileJobQueue(short), FileJobQueue(short)
     job = make()
@@ -120,7 +120,7 @@ def test_an_expired_claim_is_claimed_again_by_another_process(
 
 
 def test_renewed_leases_keep_other_claimers_off(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(file_backend, "LEASE_MARGIN_SECS", 0.0)
+    monkeypatch.setattr(job_module, "LEASE_MARGIN_SECS", 0.0)
     short = settings.model_copy(update={"lease_secs": 0.3, "job_timeout_secs": 0.3})
     owner, other = FileJobQueue(short), FileJobQueue(short)
     owner.enqueue(make())
@@ -134,7 +134,7 @@ def test_renewed_leases_keep_other_claimers_off(settings: Settings, monkeypatch:
 
 
 def test_a_long_timeout_gets_a_longer_lease(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(file_backend, "LEASE_MARGIN_SECS", 0.0)
+    monkeypatch.setattr(job_module, "LEASE_MARGIN_SECS", 0.0)
     short = settings.model_copy(update={"lease_secs": 0.1, "job_timeout_secs": 0.1})
     owner, other = FileJobQueue(short), FileJobQueue(short)
     owner.enqueue(make(timeout_secs=60))

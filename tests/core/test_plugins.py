@@ -4,11 +4,16 @@ import sys
 import textwrap
 
 import pytest
+from nuvom.app import App
 from nuvom.backends import get_queue_backend, get_result_backend
 from nuvom.backends.memory import MemoryJobQueue, MemoryResultBackend
 from nuvom.errors import BackendError, PluginError
-from nuvom.plugins.loader import PluginManager, read_plugins_file
+from nuvom.plugins._loader import read_plugins_file
 from nuvom.worker import Worker
+
+
+def PluginManager(project_dir=None):
+    return App(project_dir=project_dir).plugins
 
 
 def write_plugin_module(directory, name="thirdparty_plugin", body=""):
@@ -68,13 +73,20 @@ def plugin_dir(isolated, monkeypatch):
     sys.modules.pop("thirdparty_plugin", None)
 
 
-def test_core_registers_memory_through_its_own_entry_point(monkeypatch):
+def test_core_backends_are_found_by_role_through_entry_points(monkeypatch):
+    from importlib.metadata import entry_points
+
     monkeypatch.setenv("NUVOM_QUEUE_BACKEND", "memory")
     monkeypatch.setenv("NUVOM_RESULT_BACKEND", "memory")
     assert type(get_queue_backend()) is MemoryJobQueue
     assert type(get_result_backend()) is MemoryResultBackend
-    records = {r.name: r for r in PluginManager().discover()}
-    assert records["memory"].source == "entry point (nuvom-core)"
+    queues = {ep.name: ep for ep in entry_points(group="nuvom.queue_backends")}
+    assert queues["memory"].value == "nuvom.backends.memory:MemoryJobQueue"
+    assert queues["file"].dist.name == "nuvom-core"
+    # Choosing a backend started no plugin.
+    from nuvom.app import default_app
+
+    assert all(r.state != "started" for r in default_app().plugins.records)
 
 
 def test_plugins_file_loads_a_third_party_backend_chosen_by_name(plugin_dir, monkeypatch):
@@ -84,10 +96,10 @@ def test_plugins_file_loads_a_third_party_backend_chosen_by_name(plugin_dir, mon
 
 
 def test_unknown_backend_name_lists_the_installed_ones(monkeypatch):
-    monkeypatch.setenv("NUVOM_QUEUE_BACKEND", "redis")
+    monkeypatch.setenv("NUVOM_QUEUE_BACKEND", "no-such-store")
     with pytest.raises(BackendError) as info:
         get_queue_backend()
-    assert "'redis'" in str(info.value) and "memory" in str(info.value)
+    assert "'no-such-store'" in str(info.value) and "memory" in str(info.value)
 
 
 def test_a_plugin_named_twice_loads_once(plugin_dir):

@@ -8,8 +8,8 @@ import textwrap
 import threading
 import time
 
+from nuvom.app import default_app
 from nuvom.job import Job, JobStatus
-from nuvom.runner import run_job
 from nuvom.task import task
 
 COUNT: dict[str, int] = {}
@@ -25,12 +25,12 @@ def sync_flaky(key):
 
 def test_run_job_runs_synchronously_with_retries(request):
     job = sync_flaky.make_job([request.node.nodeid], {})
-    done = run_job(job)
+    done = default_app().run_locally(job)
     assert done.status is JobStatus.SUCCESS and done.result == 2 and done.attempts == 2
 
 
 def test_run_job_reports_an_unknown_task_as_failed():
-    done = run_job(Job(func_name="not_a_task_anywhere"))
+    done = default_app().run_locally(Job(func_name="not_a_task_anywhere"))
     assert done.status is JobStatus.FAILED and "not_a_task_anywhere" in done.error.message
 
 

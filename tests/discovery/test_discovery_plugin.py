@@ -7,12 +7,12 @@ import sys
 from importlib.metadata import entry_points
 
 import pytest
+from nuvom.app import App
 from nuvom.backends.memory import MemoryJobQueue, MemoryResultBackend
 from nuvom.config import load_settings
 from nuvom.discovery import DiscoveryPlugin, discover_tasks
 from nuvom.errors import TaskNotFound
 from nuvom.job import Job, JobStatus
-from nuvom.plugins.loader import PluginManager
 from nuvom.registry import LazyTask, TaskRegistry
 from nuvom.worker import Worker
 
@@ -144,7 +144,7 @@ def test_worker_runs_a_job_of_a_task_registered_from_the_manifest(in_project):
         max_workers=2,
         queue=queue,
         results=results,
-        plugins=PluginManager(project_dir=project.root),
+        app=App(project_dir=project.root),
     )
     with worker:
         assert isinstance(worker.registry.entries()["invoice"], LazyTask)

@@ -7,12 +7,12 @@ import os
 import time
 
 import pytest
+from nuvom.app import App
 from nuvom.backends.memory import MemoryJobQueue, MemoryResultBackend
 from nuvom.config import load_settings
 from nuvom.discovery import DevWatcher, DiscoveryPlugin
 from nuvom.errors import TaskNotFound
 from nuvom.job import Job, JobStatus
-from nuvom.plugins.loader import PluginManager
 from nuvom.registry import TaskRegistry
 from nuvom.worker import Worker
 
@@ -57,9 +57,7 @@ def start_dev(project, registry):
 def test_worker_in_dev_mode_runs_the_edited_code(dev_project):
     project = dev_project
     queue, results = MemoryJobQueue(), MemoryResultBackend()
-    worker = Worker(
-        max_workers=1, queue=queue, results=results, plugins=PluginManager(project_dir=project.root), dev=True
-    )
+    worker = Worker(max_workers=1, queue=queue, results=results, app=App(project_dir=project.root), dev=True)
 
     def run(*args):
         job = Job(func_name="hello", args=list(args))

@@ -1,6 +1,6 @@
 """Fixtures for the exporter's tests: each test in its own directory, fresh
 process-wide nuvom state, memory backends, and workers whose plugins come from
-a fresh PluginManager (so the exporter is found through its entry point)."""
+a fresh app's plugin manager (so the exporter is found through its entry point)."""
 
 from __future__ import annotations
 
@@ -14,9 +14,10 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
+from nuvom.app import App, default_app
 from nuvom.backends import set_backends
 from nuvom.backends.memory import MemoryJobQueue, MemoryResultBackend
-from nuvom.plugins.loader import PluginManager
+from nuvom.plugins._loader import PluginManager
 from nuvom.prometheus import PrometheusPlugin
 from nuvom.testing import reset_process_state
 from nuvom.worker import Worker
@@ -78,9 +79,11 @@ def start_worker(mem: tuple[MemoryJobQueue, MemoryResultBackend], tmp_path: Path
 
     def start(**kwargs: Any) -> Running:
         queue, results = mem
-        manager = PluginManager(project_dir=tmp_path)
+        shared = default_app()
+        app = App(shared.settings, registry=shared.registry, hooks=shared.hooks, project_dir=tmp_path)
+        manager = app.plugins
         kwargs.setdefault("max_workers", 2)
-        worker = Worker(queue=queue, results=results, plugins=manager, **kwargs)
+        worker = Worker(app=app, queue=queue, results=results, **kwargs)
         worker.start()
         started.append(worker)
         return Running(worker, manager)

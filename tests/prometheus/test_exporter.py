@@ -12,9 +12,9 @@ from importlib.metadata import entry_points
 from pathlib import Path
 
 import pytest
+from nuvom.app import App
 from nuvom.errors import JobFailed
 from nuvom.job import Job
-from nuvom.plugins.loader import PluginManager
 from nuvom.prometheus import PrometheusPlugin
 from nuvom.task import task
 
@@ -66,7 +66,7 @@ def exporter_threads() -> list[threading.Thread]:
 def test_found_through_the_nuvom_entry_point_group() -> None:
     eps = {ep.name: ep.value for ep in entry_points(group="nuvom")}
     assert eps.get("prometheus") == "nuvom.prometheus:PrometheusPlugin"
-    manager = PluginManager()
+    manager = App().plugins
     record = next(r for r in manager.discover() if r.name == "prometheus")
     assert record.state == "loaded"
     assert record.source.startswith("entry point (nuvom-prometheus")
@@ -92,7 +92,7 @@ def test_installed_but_not_enabled_opens_no_port_and_costs_no_hooks(start_worker
 def test_producer_processes_never_start_it(enabled) -> None:
     from nuvom.config import get_settings
 
-    manager = PluginManager()
+    manager = App().plugins
     manager.start(get_settings(), backends_only=True)
     record = next(r for r in manager.records if r.name == "prometheus")
     assert record.state == "loaded"

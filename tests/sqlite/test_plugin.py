@@ -6,9 +6,8 @@ from importlib.metadata import entry_points
 
 from nuvom.backends import get_queue_backend, get_result_backend, resolve_backend_names
 from nuvom.config import get_settings
-from nuvom.plugins.contracts import API_VERSION
 from nuvom.sdk import get_job, list_jobs
-from nuvom.sqlite import SQLiteJobQueue, SQLitePlugin, SQLiteResultBackend, SQLiteSettings
+from nuvom.sqlite import SQLiteJobQueue, SQLiteResultBackend, SQLiteSettings
 from nuvom.task import task
 from nuvom.worker import Worker
 
@@ -23,13 +22,13 @@ def boom():
     raise ValueError("no good")
 
 
-def test_the_plugin_is_an_entry_point_named_sqlite():
-    eps = {ep.name: ep for ep in entry_points(group="nuvom")}
-    assert eps["sqlite"].load() is SQLitePlugin
-    assert SQLitePlugin.name == "sqlite"
-    assert set(SQLitePlugin.provides) == {"queue_backend", "result_backend"}
-    assert SQLitePlugin.api_version.split(".")[0] == API_VERSION.split(".")[0]
-    assert SQLitePlugin.settings_class is SQLiteSettings
+def test_the_backends_are_entry_points_named_sqlite_and_start_no_plugin():
+    queues = {ep.name: ep for ep in entry_points(group="nuvom.queue_backends")}
+    results = {ep.name: ep for ep in entry_points(group="nuvom.result_backends")}
+    assert queues["sqlite"].load() is SQLiteJobQueue
+    assert results["sqlite"].load() is SQLiteResultBackend
+    assert "sqlite" not in {ep.name for ep in entry_points(group="nuvom")}
+    assert SQLiteJobQueue.settings_class is SQLiteResultBackend.settings_class is SQLiteSettings
 
 
 def test_sqlite_is_the_default_for_both_backends_when_nothing_is_configured(tmp_path):

@@ -1,7 +1,20 @@
 """Every error nuvom raises on purpose derives from :class:`NuvomError`.
 
 Messages say what was wrong and what to do about it, because they end up on a
-user's terminal through the CLI as a single line.
+user's terminal through the CLI as a single line. The tree::
+
+    NuvomError
+    ├── ConfigError            a setting has a value nuvom cannot use
+    ├── SerializationError     a value cannot be encoded or decoded (msgpack)
+    ├── TaskNotFound           a job names a task that is not registered
+    ├── BackendError           a backend cannot be found, opened or used
+    ├── PluginError            a plugin cannot be loaded, checked or started
+    ├── InvalidJobId (+ValueError)  an id from outside is not a well-formed id
+    ├── JobFailed              Job.get() on a job that ended FAILED
+    └── WorkerLost             a job's worker died while running it too often
+
+Plugins derive their own errors from these (nuvom-prometheus's
+``PortUnavailable`` is a ``PluginError``).
 """
 
 from __future__ import annotations
@@ -15,6 +28,7 @@ __all__ = [
     "PluginError",
     "SerializationError",
     "TaskNotFound",
+    "WorkerLost",
 ]
 
 
@@ -60,3 +74,7 @@ class JobFailed(NuvomError):
         self.exc_type = exc_type
         self.message = message
         self.remote_traceback = traceback
+
+
+class WorkerLost(NuvomError):
+    """The job's worker stopped (was killed) while running it too many times."""

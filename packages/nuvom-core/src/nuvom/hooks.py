@@ -1,41 +1,29 @@
-"""Global lifecycle hooks, applied by every worker in this process to every job.
+"""App-wide lifecycle hooks of the default app, applied by its workers to every job.
 
-Per-task hooks are given to ``@task(before_job=..., after_job=..., on_error=...)``;
-plugins define the same methods (see :class:`nuvom.plugins.contracts.JobHooks`).
-Order for an attempt: global, then plugin, then task hooks.
+``register_hooks(before_job=fn, ...)`` is ``default_app().hooks.register(...)``;
+see :mod:`nuvom.plugins.contracts` (``JobHooks``) for the hooks and their arguments.
 """
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Callable
 from typing import Any
 
+from nuvom._hooks import HOOK_NAMES
+from nuvom.app import default_app
+
 __all__ = ["HOOK_NAMES", "clear_hooks", "global_hooks", "register_hooks"]
-
-HOOK_NAMES = ("before_job", "after_job", "on_error", "on_job_finished")
-
-_lock = threading.Lock()
-_hooks: dict[str, list[Callable[..., Any]]] = {name: [] for name in HOOK_NAMES}
 
 
 def register_hooks(**hooks: Callable[..., Any]) -> None:
-    """``register_hooks(before_job=fn, ...)``: add global hooks by name."""
-    unknown = set(hooks) - set(HOOK_NAMES)
-    if unknown:
-        raise ValueError(f"unknown hook(s) {sorted(unknown)}; known hooks are {list(HOOK_NAMES)}")
-    with _lock:
-        for name, fn in hooks.items():
-            _hooks[name].append(fn)
+    """``register_hooks(before_job=fn, ...)``: add hooks to the default app."""
+    default_app().hooks.register(**hooks)
 
 
 def global_hooks() -> dict[str, list[Callable[..., Any]]]:
-    """A snapshot; workers take it once at start-up."""
-    with _lock:
-        return {name: list(fns) for name, fns in _hooks.items()}
+    """A snapshot of the default app's hooks."""
+    return default_app().hooks.snapshot()
 
 
 def clear_hooks() -> None:
-    with _lock:
-        for fns in _hooks.values():
-            fns.clear()
+    default_app().hooks.clear()

@@ -2,7 +2,9 @@
 
 One model serves the queue (what to run), the result backend (what happened)
 and the SDK (what a user reads back), so there is a single shape to learn and
-to store.
+to store. Its state changes only through the ``mark_*`` methods below, which
+the engine and every backend call; :class:`TaskOptions` is the one model of a
+task's options (``@task``, the job's fields, discovery's manifest, the CLI).
 """
 
 from __future__ import annotations
@@ -11,11 +13,14 @@ import os
 import re
 import time
 from enum import Enum
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-from nuvom import serialization
+from nuvom import _default, serialization
 from nuvom.errors import InvalidJobId, JobFailed, SerializationError
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator
+
+if TYPE_CHECKING:
+    from nuvom.app import App
 
 __all__ = [
     "LEASE_FACTOR",
@@ -25,6 +30,7 @@ __all__ = [
     "Job",
     "JobError",
     "JobStatus",
+    "TaskOptions",
     "TimeoutPolicy",
     "effective_timeout",
     "lease_secs_for",
@@ -64,6 +70,46 @@ class JobError(BaseModel):
         except Exception as inner:  # a broken __str__ must not break the worker
             message = f"<exception message could not be rendered: {type(inner).__name__}>"
         return cls(type=type(exc).__qualname__, message=message, traceback=tb)
+
+
+class TaskOptions(BaseModel):
+    """How a task's jobs run: the options of ``@task(...)``, recorded on each job
+    (``retries`` as ``Job.max_retries``) and in discovery's manifest.
+
+    ``None`` for ``retry_delay_secs`` means the default (0), as in the earlier
+    nuvom; a single string for ``tags`` is one tag.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    retries: int = Field(0, ge=0)
+    retry_delay_secs: float = Field(0.0, ge=0)
+    timeout_secs: float | None = Field(None, gt=0)
+    timeout_policy: TimeoutPolicy | None = None
+    store_result: bool = True
+    tags: tuple[str, ...] = ()
+    description: str | None = None
+
+    @field_validator("retry_delay_secs", mode="before")
+    @classmethod
+    def _none_is_default(cls, value: Any) -> Any:
+        return 0.0 if value is None else value
+
+    @field_validator("tags", mode="before")
+    @classmethod
+    def _one_tag(cls, value: Any) -> Any:
+        return (value,) if isinstance(value, str) else value
+
+    def job_fields(self) -> dict[str, Any]:
+        """The options as :class:`Job` fields."""
+        return {
+            "max_retries": self.retries,
+            "retry_delay_secs": self.retry_delay_secs,
+            "timeout_secs": self.timeout_secs,
+            "timeout_policy": self.timeout_policy,
+            "store_result": self.store_result,
+            "tags": list(self.tags),
+        }
 
 
 class Attempt(BaseModel):
@@ -127,6 +173,9 @@ class Job(BaseModel):
 
     model_config = ConfigDict(validate_assignment=False, extra="ignore")
 
+    # The app the job was queued through: job.get() waits on its results.
+    _app: App | None = PrivateAttr(default=None)
+
     id: str = Field(default_factory=new_job_id)
     func_name: str
     task_path: str | None = None
@@ -151,7 +200,7 @@ class Job(BaseModel):
     retry_of: str | None = None
 
     @classmethod
-    def trusted(cls, values: dict[str, Any]) -> Job:
+    def trusted(cls, values: dict[str, Any], app: App | None = None) -> Job:
         """Build a job from a complete dict of known-good field values, skipping
         validation. ``.delay()``/``.map()`` use it: pydantic's ``model_construct``
         was measured at ~11 us a job, most of the cost of ``.map()``."""
@@ -159,8 +208,13 @@ class Job(BaseModel):
         object.__setattr__(job, "__dict__", values)
         object.__setattr__(job, "__pydantic_fields_set__", set(_ALL_FIELDS))
         object.__setattr__(job, "__pydantic_extra__", None)
-        object.__setattr__(job, "__pydantic_private__", None)
+        object.__setattr__(job, "__pydantic_private__", {"_app": app})
         return job
+
+    def bind(self, app: App) -> Job:
+        """Tie the job to the app it was queued through or read from."""
+        self._app = app
+        return self
 
     def set_fields(self, **values: Any) -> None:
         """Assign several fields without validation. The engine's hot path uses it:
@@ -196,6 +250,65 @@ class Job(BaseModel):
     def due_at(self) -> float:
         return self.not_before if self.not_before is not None else self.created_at
 
+    # -- the lifecycle: every state change of a job goes through these ---------
+    def mark_claimed(self, claims: int = 1) -> None:
+        """A worker claimed it: the claim counts as an attempt in storage, so a
+        run lost with its worker is counted."""
+        self.__dict__.update(status=JobStatus.RUNNING, attempts=self.attempts + claims)
+
+    def mark_handed_back(self) -> None:
+        """Claimed but never started (a stopping worker): the claim is undone."""
+        self.__dict__.update(
+            status=JobStatus.RETRYING if self.history else JobStatus.PENDING, attempts=self.attempts - 1
+        )
+
+    def mark_lost_runs(self, now: float) -> int:
+        """Record claims that never reached an outcome (their worker died) as
+        ``lost`` attempts; returns how many runs have been lost in all."""
+        for _ in range(self.attempts - 1 - len(self.history)):
+            self.history.append(
+                Attempt(number=len(self.history) + 1, started_at=self.started_at or now, outcome="lost")
+            )
+        return sum(1 for a in self.history if a.outcome == "lost")
+
+    def mark_started(self, worker_id: str | None, now: float) -> Attempt:
+        """An attempt begins; returns it (recorded in ``history`` when it ends)."""
+        self.__dict__.update(started_at=now, worker_id=worker_id)
+        return Attempt(number=self.attempts, started_at=now)
+
+    def mark_succeeded(self, attempt: Attempt, result: Any, now: float) -> None:
+        attempt.finished_at = now
+        self.history.append(attempt)
+        self.__dict__.update(
+            status=JobStatus.SUCCESS, finished_at=now, error=None, result=result if self.store_result else None
+        )
+
+    def mark_attempt_failed(self, attempt: Attempt, error: JobError, *, timed_out: bool, now: float) -> int:
+        """An attempt raised or timed out; returns the failures so far (lost runs
+        do not count: only ``retries`` failures may be retried)."""
+        attempt.finished_at = attempt.finished_at or now
+        attempt.outcome = "timeout" if timed_out else "error"
+        attempt.error = error
+        self.history.append(attempt)
+        self.error = error
+        return sum(1 for a in self.history if a.outcome in ("error", "timeout"))
+
+    def mark_retrying(self, now: float) -> None:
+        """Queued again for another attempt after ``retry_delay_secs``."""
+        self.__dict__.update(status=JobStatus.RETRYING, not_before=now + self.retry_delay_secs)
+
+    def mark_interrupted(self) -> None:
+        """Still running when its worker stopped: the attempt counts, the job goes back."""
+        self.status = JobStatus.RETRYING
+
+    def mark_failed(self, error: JobError | None, now: float, worker_id: str | None = None) -> None:
+        values: dict[str, Any] = {"status": JobStatus.FAILED, "finished_at": now}
+        if error is not None:
+            values["error"] = error
+        if worker_id is not None:
+            values["worker_id"] = worker_id
+        self.__dict__.update(values)
+
     # -- waiting --------------------------------------------------------------
     def get(self, timeout: float | None = None) -> Any:
         """Wait for the job to finish and return its result.
@@ -203,12 +316,12 @@ class Job(BaseModel):
         Raises :class:`~nuvom.errors.JobFailed` (with the remote exception type,
         message and traceback) if it failed, and :class:`TimeoutError` if no
         outcome is stored within ``timeout`` seconds (``None`` waits forever).
+        It waits on the results of the app the job was queued through.
         """
-        from nuvom.backends import get_result_backend
-
-        record = get_result_backend().wait(self.id, timeout)
+        app = self._app or _default.current()
+        record = app.results.wait(self.id, timeout)
         if record is None:
-            raise TimeoutError(f"job {self.id} has no outcome after {timeout} s")
+            raise TimeoutError(app.no_outcome_message(self, timeout))
         self.__dict__.update(record.__dict__)
         if record.status is JobStatus.FAILED:
             err = record.error or JobError(type="Error", message="unknown failure")

@@ -1,32 +1,39 @@
-"""Reading and steering jobs from Python: what the CLI uses too."""
+"""Reading and steering jobs from Python: what the CLI uses too.
+
+Every function works on the default app, or on the app given as ``app=``.
+"""
 
 from __future__ import annotations
 
 import time
 
-from nuvom.backends import get_queue_backend, get_result_backend
+from nuvom.app import App, default_app
 from nuvom.job import TERMINAL_STATUSES, Job, JobStatus, new_job_id, validate_job_id
 
-__all__ = ["get_job", "list_jobs", "queue_size", "retry_job"]
+__all__ = ["get_job", "get_job_status", "list_jobs", "queue_size", "retry_job"]
 
 
-def get_job(job_id: str) -> Job | None:
+def get_job(job_id: str, *, app: App | None = None) -> Job | None:
     """The job's current record (status, result, error, traceback, attempts,
     timings), from the results if it finished, else from the queue; ``None``
     if no backend knows it. A malformed id raises :class:`~nuvom.errors.InvalidJobId`."""
     validate_job_id(job_id)
-    record = get_result_backend().get_full(job_id)
-    if record is not None:
-        return record
-    return get_queue_backend().get(job_id)
+    return (app or default_app()).get_job(job_id)
 
 
-def retry_job(job_id: str) -> Job | None:
+def get_job_status(job_id: str, *, app: App | None = None) -> JobStatus | None:
+    """The job's status (the earlier nuvom's call); ``None`` if no backend knows it."""
+    job = get_job(job_id, app=app)
+    return None if job is None else job.status
+
+
+def retry_job(job_id: str, *, app: App | None = None) -> Job | None:
     """Queue a failed job again, as a new job (new id, ``retry_of`` pointing
     at the failed one) with a fresh set of retries. Returns the new job, or
     ``None`` if there is no such finished job. Only ``FAILED`` jobs are retried."""
     validate_job_id(job_id)
-    record = get_result_backend().get_full(job_id)
+    app = app or default_app()
+    record = app.results.get_full(job_id)
     if record is None:
         return None
     if record.status is not JobStatus.FAILED:
@@ -45,12 +52,14 @@ def retry_job(job_id: str) -> Job | None:
         tags=record.tags,
         created_at=time.time(),
         retry_of=record.id,
-    )
-    get_queue_backend().enqueue(job)
+    ).bind(app)
+    app.queue.enqueue(job)
     return job
 
 
-def list_jobs(status: JobStatus | str | None = None, limit: int = 100, task: str | None = None) -> list[Job]:
+def list_jobs(
+    status: JobStatus | str | None = None, limit: int = 100, task: str | None = None, *, app: App | None = None
+) -> list[Job]:
     """Finished jobs, newest first; filter by ``status`` (``SUCCESS``/``FAILED``) and task name."""
     if limit < 1:
         raise ValueError(f"limit must be at least 1, got {limit}")
@@ -64,9 +73,10 @@ def list_jobs(status: JobStatus | str | None = None, limit: int = 100, task: str
             raise ValueError(
                 f"history holds finished jobs only (SUCCESS, FAILED); a {status.value} job is read with get_job(id)"
             )
-    return get_result_backend().list_jobs(status=status, limit=limit, task=task)
+    app = app or default_app()
+    return [job.bind(app) for job in app.results.list_jobs(status=status, limit=limit, task=task)]
 
 
-def queue_size() -> int:
+def queue_size(*, app: App | None = None) -> int:
     """Jobs waiting in the queue."""
-    return get_queue_backend().qsize()
+    return (app or default_app()).queue.qsize()

@@ -33,12 +33,13 @@ from collections.abc import Sequence
 from types import FrameType
 from typing import Any
 
-from nuvom.config import Settings, get_settings
-from nuvom.job import Job, JobStatus
+from nuvom._hooks import Hooks
+from nuvom._registry import TaskRegistry
+from nuvom._runner import JobRunner
+from nuvom._settings import Settings
+from nuvom.app import App, default_app
+from nuvom.job import Job, effective_timeout
 from nuvom.plugins.contracts import BaseJobQueue, BaseResultBackend
-from nuvom.plugins.loader import PluginManager, get_plugin_manager
-from nuvom.registry import TaskRegistry, get_registry
-from nuvom.runner import Hooks, JobRunner
 
 __all__ = ["Worker"]
 
@@ -86,7 +87,7 @@ class _Slot:
 
 
 class Worker:
-    """Runs jobs from the configured queue until stopped.
+    """Runs an app's jobs until stopped.
 
     Embeddable::
 
@@ -94,28 +95,36 @@ class Worker:
             job = add.delay(1, 2)
             assert job.get(timeout=5) == 3
 
-    ``nuvom runworker`` calls :meth:`run_forever`, which also stops on
-    SIGINT/SIGTERM.
+    ``app``: the :class:`~nuvom.app.App` whose queue, tasks, hooks and plugins
+    it uses (default: the default app). ``settings``: run on these settings
+    instead (an app derived from the default one, sharing its tasks and hooks).
+    ``queue`` / ``results``: backend instances to use instead of the app's.
+    ``nuvom runworker`` and ``python -m nuvom.worker`` call :meth:`run_forever`,
+    which also stops on SIGINT/SIGTERM.
     """
 
     def __init__(
         self,
         max_workers: int | None = None,
         *,
+        app: App | None = None,
         batch_size: int | None = None,
         queue: BaseJobQueue | None = None,
         results: BaseResultBackend | None = None,
         settings: Settings | None = None,
         registry: TaskRegistry | None = None,
-        plugins: PluginManager | None = None,
         dev: bool = False,
         worker_id: str | None = None,
     ) -> None:
-        self.settings = settings or get_settings()
+        if app is None:
+            app = default_app() if settings is None else default_app().derive(settings)
+        elif settings is not None:
+            app = app.derive(settings)
+        self.app = app
+        self.settings = app.settings
         self.max_workers = max_workers or self.settings.max_workers
         self.batch_size = batch_size or self.settings.batch_size
-        self.registry = registry if registry is not None else get_registry()
-        self.plugins = plugins or get_plugin_manager()
+        self.registry = registry if registry is not None else app.registry
         self.dev = dev
         self.worker_id = worker_id or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
         self._queue = queue
@@ -140,17 +149,13 @@ class Worker:
     @property
     def queue(self) -> BaseJobQueue:
         if self._queue is None:
-            from nuvom.backends import get_queue_backend
-
-            self._queue = get_queue_backend()
+            self._queue = self.app.queue
         return self._queue
 
     @property
     def results(self) -> BaseResultBackend:
         if self._results is None:
-            from nuvom.backends import get_result_backend
-
-            self._results = get_result_backend()
+            self._results = self.app.results
         return self._results
 
     def start(self) -> Worker:
@@ -162,17 +167,18 @@ class Worker:
         logging.getLogger("nuvom").setLevel(self.settings.log_level)
         queue, results = self.queue, self.results
         extras = {
+            "app": self.app,
             "worker": self,
             "registry": self.registry,
             "metrics_provider": self.metrics,
             "dev": self.dev,
         }
-        self.plugins.start(self.settings, extras=extras)
+        plugins = self.app.plugins
+        plugins.start(self.settings, extras=extras)
         self.runner = JobRunner(
             registry=self.registry,
-            hooks=Hooks.collect(self.plugins.started_plugins()),
-            default_timeout_policy=self.settings.timeout_policy,
-            max_payload_bytes=self.settings.max_payload_bytes,
+            settings=self.settings,
+            hooks=Hooks.collect(self.app.hooks.snapshot(), plugins.started_plugins()),
             worker_id=self.worker_id,
             finish=self._finish,
             retry=self._retry,
@@ -184,12 +190,16 @@ class Worker:
             t.start()
             self._threads.append(t)
         log.info(
-            "worker %s started: %d threads, queue=%s, results=%s, %d tasks registered",
+            "worker %s started: %d threads, queue=%s, results=%s, data dir %s, %d tasks registered%s",
             self.worker_id,
             self.max_workers,
             type(queue).__name__,
             type(results).__name__,
+            os.path.abspath(self.settings.data_dir),
             len(self.registry),
+            f" ({', '.join(self.registry.names()[:10])}{', ...' if len(self.registry) > 10 else ''})"
+            if len(self.registry)
+            else "",
         )
         return self
 
@@ -212,8 +222,7 @@ class Worker:
                     job = slot.inbox.popleft()
                 except IndexError:
                     break
-                job.attempts -= 1
-                job.status = JobStatus.RETRYING if job.history else JobStatus.PENDING
+                job.mark_handed_back()
                 unstarted.append(job)
             slot.wake.set()
         if unstarted:
@@ -229,13 +238,13 @@ class Worker:
             with slot.lock:
                 if slot.job is not None and not slot.abandoned:
                     slot.abandoned = True
-                    slot.job.status = JobStatus.RETRYING
+                    slot.job.mark_interrupted()
                     stuck.append(slot.job)
         if stuck:
             log.warning("%d job(s) still running after %.1f s grace; handed back to the queue", len(stuck), grace)
             self._handback(stuck)
         self._flush()
-        self.plugins.stop(worker_only=True)
+        self.app.plugins.stop(worker_only=True)
         self._stopped.set()
         log.info("worker %s stopped", self.worker_id)
 
@@ -315,8 +324,7 @@ class Worker:
                 continue
             if self._stopping.is_set():
                 for job in jobs:
-                    job.attempts -= 1
-                    job.status = JobStatus.RETRYING if job.history else JobStatus.PENDING
+                    job.mark_handed_back()
                 self._handback(jobs)
                 return
             slots = self._slots
@@ -330,6 +338,7 @@ class Worker:
         runner = self.runner
         assert runner is not None
         inbox, wake = slot.inbox, slot.wake
+        default_timeout = self.settings.job_timeout_secs
         while True:
             try:
                 job = inbox.popleft()
@@ -358,7 +367,7 @@ class Worker:
             if task is None:
                 slot.job = None
                 continue
-            timeout = job.timeout_secs or self.settings.job_timeout_secs
+            timeout = effective_timeout(job.timeout_secs, default_timeout)
             attempt = runner.start(job, task)
             slot.task, slot.attempt = task, attempt
             slot.deadline = time.monotonic() + timeout
@@ -409,7 +418,7 @@ class Worker:
             job, task, attempt = slot.job, slot.task, slot.attempt
             if job is None or slot.deadline is None or slot.abandoned:
                 return
-            timeout = job.timeout_secs or self.settings.job_timeout_secs
+            timeout = effective_timeout(job.timeout_secs, self.settings.job_timeout_secs)
             policy = job.timeout_policy or self.settings.timeout_policy
             if policy == "ignore":
                 if not slot.timed_out:
@@ -485,3 +494,37 @@ class Worker:
 
 def _load(slot: _Slot) -> int:
     return len(slot.inbox) + (slot.job is not None)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m nuvom.worker [module ...]``: a worker process with nuvom-core
+    alone (no CLI). Imports the given modules (and ``NUVOM_TASK_MODULES``) so
+    their ``@task`` functions register, logs a start and a stop line to stderr,
+    and runs until SIGINT/SIGTERM."""
+    import argparse
+    import importlib
+    import sys
+
+    parser = argparse.ArgumentParser(prog="python -m nuvom.worker", description=main.__doc__)
+    parser.add_argument("modules", nargs="*", help="modules that define tasks (e.g. tasks)")
+    parser.add_argument("--threads", type=int, default=None, help="worker threads (NUVOM_MAX_WORKERS)")
+    args = parser.parse_args(argv)
+    if "" not in sys.path and os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())  # tasks.py beside the caller imports, as with `python -m`
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.getLogger("nuvom").addHandler(handler)
+    from nuvom.errors import NuvomError
+
+    try:
+        app = default_app()
+        for module in [*app.settings.task_module_list(), *args.modules]:
+            importlib.import_module(module)
+        return Worker(max_workers=args.threads, app=app).run_forever()
+    except (NuvomError, ImportError) as exc:
+        sys.stderr.write(f"error: {exc}\n")
+        return 5 if isinstance(exc, NuvomError) else 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -25,14 +25,26 @@ def _load_plugin_settings(cls: type, plugin: str) -> Any:
 
 
 def plugin_settings() -> list[tuple[str, Any]]:
-    """``(plugin name, settings instance)`` for every loaded plugin that declares
-    a ``settings_class``."""
-    from nuvom.plugins.loader import get_plugin_manager
+    """``(name, settings instance)`` for the selected backends and every loaded
+    plugin that declare a ``settings_class`` (each class once)."""
+    from nuvom.app import default_app
 
+    app = default_app()
+    seen: set[type] = set()
     out = []
-    for record in get_plugin_manager().discover():
+    for role, (name, _why) in app.backend_names().items():
+        try:
+            backend = app.backends.find(role, name)
+        except Exception:
+            continue  # reported by the backend lines of `nuvom config`
+        cls = getattr(backend, "settings_class", None)
+        if cls is not None and cls not in seen:
+            seen.add(cls)
+            out.append((name, _load_plugin_settings(cls, name)))
+    for record in app.plugins.discover():
         cls = getattr(type(record.plugin), "settings_class", None) if record.plugin is not None else None
-        if cls is not None:
+        if cls is not None and cls not in seen:
+            seen.add(cls)
             out.append((record.name, _load_plugin_settings(cls, record.name)))
     return out
 

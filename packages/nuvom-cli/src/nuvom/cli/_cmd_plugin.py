@@ -33,7 +33,33 @@ def _record_document(record: Any) -> dict[str, Any]:
         "state": record.state,
         "error": record.error,
         "settings": getattr(type(record.plugin), "settings_class", None) is not None if record.plugin else False,
+        "moved_to": record.moved_to,
     }
+
+
+_BACKEND_GROUPS = {"queue": "nuvom.queue_backends", "result": "nuvom.result_backends"}
+
+
+def _backend_rows(app: Any) -> list[dict[str, Any]]:
+    """Installed backends by role (entry points; nothing imported), and which
+    one the settings select."""
+    from importlib.metadata import entry_points
+
+    selected = {role: name for role, (name, _why) in app.backend_names().items()}
+    rows = []
+    for role, group in _BACKEND_GROUPS.items():
+        for ep in sorted(entry_points(group=group), key=lambda e: e.name):
+            dist = getattr(getattr(ep, "dist", None), "name", None) or "?"
+            rows.append(
+                {
+                    "role": role,
+                    "name": ep.name,
+                    "target": ep.value,
+                    "distribution": dist,
+                    "selected": ep.name.lower() == selected[role].lower(),
+                }
+            )
+    return rows
 
 
 @plugin_app.command("status")
@@ -45,9 +71,9 @@ def plugin_status(format: FormatOpt = Format.table) -> None:
     Plugins are imported but not started. A malformed .nuvom_plugins.toml is
     reported with its line number (exit code 7).
     """
+    from nuvom.app import App
     from nuvom.cli._extensions import extension_status
     from nuvom.cli._project import load_project_settings, project_on_path, setup_logging
-    from nuvom.plugins.loader import PluginManager
 
     root = project_on_path()
     settings = load_project_settings()
@@ -56,18 +82,34 @@ def plugin_status(format: FormatOpt = Format.table) -> None:
 
     # Failures are shown in the table; the loader's log lines would say it twice.
     logging.getLogger("nuvom.plugins").setLevel(logging.CRITICAL)
-    records = PluginManager(project_dir=root).discover()
+    app = App(settings, project_dir=root)
+    records = app.plugins.discover()
+    backends = _backend_rows(app)
     extensions = extension_status()
     if format is Format.json:
         from nuvom.cli._output import print_json
 
-        print_json({"plugins": [_record_document(r) for r in records], "cli_commands": extensions})
+        print_json(
+            {"backends": backends, "plugins": [_record_document(r) for r in records], "cli_commands": extensions}
+        )
         return
     from nuvom.cli._output import console
     from rich.markup import escape
     from rich.table import Table
 
     out = console()
+    bt = Table(title=f"{len(backends)} backend(s)", title_justify="left", title_style="bold")
+    for col in ("role", "name", "target", "distribution", "selected"):
+        bt.add_column(col, overflow="fold")
+    for b in backends:
+        bt.add_row(
+            b["role"],
+            escape(b["name"]),
+            escape(b["target"]),
+            escape(b["distribution"]),
+            "[green]yes[/]" if b["selected"] else "",
+        )
+    out.print(bt)
     table = Table(title=f"{len(records)} plugin(s)", title_justify="left", title_style="bold")
     table.add_column("name", no_wrap=True)
     table.add_column("provides", no_wrap=True)
@@ -77,6 +119,8 @@ def plugin_status(format: FormatOpt = Format.table) -> None:
     for r in records:
         ok = r.state in ("loaded", "started", "stopped")
         where = escape(r.source) + f"\n[dim]{escape(r.target)}[/]"
+        if r.moved_to:
+            where += f"\n[yellow]moved: loaded from {escape(r.moved_to)}[/]"
         if r.error:
             where += f"\n[red]{escape(r.error)}[/]"
         table.add_row(

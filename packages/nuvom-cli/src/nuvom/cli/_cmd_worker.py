@@ -141,8 +141,8 @@ def _banner(
         f"{worker.max_workers}, batch size {worker.batch_size}"
         + ("  [yellow]dev mode: reloads on change[/]" if worker.dev else ""),
     )
-    started = [r.name for r in worker.plugins.records if r.state == "started"]
-    failed = [r.name or r.target for r in worker.plugins.records if r.state == "failed"]
+    started = [r.name for r in worker.app.plugins.records if r.state == "started"]
+    failed = [r.name or r.target for r in worker.app.plugins.records if r.state == "failed"]
     plugins = ", ".join(started) or "none"
     if failed:
         plugins += f"  [red](failed: {escape(', '.join(failed))}; see `nuvom plugin status`)[/]"
@@ -220,14 +220,12 @@ def runtestworker_run(
     # The outcome printed below says it all; the runner's own log line would repeat it.
     logging.getLogger("nuvom.runner").setLevel(logging.CRITICAL)
     job = _read_job_file(job_file)
-    from nuvom.registry import get_registry
+    from nuvom.app import default_app
 
-    if job.func_name not in get_registry() and not job.task_path:
+    app = default_app()
+    if job.func_name not in app.registry and not job.task_path:
         register_manifest_tasks(settings, root, scan_for=job.func_name)
-
-    from nuvom.runner import run_job
-
-    run_job(job, retries=retries)
+    app.run_locally(job, retries=retries)
     code = EXIT_OK if job.status.value == "SUCCESS" else EXIT_FAILED
     if format is Format.json:
         from nuvom.cli._output import job_document, print_json

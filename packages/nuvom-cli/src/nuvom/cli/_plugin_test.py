@@ -74,7 +74,7 @@ def _describe(exc: BaseException) -> str:
 def _import(target: str) -> tuple[Any, str | None]:
     """``(module, class name or None)`` for ``pkg.mod``, ``pkg.mod:Class``,
     ``path/file.py`` or ``path/file.py:Class``."""
-    from nuvom.plugins.loader import load_target
+    from nuvom.plugins._loader import load_target
 
     module_part, _, attr = target.partition(":")
     if module_part.endswith(".py") or "/" in module_part or "\\" in module_part:
@@ -101,7 +101,8 @@ def find_plugin_classes(module: Any) -> list[type]:
         if not isinstance(value, type) or value is Plugin or value.__module__ != module.__name__:
             continue
         duck = all(callable(getattr(value, a, None)) for a in ("start", "stop")) and hasattr(value, "api_version")
-        if (issubclass(value, Plugin) or duck) and not inspect.isabstract(value):
+        backend = _backend_role(value) is not None
+        if (issubclass(value, Plugin) or duck or backend) and not inspect.isabstract(value):
             found.append(value)
     return found
 
@@ -138,11 +139,54 @@ def run_plugin_checks(target: str) -> list[PluginResult]:
     return [_test_class(cls, f"{target}:{cls.__name__}" if attr is None else target) for cls in classes]
 
 
+def _backend_role(cls: Any) -> str | None:
+    from nuvom.plugins.contracts import BaseJobQueue, BaseResultBackend
+
+    if isinstance(cls, type) and issubclass(cls, BaseJobQueue):
+        return "queue_backend"
+    if isinstance(cls, type) and issubclass(cls, BaseResultBackend):
+        return "result_backend"
+    return None
+
+
+def _test_backend_class(cls: Any, role: str, target: str) -> PluginResult:
+    """A backend class named directly (what an entry point in
+    ``nuvom.queue_backends`` / ``nuvom.result_backends`` names): build it on
+    temporary settings and exercise it."""
+    from importlib.metadata import entry_points
+
+    from nuvom.config import load_settings
+
+    result = PluginResult(target, cls_name=getattr(cls, "__qualname__", repr(cls)))
+    result.add("import", True, f"imported {getattr(cls, '__module__', '?')}")
+    group = "nuvom.queue_backends" if role == "queue_backend" else "nuvom.result_backends"
+    value = f"{cls.__module__}:{cls.__qualname__}"
+    names = [ep.name for ep in entry_points(group=group) if ep.value == value]
+    result.name, result.provides = (names[0] if names else cls.__name__), [role]
+    where = f"entry point {result.name!r} in {group}" if names else f"not an entry point in {group} (yet)"
+    result.add("contract", True, f"a {role.replace('_', ' ')} class; {where}", warning=not names)
+    exercise = _exercise_queue if role == "queue_backend" else _exercise_results
+    with tempfile.TemporaryDirectory(prefix="nuvom-plugin-test-") as tmp:
+        try:
+            settings = load_settings(data_dir=Path(tmp), manifest_path=Path(tmp) / "manifest.json")
+            backend = cls(settings)
+            try:
+                result.add(f"{role.replace('_', ' ')} {result.name!r}", True, exercise(backend))
+            finally:
+                backend.close()
+        except Exception as exc:
+            result.add(f"{role.replace('_', ' ')} {result.name!r}", False, _describe(exc))
+    return result
+
+
 def _test_class(cls: Any, target: str) -> PluginResult:
     from nuvom.config import load_settings
+    from nuvom.plugins._loader import check_plugin_class
     from nuvom.plugins.contracts import API_VERSION
-    from nuvom.plugins.loader import check_plugin_class
 
+    role = _backend_role(cls)
+    if role is not None:
+        return _test_backend_class(cls, role, target)
     result = PluginResult(target, cls_name=getattr(cls, "__qualname__", repr(cls)))
     result.add("import", True, f"imported {getattr(cls, '__module__', '?')}")
     try:
@@ -181,10 +225,12 @@ def _test_class(cls: Any, target: str) -> PluginResult:
             result.add("instantiate", False, _describe(exc))
             return result
         result.add("instantiate", True, f"{result.cls_name}()")
-        before = _backend_names()
-        started = _start(plugin, settings, result)
+        from nuvom.app import App
+
+        app = App(settings)
+        started = _start(app, plugin, result)
         if started:
-            _check_backends(result, settings, before)
+            _check_backends(result, app)
             _check_hooks(plugin, result)
         try:
             t0 = time.perf_counter()
@@ -195,13 +241,7 @@ def _test_class(cls: Any, target: str) -> PluginResult:
     return result
 
 
-def _backend_names() -> dict[str, set[str]]:
-    from nuvom.plugins.registry import queue_backend_names, result_backend_names
-
-    return {"queue_backend": set(queue_backend_names()), "result_backend": set(result_backend_names())}
-
-
-def _start(plugin: Any, settings: Any, result: PluginResult) -> bool:
+def _start(app: Any, plugin: Any, result: PluginResult) -> bool:
     from nuvom.registry import TaskRegistry
 
     extras = {
@@ -211,44 +251,33 @@ def _start(plugin: Any, settings: Any, result: PluginResult) -> bool:
         "dev": False,
         "enabled_in_file": True,
     }
-    try:
-        params = inspect.signature(plugin.start).parameters
-        takes_extras = len(params) >= 2 or any(p.kind is p.VAR_POSITIONAL for p in params.values())
-    except (TypeError, ValueError):
-        takes_extras = True
     t0 = time.perf_counter()
     try:
-        if takes_extras:
-            plugin.start(settings, extras)
-        else:
-            plugin.start(settings)
+        app.start_plugin(plugin, extras)
     except Exception as exc:
         return result.add("start", False, _describe(exc))
     return result.add("start", True, f"returned in {(time.perf_counter() - t0) * 1000:.1f} ms")
 
 
-def _check_backends(result: PluginResult, settings: Any, before: dict[str, set[str]]) -> None:
-    from nuvom.plugins.registry import get_queue_backend_class, get_result_backend_class
-
-    after = _backend_names()
-    for role, exercise, lookup in (
-        ("queue_backend", _exercise_queue, get_queue_backend_class),
-        ("result_backend", _exercise_results, get_result_backend_class),
-    ):
+def _check_backends(result: PluginResult, app: Any) -> None:
+    settings = app.settings
+    for role, exercise in (("queue_backend", _exercise_queue), ("result_backend", _exercise_results)):
         if role not in result.provides:
             continue
-        new = sorted(after[role] - before[role]) or sorted(after[role] & {result.name.lower()})
+        short = role.split("_")[0]
+        new = app.backends.registered_names(short)
         if not new:
             result.add(
                 f"registers a {role.replace('_', ' ')}",
                 False,
-                f"provides {role!r} but start() registered none; call "
-                f"nuvom.plugins.registry.register_{role}(name, cls) in start()",
+                f"provides {role!r} but start() registered none; declare it as an entry point in "
+                f"'nuvom.{short}_backends' (then no plugin is needed) or call "
+                f"nuvom.backends.register_{role}(name, cls) in start()",
             )
             continue
         for name in new:
             try:
-                backend = lookup(name)(settings)
+                backend = app.backends.lookup(short, name)(settings)
                 try:
                     detail = exercise(backend)
                 finally:

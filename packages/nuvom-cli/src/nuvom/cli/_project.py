@@ -86,12 +86,11 @@ def setup_logging(level: str = "WARNING", *, rich: bool = False, quiet: bool = F
 def backend_report(settings: Settings) -> dict[str, dict[str, Any]]:
     """Which queue and result backends the settings select, why, and whether
     they are installed: ``{"queue": {"name", "why", "installed"}, "result": ...}``."""
-    from nuvom.backends import resolve_backend_names
-    from nuvom.plugins.registry import queue_backend_names, result_backend_names
+    from nuvom.app import default_app
 
-    names = resolve_backend_names(settings)
-    installed = {"queue": queue_backend_names(), "result": result_backend_names()}
+    app = default_app()
+    names = app.backend_names()
     return {
-        role: {"name": name, "why": why, "installed": name.lower() in installed[role]}
+        role: {"name": name, "why": why, "installed": name.lower() in app.backends.names(role)}
         for role, (name, why) in names.items()
     }

@@ -1,12 +1,13 @@
 """``nuvom plugin scaffold``: a ready-to-install third-party plugin distribution.
 
-The result installs with ``pip install -e ./nuvom-NAME``, is found through the
-``nuvom`` entry-point group, passes ``nuvom plugin test nuvom_NAME.plugin``
-and carries a pytest test of its own. Two kinds:
+The result installs with ``pip install -e ./nuvom-NAME``, is found through an
+entry point, passes ``nuvom plugin test nuvom_NAME.plugin`` and carries a
+pytest test of its own. Two kinds:
 
 ``result_backend``
-    a result backend storing each finished job as one file, selected with
-    ``NUVOM_RESULT_BACKEND=NAME``;
+    a result backend storing each finished job as one file, found through the
+    ``nuvom.result_backends`` entry-point group and selected with
+    ``NUVOM_RESULT_BACKEND=NAME`` (no plugin object: choosing it loads the class);
 ``hooks``
     job lifecycle hooks (``before_job``, ``after_job``, ``on_error``,
     ``on_job_finished``) that count and log outcomes, run by every worker.
@@ -41,9 +42,7 @@ dependencies = [$dependencies]
 [project.optional-dependencies]
 test = ["pytest>=8"]
 
-# nuvom finds plugins through this entry-point group: the value names the Plugin class.
-[project.entry-points.nuvom]
-$name = "$package.plugin:$cls"
+$entry_points
 $cli_entry_point
 [tool.hatch.build.targets.wheel]
 packages = ["src/$package"]
@@ -61,7 +60,7 @@ _README = Template("""\
 A [nuvom](https://pypi.org/project/nuvom-core/) plugin: $summary.
 
 ```bash
-pip install -e .                      # nuvom finds it through the `nuvom` entry point
+pip install -e .                      # nuvom finds it through its entry point
 nuvom plugin test $package.plugin     # load, check the contract, run start/stop
 nuvom plugin status                   # listed, with its source and state
 pip install -e '.[test]' && pytest    # its own tests
@@ -98,13 +97,27 @@ from $package.plugin import $cls
 __all__ = ["$cls"]
 ''')
 
+_ENTRY_POINTS = {
+    "result_backend": Template("""\
+# nuvom finds backends by role: the entry name is the value of NUVOM_RESULT_BACKEND,
+# the value names the class. Choosing the backend loads it; nothing else runs.
+[project.entry-points."nuvom.result_backends"]
+$name = "$package.plugin:$cls"
+"""),
+    "hooks": Template("""\
+# nuvom finds plugins with a lifecycle through this group: the value names the Plugin class.
+[project.entry-points.nuvom]
+$name = "$package.plugin:$cls"
+"""),
+}
+
 _PLUGIN_RESULT_BACKEND = Template('''\
 """A result backend that keeps each finished job in a file of its own.
 
-nuvom calls ``$cls().start(settings, extras)`` in every process that uses
-backends (workers and producers alike, because ``provides`` lists only a
-backend role); ``start`` registers the backend under the name ``$name``, which
-``NUVOM_RESULT_BACKEND=$name`` then selects.
+Found through the ``nuvom.result_backends`` entry point ``$name``:
+``NUVOM_RESULT_BACKEND=$name`` selects it, and nuvom then builds
+``$cls(settings)``. It implements the contract of
+:class:`nuvom.plugins.contracts.BaseResultBackend`.
 """
 
 from __future__ import annotations
@@ -113,15 +126,13 @@ import os
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 from nuvom.config import Settings
 from nuvom.job import Job, JobStatus, validate_job_id
-from nuvom.plugins.contracts import API_VERSION, BaseResultBackend, Plugin
-from nuvom.plugins.registry import register_result_backend
+from nuvom.plugins.contracts import BaseResultBackend
 
 
-class ${camel}ResultBackend(BaseResultBackend):
+class $cls(BaseResultBackend):
     """One msgpack file per finished job under ``<NUVOM_DATA_DIR>/$name/``."""
 
     def __init__(self, settings: Settings | None = None) -> None:
@@ -159,18 +170,6 @@ class ${camel}ResultBackend(BaseResultBackend):
                 jobs.append(job)
         jobs.sort(key=lambda j: j.finished_at or 0.0, reverse=True)
         return jobs[:limit]
-
-
-class $cls(Plugin):
-    api_version = API_VERSION
-    name = "$name"
-    provides = ["result_backend"]
-
-    def start(self, settings: Settings, extras: dict[str, Any] | None = None) -> None:
-        register_result_backend("$name", ${camel}ResultBackend)
-
-    def stop(self) -> None:
-        pass  # nothing to release: the backend opens files per call
 ''')
 
 _PLUGIN_HOOKS = Template('''\
@@ -251,39 +250,34 @@ def info() -> None:
     """
     from $package.plugin import $cls
 
-    typer.echo(f"{$cls.name}: provides {', '.join($cls.provides)}")
+    summary = ($cls.__doc__ or "a nuvom plugin").strip().splitlines()[0]
+    typer.echo(f"$name: {summary}")
 ''')
 
 _TEST_RESULT_BACKEND = Template("""\
 from __future__ import annotations
 
 import time
+from importlib.metadata import entry_points
 
 from nuvom.config import load_settings
 from nuvom.job import Job, JobStatus
-from nuvom.plugins.loader import check_plugin_class
-from nuvom.plugins.registry import get_result_backend_class
 
 from $package.plugin import $cls
 
 
-def test_plugin_fulfils_the_contract():
-    assert check_plugin_class($cls, "$package.plugin:$cls") is $cls
+def test_entry_point_names_the_backend():
+    eps = {ep.name: ep for ep in entry_points(group="nuvom.result_backends")}
+    assert eps["$name"].load() is $cls
 
 
 def test_backend_stores_and_reads_back_jobs(tmp_path):
-    settings = load_settings(data_dir=tmp_path)
-    plugin = $cls()
-    plugin.start(settings, {})
-    try:
-        backend = get_result_backend_class("$name")(settings)
-        job = Job(func_name="add", args=[1, 2], status=JobStatus.SUCCESS, result=3, finished_at=time.time())
-        backend.store([job])
-        assert backend.get_full(job.id).result == 3
-        assert [j.id for j in backend.list_jobs(status="SUCCESS")] == [job.id]
-        assert backend.get_full("0" * 32) is None
-    finally:
-        plugin.stop()
+    backend = $cls(load_settings(data_dir=tmp_path))
+    job = Job(func_name="add", args=[1, 2], status=JobStatus.SUCCESS, result=3, finished_at=time.time())
+    backend.store([job])
+    assert backend.get_full(job.id).result == 3
+    assert [j.id for j in backend.list_jobs(status="SUCCESS")] == [job.id]
+    assert backend.get_full("0" * 32) is None
 """)
 
 _TEST_HOOKS = Template("""\
@@ -291,13 +285,13 @@ from __future__ import annotations
 
 from nuvom.config import load_settings
 from nuvom.job import Job
-from nuvom.plugins.loader import check_plugin_class
+from nuvom.plugins.contracts import API_VERSION, Plugin
 
 from $package.plugin import $cls
 
 
 def test_plugin_fulfils_the_contract():
-    assert check_plugin_class($cls, "$package.plugin:$cls") is $cls
+    assert issubclass($cls, Plugin) and $cls.api_version.split(".")[0] == API_VERSION.split(".")[0]
 
 
 def test_hooks_count_outcomes(tmp_path):
@@ -344,7 +338,7 @@ def scaffold(
     values = {
         "name": name,
         "camel": camel,
-        "cls": f"{camel}Plugin",
+        "cls": f"{camel}ResultBackend" if kind == "result_backend" else f"{camel}Plugin",
         "package": package,
         "dist": f"nuvom-{name.replace('_', '-')}",
         "summary": {
@@ -355,6 +349,7 @@ def scaffold(
     dependencies = [_core_requirement()] + (["typer>=0.15"] if cli else [])
     values["dependencies"] = ", ".join(f'"{d}"' for d in dependencies)
     values["cli_entry_point"] = _CLI_ENTRY_POINT.substitute(values) if cli else ""
+    values["entry_points"] = _ENTRY_POINTS[kind].substitute(values)
     values["usage"] = _USAGE[kind].substitute(values) + (
         f"\nIt also adds `nuvom {name} info` to the nuvom command line.\n" if cli else ""
     )

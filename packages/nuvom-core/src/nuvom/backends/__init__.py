@@ -1,97 +1,84 @@
-"""The process's queue and result backends, chosen by name from settings.
+"""Backends by name: the default app's queue and results, and registration.
 
-Names resolve through :mod:`nuvom.plugins.registry`, which backend plugins
-(core's own ``memory`` and ``file`` included) fill from their ``start()``.
+Backends are found by role through the entry-point groups
+``nuvom.queue_backends`` and ``nuvom.result_backends`` (see
+:mod:`nuvom.plugins.contracts`). :func:`register_queue_backend` /
+:func:`register_result_backend` add a class at run time: from a plugin's
+``start()`` into the app that starts it, otherwise into the default app.
+Core's own backends are :mod:`nuvom.backends.memory` and :mod:`nuvom.backends.file`.
 """
 
 from __future__ import annotations
 
-import threading
+from typing import Any
 
-from nuvom.config import Settings, get_settings
+from nuvom._backends import BackendTable, Role, entry_point_names, table_being_started
+from nuvom._settings import Settings
+from nuvom.app import default_app
 from nuvom.plugins.contracts import BaseJobQueue, BaseResultBackend
-from nuvom.plugins.loader import get_plugin_manager
-from nuvom.plugins.registry import (
-    get_queue_backend_class,
-    get_result_backend_class,
-    queue_backend_names,
-)
 
 __all__ = [
     "default_backend_name",
     "get_queue_backend",
     "get_result_backend",
+    "installed_backend_names",
+    "register_queue_backend",
+    "register_result_backend",
     "reset_backends",
     "resolve_backend_names",
     "set_backends",
 ]
 
-_lock = threading.RLock()
-_queue: BaseJobQueue | None = None
-_results: BaseResultBackend | None = None
 
-# Preferred when nothing is configured: durable first, so that a job queued
-# by one process is seen by a worker in another.
-_DEFAULT_ORDER = ("sqlite", "file")
+def _table() -> BackendTable:
+    return table_being_started() or default_app().backends
+
+
+def register_queue_backend(name: str, cls: Any, *, override: bool = True) -> None:
+    """Make ``cls`` available as ``NUVOM_QUEUE_BACKEND=name``. ``override=False``
+    keeps a class already registered under that name."""
+    _table().register("queue", name, cls, override=override)
+
+
+def register_result_backend(name: str, cls: Any, *, override: bool = True) -> None:
+    """Make ``cls`` available as ``NUVOM_RESULT_BACKEND=name``; a result backend
+    written to the earlier nuvom's interface is adapted."""
+    _table().register("result", name, cls, override=override)
+
+
+def installed_backend_names(role: Role) -> list[str]:
+    """Names in the role's entry-point group (nothing imported or started)."""
+    return entry_point_names(role)
 
 
 def default_backend_name() -> tuple[str, str]:
     """``(name, why)`` of the backend used when none is configured."""
-    available = queue_backend_names()
-    for name in _DEFAULT_ORDER:
-        if name in available:
-            why = "nuvom-sqlite is installed" if name == "sqlite" else "nuvom-sqlite is not installed"
-            return name, f"default: {why}"
-    return "memory", "default: no durable backend is installed"
+    return default_app().backends.default_name()
 
 
-def resolve_backend_names(settings: Settings) -> dict[str, tuple[str, str]]:
-    """``{"queue": (name, why), "result": (name, why)}`` after starting backend plugins."""
-    get_plugin_manager().start(settings, backends_only=True)
-    default = default_backend_name()
-    return {
-        "queue": (settings.queue_backend, "NUVOM_QUEUE_BACKEND") if settings.queue_backend else default,
-        "result": (settings.result_backend, "NUVOM_RESULT_BACKEND") if settings.result_backend else default,
-    }
+def resolve_backend_names(settings: Settings | None = None) -> dict[Role, tuple[str, str]]:
+    """``{"queue": (name, why), "result": (name, why)}`` for ``settings`` (default:
+    the default app's). Starts no plugin."""
+    app = default_app() if settings is None else default_app().derive(settings)
+    return app.backend_names()
 
 
 def get_queue_backend() -> BaseJobQueue:
-    global _queue
-    if _queue is None:
-        with _lock:
-            if _queue is None:
-                settings = get_settings()
-                name = resolve_backend_names(settings)["queue"][0]
-                _queue = get_queue_backend_class(name)(settings)
-    return _queue
+    """The default app's queue."""
+    return default_app().queue
 
 
 def get_result_backend() -> BaseResultBackend:
-    global _results
-    if _results is None:
-        with _lock:
-            if _results is None:
-                settings = get_settings()
-                name = resolve_backend_names(settings)["result"][0]
-                _results = get_result_backend_class(name)(settings)
-    return _results
+    """The default app's result backend."""
+    return default_app().results
 
 
 def set_backends(queue: BaseJobQueue | None = None, results: BaseResultBackend | None = None) -> None:
-    """Use these backend instances in this process (embedding and tests)."""
-    global _queue, _results
-    with _lock:
-        if queue is not None:
-            _queue = queue
-        if results is not None:
-            _results = results
+    """Make the default app use these backend instances (embedding and tests)."""
+    default_app().set_backends(queue, results)
 
 
 def reset_backends() -> None:
-    """Close and forget the backends; the next use builds them from settings again."""
-    global _queue, _results
-    with _lock:
-        for backend in (_queue, _results):
-            if backend is not None:
-                backend.close()
-        _queue = _results = None
+    """Close the default app's backends; the next use builds them from settings again."""
+    app = default_app()
+    app.configure(app._settings)

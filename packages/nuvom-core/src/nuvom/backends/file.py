@@ -44,20 +44,15 @@ import time
 from collections import deque
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
 
+from nuvom._settings import Settings, load_settings
 from nuvom.backends._file_index import ResultIndex
 from nuvom.backends._file_io import TempFiles, quarantine, read_bytes, replace, storage_error, sweep_temp, unlink
-from nuvom.config import get_settings
 from nuvom.errors import SerializationError
-from nuvom.job import Job, JobStatus, validate_job_id
-from nuvom.plugins.contracts import BaseJobQueue, BaseResultBackend, Plugin
-from nuvom.plugins.registry import register_queue_backend, register_result_backend
+from nuvom.job import Job, JobStatus, lease_secs_for, validate_job_id
+from nuvom.plugins.contracts import BaseJobQueue, BaseResultBackend
 
-if TYPE_CHECKING:
-    from nuvom.config import Settings
-
-__all__ = ["FileJobQueue", "FilePlugin", "FileResultBackend"]
+__all__ = ["FileJobQueue", "FileResultBackend"]
 
 log = logging.getLogger("nuvom.backends.file")
 
@@ -68,9 +63,6 @@ _CLAIMED_NAME = re.compile(r"(\d{20})-(\d{1,9})-([A-Za-z0-9_-]{1,64})\.msgpack")
 # A waiting job's name: 20 digits of due time, '-', 8 digits of sequence, '-', the id.
 _WAITING_ID_AT = 30
 
-#: Added to a job's timeout for its lease, so that a job running up to its
-#: timeout is settled by its own worker before anyone else may take it.
-LEASE_MARGIN_SECS = 2.0
 # The owner of a claim renews it before a two-step move when less than this remains.
 _SAFE_LEASE_NS = 2_000_000_000
 # Nothing due in the listing and queue/ unchanged: list again after this anyway.
@@ -104,7 +96,7 @@ class FileJobQueue(BaseJobQueue):
     shared_between_processes = True
 
     def __init__(self, settings: Settings | None = None) -> None:
-        settings = settings or get_settings()
+        settings = settings or load_settings()
         super().__init__(settings)
         self._settings = settings
         self.root = os.path.abspath(settings.data_dir)
@@ -247,8 +239,7 @@ class FileJobQueue(BaseJobQueue):
         if job.id != job_id:
             quarantine(path, self.corrupt_dir, f"queue-{name}", f"it holds job {job.id!r}", log)
             return None
-        job.attempts += claims
-        job.status = JobStatus.RUNNING
+        job.mark_claimed(claims)
         claim = _Claim(path, expiry, claims, self._lease_ns(job))
         self._claims[job_id] = claim
         if claim.lease_ns > self._default_lease_ns:
@@ -256,8 +247,13 @@ class FileJobQueue(BaseJobQueue):
         return job
 
     def _lease_ns(self, job: Job | None) -> int:
-        timeout = (job.timeout_secs if job is not None else None) or self._settings.job_timeout_secs
-        return int(max(self._settings.lease_secs, timeout + LEASE_MARGIN_SECS) * 1e9)
+        settings = self._settings
+        lease = lease_secs_for(
+            job.timeout_secs if job is not None else None,
+            lease_secs=settings.lease_secs,
+            default_timeout_secs=settings.job_timeout_secs,
+        )
+        return int(lease * 1e9)
 
     def _renew(self, job_id: str, claim: _Claim, now_ns: int) -> bool:
         """Move the claim's expiry to now + its lease; ``False`` if it was lost."""
@@ -330,8 +326,7 @@ class FileJobQueue(BaseJobQueue):
                 log.warning("job %s: its queue file %s is unreadable: %s", job_id, name, exc)
                 return None
             if directory == self.claimed_dir:
-                job.attempts += int(name.split("-", 2)[1])
-                job.status = JobStatus.RUNNING
+                job.mark_claimed(int(name.split("-", 2)[1]))
             return job
         return None
 
@@ -363,7 +358,7 @@ class FileResultBackend(BaseResultBackend):
     """Finished jobs in ``<data dir>/jobs/<id>.msgpack``, history in ``<data dir>/index/``."""
 
     def __init__(self, settings: Settings | None = None) -> None:
-        settings = settings or get_settings()
+        settings = settings or load_settings()
         super().__init__(settings)
         self.root = os.path.abspath(settings.data_dir)
         self.jobs_dir, index_dir, tmp_dir, self.corrupt_dir = _make_dirs(self.root, "jobs", "index", "tmp", "corrupt")
@@ -456,14 +451,3 @@ class FileResultBackend(BaseResultBackend):
 
 def _status(status: JobStatus | str) -> str:
     return status.value if isinstance(status, JobStatus) else str(status)
-
-
-class FilePlugin(Plugin):
-    """Registers the ``file`` backends (core's own entry point)."""
-
-    name = "file"
-    provides = ["queue_backend", "result_backend"]
-
-    def start(self, settings: Settings, extras: dict[str, Any] | None = None) -> None:
-        register_queue_backend("file", FileJobQueue)
-        register_result_backend("file", FileResultBackend)

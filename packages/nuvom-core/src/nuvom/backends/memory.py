@@ -12,16 +12,15 @@ import threading
 import time
 from collections import deque
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from nuvom.job import Job, JobStatus
-from nuvom.plugins.contracts import BaseJobQueue, BaseResultBackend, Plugin
-from nuvom.plugins.registry import register_queue_backend, register_result_backend
+from nuvom.plugins.contracts import BaseJobQueue, BaseResultBackend
 
 if TYPE_CHECKING:
-    from nuvom.config import Settings
+    from nuvom._settings import Settings
 
-__all__ = ["MemoryJobQueue", "MemoryPlugin", "MemoryResultBackend"]
+__all__ = ["MemoryJobQueue", "MemoryResultBackend"]
 
 
 class MemoryJobQueue(BaseJobQueue):
@@ -68,7 +67,7 @@ class MemoryJobQueue(BaseJobQueue):
         out = []
         for _ in range(min(batch_size, len(ready))):
             job = ready.popleft()
-            job.set_fields(status=JobStatus.RUNNING, attempts=job.attempts + 1)
+            job.mark_claimed()
             self._claimed[job.id] = job
             out.append(job)
         return out
@@ -173,14 +172,3 @@ class MemoryResultBackend(BaseResultBackend):
 
     def count(self) -> int:
         return len(self._records)
-
-
-class MemoryPlugin(Plugin):
-    """Registers the ``memory`` backends (core's own entry point)."""
-
-    name = "memory"
-    provides = ["queue_backend", "result_backend"]
-
-    def start(self, settings: Settings, extras: dict[str, Any] | None = None) -> None:
-        register_queue_backend("memory", MemoryJobQueue)
-        register_result_backend("memory", MemoryResultBackend)

@@ -2,19 +2,29 @@
 
 Three kinds of objects cross the boundary:
 
-* :class:`Plugin`: what an entry point in the ``nuvom`` group (or a
-  ``module:Class`` line in ``.nuvom_plugins.toml``) names. Core instantiates it
-  with no arguments, calls :meth:`Plugin.start` once and :meth:`Plugin.stop` at
-  shutdown.
 * :class:`BaseJobQueue`: where jobs wait, and how workers claim them.
 * :class:`BaseResultBackend`: where finished jobs are recorded and read back.
+* :class:`Plugin`: something with a lifecycle (an exporter, hooks, a task
+  source), named by an entry point in the ``nuvom`` group or a
+  ``module:Class`` line in ``.nuvom_plugins.toml``. Core instantiates it with
+  no arguments, calls :meth:`Plugin.start` once and :meth:`Plugin.stop` at
+  shutdown.
 
-Backends are registered by name from a plugin's ``start()`` with
-:func:`nuvom.plugins.registry.register_queue_backend` /
-:func:`~nuvom.plugins.registry.register_result_backend`, then chosen with
-``NUVOM_QUEUE_BACKEND`` / ``NUVOM_RESULT_BACKEND``. Core's own ``memory`` and
-``file`` backends are registered exactly that way. Backends are constructed
-as ``cls(settings)`` where ``settings`` is :class:`nuvom.config.Settings`.
+Backends are found by role: an entry point in the group
+``nuvom.queue_backends`` or ``nuvom.result_backends`` whose name is the value
+of ``NUVOM_QUEUE_BACKEND`` / ``NUVOM_RESULT_BACKEND`` and whose value is the
+class (``sqlite = "nuvom.sqlite:SQLiteJobQueue"``). Choosing a backend loads
+that one class and starts no plugin; core's own ``memory`` and ``file``
+backends are found exactly that way. A plugin may still register backends
+from ``start()`` with :func:`nuvom.backends.register_queue_backend` /
+:func:`~nuvom.backends.register_result_backend`, as the earlier nuvom's did.
+Backends are constructed as ``cls(settings)`` where ``settings`` is
+:class:`nuvom.config.Settings`; a class may name its own settings class as
+``settings_class`` (``nuvom config`` lists its variables).
+
+A job's state changes only through :class:`~nuvom.job.Job`'s ``mark_*``
+methods (``mark_claimed`` when a backend hands it to a worker), and a lease
+is always :func:`nuvom.job.lease_secs_for` of the job's timeout.
 
 Jobs travel as :class:`nuvom.job.Job`; a backend that persists them should use
 ``job.to_bytes()`` / ``Job.from_bytes()`` (msgpack) unless it stores columns.
@@ -24,9 +34,10 @@ from __future__ import annotations
 
 import abc
 import time
-from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any, ClassVar, Protocol, TypeVar, runtime_checkable
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol, runtime_checkable
 
+from nuvom._polling import Poller
 from nuvom.job import Job, JobError, JobStatus
 
 if TYPE_CHECKING:
@@ -38,10 +49,7 @@ __all__ = [
     "BaseResultBackend",
     "JobHooks",
     "Plugin",
-    "Poller",
 ]
-
-T = TypeVar("T")
 
 #: The contract version this core implements. A plugin whose ``api_version``
 #: has a different major number is refused with a clear message.
@@ -71,7 +79,8 @@ class Plugin:
     classes there. Worker plugins receive ``extras``:
 
     ``extras["worker"]``: the running :class:`nuvom.worker.Worker`;
-    ``extras["registry"]``: the task registry (:class:`nuvom.registry.TaskRegistry`);
+    ``extras["app"]``: the :class:`nuvom.app.App` the worker belongs to;
+    ``extras["registry"]``: its task registry (:class:`nuvom.registry.TaskRegistry`);
     ``extras["metrics_provider"]``: a callable returning a dict with
     ``worker_count``, ``inflight_jobs``, ``queue_size``, ``started_at``;
     ``extras["dev"]``: ``True`` when the worker runs with ``--dev``;
@@ -124,45 +133,6 @@ class JobHooks(Protocol):
         """
 
 
-class Poller:
-    """Adaptive sleep for backends that must poll (files, SQLite).
-
-    The interval starts at ``min_interval`` after work was found and doubles
-    while nothing is found, up to ``max_interval``: quick pickup right after
-    activity, near-zero CPU when idle.
-    """
-
-    def __init__(self, min_interval: float = 0.001, max_interval: float = 0.05) -> None:
-        self.min_interval = min_interval
-        self.max_interval = max_interval
-        self._interval = min_interval
-
-    def reset(self) -> None:
-        self._interval = self.min_interval
-
-    def next_interval(self) -> float:
-        current = self._interval
-        self._interval = min(self._interval * 2, self.max_interval)
-        return current
-
-    def until(self, check: Callable[[], T | None], timeout: float | None) -> T | None:
-        """Call ``check`` until it returns something other than ``None``, pausing
-        by this poller between calls; ``None`` once ``timeout`` seconds pass
-        (``None``: wait forever; ``0``: one call)."""
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while True:
-            result = check()
-            if result is not None:
-                return result
-            pause = self.next_interval()
-            if deadline is not None:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    return None
-                pause = min(pause, remaining)
-            time.sleep(pause)
-
-
 class BaseJobQueue(abc.ABC):
     """Where jobs wait until a worker claims them.
 
@@ -175,9 +145,9 @@ class BaseJobQueue(abc.ABC):
     * A claimed job leaves the queue only through :meth:`ack` (its outcome is
       stored) or :meth:`requeue` (it goes back, possibly with a not-before
       time). Nothing is ever deleted on claim.
-    * Durable backends give claims a lease of ``settings.lease_secs`` (never
-      shorter than the job's timeout plus a margin) and make a job whose
-      lease expired claimable again. :meth:`extend_leases` is called
+    * Durable backends give claims a lease of
+      :func:`nuvom.job.lease_secs_for` (``max(NUVOM_LEASE_SECS, timeout *$
+      1.1 + 2 s)``) and make a job whose lease expired claimable again. :meth:`extend_leases` is called
       periodically by a live worker for the jobs it still holds.
     * Only *due* jobs are claimed (``job.not_before`` is ``None`` or in the
       past), oldest due first.
@@ -220,8 +190,9 @@ class BaseJobQueue(abc.ABC):
     def _poller(self) -> Poller:
         return Poller()
 
-    def dequeue(self, timeout: float | None = None) -> Job | None:
-        """Claim a single job (the seeds' name); ``None`` on timeout."""
+    def dequeue(self, timeout: float | None = 1.0) -> Job | None:
+        """Claim a single job (the seeds' name), waiting up to ``timeout`` seconds
+        (1 s by default, as in the earlier nuvom; ``None``: forever); ``None`` on timeout."""
         jobs = self.pop_batch(1, timeout)
         return jobs[0] if jobs else None
 

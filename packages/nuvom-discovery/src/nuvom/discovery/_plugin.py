@@ -65,8 +65,8 @@ class DiscoveryPlugin(Plugin):
             from nuvom.registry import get_registry
 
             registry = get_registry()
-        worker = extras.get("worker")
-        self.root = Path(getattr(getattr(worker, "plugins", None), "project_dir", None) or Path.cwd()).resolve()
+        app = extras.get("app")
+        self.root = Path(getattr(app, "project_dir", None) or Path.cwd()).resolve()
         self.manifest_path = manifest_path_for(self.root, settings.manifest_path)
         if extras.get("dev"):
             self._start_watcher(registry)

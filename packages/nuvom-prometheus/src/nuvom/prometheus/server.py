@@ -15,6 +15,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
+from nuvom.errors import PluginError
 from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import choose_encoder
 
@@ -23,7 +24,7 @@ __all__ = ["MetricsServer", "PortUnavailable"]
 log = logging.getLogger("nuvom.prometheus")
 
 
-class PortUnavailable(OSError):
+class PortUnavailable(PluginError, OSError):
     """No port of the configured port or range could be bound."""
 
 

@@ -7,7 +7,6 @@ once this package is installed). See docs/sqlite.md.
 from __future__ import annotations
 
 from nuvom.sqlite._db import SCHEMA_VERSION, Database, SchemaTooNew
-from nuvom.sqlite._plugin import SQLitePlugin
 from nuvom.sqlite._queue import SQLiteJobQueue
 from nuvom.sqlite._results import SQLiteResultBackend
 from nuvom.sqlite._settings import SQLiteSettings
@@ -16,7 +15,6 @@ __all__ = [
     "SCHEMA_VERSION",
     "Database",
     "SQLiteJobQueue",
-    "SQLitePlugin",
     "SQLiteResultBackend",
     "SQLiteSettings",
     "SchemaTooNew",

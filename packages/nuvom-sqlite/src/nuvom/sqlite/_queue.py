@@ -19,26 +19,24 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from nuvom.errors import BackendError, SerializationError
-from nuvom.job import Job, JobError, JobStatus
+from nuvom.job import LEASE_FACTOR, LEASE_MARGIN_SECS, Job, JobError, JobStatus
 from nuvom.plugins.contracts import BaseJobQueue, BaseResultBackend
 from nuvom.sqlite._db import Database
 from nuvom.sqlite._results import INSERT_RESULT, SQLiteResultBackend, result_row
-from nuvom.sqlite._settings import load_sqlite_settings, resolve_paths
+from nuvom.sqlite._settings import SQLiteSettings, load_sqlite_settings, resolve_paths
 
 if TYPE_CHECKING:
     import sqlite3
 
-    from nuvom.config import Settings
+    from nuvom._settings import Settings
 
 __all__ = ["SQLiteJobQueue"]
 
 log = logging.getLogger("nuvom.sqlite")
 
-#: Added to a job's timeout to get the shortest lease: the time a worker
-#: needs between noticing a timeout and storing its outcome.
-LEASE_MARGIN_SECS = 1.0
-#: Fraction of the timeout added on top, for long jobs on a loaded machine.
-LEASE_MARGIN_RATIO = 0.1
+# The lease is core's rule (nuvom.job.lease_secs_for), written in SQL so that a
+# claim and a renewal each take one statement:
+#   max(NUVOM_LEASE_SECS, coalesce(timeout_secs, NUVOM_JOB_TIMEOUT_SECS) * LEASE_FACTOR + LEASE_MARGIN_SECS)
 
 # Polling: right after work was seen the queue is looked at every
 # ``_POLL_FAST`` s; once nothing has come for ``_IDLE_AFTER`` s the pause
@@ -86,13 +84,14 @@ class SQLiteJobQueue(BaseJobQueue):
     """
 
     shared_between_processes = True
+    settings_class = SQLiteSettings
 
     def __init__(self, settings: Settings | None = None, *, path: Path | str | None = None) -> None:
         super().__init__(settings)
         if settings is None:
-            from nuvom.config import get_settings
+            from nuvom._settings import load_settings
 
-            settings = get_settings()
+            settings = load_settings()
         self.settings = settings
         if path is None:
             path = resolve_paths(settings, load_sqlite_settings())[0]
@@ -176,7 +175,7 @@ class SQLiteJobQueue(BaseJobQueue):
                     now,
                     self.lease_secs,
                     self.default_timeout,
-                    1 + LEASE_MARGIN_RATIO,
+                    LEASE_FACTOR,
                     LEASE_MARGIN_SECS,
                     *(r[0] for r in rows),
                 ),
@@ -190,8 +189,8 @@ class SQLiteJobQueue(BaseJobQueue):
             except SerializationError as exc:
                 unreadable.append(_unreadable(job_id, func_name, attempts + 1, created_at, exc, self.claimer))
                 continue
-            job.attempts = attempts + 1
-            job.status = JobStatus.RUNNING
+            job.attempts = attempts
+            job.mark_claimed()
             jobs.append(job)
         if unreadable:
             self._fail_unreadable(unreadable, token)
@@ -348,7 +347,7 @@ class SQLiteJobQueue(BaseJobQueue):
                         now,
                         self.lease_secs,
                         self.default_timeout,
-                        1 + LEASE_MARGIN_RATIO,
+                        LEASE_FACTOR,
                         LEASE_MARGIN_SECS,
                         job_id,
                         token,

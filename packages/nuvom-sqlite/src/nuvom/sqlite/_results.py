@@ -10,9 +10,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from nuvom.job import Job, JobStatus
-from nuvom.plugins.contracts import BaseResultBackend, Poller
+from nuvom.plugins import Poller
+from nuvom.plugins.contracts import BaseResultBackend
 from nuvom.sqlite._db import Database
-from nuvom.sqlite._settings import load_sqlite_settings, resolve_paths
+from nuvom.sqlite._settings import SQLiteSettings, load_sqlite_settings, resolve_paths
 
 if TYPE_CHECKING:
     import sqlite3
@@ -58,6 +59,8 @@ class SQLiteResultBackend(BaseResultBackend):
     ``NUVOM_RESULT_TTL_SECS`` (results older than that are pruned as new ones
     are stored).
     """
+
+    settings_class = SQLiteSettings
 
     def __init__(
         self, settings: Settings | None = None, *, path: Path | str | None = None, ttl_secs: float | None = None

@@ -1,8 +1,9 @@
 """The job runner: one attempt of one job, with hooks, retries and outcome.
 
 The worker owns threads and the queue; this module owns what happens to a
-job once a thread has it. ``run_job()`` runs a job synchronously with no
-worker at all (``nuvom runtestworker``).
+job once a thread has it, through the job's ``mark_*`` lifecycle methods.
+``run_job()`` runs a job synchronously with no worker at all
+(``nuvom runtestworker``, eager apps in tests).
 """
 
 from __future__ import annotations
@@ -11,59 +12,23 @@ import logging
 import time
 import traceback
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 from nuvom import serialization
-from nuvom.errors import NuvomError, SerializationError
-from nuvom.hooks import HOOK_NAMES, global_hooks
-from nuvom.job import Attempt, Job, JobError, JobStatus
-from nuvom.registry import TaskRegistry, get_registry
-from nuvom.task import Task
+from nuvom._hooks import Hooks, call_hooks
+from nuvom._registry import TaskRegistry
+from nuvom._settings import Settings
+from nuvom._task import Task
+from nuvom.errors import NuvomError, SerializationError, WorkerLost
+from nuvom.job import Attempt, Job, JobError
 
-__all__ = ["Hooks", "JobRunner", "WorkerLost", "run_job"]
+__all__ = ["MAX_LOST_RUNS", "JobRunner", "error_of", "run_job"]
 
 log = logging.getLogger("nuvom.runner")
 
 #: A job whose worker vanished this many times more than it may fail is
 #: failed instead of being claimed forever (a task that kills its process).
 MAX_LOST_RUNS = 3
-
-
-class WorkerLost(NuvomError):
-    """The job's worker stopped (was killed) while running it too many times."""
-
-
-@dataclass
-class Hooks:
-    """Hook callables per name, in call order (global, plugins)."""
-
-    before_job: list[Callable[..., Any]] = field(default_factory=list)
-    after_job: list[Callable[..., Any]] = field(default_factory=list)
-    on_error: list[Callable[..., Any]] = field(default_factory=list)
-    on_job_finished: list[Callable[..., Any]] = field(default_factory=list)
-
-    @classmethod
-    def collect(cls, plugins: list[Any]) -> Hooks:
-        """Global hooks, then each plugin's. A plugin whose ``hooks_enabled``
-        is ``False`` after ``start()`` (an exporter left disabled) contributes none."""
-        hooks = cls(**global_hooks())
-        for plugin in plugins:
-            if getattr(plugin, "hooks_enabled", True) is False:
-                continue
-            for name in HOOK_NAMES:
-                fn = getattr(plugin, name, None)
-                if callable(fn):
-                    getattr(hooks, name).append(fn)
-        return hooks
-
-
-def _call_hooks(fns: list[Callable[..., Any]], *args: Any) -> None:
-    for fn in fns:
-        try:
-            fn(*args)
-        except Exception:
-            log.exception("hook %s raised; ignored", getattr(fn, "__qualname__", fn))
 
 
 def error_of(exc: BaseException) -> JobError:
@@ -85,18 +50,17 @@ class JobRunner:
     def __init__(
         self,
         *,
-        registry: TaskRegistry | None = None,
+        registry: TaskRegistry,
+        settings: Settings,
         hooks: Hooks | None = None,
-        default_timeout_policy: str = "fail",
-        max_payload_bytes: int = 16 * 1024 * 1024,
         worker_id: str | None = None,
         finish: Callable[[Job], None],
         retry: Callable[[Job], None],
     ) -> None:
-        self.registry = registry if registry is not None else get_registry()
+        self.registry = registry
         self.hooks = hooks or Hooks()
-        self.default_timeout_policy = default_timeout_policy
-        self.max_payload_bytes = max_payload_bytes
+        self.default_timeout_policy = settings.timeout_policy
+        self.max_payload_bytes = settings.max_payload_bytes
         self.worker_id = worker_id
         self.finish = finish
         self.retry = retry
@@ -104,12 +68,7 @@ class JobRunner:
     def prepare(self, job: Job) -> Task[Any] | None:
         """Resolve the task and account for lost runs; ``None`` if the job was
         settled without running (unknown task, lost too often)."""
-        # Claims that never reached a recorded outcome were lost with their worker.
-        lost = job.attempts - 1 - len(job.history)
-        now = time.time()
-        for _ in range(max(0, lost)):
-            job.history.append(Attempt(number=len(job.history) + 1, started_at=job.started_at or now, outcome="lost"))
-        lost_total = sum(1 for a in job.history if a.outcome == "lost")
+        lost_total = job.mark_lost_runs(time.time())
         if lost_total > MAX_LOST_RUNS:
             self.fail_without_running(
                 job, WorkerLost(f"job {job.id} was lost with its worker {lost_total} times; not run again")
@@ -122,35 +81,34 @@ class JobRunner:
             return None
 
     def fail_without_running(self, job: Job, exc: BaseException) -> None:
-        job.error = error_of(exc)
-        job.error.traceback = None if isinstance(exc, NuvomError) else job.error.traceback
-        job.status, job.finished_at, job.worker_id = JobStatus.FAILED, time.time(), self.worker_id
-        log.error("job %s (%s) failed without running: %s", job.id, job.func_name, job.error.message)
+        error = error_of(exc)
+        error.traceback = None if isinstance(exc, NuvomError) else error.traceback
+        job.mark_failed(error, time.time(), self.worker_id)
+        log.error("job %s (%s) failed without running: %s", job.id, job.func_name, error.message)
         self.finish(job)
 
     def start(self, job: Job, task: Task[Any]) -> Attempt:
-        now = time.time()
-        job.set_fields(started_at=now, worker_id=self.worker_id)
-        attempt = Attempt(number=job.attempts, started_at=now)
+        attempt = job.mark_started(self.worker_id, time.time())
         if self.hooks.before_job:
-            _call_hooks(self.hooks.before_job, job)
+            call_hooks(self.hooks.before_job, job)
         if task.before_job is not None:
-            _call_hooks([task.before_job], job)
+            call_hooks([task.before_job], job)
         return attempt
 
     def call(self, job: Job, task: Task[Any]) -> tuple[bool, Any]:
-        """Run the function; ``(True, result)`` or ``(False, exception)``."""
+        """Run the function; ``(True, result)`` or ``(False, exception)``.
+
+        Any ``BaseException`` from user code (``SystemExit``, a
+        ``KeyboardInterrupt`` raised by the task itself: signals reach only the
+        main thread) fails the attempt; it never ends the worker thread."""
         try:
             return True, task.fn(*job.args, **job.kwargs)
-        except BaseException as exc:  # SystemExit from a task must not end the worker
-            if isinstance(exc, KeyboardInterrupt):
-                raise
+        except BaseException as exc:
             return False, exc
 
     def settle(self, job: Job, task: Task[Any] | None, attempt: Attempt, ok: bool, value: Any) -> None:
         """Record the attempt's outcome and hand the job on."""
         now = time.time()
-        attempt.finished_at = now
         if ok:
             try:
                 encoded = serialization.dumps(value, what=f"the result of task {job.func_name!r}")
@@ -162,48 +120,40 @@ class JobRunner:
             except SerializationError as exc:
                 ok, value = False, exc
         if ok:
-            job.history.append(attempt)
-            job.set_fields(
-                status=JobStatus.SUCCESS, finished_at=now, error=None, result=value if job.store_result else None
-            )
+            job.mark_succeeded(attempt, value, now)
             if self.hooks.after_job:
-                _call_hooks(self.hooks.after_job, job, value)
+                call_hooks(self.hooks.after_job, job, value)
             if task is not None and task.after_job is not None:
-                _call_hooks([task.after_job], job, value)
+                call_hooks([task.after_job], job, value)
             self._report(job, "success", attempt)
             self.finish(job)
             return
+        attempt.finished_at = now
         self.fail_attempt(job, task, attempt, value, timed_out=False)
 
     def fail_attempt(
         self, job: Job, task: Task[Any] | None, attempt: Attempt, exc: BaseException, *, timed_out: bool
     ) -> None:
-        attempt.finished_at = attempt.finished_at or time.time()
-        attempt.outcome = "timeout" if timed_out else "error"
-        attempt.error = error_of(exc)
-        job.history.append(attempt)
-        job.error = attempt.error
+        now = time.time()
+        failures = job.mark_attempt_failed(attempt, error_of(exc), timed_out=timed_out, now=now)
         if self.hooks.on_error:
-            _call_hooks(self.hooks.on_error, job, exc)
+            call_hooks(self.hooks.on_error, job, exc)
         if task is not None and task.on_error is not None:
-            _call_hooks([task.on_error], job, exc)
-        failures = sum(1 for a in job.history if a.outcome in ("error", "timeout"))
+            call_hooks([task.on_error], job, exc)
         policy = job.timeout_policy or self.default_timeout_policy
-        may_retry = failures <= job.max_retries and (not timed_out or policy == "retry")
-        if may_retry:
-            job.status = JobStatus.RETRYING
-            job.not_before = time.time() + job.retry_delay_secs
+        if failures <= job.max_retries and (not timed_out or policy == "retry"):
+            job.mark_retrying(time.time())
             self._report(job, "retry", attempt)
             self.retry(job)
         else:
-            job.status, job.finished_at = JobStatus.FAILED, time.time()
+            job.mark_failed(None, time.time())
             self._report(job, "timeout" if timed_out else "failure", attempt)
             self.finish(job)
 
     def _report(self, job: Job, outcome: str, attempt: Attempt) -> None:
         if self.hooks.on_job_finished:
             duration = (attempt.finished_at or time.time()) - attempt.started_at
-            _call_hooks(self.hooks.on_job_finished, job, outcome, duration)
+            call_hooks(self.hooks.on_job_finished, job, outcome, duration)
 
     def run(self, job: Job) -> None:
         """Run one attempt in the calling thread (no timeout enforcement)."""
@@ -215,24 +165,22 @@ class JobRunner:
         self.settle(job, task, attempt, ok, value)
 
 
-def run_job(job: Job, *, registry: TaskRegistry | None = None, retries: bool = True) -> Job:
+def run_job(
+    job: Job, *, registry: TaskRegistry, settings: Settings, hooks: Hooks | None = None, retries: bool = True
+) -> Job:
     """Run ``job`` here and now, retries included (waiting out their delays),
     and return it in its final state. Nothing is read from or written to a backend."""
-    from nuvom.config import get_settings
-
-    settings = get_settings()
     pending: list[Job] = []
     runner = JobRunner(
         registry=registry,
-        default_timeout_policy=settings.timeout_policy,
-        max_payload_bytes=settings.max_payload_bytes,
+        settings=settings,
+        hooks=hooks,
         worker_id="local",
         finish=lambda j: None,
         retry=pending.append,
     )
     while True:
-        job.attempts += 1
-        job.status = JobStatus.RUNNING
+        job.mark_claimed()
         runner.run(job)
         if not pending or not retries:
             return job

@@ -9,9 +9,11 @@ distribution (the value names a :class:`Plugin` class), and
     queue_backend = ["my_pkg.plugin:MyQueuePlugin"]
     prometheus = ["nuvom.prometheus:PrometheusPlugin"]
 
-A target named both ways is loaded once. A plugin that fails to import, has
-the wrong ``api_version`` or raises in ``start()`` is recorded with its error
-and logged; the others go on.
+A target named both ways is loaded once. A plugin that fails to import
+(``SystemExit`` and ``KeyboardInterrupt`` at import included), has the wrong
+``api_version`` or raises in ``start()`` is recorded with its error and
+logged; the others go on. Targets of the earlier nuvom resolve to their new
+homes (:data:`nuvom._compat.MOVED_TARGETS`). Each app has its own manager.
 """
 
 from __future__ import annotations
@@ -27,11 +29,13 @@ from importlib.metadata import entry_points
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from nuvom._backends import BackendTable, registering_into
+from nuvom._compat import MOVED_TARGETS
 from nuvom.errors import PluginError
 from nuvom.plugins.contracts import API_VERSION, Plugin
 
 if TYPE_CHECKING:
-    from nuvom.config import Settings
+    from nuvom._settings import Settings
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -44,11 +48,10 @@ __all__ = [
     "PLUGINS_FILE",
     "PluginManager",
     "PluginRecord",
+    "call_start",
     "check_plugin_class",
-    "get_plugin_manager",
     "load_target",
     "read_plugins_file",
-    "reset_plugin_manager",
 ]
 
 log = logging.getLogger("nuvom.plugins")
@@ -74,6 +77,8 @@ class PluginRecord:
     #: Listed in .nuvom_plugins.toml: the user asked for it explicitly, which is
     #: how plugins that open ports (exporters) know they are enabled.
     in_plugins_file: bool = False
+    #: Set when ``target`` is an earlier nuvom's path: where it was found instead.
+    moved_to: str | None = None
 
     @property
     def is_backend(self) -> bool:
@@ -145,19 +150,30 @@ def check_plugin_class(obj: Any, target: str) -> type[Plugin]:
     return obj
 
 
-def _accepts_extras(method: Any) -> bool:
+def call_start(plugin: Plugin, settings: Settings, extras: dict[str, Any]) -> None:
+    """Call ``start`` the way the plugin declared it: ``start(settings, extras)``,
+    ``start(settings, **extras)`` (the earlier nuvom's exporter) or ``start(settings)``."""
     try:
-        params = inspect.signature(method).parameters
+        params = list(inspect.signature(plugin.start).parameters.values())
     except (TypeError, ValueError):
-        return True
-    return len(params) >= 2 or any(p.kind is p.VAR_POSITIONAL for p in params.values())
+        plugin.start(settings, extras)
+        return
+    positional = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    if len(positional) >= 2 or any(p.kind is p.VAR_POSITIONAL for p in params):
+        plugin.start(settings, extras)
+    elif any(p.kind is p.VAR_KEYWORD for p in params):
+        plugin.start(settings, **extras)
+    else:
+        plugin.start(settings)
 
 
 class PluginManager:
-    """The plugins of one process."""
+    """The plugins of one app. Backend classes that plugins register from
+    ``start()`` go to ``backends`` (the app's table)."""
 
-    def __init__(self, project_dir: Path | None = None) -> None:
+    def __init__(self, project_dir: Path | None = None, backends: BackendTable | None = None) -> None:
         self.project_dir = project_dir
+        self.backends = backends if backends is not None else BackendTable()
         self.records: list[PluginRecord] = []
         self._discovered = False
         self._lock = threading.RLock()
@@ -191,14 +207,19 @@ class PluginManager:
             return self.records
 
     def _import(self, record: PluginRecord) -> None:
+        target = record.target
+        if target in MOVED_TARGETS:
+            record.moved_to = target = MOVED_TARGETS[target]
+            log.info("plugin %s has moved; loading %s", record.target, target)
         try:
-            cls = check_plugin_class(load_target(record.target), record.target)
+            cls = check_plugin_class(load_target(target), target)
             record.name = str(getattr(cls, "name", "") or cls.__name__)
             record.provides = list(getattr(cls, "provides", []) or [])
             record.api_version = str(getattr(cls, "api_version", ""))
             record.plugin = cls()
             record.state = "loaded"
-        except Exception as exc:
+        except (Exception, SystemExit, KeyboardInterrupt) as exc:
+            # A plugin module that calls sys.exit() at import must not end the process.
             record.state, record.error = "failed", _describe(exc)
             log.error("plugin %s (%s) could not be loaded: %s", record.target, record.source, record.error)
 
@@ -222,10 +243,10 @@ class PluginManager:
                     continue
                 try:
                     assert record.plugin is not None
-                    if _accepts_extras(record.plugin.start):
-                        record.plugin.start(settings, {**(extras or {}), "enabled_in_file": record.in_plugins_file})
-                    else:
-                        record.plugin.start(settings)
+                    with registering_into(self.backends):
+                        call_start(
+                            record.plugin, settings, {**(extras or {}), "enabled_in_file": record.in_plugins_file}
+                        )
                     record.state = "started"
                     started.append(record)
                 except Exception as exc:
@@ -272,25 +293,6 @@ class PluginManager:
 def _describe(exc: BaseException) -> str:
     if isinstance(exc, PluginError):
         return str(exc)
+    if isinstance(exc, SystemExit):
+        return f"SystemExit({exc.code!r}) raised while loading; the plugin called sys.exit()"
     return f"{type(exc).__name__}: {exc}"
-
-
-_manager: PluginManager | None = None
-_manager_lock = threading.Lock()
-
-
-def get_plugin_manager() -> PluginManager:
-    global _manager
-    with _manager_lock:
-        if _manager is None:
-            _manager = PluginManager()
-        return _manager
-
-
-def reset_plugin_manager() -> None:
-    """Forget loaded plugins (tests, and the CLI after changing directory)."""
-    global _manager
-    with _manager_lock:
-        if _manager is not None:
-            _manager.stop()
-        _manager = None

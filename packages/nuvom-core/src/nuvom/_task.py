@@ -1,0 +1,193 @@
+""":class:`Task`: a function plus how to run it, bound to the app that queues it.
+
+The decorators are :meth:`nuvom.app.App.task` and :func:`nuvom.task.task`
+(the default app's).
+"""
+
+from __future__ import annotations
+
+import functools
+import time
+from collections.abc import Callable, Iterable, Sequence
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
+
+from nuvom import _default, serialization
+from nuvom.errors import SerializationError
+from nuvom.job import Job, JobStatus, TaskOptions, TimeoutPolicy, new_job_id
+from pydantic import ValidationError
+
+if TYPE_CHECKING:
+    from nuvom.app import App
+
+__all__ = ["Task"]
+
+R = TypeVar("R")
+
+
+class Task(Generic[R]):
+    """A decorated function. Calling it runs the function here and now;
+    ``.delay()`` and ``.map()`` queue jobs for a worker."""
+
+    def __init__(
+        self,
+        fn: Callable[..., R],
+        *,
+        app: Callable[[], App] | None = None,
+        name: str | None = None,
+        retries: int = 0,
+        retry_delay_secs: float | None = 0.0,
+        timeout_secs: float | None = None,
+        timeout_policy: TimeoutPolicy | None = None,
+        store_result: bool = True,
+        tags: Sequence[str] | str = (),
+        description: str | None = None,
+        before_job: Callable[..., Any] | None = None,
+        after_job: Callable[..., Any] | None = None,
+        on_error: Callable[..., Any] | None = None,
+    ) -> None:
+        try:
+            self.options = TaskOptions(
+                retries=retries,
+                retry_delay_secs=retry_delay_secs,  # type: ignore[arg-type]
+                timeout_secs=timeout_secs,
+                timeout_policy=timeout_policy,
+                store_result=store_result,
+                tags=tags,  # type: ignore[arg-type]
+                description=description if description is not None else _first_line(fn.__doc__),
+            )
+        except ValidationError as exc:
+            err = exc.errors()[0]
+            field = ".".join(str(p) for p in err["loc"])
+            raise ValueError(f"@task {fn.__name__}: {field}={err.get('input')!r} is not valid: {err['msg']}") from None
+        self.fn = fn
+        self.name = name or fn.__name__
+        self._app = app or _default.current
+        self.before_job = before_job
+        self.after_job = after_job
+        self.on_error = on_error
+        self.path = f"{fn.__module__}:{fn.__qualname__}"
+        # The job fields every .delay() copies; built once here, not per job.
+        self._job_fields = {"func_name": self.name, "task_path": self.path, **self.options.job_fields()}
+        functools.update_wrapper(self, fn)
+
+    # The options, by their earlier names.
+    @property
+    def retries(self) -> int:
+        return self.options.retries
+
+    @property
+    def retry_delay_secs(self) -> float:
+        return self.options.retry_delay_secs
+
+    @property
+    def timeout_secs(self) -> float | None:
+        return self.options.timeout_secs
+
+    @property
+    def timeout_policy(self) -> TimeoutPolicy | None:
+        return self.options.timeout_policy
+
+    @property
+    def store_result(self) -> bool:
+        return self.options.store_result
+
+    @property
+    def tags(self) -> list[str]:
+        return list(self.options.tags)
+
+    @property
+    def description(self) -> str | None:
+        return self.options.description
+
+    @property
+    def app(self) -> App:
+        """The app this task queues to (the default app for ``nuvom.task.task``)."""
+        return self._app()
+
+    def __call__(self, *args: Any, **kwargs: Any) -> R:
+        return self.fn(*args, **kwargs)
+
+    def __repr__(self) -> str:
+        return f"<Task {self.name} ({self.path})>"
+
+    # -- queueing -------------------------------------------------------------
+    def delay(self, *args: Any, **kwargs: Any) -> Job:
+        """Queue one call; returns the :class:`Job` (``job.get()`` waits for it)."""
+        app = self._app()
+        job = self.make_job(list(args), kwargs, app)
+        app.queue.enqueue(job)
+        return job
+
+    def map(self, items: Iterable[Any]) -> list[Job]:
+        """Queue one job per item, in one backend round trip.
+
+        An item is a tuple (or list) of positional arguments, a dict of keyword
+        arguments, or any other value as the single positional argument.
+        """
+        app = self._app()
+        jobs = []
+        for item in items:
+            if isinstance(item, dict):
+                jobs.append(self.make_job([], item, app))
+            elif isinstance(item, (tuple, list)):
+                jobs.append(self.make_job(list(item), {}, app))
+            else:
+                jobs.append(self.make_job([item], {}, app))
+        if jobs:
+            app.queue.enqueue_many(jobs)
+        return jobs
+
+    def make_job(self, args: list[Any], kwargs: dict[str, Any], app: App | None = None) -> Job:
+        """Build (and check) a job for this task without queueing it."""
+        app = app or self._app()
+        try:
+            size = len(serialization.dumps([args, kwargs]))
+        except SerializationError as exc:
+            raise SerializationError(f"task {self.name!r}: {_which_argument(args, kwargs)} {exc}") from None
+        limit = app.settings.max_payload_bytes
+        if size > limit:
+            raise SerializationError(
+                f"task {self.name!r}: arguments are {size} bytes encoded, over the limit of {limit} "
+                "(NUVOM_MAX_PAYLOAD_BYTES); store large data in a file and pass its path"
+            )
+        return Job.trusted(
+            {
+                "id": new_job_id(),
+                **self._job_fields,
+                "args": args,
+                "kwargs": kwargs,
+                "status": JobStatus.PENDING,
+                "attempts": 0,
+                "tags": list(self.options.tags),
+                "created_at": time.time(),
+                "not_before": None,
+                "started_at": None,
+                "finished_at": None,
+                "worker_id": None,
+                "result": None,
+                "error": None,
+                "history": [],
+                "retry_of": None,
+            },
+            app,
+        )
+
+
+def _which_argument(args: list[Any], kwargs: dict[str, Any]) -> str:
+    for i, value in enumerate(args):
+        try:
+            serialization.dumps(value)
+        except SerializationError:
+            return f"positional argument {i} ({type(value).__name__}):"
+    for key, value in kwargs.items():
+        try:
+            serialization.dumps(value)
+        except SerializationError:
+            return f"keyword argument {key!r} ({type(value).__name__}):"
+    return "arguments:"
+
+
+def _first_line(doc: str | None) -> str | None:
+    if not doc:
+        return None
+    return doc.strip().splitlines()[0].strip() or None

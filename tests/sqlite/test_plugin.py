@@ -65,3 +65,36 @@ def test_an_embedded_worker_runs_jobs_through_sqlite_end_to_end():
     assert record.error.type == "ValueError" and "no good" in record.error.traceback
     assert [j.id for j in list_jobs(status="FAILED")] == [failed.id]
     assert get_queue_backend().qsize() == 0
+
+
+def test_a_worker_given_memory_settings_runs_on_memory_though_sqlite_is_installed():
+    from nuvom.backends.memory import MemoryJobQueue, MemoryResultBackend
+    from nuvom.config import Settings
+    from nuvom.worker import Worker
+
+    worker = Worker(settings=Settings(queue_backend="memory", result_backend="memory"))
+    assert isinstance(worker.queue, MemoryJobQueue) and isinstance(worker.results, MemoryResultBackend)
+    assert isinstance(get_queue_backend(), SQLiteJobQueue)  # the default app still uses the default
+
+
+def test_a_memory_app_and_a_sqlite_app_run_side_by_side(tmp_path):
+    from nuvom.app import App
+    from nuvom.config import Settings
+    from nuvom.worker import Worker
+
+    mem = App(Settings(queue_backend="memory", result_backend="memory"))
+    disk = App(Settings(data_dir=tmp_path / "other"))
+
+    @mem.task(name="where")
+    def where_mem():
+        return "memory"
+
+    @disk.task(name="where")
+    def where_disk():
+        return "sqlite"
+
+    with mem, disk, Worker(app=mem, max_workers=1), Worker(app=disk, max_workers=1):
+        a, b = where_mem.delay(), where_disk.delay()
+        assert (a.get(timeout=10), b.get(timeout=10)) == ("memory", "sqlite")
+        assert isinstance(disk.queue, SQLiteJobQueue) and disk.queue.path == tmp_path / "other" / "nuvom.db"
+        assert disk.get_job(a.id) is None and mem.get_job(b.id) is None

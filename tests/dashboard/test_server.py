@@ -22,6 +22,7 @@ from starlette.routing import Mount
 from starlette.testclient import TestClient
 
 XSS = "<script>alert(1)</script>"
+TRACEBACK = "Traceback (most recent call last):\n  ...\nRuntimeError: boom"
 
 
 def make_jobs(n: int, start: float | None = None) -> list[Job]:

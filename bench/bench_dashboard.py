@@ -103,9 +103,8 @@ def timed(fn: Any, repeat: int) -> list[float]:
 
 
 def pages(repeat: int) -> list[dict[str, Any]]:
-    from starlette.testclient import TestClient
-
     from nuvom.dashboard import create_app
+    from starlette.testclient import TestClient
 
     app = create_app(token="", sample_every=3600)  # no background sampling: each cold request reads the store
     sampler = app.state.dashboard.sampler
@@ -114,9 +113,13 @@ def pages(repeat: int) -> list[dict[str, Any]]:
         first = client.get("/jobs").text
         deep_cursor = f"{time.time() - 15 * 86400!r}:{'f' * 32}"
 
+        from nuvom.backends import get_result_backend
+
         def cold_overview() -> None:
-            sampler.samples.clear()  # forces the request to read counts, percentiles and workers from the store
+            # Forces the request to read counts (past their cache), percentiles and workers from the store.
+            sampler.samples.clear()
             sampler.stats.finished = -2
+            get_result_backend()._counts = None  # type: ignore[attr-defined]
             assert client.get("/").status_code == 200
 
         cases = [
@@ -139,8 +142,6 @@ def pages(repeat: int) -> list[dict[str, Any]]:
             out.append({"case": label, "median_ms": round(statistics.median(ms), 2), "max_ms": round(max(ms), 2)})
             print(f"  {label:<70} median {statistics.median(ms):8.2f} ms   max {max(ms):8.2f} ms", flush=True)
         # The counts alone, without and with the cache keyed on the file's data_version.
-        from nuvom.backends import get_result_backend
-
         results = get_result_backend()
         results._counts = None  # type: ignore[attr-defined]
         uncached = []
@@ -191,7 +192,8 @@ def polling(db: Path, secs: float) -> list[dict[str, Any]]:
 
             def write() -> None:
                 while not stop.wait(0.05):
-                    other.store([Job(func_name="w", status=JobStatus.SUCCESS, finished_at=time.time()) for _ in range(10)])
+                    now = time.time()
+                    other.store([Job(func_name="w", status=JobStatus.SUCCESS, finished_at=now) for _ in range(10)])
 
             writer = threading.Thread(target=write)
             writer.start()
@@ -238,8 +240,9 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=1_000_000)
     parser.add_argument("--repeat", type=int, default=21)
     parser.add_argument("--poll-secs", type=float, default=30.0)
+    parser.add_argument("--reuse", type=Path, help="a folder filled by an earlier run (skips the fill)")
     args = parser.parse_args()
-    base = Path(tempfile.mkdtemp(prefix="nuvom-bench-dashboard-"))
+    base = args.reuse or Path(tempfile.mkdtemp(prefix="nuvom-bench-dashboard-"))
     db = base / "nuvom.db"
     os.environ.update(
         NUVOM_DATA_DIR=str(base),
@@ -248,7 +251,7 @@ def main() -> None:
         NUVOM_SQLITE_DB_PATH=str(db),
     )
     print(f"filling {args.rows:,} results into {db} ...", flush=True)
-    fill_secs = fill(db, args.rows)
+    fill_secs = 0.0 if args.reuse else fill(db, args.rows)
     size = sum(p.stat().st_size for p in base.glob("nuvom.db*")) / 1e6
     print(f"  filled in {fill_secs:.1f} s, {size:.0f} MB", flush=True)
     print("pages:", flush=True)
@@ -256,7 +259,8 @@ def main() -> None:
     print("polling:", flush=True)
     poll_rows = polling(db, args.poll_secs)
     report = {
-        "machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.system()}, Python {sys.version.split()[0]}",
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.system()}, "
+        f"Python {sys.version.split()[0]}",
         "rows": args.rows,
         "db_mb": round(size),
         "pages": page_rows,

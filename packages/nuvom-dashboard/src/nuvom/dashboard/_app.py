@@ -23,6 +23,7 @@ import jinja2
 from nuvom import sdk
 from nuvom.backends import get_queue_backend, resolve_backend_names
 from nuvom.config import get_settings
+from nuvom.dashboard._names import TOKEN_ENV
 from nuvom.dashboard._sampler import Sampler
 from nuvom.dashboard._security import (
     CSRF_COOKIE,
@@ -47,7 +48,6 @@ __all__ = ["TOKEN_ENV", "create_app"]
 
 log = logging.getLogger("nuvom.dashboard")
 
-TOKEN_ENV = "NUVOM_DASHBOARD_TOKEN"
 PAGE_SIZE = 50
 #: "Retry all failed" retries at most this many jobs per confirmation.
 RETRY_ALL_LIMIT = 10_000

@@ -8,7 +8,7 @@ import ipaddress
 import sys
 
 import typer
-from nuvom.dashboard._app import TOKEN_ENV
+from nuvom.dashboard._names import TOKEN_ENV
 
 __all__ = ["app", "is_loopback"]
 

@@ -8,9 +8,20 @@ from __future__ import annotations
 import time
 
 from nuvom.app import App, default_app
-from nuvom.job import TERMINAL_STATUSES, Job, JobStatus, new_job_id, validate_job_id
+from nuvom.job import TERMINAL_STATUSES, Job, JobError, JobStatus, new_job_id, validate_job_id
+from nuvom.plugins.contracts import Cursor
 
-__all__ = ["get_job", "get_job_status", "list_jobs", "queue_size", "retry_job"]
+__all__ = [
+    "cancel_job",
+    "get_job",
+    "get_job_status",
+    "job_counts",
+    "list_jobs",
+    "query_jobs",
+    "queue_size",
+    "queued_jobs",
+    "retry_job",
+]
 
 
 def get_job(job_id: str, *, app: App | None = None) -> Job | None:
@@ -63,20 +74,75 @@ def list_jobs(
     """Finished jobs, newest first; filter by ``status`` (``SUCCESS``/``FAILED``) and task name."""
     if limit < 1:
         raise ValueError(f"limit must be at least 1, got {limit}")
-    if status is not None:
-        try:
-            status = JobStatus(str(getattr(status, "value", status)).upper())
-        except ValueError:
-            names = ", ".join(s.value for s in TERMINAL_STATUSES)
-            raise ValueError(f"unknown status {status!r}; history holds {names}") from None
-        if status not in TERMINAL_STATUSES:
-            raise ValueError(
-                f"history holds finished jobs only (SUCCESS, FAILED); a {status.value} job is read with get_job(id)"
-            )
     app = app or default_app()
-    return [job.bind(app) for job in app.results.list_jobs(status=status, limit=limit, task=task)]
+    return [job.bind(app) for job in app.results.list_jobs(status=_terminal(status), limit=limit, task=task)]
 
 
 def queue_size(*, app: App | None = None) -> int:
     """Jobs waiting in the queue."""
     return (app or default_app()).queue.qsize()
+
+
+def _terminal(status: JobStatus | str | None) -> JobStatus | None:
+    if status is None:
+        return None
+    try:
+        found = JobStatus(str(getattr(status, "value", status)).upper())
+    except ValueError:
+        names = ", ".join(s.value for s in TERMINAL_STATUSES)
+        raise ValueError(f"unknown status {status!r}; history holds {names}") from None
+    if found not in TERMINAL_STATUSES:
+        raise ValueError(
+            f"history holds finished jobs only (SUCCESS, FAILED); a {found.value} job is read with get_job(id)"
+        )
+    return found
+
+
+def query_jobs(
+    status: JobStatus | str | None = None,
+    task: str | None = None,
+    tag: str | None = None,
+    since: float | None = None,
+    until: float | None = None,
+    before: Cursor | None = None,
+    limit: int = 50,
+    *,
+    app: App | None = None,
+) -> list[Job]:
+    """A page of finished jobs, newest first, filtered by status, task, tag and
+    finish time (``since <= finished_at < until``). For the next page pass
+    ``before=(last.finished_at, last.id)`` of this page's last job."""
+    if limit < 1:
+        raise ValueError(f"limit must be at least 1, got {limit}")
+    return (app or default_app()).results.query(
+        status=_terminal(status), task=task, tag=tag, since=since, until=until, before=before, limit=limit
+    )
+
+
+def job_counts(*, app: App | None = None) -> dict[str, int]:
+    """Jobs by state: ``queued``, ``retrying``, ``running`` (from the queue; a
+    key the backend cannot tell is left out) and ``SUCCESS``, ``FAILED`` (stored)."""
+    app = app or default_app()
+    counts = dict(app.queue.counts())
+    counts.update(app.results.counts())
+    return counts
+
+
+def queued_jobs(limit: int = 50, *, app: App | None = None) -> list[Job]:
+    """Up to ``limit`` waiting jobs, next due first (empty where the queue backend cannot list them)."""
+    return (app or default_app()).queue.peek(limit)
+
+
+def cancel_job(job_id: str, *, app: App | None = None) -> Job | None:
+    """Take a waiting job out of the queue before any worker runs it, and record
+    it as ``FAILED`` with error type ``Cancelled`` (so it shows in the history
+    and can be retried). Returns that record, or ``None`` if the job is not
+    waiting (unknown, already claimed by a worker, or finished)."""
+    validate_job_id(job_id)
+    app = app or default_app()
+    job = app.queue.cancel(job_id)
+    if job is None:
+        return None
+    job.mark_failed(JobError(type="Cancelled", message="cancelled before it ran"), time.time())
+    app.results.store([job])
+    return job.bind(app)

@@ -163,6 +163,33 @@ class ResultIndex:
         ranked = heapq.nlargest(limit, best.items(), key=lambda item: item[1][1])
         return [(finished, job_id.decode("ascii")) for job_id, (_, finished) in ranked]
 
+    def status_counts(self) -> dict[str, int]:
+        """How many jobs have each status, by the latest line of each id. Reads
+        every segment whole: a dashboard samples it, the hot path never does."""
+        latest: dict[bytes, tuple[int, bytes]] = {}
+        for _mtime, path in self.segments():
+            try:
+                with open(path, "rb") as f:
+                    data = f.read()
+            except FileNotFoundError:
+                continue
+            for line in data.split(b"\n")[:-1]:  # the last piece may be half-written
+                parts = line.split(b"\t", 4)
+                if len(parts) != 5:
+                    continue
+                try:
+                    bound = int(parts[0])
+                except ValueError:
+                    continue
+                seen = latest.get(parts[3])
+                if seen is None or bound >= seen[0]:
+                    latest[parts[3]] = (bound, parts[2])
+        out: dict[str, int] = {}
+        for _bound, status in latest.values():
+            key = status.decode("ascii", "replace")
+            out[key] = out.get(key, 0) + 1
+        return out
+
 
 def _lines_backwards(path: str) -> Iterator[list[bytes]]:
     """The complete lines of a file, last first, a chunk at a time."""

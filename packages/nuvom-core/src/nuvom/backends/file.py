@@ -333,6 +333,45 @@ class FileJobQueue(BaseJobQueue):
     def qsize(self) -> int:
         return sum(1 for name in os.listdir(self.queue_dir) if name.endswith(_SUFFIX))
 
+    def counts(self) -> dict[str, int]:
+        # Names carry no attempt count, so retries are not told apart from new
+        # jobs without opening every file: "retrying" is left out.
+        queued = sum(1 for name in os.listdir(self.queue_dir) if name.endswith(_SUFFIX))
+        running = sum(1 for name in os.listdir(self.claimed_dir) if name.endswith(_SUFFIX))
+        return {"queued": queued, "running": running}
+
+    def peek(self, limit: int = 50) -> list[Job]:
+        names = sorted(n for n in os.listdir(self.queue_dir) if _WAITING_NAME.fullmatch(n))
+        out: list[Job] = []
+        for name in names:
+            if len(out) >= limit:
+                break
+            try:
+                out.append(Job.from_bytes(read_bytes(os.path.join(self.queue_dir, name))))
+            except (FileNotFoundError, SerializationError):
+                continue  # claimed meanwhile, or left for a claimer to quarantine
+        return out
+
+    def cancel(self, job_id: str) -> Job | None:
+        validate_job_id(job_id)
+        name = _find(self.queue_dir, job_id)
+        if name is None:
+            return None
+        # Taken out of queue/ with the same rename a claim uses: of a worker and
+        # this call, exactly one gets the file.
+        taken = self._temp.new_path()
+        try:
+            os.replace(os.path.join(self.queue_dir, name), taken)
+        except (FileNotFoundError, PermissionError):
+            return None
+        try:
+            return Job.from_bytes(read_bytes(taken))
+        except SerializationError as exc:
+            quarantine(taken, self.corrupt_dir, f"queue-{name}", str(exc), log)
+            return None
+        finally:
+            unlink(taken)
+
     def clear(self) -> int:
         with self._lock:
             self._listing.clear()
@@ -422,6 +461,14 @@ class FileResultBackend(BaseResultBackend):
 
     def count(self) -> int:
         return sum(1 for name in os.listdir(self.jobs_dir) if name.endswith(_SUFFIX))
+
+    def counts(self) -> dict[str, int]:
+        if not self._index.segments() and self._has_records():
+            self.rebuild_index()
+        out = {status.value: 0 for status in (JobStatus.SUCCESS, JobStatus.FAILED)}
+        for status, n in self._index.status_counts().items():
+            out[status] = out.get(status, 0) + n
+        return out
 
     def rebuild_index(self) -> int:
         """Index every record in ``jobs/`` again (after the index was deleted, say);

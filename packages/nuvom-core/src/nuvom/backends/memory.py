@@ -14,7 +14,7 @@ from collections import deque
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from nuvom.job import Job, JobStatus
+from nuvom.job import TERMINAL_STATUSES, Job, JobStatus
 from nuvom.plugins.contracts import BaseJobQueue, BaseResultBackend
 
 if TYPE_CHECKING:
@@ -112,6 +112,31 @@ class MemoryJobQueue(BaseJobQueue):
         with self._cond:
             return len(self._ready) + len(self._delayed)
 
+    def counts(self) -> dict[str, int]:
+        with self._cond:
+            waiting = list(itertools.chain(self._ready, (item[2] for item in self._delayed)))
+            running = len(self._claimed)
+        retrying = sum(1 for job in waiting if job.attempts > 0)
+        return {"queued": len(waiting) - retrying, "retrying": retrying, "running": running}
+
+    def peek(self, limit: int = 50) -> list[Job]:
+        with self._cond:
+            delayed = [item[2] for item in sorted(self._delayed)]
+            return list(itertools.islice(itertools.chain(self._ready, delayed), limit))
+
+    def cancel(self, job_id: str) -> Job | None:
+        with self._cond:
+            for job in self._ready:
+                if job.id == job_id:
+                    self._ready.remove(job)
+                    return job
+            for item in self._delayed:
+                if item[2].id == job_id:
+                    self._delayed.remove(item)
+                    heapq.heapify(self._delayed)
+                    return item[2]
+        return None
+
     def clear(self) -> int:
         with self._cond:
             n = len(self._ready) + len(self._delayed)
@@ -172,3 +197,11 @@ class MemoryResultBackend(BaseResultBackend):
 
     def count(self) -> int:
         return len(self._records)
+
+    def counts(self) -> dict[str, int]:
+        with self._lock:
+            records = list(self._records.values())
+        out = {status.value: 0 for status in TERMINAL_STATUSES}
+        for job in records:
+            out[job.status.value] = out.get(job.status.value, 0) + 1
+        return out

@@ -38,7 +38,8 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol, runtime_checkable
 
 from nuvom._polling import Poller
-from nuvom.job import Job, JobError, JobStatus
+from nuvom.errors import BackendError
+from nuvom.job import TERMINAL_STATUSES, Job, JobError, JobStatus
 
 if TYPE_CHECKING:
     from nuvom.config import Settings
@@ -47,6 +48,7 @@ __all__ = [
     "API_VERSION",
     "BaseJobQueue",
     "BaseResultBackend",
+    "Cursor",
     "JobHooks",
     "Plugin",
 ]
@@ -235,8 +237,37 @@ class BaseJobQueue(abc.ABC):
     def clear(self) -> int:
         """Drop every waiting job; returns how many. Claimed jobs are kept."""
 
+    # -- looking and steering (dashboards, the CLI) -------------------------
+    # Optional: each has a default built on the methods above; backends
+    # override them where their store answers faster.
+    def counts(self) -> dict[str, int]:
+        """How many jobs the queue holds, by state: ``"queued"`` (waiting, never
+        run), ``"retrying"`` (waiting after a failed attempt) and ``"running"``
+        (claimed). A key the backend cannot tell cheaply is left out; the
+        default knows only the waiting total, reported as ``"queued"``."""
+        return {"queued": self.qsize()}
+
+    def peek(self, limit: int = 50) -> list[Job]:
+        """Up to ``limit`` waiting (unclaimed) jobs, next due first, without
+        claiming them. The default sees none."""
+        return []
+
+    def cancel(self, job_id: str) -> Job | None:
+        """Remove a waiting, unclaimed job so that no worker runs it, and return
+        it; ``None`` if it is not waiting (unknown, claimed or finished).
+        :func:`nuvom.sdk.cancel_job` then records it as failed ("Cancelled").
+        The default cannot remove one job and says so."""
+        raise BackendError(
+            f"the {type(self).__name__} queue cannot cancel a single job; use a backend that can "
+            "(sqlite, file, memory) or let the job run"
+        )
+
     def close(self) -> None:
         """Release connections and files."""
+
+
+#: ``(finished_at, job id)`` of the last job of a page: where the next page starts.
+Cursor = tuple[float, str]
 
 
 class BaseResultBackend(abc.ABC):
@@ -291,5 +322,54 @@ class BaseResultBackend(abc.ABC):
         """Number of stored records (backends should override with a cheap count)."""
         return len(self.list_jobs(limit=2**62))
 
+    # -- looking (dashboards, the CLI) ----------------------------------------
+    # Optional: the defaults read through list_jobs(); backends override them
+    # where their store answers faster.
+    def counts(self) -> dict[str, int]:
+        """Number of stored records by status: ``{"SUCCESS": n, "FAILED": m}``."""
+        return {status.value: len(self.list_jobs(status=status, limit=2**62)) for status in TERMINAL_STATUSES}
+
+    def query(
+        self,
+        status: JobStatus | str | None = None,
+        task: str | None = None,
+        tag: str | None = None,
+        since: float | None = None,
+        until: float | None = None,
+        before: Cursor | None = None,
+        limit: int = 50,
+    ) -> list[Job]:
+        """Finished jobs, newest first (by ``finished_at``, then id), filtered by
+        status, task name, tag and finish time (``since <= finished_at < until``).
+
+        Pages are keyset-paginated: pass the ``(finished_at, id)`` of the last
+        job of a page as ``before`` to get the next page, so reading page 1000
+        costs what page 1 does on a backend with an index on ``finished_at``.
+        """
+        wanted = None if status is None else JobStatus(str(getattr(status, "value", status)).upper())
+        window = max(limit * 4, 100)
+        while True:
+            records = self.list_jobs(status=wanted, limit=window, task=task)
+            out = [job for job in records if _matches(job, tag, since, until, before)]
+            out.sort(key=_cursor_of, reverse=True)
+            if len(out) >= limit or len(records) < window:
+                return out[:limit]
+            window *= 4
+
     def close(self) -> None:
         """Release connections and files."""
+
+
+def _cursor_of(job: Job) -> Cursor:
+    return (job.finished_at or 0.0, job.id)
+
+
+def _matches(job: Job, tag: str | None, since: float | None, until: float | None, before: Cursor | None) -> bool:
+    finished = job.finished_at or 0.0
+    if tag is not None and tag not in job.tags:
+        return False
+    if since is not None and finished < since:
+        return False
+    if until is not None and finished >= until:
+        return False
+    return before is None or (finished, job.id) < before

@@ -376,6 +376,50 @@ class SQLiteJobQueue(BaseJobQueue):
         """Number of claimed jobs (running somewhere, or held by a dead worker until its lease ends)."""
         return int(self.db.read(lambda c: c.execute("SELECT count(*) FROM nuvom_queue WHERE state = 1").fetchone()[0]))
 
+    def counts(self) -> dict[str, int]:
+        rows = self.db.read(
+            lambda c: c.execute("SELECT state, attempts > 0, count(*) FROM nuvom_queue GROUP BY 1, 2").fetchall(),
+            "counting queued jobs",
+        )
+        out = {"queued": 0, "retrying": 0, "running": 0}
+        for state, ran_before, n in rows:
+            key = "running" if state == 1 else ("retrying" if ran_before else "queued")
+            out[key] += int(n)
+        return out
+
+    def peek(self, limit: int = 50) -> list[Job]:
+        rows = self.db.read(
+            lambda c: c.execute(
+                "SELECT attempts, payload FROM nuvom_queue WHERE state = 0 ORDER BY ready_at, seq LIMIT ?", (limit,)
+            ).fetchall(),
+            "reading queued jobs",
+        )
+        out: list[Job] = []
+        for attempts, payload in rows:
+            try:
+                job = Job.from_bytes(payload)
+            except SerializationError:
+                continue  # the claimer records it as failed
+            job.attempts = attempts
+            out.append(job)
+        return out
+
+    def cancel(self, job_id: str) -> Job | None:
+        with self.db.write("cancelling a job") as conn:
+            row = conn.execute(
+                "DELETE FROM nuvom_queue WHERE id = ? AND state = 0 RETURNING attempts, payload", (job_id,)
+            ).fetchone()
+        if row is None:
+            return None
+        self._local_writes += 1
+        try:
+            job = Job.from_bytes(row[1])
+        except SerializationError as exc:
+            log.warning("cancelled job %s had an unreadable payload: %s", job_id, exc)
+            return Job(id=job_id, func_name="?", attempts=row[0])
+        job.attempts = row[0]
+        return job
+
     def clear(self) -> int:
         with self.db.write("clearing the queue") as conn:
             return int(conn.execute("DELETE FROM nuvom_queue WHERE state = 0").rowcount)

@@ -179,7 +179,7 @@ def test_plugin_status_lists_entry_points_and_the_plugins_file(cli, tmp_path):
         "state",
         "error",
         "settings",
-        "moved_to",
+        "moved_from",
     }
     assert isinstance(doc["cli_commands"], list)
     assert out.stderr == ""  # failures are in the document, not logged on top

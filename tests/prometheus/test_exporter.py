@@ -111,6 +111,19 @@ def test_enabled_by_the_plugins_file(start_worker, tmp_path: Path, monkeypatch, 
     assert prom.value(samples, "nuvom_worker_count") == 2
 
 
+def test_the_seeds_plugins_file_line_serves_metrics(start_worker, tmp_path: Path, monkeypatch, prom) -> None:
+    # The earlier nuvom's path resolves to its new home, and `plugin status` says so.
+    (tmp_path / ".nuvom_plugins.toml").write_text(
+        '[plugins]\nprometheus = ["nuvom.plugins.monitoring.prometheus:PrometheusPlugin"]\n', encoding="utf-8"
+    )
+    monkeypatch.setenv("NUVOM_PROMETHEUS_PORT", "0")
+    running = start_worker()
+    assert running.record.moved_from == "nuvom.plugins.monitoring.prometheus:PrometheusPlugin"
+    assert running.record.in_plugins_file and running.plugin.hooks_enabled
+    _, samples = prom.scrape(running.url)
+    assert prom.value(samples, "nuvom_worker_count") == 2
+
+
 def test_binds_loopback_by_default(start_worker, enabled) -> None:
     running = start_worker()
     assert running.plugin.server.host == "127.0.0.1"

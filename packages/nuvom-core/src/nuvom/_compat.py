@@ -117,7 +117,7 @@ def _as_job(raw: Any, job_id: str | None) -> Job | None:
         if data.get("error") is not None and not isinstance(data["error"], dict):
             data["error"] = _as_error(data["error"]).model_dump()
         try:
-            return Job.model_validate(data)
+            return Job.model_validate(data, context={"stored": True})
         except Exception:
             return None
     return None

@@ -21,7 +21,7 @@ from typing import Any
 from nuvom._task import Task
 from nuvom.errors import TaskNotFound
 
-__all__ = ["LazyTask", "TaskRegistry", "import_task"]
+__all__ = ["LazyTask", "TaskRegistry", "import_task", "project_import_policy"]
 
 log = logging.getLogger("nuvom.registry")
 
@@ -98,12 +98,21 @@ class TaskRegistry:
             self._lazy.pop(name, None)
         return task
 
-    def resolve(self, name: str, path: str | None) -> Task[Any]:
-        """Find the task of a job: by name, then by its import path."""
+    def resolve(
+        self, name: str, path: str | None, *, may_import: Callable[[str], str | None] | None = None
+    ) -> Task[Any]:
+        """Find the task of a job: by name (registered, or a lazy entry from the
+        manifest), then by its import path if ``may_import(module)`` allows it
+        (it returns ``None``, or why not). Importing runs code, so a path that
+        only whoever can write the store vouches for is refused."""
         task = self.get(name)
         if task is not None:
             return task
         if path:
+            module = path.partition(":")[0]
+            refused = may_import(module) if may_import is not None else None
+            if refused is not None:
+                raise TaskNotFound(f"task {name!r}: refusing to import {path!r}: {refused}")
             task = import_task(path, name=name)
             if task.name != name:
                 # The function is a task under another name: honour the job's name.
@@ -186,3 +195,44 @@ def _import_file(module_name: str, file: str, label: str) -> Any:
         sys.modules.pop(module_name, None)
         raise TaskNotFound(f"task {label!r}: loading {file} failed ({type(exc).__name__}: {exc})") from exc
     return module
+
+
+def project_import_policy(root: Path, declared: list[str]) -> Callable[[str], str | None]:
+    """The worker's rule for a job's import path: modules already imported,
+    modules listed in ``NUVOM_TASK_MODULES`` (and their submodules), and modules
+    whose top-level package lives under the project folder ``root`` (not in a
+    virtualenv inside it). Checked without importing anything."""
+    root = root.resolve()
+
+    def may_import(module: str) -> str | None:
+        if module in sys.modules:
+            return None
+        if any(module == d or module.startswith(d + ".") for d in declared):
+            return None
+        top = module.partition(".")[0]
+        try:
+            spec = importlib.util.find_spec(top)  # a top-level name: nothing is imported
+        except (ImportError, ValueError):
+            spec = None
+        origins = []
+        if spec is not None:
+            if spec.origin and spec.origin not in ("built-in", "frozen"):
+                origins.append(spec.origin)
+            origins.extend(spec.submodule_search_locations or [])
+        for origin in origins:
+            path = Path(origin).resolve()
+            if path.is_relative_to(root) and not _in_environment(path):
+                return None
+        return (
+            f"{module!r} is neither a task module of the project ({root}) nor listed in NUVOM_TASK_MODULES; "
+            "run `nuvom discover tasks` or add it to NUVOM_TASK_MODULES"
+        )
+
+    return may_import
+
+
+def _in_environment(path: Path) -> bool:
+    parts = set(path.parts)
+    if "site-packages" in parts or "dist-packages" in parts:
+        return True
+    return any(path.is_relative_to(Path(p).resolve()) for p in {sys.prefix, sys.base_prefix})

@@ -56,8 +56,10 @@ class JobRunner:
         worker_id: str | None = None,
         finish: Callable[[Job], None],
         retry: Callable[[Job], None],
+        may_import: Callable[[str], str | None] | None = None,
     ) -> None:
         self.registry = registry
+        self.may_import = may_import
         self.hooks = hooks or Hooks()
         self.default_timeout_policy = settings.timeout_policy
         self.max_payload_bytes = settings.max_payload_bytes
@@ -75,7 +77,7 @@ class JobRunner:
             )
             return None
         try:
-            return self.registry.resolve(job.func_name, job.task_path)
+            return self.registry.resolve(job.func_name, job.task_path, may_import=self.may_import)
         except Exception as exc:
             self.fail_without_running(job, exc)
             return None
@@ -166,7 +168,13 @@ class JobRunner:
 
 
 def run_job(
-    job: Job, *, registry: TaskRegistry, settings: Settings, hooks: Hooks | None = None, retries: bool = True
+    job: Job,
+    *,
+    registry: TaskRegistry,
+    settings: Settings,
+    hooks: Hooks | None = None,
+    retries: bool = True,
+    may_import: Callable[[str], str | None] | None = None,
 ) -> Job:
     """Run ``job`` here and now, retries included (waiting out their delays),
     and return it in its final state. Nothing is read from or written to a backend."""
@@ -178,6 +186,7 @@ def run_job(
         worker_id="local",
         finish=lambda j: None,
         retry=pending.append,
+        may_import=may_import,
     )
     while True:
         job.mark_claimed()

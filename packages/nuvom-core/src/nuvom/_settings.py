@@ -21,6 +21,11 @@ __all__ = ["ENV_PREFIX", "Settings", "load_settings", "read_settings", "setting_
 
 ENV_PREFIX = "NUVOM_"
 
+# Durations are finite and bounded: an `inf` or 1e300 passes a plain `> 0`
+# check and then overflows the clock arithmetic of leases and deadlines.
+_DAY = 86_400.0
+_WEEK = 7 * _DAY
+
 
 class Settings(BaseSettings):
     """Every core setting. Each field ``x`` is read from ``NUVOM_X``."""
@@ -40,14 +45,24 @@ class Settings(BaseSettings):
     serialization_backend: Literal["msgpack"] = Field("msgpack", description="Payload encoding.")
     max_workers: int = Field(4, ge=1, le=1024, description="Worker threads per worker process.")
     batch_size: int = Field(32, ge=1, le=10_000, description="Jobs claimed per queue round trip.")
-    job_timeout_secs: float = Field(30.0, gt=0, description="Timeout of tasks that set no timeout_secs.")
+    job_timeout_secs: float = Field(
+        30.0, gt=0, le=_WEEK, allow_inf_nan=False, description="Timeout of tasks that set no timeout_secs."
+    )
     timeout_policy: Literal["fail", "retry", "ignore"] = Field(
         "fail", description="What a timeout does when the task sets no timeout_policy."
     )
     manifest_path: Path = Field(Path(".nuvom/manifest.json"), description="Task manifest file.")
     data_dir: Path = Field(Path(".nuvom"), description="Where embedded backends store data.")
-    lease_secs: float = Field(30.0, gt=0, description="How long a claim holds a job before another worker may take it.")
-    shutdown_grace_secs: float = Field(10.0, ge=0, description="How long a stopping worker lets running jobs finish.")
+    lease_secs: float = Field(
+        30.0,
+        gt=0,
+        le=_WEEK,
+        allow_inf_nan=False,
+        description="How long a claim holds a job before another worker may take it.",
+    )
+    shutdown_grace_secs: float = Field(
+        10.0, ge=0, le=_DAY, allow_inf_nan=False, description="How long a stopping worker lets running jobs finish."
+    )
     max_payload_bytes: int = Field(
         16 * 1024 * 1024, ge=1024, description="Largest encoded arguments or result accepted."
     )

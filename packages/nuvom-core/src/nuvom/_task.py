@@ -41,6 +41,7 @@ class Task(Generic[R]):
         store_result: bool = True,
         tags: Sequence[str] | str = (),
         description: str | None = None,
+        category: str | None = None,
         before_job: Callable[..., Any] | None = None,
         after_job: Callable[..., Any] | None = None,
         on_error: Callable[..., Any] | None = None,
@@ -54,6 +55,7 @@ class Task(Generic[R]):
                 store_result=store_result,
                 tags=tags,  # type: ignore[arg-type]
                 description=description if description is not None else _first_line(fn.__doc__),
+                category=category,  # type: ignore[call-arg]  # the earlier option: becomes a tag
             )
         except ValidationError as exc:
             err = exc.errors()[0]

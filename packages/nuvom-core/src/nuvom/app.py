@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 from nuvom import _default
 from nuvom._backends import BackendTable, Role, registering_into
 from nuvom._hooks import AppHooks
-from nuvom._registry import TaskRegistry
+from nuvom._registry import TaskRegistry, project_import_policy
 from nuvom._runner import run_job
 from nuvom._settings import Settings, load_settings
 from nuvom._task import Task
@@ -205,7 +205,20 @@ class App:
         from nuvom._hooks import Hooks
 
         hooks = Hooks.collect(self.hooks.snapshot(), [])
-        return run_job(job, registry=self.registry, settings=self.settings, hooks=hooks, retries=retries)
+        return run_job(
+            job,
+            registry=self.registry,
+            settings=self.settings,
+            hooks=hooks,
+            retries=retries,
+            may_import=self.import_policy(),
+        )
+
+    def import_policy(self) -> Callable[[str], str | None]:
+        """Which modules a job's import path may name when its task is not
+        registered (see :func:`nuvom.registry.project_import_policy`): the
+        project folder's and ``NUVOM_TASK_MODULES``."""
+        return project_import_policy(self.project_dir or Path.cwd(), self.settings.task_module_list())
 
     # -- lifecycle ------------------------------------------------------------
     def start_plugin(self, plugin: Plugin, extras: dict[str, Any] | None = None) -> None:

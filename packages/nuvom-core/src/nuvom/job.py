@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from nuvom import _default, serialization
 from nuvom.errors import InvalidJobId, JobFailed, SerializationError
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationInfo, field_validator, model_validator
 
 if TYPE_CHECKING:
     from nuvom.app import App
@@ -82,9 +82,9 @@ class TaskOptions(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    retries: int = Field(0, ge=0)
-    retry_delay_secs: float = Field(0.0, ge=0)
-    timeout_secs: float | None = Field(None, gt=0)
+    retries: int = Field(0, ge=0, le=1_000_000)
+    retry_delay_secs: float = Field(0.0, ge=0, le=30 * 86_400, allow_inf_nan=False)
+    timeout_secs: float | None = Field(None, gt=0, le=7 * 86_400, allow_inf_nan=False)
     timeout_policy: TimeoutPolicy | None = None
     store_result: bool = True
     tags: tuple[str, ...] = ()
@@ -99,6 +99,18 @@ class TaskOptions(BaseModel):
     @classmethod
     def _one_tag(cls, value: Any) -> Any:
         return (value,) if isinstance(value, str) else value
+
+    @model_validator(mode="before")
+    @classmethod
+    def _category_is_a_tag(cls, data: Any) -> Any:
+        # The earlier nuvom's `category=` grouped tasks; a tag does that now.
+        if isinstance(data, dict) and "category" in data:
+            data = dict(data)
+            category = data.pop("category")
+            if category is not None:
+                tags = data.get("tags") or ()
+                data["tags"] = [*((tags,) if isinstance(tags, str) else tags), str(category)]
+        return data
 
     def job_fields(self) -> dict[str, Any]:
         """The options as :class:`Job` fields."""
@@ -199,6 +211,24 @@ class Job(BaseModel):
     history: list[Attempt] = Field(default_factory=list)
     retry_of: str | None = None
 
+    @model_validator(mode="before")
+    @classmethod
+    def _known_fields_only(cls, data: Any, info: ValidationInfo) -> Any:
+        """Jobs built in code: the earlier name ``retries`` means ``max_retries``,
+        and any other unknown field is an error (it would be silently dropped).
+        Stored records (``from_bytes``) may carry fields of newer versions."""
+        if not isinstance(data, dict) or (info.context or {}).get("stored"):
+            return data
+        if "retries" in data:
+            data = dict(data)
+            data.setdefault("max_retries", data.pop("retries"))
+        unknown = sorted(set(data) - _ALL_FIELDS)
+        if unknown:
+            raise ValueError(
+                f"Job has no field(s) {', '.join(map(repr, unknown))}; known fields: {', '.join(sorted(_ALL_FIELDS))}"
+            )
+        return data
+
     @classmethod
     def trusted(cls, values: dict[str, Any], app: App | None = None) -> Job:
         """Build a job from a complete dict of known-good field values, skipping
@@ -233,7 +263,7 @@ class Job(BaseModel):
         if not isinstance(raw, dict):
             raise SerializationError(f"stored job is a {type(raw).__name__}, not a mapping")
         try:
-            return cls.model_validate(raw)
+            return cls.model_validate(raw, context={"stored": True})
         except Exception as exc:
             raise SerializationError(f"stored job is malformed: {exc}") from None
 

@@ -3,10 +3,10 @@
 
 from __future__ import annotations
 
-from nuvom._registry import LazyTask, TaskRegistry, import_task
+from nuvom._registry import LazyTask, TaskRegistry, import_task, project_import_policy
 from nuvom.app import default_app
 
-__all__ = ["LazyTask", "TaskRegistry", "get_registry", "import_task"]
+__all__ = ["LazyTask", "TaskRegistry", "get_registry", "import_task", "project_import_policy"]
 
 
 def get_registry() -> TaskRegistry:

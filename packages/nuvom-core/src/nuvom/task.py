@@ -7,6 +7,8 @@ the same options (:class:`nuvom.job.TaskOptions`, plus ``name`` and hooks).
 
 from __future__ import annotations
 
+import sys
+import types
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar, overload
 
@@ -32,6 +34,7 @@ def task(
     store_result: bool = ...,
     tags: Sequence[str] | str = ...,
     description: str | None = ...,
+    category: str | None = ...,
     before_job: Callable[[Job], Any] | None = ...,
     after_job: Callable[[Job, Any], Any] | None = ...,
     on_error: Callable[[Job, BaseException], Any] | None = ...,
@@ -48,3 +51,15 @@ def task(fn: Callable[..., Any] | None = None, /, **options: Any) -> Any:
         if fn is not None
         else (lambda f: default_app().task(f, _follow_default=True, **options))
     )
+
+
+class _CallableModule(types.ModuleType):
+    """``from nuvom import task`` binds this module (``nuvom`` is a namespace
+    package, so the name resolves to the submodule); calling it as the earlier
+    nuvom's users do, ``@task`` or ``@task(retries=2)``, means the decorator."""
+
+    def __call__(self, fn: Callable[..., Any] | None = None, /, **options: Any) -> Any:
+        return task(fn, **options) if fn is not None else task(**options)
+
+
+sys.modules[__name__].__class__ = _CallableModule

@@ -180,6 +180,7 @@ class Worker:
             settings=self.settings,
             hooks=Hooks.collect(self.app.hooks.snapshot(), plugins.started_plugins()),
             worker_id=self.worker_id,
+            may_import=self.app.import_policy(),
             finish=self._finish,
             retry=self._retry,
         )

@@ -33,7 +33,7 @@ def _record_document(record: Any) -> dict[str, Any]:
         "state": record.state,
         "error": record.error,
         "settings": getattr(type(record.plugin), "settings_class", None) is not None if record.plugin else False,
-        "moved_to": record.moved_to,
+        "moved_from": record.moved_from,
     }
 
 
@@ -119,8 +119,8 @@ def plugin_status(format: FormatOpt = Format.table) -> None:
     for r in records:
         ok = r.state in ("loaded", "started", "stopped")
         where = escape(r.source) + f"\n[dim]{escape(r.target)}[/]"
-        if r.moved_to:
-            where += f"\n[yellow]moved: loaded from {escape(r.moved_to)}[/]"
+        if r.moved_from:
+            where += f"\n[yellow]{escape(r.moved_from)} has moved here[/]"
         if r.error:
             where += f"\n[red]{escape(r.error)}[/]"
         table.add_row(

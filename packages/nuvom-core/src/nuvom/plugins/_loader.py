@@ -77,8 +77,8 @@ class PluginRecord:
     #: Listed in .nuvom_plugins.toml: the user asked for it explicitly, which is
     #: how plugins that open ports (exporters) know they are enabled.
     in_plugins_file: bool = False
-    #: Set when ``target`` is an earlier nuvom's path: where it was found instead.
-    moved_to: str | None = None
+    #: The earlier nuvom's path the user wrote, when ``target`` is its new home.
+    moved_from: str | None = None
 
     @property
     def is_backend(self) -> bool:
@@ -191,7 +191,11 @@ class PluginManager:
             plugins_file = (self.project_dir or Path.cwd()) / PLUGINS_FILE
             if plugins_file.is_file():
                 for target, source in read_plugins_file(plugins_file):
-                    record = found.setdefault(target, PluginRecord(target, source))
+                    moved = MOVED_TARGETS.get(target)
+                    record = found.setdefault(moved or target, PluginRecord(moved or target, source))
+                    if moved is not None:
+                        record.moved_from = target
+                        log.info("plugin %s has moved; loading %s", target, moved)
                     record.in_plugins_file = True
                     if record.source != source:
                         record.source = f"{record.source} + {source}"
@@ -208,9 +212,6 @@ class PluginManager:
 
     def _import(self, record: PluginRecord) -> None:
         target = record.target
-        if target in MOVED_TARGETS:
-            record.moved_to = target = MOVED_TARGETS[target]
-            log.info("plugin %s has moved; loading %s", record.target, target)
         try:
             cls = check_plugin_class(load_target(target), target)
             record.name = str(getattr(cls, "name", "") or cls.__name__)

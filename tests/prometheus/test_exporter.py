@@ -349,3 +349,45 @@ def test_a_bad_setting_fails_the_plugin_not_the_worker(start_worker, monkeypatch
     assert running.record.state == "failed"
     assert "NUVOM_PROMETHEUS_PORT" in running.record.error
     assert prom_add.delay(2, 3).get(timeout=5) == 5
+
+
+def test_idle_connections_to_the_metrics_port_are_bounded_and_time_out(
+    start_worker, enabled, prom, monkeypatch
+) -> None:
+    import socket
+    import time
+
+    from nuvom.prometheus import server as server_module
+
+    monkeypatch.setattr(server_module._Handler, "timeout", 1.0)
+    running = start_worker()
+    host, port = running.plugin.server.host, running.plugin.server.port
+    threads_before = threading.active_count()
+    clients = []
+    try:
+        for _ in range(64):
+            clients.append(socket.create_connection((host, port), timeout=5))
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline and threading.active_count() < threads_before + server_module.MAX_CONNECTIONS:
+            time.sleep(0.02)
+        # 64 idle clients hold at most MAX_CONNECTIONS threads, and jobs still run.
+        assert threading.active_count() <= threads_before + server_module.MAX_CONNECTIONS + 2
+        assert prom_add.delay(2, 2).get(timeout=10) == 4
+        # Idle connections are dropped after the timeout, and the port serves again.
+        deadline = time.monotonic() + 15
+        while True:
+            try:
+                status, _, body = prom.http_get(running.url, timeout=2)
+                if status == 200 and "nuvom_worker_count" in body:
+                    break
+            except OSError:
+                pass
+            assert time.monotonic() < deadline, "the exporter never served again"
+            time.sleep(0.2)
+    finally:
+        for c in clients:
+            c.close()
+    deadline = time.monotonic() + 10
+    while threading.active_count() > threads_before + 1 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert threading.active_count() <= threads_before + 1

@@ -108,3 +108,19 @@ def test_a_too_old_sqlite_library_is_named_in_the_error(monkeypatch, db_path):
     monkeypatch.setattr(db.sqlite3, "sqlite_version", "3.31.1")
     with pytest.raises(BackendError, match=r"needs SQLite 3\.35\.0 or newer.*3\.31\.1"):
         SQLiteJobQueue(path=db_path).qsize()
+
+
+def test_a_data_dir_that_is_not_a_folder_stops_the_worker_with_one_line(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "NUVOM_DATA_DIR": "/dev/null"}
+    env.pop("NUVOM_QUEUE_BACKEND", None)
+    env.pop("NUVOM_RESULT_BACKEND", None)
+    proc = subprocess.run(
+        [sys.executable, "-m", "nuvom.worker"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60
+    )
+    assert proc.returncode == 6
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "/dev/null" in lines[0] and "NUVOM_DATA_DIR" in lines[0], proc.stderr

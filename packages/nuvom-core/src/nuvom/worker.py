@@ -166,6 +166,9 @@ class Worker:
         # NUVOM_LOG_LEVEL sets the level of nuvom's loggers; handlers are the app's (or the CLI's) business.
         logging.getLogger("nuvom").setLevel(self.settings.log_level)
         queue, results = self.queue, self.results
+        # Open the store now: one it cannot use (a path that is not a folder, no
+        # permission) is a clear BackendError here, not a claim loop failing forever.
+        queue.qsize()
         extras = {
             "app": self.app,
             "worker": self,
@@ -515,7 +518,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     logging.getLogger("nuvom").addHandler(handler)
-    from nuvom.errors import NuvomError
+    from nuvom.errors import BackendError, ConfigError, NuvomError
 
     try:
         app = default_app()
@@ -523,8 +526,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             importlib.import_module(module)
         return Worker(max_workers=args.threads, app=app).run_forever()
     except (NuvomError, ImportError) as exc:
+        # The CLI's exit codes: 5 a setting, 6 the store, 2 usage (a module that does not import).
         sys.stderr.write(f"error: {exc}\n")
-        return 5 if isinstance(exc, NuvomError) else 2
+        if isinstance(exc, ConfigError):
+            return 5
+        return 6 if isinstance(exc, BackendError) else 2 if isinstance(exc, ImportError) else 1
 
 
 if __name__ == "__main__":

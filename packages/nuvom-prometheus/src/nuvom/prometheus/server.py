@@ -19,7 +19,7 @@ from nuvom.errors import PluginError
 from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import choose_encoder
 
-__all__ = ["MetricsServer", "PortUnavailable"]
+__all__ = ["IDLE_TIMEOUT_SECS", "MAX_CONNECTIONS", "MetricsServer", "PortUnavailable"]
 
 log = logging.getLogger("nuvom.prometheus")
 
@@ -28,13 +28,45 @@ class PortUnavailable(PluginError, OSError):
     """No port of the configured port or range could be bound."""
 
 
+#: At most this many connections are served at once; more are closed on
+#: arrival. Each holds a thread and a descriptor, and a client of the metrics
+#: port must never use up what the worker needs to run jobs.
+MAX_CONNECTIONS = 16
+#: A connection that sends nothing for this long is closed.
+IDLE_TIMEOUT_SECS = 5.0
+
+
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
+    # Threads of finished requests are not kept for joining (socketserver would
+    # keep one entry per request for the life of the server).
+    block_on_close = False
     # On POSIX, SO_REUSEADDR only allows rebinding a port left in TIME_WAIT by a
     # restarted worker; on Windows it would let two listeners share a port.
     allow_reuse_address = sys.platform != "win32"
     registry: CollectorRegistry
     title: str
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self._slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
+        super().__init__(*args, **kwargs)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        if not self._slots.acquire(blocking=False):
+            log.debug("metrics port: %d connections open; closing one from %s", MAX_CONNECTIONS, client_address)
+            self.shutdown_request(request)
+            return
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self._slots.release()
+            raise
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._slots.release()
 
     def server_bind(self) -> None:
         # HTTPServer.server_bind looks up the host's FQDN, a reverse DNS query
@@ -49,6 +81,8 @@ class _Handler(BaseHTTPRequestHandler):
     server_version = "nuvom-prometheus"
     # HTTP/1.0: one request per connection, so no kept-alive connection outlives stop().
     protocol_version = "HTTP/1.0"
+    # The socket timeout of each connection: an idle client is dropped.
+    timeout = IDLE_TIMEOUT_SECS
 
     def do_GET(self) -> None:
         url = urlsplit(self.path)

@@ -10,6 +10,7 @@ without importing :mod:`nuvom.app` (which imports them).
 
 from __future__ import annotations
 
+import sys
 import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING
@@ -20,6 +21,23 @@ if TYPE_CHECKING:
     from nuvom.app import App
 
 __all__ = ["current", "get_or_create", "replace"]
+
+
+def _refuse_a_mixed_install() -> None:
+    # `nuvom` is a namespace package shared by nuvom-core and its siblings. The
+    # earlier single `nuvom` distribution (0.11) ships nuvom/__init__.py and
+    # files at the same paths as ours: installed together, its __init__ runs
+    # first and a later `pip uninstall nuvom` deletes files these packages own.
+    package = sys.modules.get("nuvom")
+    if package is not None and getattr(package, "__file__", None):
+        raise ImportError(
+            f"an earlier nuvom (0.11) is installed over nuvom-core ({package.__file__}); run "
+            "`pip uninstall -y nuvom` and then `pip install --force-reinstall nuvom-core nuvom-cli` "
+            "(plus the other nuvom-* packages you use); see docs/migrating.md"
+        )
+
+
+_refuse_a_mixed_install()
 
 _lock = threading.Lock()
 _app: App | None = None

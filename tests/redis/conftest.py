@@ -243,6 +243,8 @@ class Project:
     def env(self, **extra: str) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("NUVOM_")}
         env.update(
+            NUVOM_QUEUE_BACKEND="redis",
+            NUVOM_RESULT_BACKEND="redis",
             NUVOM_REDIS_URL=self.url,
             NUVOM_REDIS_PREFIX=self.prefix,
             NUVOM_DATA_DIR=str(self.root / "data"),

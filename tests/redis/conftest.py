@@ -77,12 +77,13 @@ def flaky(key, fail_times):
 # explicitly from the settings (NUVOM_REDIS_URL, NUVOM_REDIS_PREFIX). The ready
 # file tells the test the worker is up, so that no test guesses with a sleep.
 WORKER = """
-import os, pathlib, sys
+import logging, os, pathlib, sys
 import tasks
 from nuvom.config import load_settings
 from nuvom.redis import RedisJobQueue, RedisResultBackend
 from nuvom.worker import Worker
 
+logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
 settings = load_settings()
 worker = Worker(
     max_workers=int(sys.argv[1]), queue=RedisJobQueue(settings), results=RedisResultBackend(settings), settings=settings
@@ -114,8 +115,8 @@ def wait_until(predicate: Callable[[], Any], timeout: float = 30.0, what: str = 
 
 class RedisServer:
     """A redis-server process in its own folder on a free loopback port, with
-    the append-only file on (every write fsynced: the restart tests check that
-    nothing acknowledged is lost) and no RDB snapshots."""
+    the append-only file on (default ``appendfsync everysec``: the restart tests
+    check that a killed server loses nothing acknowledged) and no RDB snapshots."""
 
     def __init__(self, folder: Path, *extra: str, port: int | None = None) -> None:
         if REDIS_SERVER is None:
@@ -142,7 +143,6 @@ class RedisServer:
             "--port", str(self.port),
             "--dir", str(self.folder),
             "--appendonly", "yes",
-            "--appendfsync", "always",
             "--save", "",
             "--daemonize", "no",
             "--logfile", str(self.folder / "redis.log"),

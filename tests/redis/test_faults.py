@@ -166,7 +166,7 @@ def test_a_server_stopped_for_five_seconds(tmp_path, own_server, prefix):
 
 def test_a_producer_killed_mid_map_queues_all_or_nothing(project, queue):
     n = 60_000
-    code = "import tasks\ntasks.record.map([(f'p{i}',) for i in range(%d)])\n" % n
+    code = f"import tasks\ntasks.record.map([(f'p{{i}}',) for i in range({n})])\n"
     outcomes = []
     for delay in (0.2, 0.6, 1.0, 1.6):
         before = queue.qsize()

@@ -125,7 +125,7 @@ def test_completion_stores_the_outcome_and_removes_the_claim_in_one_step(queue, 
     assert queue.running() == 0 and queue.qsize() == 0
     assert all(queue.get(j.id) is None for j in jobs)
     # Nothing of the jobs is left in the queue's hashes.
-    for name in ("payload", "attempts", "lease", "token"):
+    for name in ("payload", "attempts", "timeout", "token"):
         assert queue.client.hlen(queue.key(name)) == 0, name
 
 

@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from nuvom.errors import BackendError, SerializationError
-from nuvom.job import Job, JobError, JobStatus, lease_secs_for
+from nuvom.job import LEASE_FACTOR, LEASE_MARGIN_SECS, Job, JobError, JobStatus
 from nuvom.plugins.contracts import BaseJobQueue, BaseResultBackend
 from nuvom.redis import _scripts
 from nuvom.redis._connection import Connection, acquire, is_transient, release
@@ -94,10 +94,11 @@ class RedisJobQueue(BaseJobQueue):
     def key(self, name: str) -> str:
         return f"{self.prefix}:q:{name}"
 
-    def _lease_of(self, job: Job) -> str:
-        return repr(
-            lease_secs_for(job.timeout_secs, lease_secs=self.lease_secs, default_timeout_secs=self.default_timeout)
-        )
+    def _lease_rule(self) -> list[str]:
+        """The claimer's arguments of :func:`nuvom.job.lease_secs_for`, which the
+        scripts evaluate per job: a job's lease follows the settings of the worker
+        that holds it, not those of the producer that queued it."""
+        return [repr(self.lease_secs), repr(self.default_timeout), repr(LEASE_FACTOR), repr(LEASE_MARGIN_SECS)]
 
     # -- producing ------------------------------------------------------------
     def enqueue(self, job: Job) -> None:
@@ -111,7 +112,7 @@ class RedisJobQueue(BaseJobQueue):
         args: list[Any] = [self.prefix]
         for job in jobs:
             # Offsets, not timestamps: the script adds them to the server's clock.
-            args += [job.id, repr(job.due_at - now), job.to_bytes(), self._lease_of(job), job.attempts]
+            args += [job.id, repr(job.due_at - now), job.to_bytes(), repr(job.timeout_secs or 0), job.attempts]
         tries = [0]
 
         def run() -> Any:
@@ -132,7 +133,7 @@ class RedisJobQueue(BaseJobQueue):
 
     def _claim_once(self, batch_size: int) -> tuple[list[Job], float | None]:
         """Claimed jobs, and (when none) seconds until something may be due."""
-        reply = self._claim(args=[self.prefix, batch_size, repr(self.lease_secs), _RECLAIM_PER_CLAIM])
+        reply = self._claim(args=[self.prefix, batch_size, _RECLAIM_PER_CLAIM, *self._lease_rule()])
         token = str(reply[0]).encode()
         if reply[0] == 0:
             wait = reply[1]
@@ -242,7 +243,7 @@ class RedisJobQueue(BaseJobQueue):
         now = time.time()
         args: list[Any] = [self.prefix]
         for job, token in zip(jobs, self._tokens(ids), strict=True):
-            args += [job.id, token, repr(job.due_at - now), job.to_bytes(), job.attempts, self._lease_of(job)]
+            args += [job.id, token, repr(job.due_at - now), job.to_bytes(), job.attempts, repr(job.timeout_secs or 0)]
         skipped = self.conn.run("handing jobs back", lambda: self._requeue(args=args), patience=self._worker_patience())
         self._forget(ids)
         for job_id in skipped:
@@ -291,7 +292,7 @@ class RedisJobQueue(BaseJobQueue):
             owned = [(job_id, self._claims[job_id]) for job_id in job_ids if job_id in self._claims]
         if not owned:
             return
-        args: list[Any] = [self.prefix]
+        args: list[Any] = [self.prefix, *self._lease_rule()]
         for job_id, token in owned:
             args += [job_id, token]
         try:

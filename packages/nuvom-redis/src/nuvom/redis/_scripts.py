@@ -15,7 +15,7 @@ __all__ = ["ACK", "CLAIM", "CLEAR", "COMPLETE", "ENQUEUE", "EXTEND", "REQUEUE", 
 _COMMON = """
 local P = ARGV[1]
 local DUE, LEASES = P .. ':q:due', P .. ':q:leases'
-local PAYLOAD, ATTEMPTS, LEASE, TOKEN = P .. ':q:payload', P .. ':q:attempts', P .. ':q:lease', P .. ':q:token'
+local PAYLOAD, ATTEMPTS, TIMEOUT, TOKEN = P .. ':q:payload', P .. ':q:attempts', P .. ':q:timeout', P .. ':q:token'
 local SEQ, WAKE = P .. ':q:seq', P .. ':q:wake'
 
 local function server_now()
@@ -36,8 +36,16 @@ local function forget(id)
   redis.call('ZREM', LEASES, id)
   redis.call('HDEL', PAYLOAD, id)
   redis.call('HDEL', ATTEMPTS, id)
-  redis.call('HDEL', LEASE, id)
+  redis.call('HDEL', TIMEOUT, id)
   redis.call('HDEL', TOKEN, id)
+end
+
+-- nuvom.job.lease_secs_for, with the claimer's settings: ARGV lease_secs,
+-- default timeout, factor, margin (the constants come from nuvom.job).
+local function lease_for(id, lease_secs, default_timeout, factor, margin)
+  local t = tonumber(redis.call('HGET', TIMEOUT, id) or 0)
+  if t <= 0 then t = default_timeout end
+  return math.max(lease_secs, t * factor + margin)
 end
 
 -- True when the claim `tok` (or, without a token, a claim at `attempts`) still holds job `id`.
@@ -76,7 +84,7 @@ local function store_one(id, status, task, finished, payload, ttl_ms)
 end
 """
 
-# ARGV: prefix, then (id, offset, payload, lease_secs, attempts) per job.
+# ARGV: prefix, then (id, offset, payload, timeout_secs (0: default), attempts) per job.
 # Returns the ids that were already queued (left untouched).
 ENQUEUE = (
     _COMMON
@@ -87,7 +95,7 @@ for i = 2, #ARGV, 5 do
   local id = ARGV[i]
   if redis.call('HSETNX', PAYLOAD, id, ARGV[i + 2]) == 1 then
     redis.call('HSET', ATTEMPTS, id, ARGV[i + 4])
-    redis.call('HSET', LEASE, id, ARGV[i + 3])
+    redis.call('HSET', TIMEOUT, id, ARGV[i + 3])
     redis.call('ZADD', DUE, now + tonumber(ARGV[i + 1]), id)
   else
     dup[#dup + 1] = id
@@ -98,7 +106,8 @@ return dup
 """
 )
 
-# ARGV: prefix, batch size, default lease, how many expired leases to reclaim.
+# ARGV: prefix, batch size, how many expired leases to reclaim, then the lease
+# rule's lease_secs, default timeout, factor, margin.
 # Returns {token, seconds until something is due ('' if nothing waits), id, attempts, payload, ...}.
 CLAIM = (
     _COMMON
@@ -106,7 +115,8 @@ CLAIM = (
 local now = server_now()
 -- Leases that ran out: their workers are gone (or too slow). Dropping the token
 -- is the fence: the old holder can no longer complete, requeue or renew.
-local expired = redis.call('ZRANGEBYSCORE', LEASES, '-inf', now, 'LIMIT', 0, tonumber(ARGV[4]))
+local expired = redis.call('ZRANGEBYSCORE', LEASES, '-inf', now, 'LIMIT', 0, tonumber(ARGV[3]))
+local rule = {tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7])}
 for _, id in ipairs(expired) do
   redis.call('ZREM', LEASES, id)
   redis.call('HDEL', TOKEN, id)
@@ -129,8 +139,7 @@ for _, id in ipairs(ids) do
   local payload = redis.call('HGET', PAYLOAD, id)
   if payload then
     local n = redis.call('HINCRBY', ATTEMPTS, id, 1)
-    local len = tonumber(redis.call('HGET', LEASE, id) or ARGV[3])
-    redis.call('ZADD', LEASES, now + len, id)
+    redis.call('ZADD', LEASES, now + lease_for(id, rule[1], rule[2], rule[3], rule[4]), id)
     redis.call('HSET', TOKEN, id, tok)
     out[#out + 1] = id
     out[#out + 1] = n
@@ -160,7 +169,7 @@ return 0
 """
 )
 
-# ARGV: prefix, then (id, token, offset, payload, attempts, lease_secs) per job.
+# ARGV: prefix, then (id, token, offset, payload, attempts, timeout_secs) per job.
 # A job whose claim was taken over is left to its new holder; returns those ids.
 REQUEUE = (
     _COMMON
@@ -176,7 +185,7 @@ for i = 2, #ARGV, 6 do
     redis.call('HDEL', TOKEN, id)
     redis.call('HSET', PAYLOAD, id, ARGV[i + 3])
     redis.call('HSET', ATTEMPTS, id, ARGV[i + 4])
-    redis.call('HSET', LEASE, id, ARGV[i + 5])
+    redis.call('HSET', TIMEOUT, id, ARGV[i + 5])
     redis.call('ZADD', DUE, now + tonumber(ARGV[i + 2]), id)
   end
 end
@@ -185,16 +194,17 @@ return skipped
 """
 )
 
-# ARGV: prefix, then (id, token) pairs. Renews the leases still held.
+# ARGV: prefix, the lease rule's four numbers (as CLAIM), then (id, token) pairs.
+# Renews the leases still held.
 EXTEND = (
     _COMMON
     + """
 local now = server_now()
-for i = 2, #ARGV, 2 do
+local rule = {tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])}
+for i = 6, #ARGV, 2 do
   local id = ARGV[i]
   if redis.call('HGET', TOKEN, id) == ARGV[i + 1] then
-    local len = tonumber(redis.call('HGET', LEASE, id) or 30)
-    redis.call('ZADD', LEASES, 'XX', now + len, id)
+    redis.call('ZADD', LEASES, 'XX', now + lease_for(id, rule[1], rule[2], rule[3], rule[4]), id)
   end
 end
 return 0

@@ -204,7 +204,8 @@ def use_nuvom(workdir: Path, url: str, prefix: str) -> Any:
 def flush(url: str) -> None:
     import redis
 
-    redis.Redis.from_url(url).flushall()
+    # ASYNC: freeing a million keys must not hold the reply past the socket timeout.
+    redis.Redis.from_url(url).flushall(asynchronous=True)
 
 
 # -- end to end -----------------------------------------------------------------

@@ -14,8 +14,9 @@ from .conftest import Project, jobs_for, wait_until
 
 def test_three_workers_run_2000_jobs_each_exactly_once(project, queue, results):
     keys = [f"j{i}" for i in range(2000)]
-    queue.enqueue_many(jobs_for("record", keys))
+    # Workers first: the check that work is shared must not race their start-up.
     project.start_workers(3)
+    queue.enqueue_many(jobs_for("record", keys))
     wait_until(lambda: results.count() == 2000, 120, "2000 results")
     project.stop()
     runs = project.executions()

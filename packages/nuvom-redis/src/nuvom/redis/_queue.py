@@ -1,0 +1,357 @@
+"""The job queue: payloads in hashes, a sorted set of due times, a sorted set
+of lease expiries, and one Lua script per step (see ``_scripts``).
+
+A waiting job sits in ``<prefix>:q:due`` scored by the (server) time it is
+due; a claim moves it to ``<prefix>:q:leases`` scored by the lease's end and
+gives it the claim's token. The claim script also moves jobs whose lease ran
+out back to the due set, so a dead worker's jobs are found by the same step,
+and delayed jobs become due without anyone polling them one by one.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import time
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+from nuvom.errors import BackendError, SerializationError
+from nuvom.job import LEASE_FACTOR, LEASE_MARGIN_SECS, Job, JobError, JobStatus
+from nuvom.plugins.contracts import BaseJobQueue, BaseResultBackend
+from nuvom.redis import _scripts
+from nuvom.redis._connection import Connection, acquire, is_transient, release
+from nuvom.redis._results import RedisResultBackend, result_args
+from nuvom.redis._settings import RedisSettings, load_redis_settings
+
+if TYPE_CHECKING:
+    from nuvom.config import Settings
+
+__all__ = ["RedisJobQueue"]
+
+log = logging.getLogger("nuvom.redis")
+
+# Longest a pop_batch blocks on the wake-up list before claiming again: bounds
+# how late a lease that ran out (nobody pushes a wake-up for it) is noticed.
+_MAX_BLOCK = 1.0
+# Expired leases moved back per claim: a dead worker's batch is recovered in one
+# step without one claim walking a very long list.
+_RECLAIM_PER_CLAIM = 1000
+_BACKOFF_FIRST = 0.05
+_BACKOFF_MAX = 1.0
+# How late an idle server may end a BLPOP (its cron period at the default hz 10),
+# and how often the last stretch before a due time is polled instead.
+_SERVER_TICK = 0.11
+_POLL = 0.005
+
+
+class RedisJobQueue(BaseJobQueue):
+    """A durable queue in Redis, shared by every process on every host that uses
+    the same URL and prefix. Safe across threads and processes.
+
+    ``redis`` overrides the ``NUVOM_REDIS_*`` settings (tests, embedding).
+    """
+
+    settings_class = RedisSettings
+
+    shared_between_processes = True
+
+    def __init__(self, settings: Settings | None = None, *, redis: RedisSettings | None = None) -> None:
+        super().__init__(settings)
+        if settings is None:
+            from nuvom.config import get_settings
+
+            settings = get_settings()
+        self.settings = settings
+        self.redis_settings = redis or load_redis_settings()
+        self.prefix = self.redis_settings.redis_prefix
+        self.conn: Connection = acquire(self.redis_settings)
+        self.client = self.conn.client
+        script = self.client.register_script
+        self._enqueue = script(_scripts.ENQUEUE)
+        self._claim = script(_scripts.CLAIM)
+        self._ack = script(_scripts.ACK)
+        self._requeue = script(_scripts.REQUEUE)
+        self._extend = script(_scripts.EXTEND)
+        self._clear = script(_scripts.CLEAR)
+        self._complete = script(_scripts.COMPLETE)
+        self.lease_secs = float(settings.lease_secs)
+        self.default_timeout = float(settings.job_timeout_secs)
+        self.claimer = f"{socket.gethostname()}:{os.getpid()}"
+        # job id -> claim token of the claims this object holds: a settlement
+        # only applies while the job's token in Redis is still this one.
+        self._claims: dict[str, bytes] = {}
+        self._claims_lock = threading.Lock()
+        self._closed = False
+
+    def __repr__(self) -> str:
+        return f"<RedisJobQueue {self.conn.safe_url} prefix={self.prefix!r}>"
+
+    @property
+    def url(self) -> str:
+        return self.conn.url
+
+    def key(self, name: str) -> str:
+        return f"{self.prefix}:q:{name}"
+
+    def _lease_rule(self) -> list[str]:
+        """The claimer's arguments of :func:`nuvom.job.lease_secs_for`, which the
+        scripts evaluate per job: a job's lease follows the settings of the worker
+        that holds it, not those of the producer that queued it."""
+        return [repr(self.lease_secs), repr(self.default_timeout), repr(LEASE_FACTOR), repr(LEASE_MARGIN_SECS)]
+
+    # -- producing ------------------------------------------------------------
+    def enqueue(self, job: Job) -> None:
+        self.enqueue_many((job,))
+
+    def enqueue_many(self, jobs: Sequence[Job]) -> None:
+        """Queue every job in one script: all of them or (on any failure) none."""
+        if not jobs:
+            return
+        now = time.time()
+        args: list[Any] = [self.prefix]
+        for job in jobs:
+            # Offsets, not timestamps: the script adds them to the server's clock.
+            args += [job.id, repr(job.due_at - now), job.to_bytes(), repr(job.timeout_secs or 0), job.attempts]
+        tries = [0]
+
+        def run() -> Any:
+            tries[0] += 1
+            return self._enqueue(args=args)
+
+        dup = self.conn.run("queueing jobs", run)
+        # A retry after a lost reply finds its own jobs already queued: that is success.
+        if dup and tries[0] == 1:
+            raise BackendError(
+                f"Redis at {self.conn.safe_url}: job id(s) {', '.join(d.decode() for d in dup[:3])} already "
+                f"queued under prefix {self.prefix!r}; job ids must be unique (the others were queued)"
+            )
+
+    # -- claiming -------------------------------------------------------------
+    def claim(self, batch_size: int) -> list[Job]:
+        return self.conn.run("claiming jobs", lambda: self._claim_once(batch_size)[0])
+
+    def _claim_once(self, batch_size: int) -> tuple[list[Job], float | None]:
+        """Claimed jobs, and (when none) seconds until something may be due."""
+        reply = self._claim(args=[self.prefix, batch_size, _RECLAIM_PER_CLAIM, *self._lease_rule()])
+        token = str(reply[0]).encode()
+        if reply[0] == 0:
+            wait = reply[1]
+            return [], (float(wait) if wait else None)
+        jobs: list[Job] = []
+        unreadable: list[Job] = []
+        for i in range(2, len(reply), 3):
+            job_id, attempts, payload = reply[i].decode(), int(reply[i + 1]), reply[i + 2]
+            try:
+                job = Job.from_bytes(payload)
+            except SerializationError as exc:
+                unreadable.append(_unreadable(job_id, attempts, exc, self.claimer))
+                continue
+            job.attempts = attempts - 1  # the script counted the claim; so does mark_claimed
+            job.mark_claimed()
+            jobs.append(job)
+        with self._claims_lock:
+            claims = self._claims
+            for job in jobs:
+                claims[job.id] = token
+            for job in unreadable:
+                claims[job.id] = token
+        if unreadable:
+            for job in unreadable:
+                log.error("job %s: %s", job.id, job.error.message if job.error else "")
+            self._complete_here(unreadable)
+        return jobs, None
+
+    def pop_batch(self, batch_size: int, timeout: float | None = 0.0) -> list[Job]:
+        """Claim up to ``batch_size`` due jobs, waiting up to ``timeout`` s.
+
+        Between claims the caller blocks on ``<prefix>:q:wake`` (BLPOP), which
+        every enqueue and hand-back pushes to: a job queued on any host starts
+        within a round trip or two. The block never outlasts the next due time
+        or lease expiry the claim reported. While the server is unreachable this
+        returns ``[]`` after backing off (the connection logs one line when it
+        goes and one when it is back): the worker keeps running what it holds.
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        pause = _BACKOFF_FIRST
+        wake = self.key("wake")
+        while True:
+            try:
+                jobs, due_in = self._claim_once(batch_size)
+                self.conn.mark_up()
+                if jobs or timeout == 0:
+                    return jobs
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    return []
+                # An idle server notices blocking timeouts on its cron tick (10 per second
+                # by default), so BLPOP may return up to ~100 ms late: it waits until
+                # shortly before the next due time, and the last stretch is polled.
+                block = _MAX_BLOCK if due_in is None else due_in - _SERVER_TICK
+                if remaining is not None:
+                    block = min(block, remaining)
+                if block < 0.01:
+                    time.sleep(max(0.001, min(_POLL, due_in or _POLL, remaining or _POLL)))
+                    continue
+                self.client.blpop([wake], timeout=block)
+                pause = _BACKOFF_FIRST
+            except BackendError:
+                raise
+            except Exception as exc:
+                if not is_transient(exc):
+                    raise BackendError(
+                        f"Redis at {self.conn.safe_url} failed while claiming jobs: {type(exc).__name__}: {exc}"
+                    ) from None
+                self.conn.mark_down(exc, "claiming jobs")
+                sleep = pause if deadline is None else min(pause, max(0.0, deadline - time.monotonic()))
+                time.sleep(sleep)
+                pause = min(pause * 2, _BACKOFF_MAX)
+                if deadline is not None and time.monotonic() >= deadline:
+                    return []
+
+    # -- settling claims ------------------------------------------------------
+    def _tokens(self, job_ids: Sequence[str]) -> list[bytes]:
+        with self._claims_lock:
+            get = self._claims.get
+            return [get(job_id, b"") for job_id in job_ids]
+
+    def _forget(self, job_ids: Sequence[str]) -> None:
+        with self._claims_lock:
+            pop = self._claims.pop
+            for job_id in job_ids:
+                pop(job_id, None)
+
+    def _worker_patience(self) -> float:
+        return self.redis_settings.redis_worker_retry_secs
+
+    def ack(self, job_ids: Sequence[str]) -> None:
+        if not job_ids:
+            return
+        args: list[Any] = [self.prefix]
+        for job_id, token in zip(job_ids, self._tokens(job_ids), strict=True):
+            args += [job_id, token]
+        self.conn.run("acknowledging jobs", lambda: self._ack(args=args), patience=self._worker_patience())
+        self._forget(job_ids)
+
+    def requeue(self, jobs: Sequence[Job]) -> None:
+        """Put jobs back as given, in one script. A job whose claim was taken
+        over meanwhile is left to its new claimer; running this twice (a retry
+        after a lost reply) hands nothing back twice, as the first run spent the token."""
+        if not jobs:
+            return
+        ids = [job.id for job in jobs]
+        now = time.time()
+        args: list[Any] = [self.prefix]
+        for job, token in zip(jobs, self._tokens(ids), strict=True):
+            args += [job.id, token, repr(job.due_at - now), job.to_bytes(), job.attempts, repr(job.timeout_secs or 0)]
+        skipped = self.conn.run("handing jobs back", lambda: self._requeue(args=args), patience=self._worker_patience())
+        self._forget(ids)
+        for job_id in skipped:
+            log.info("job %s was claimed by another worker meanwhile; not requeued", job_id.decode())
+
+    def complete(self, jobs: Sequence[Job], results: BaseResultBackend) -> None:
+        """Store outcomes and remove the jobs from the queue.
+
+        When ``results`` is a :class:`RedisResultBackend` on the same server and
+        prefix, both happen in one script, and only for jobs whose claim is
+        still the one they ran under: a completion whose claim was taken over
+        (its lease ran out and another worker claimed the job) is dropped, and
+        the other run records the outcome. Otherwise: store, then acknowledge.
+        """
+        if not self._shares_store(results):
+            super().complete(jobs, results)
+            return
+        assert isinstance(results, RedisResultBackend)
+        self._complete_here(jobs, results.ttl_ms)
+        results.maybe_prune()
+
+    def _complete_here(self, jobs: Sequence[Job], ttl_ms: int | None = None) -> None:
+        if ttl_ms is None:
+            ttl = self.redis_settings.result_ttl_secs
+            ttl_ms = 0 if ttl is None else max(1, int(ttl * 1000))
+        ids = [job.id for job in jobs]
+        args: list[Any] = [self.prefix, ttl_ms]
+        for job, token in zip(jobs, self._tokens(ids), strict=True):
+            job_id, status, task, finished, payload = result_args(job)
+            args += [job_id, token, job.attempts, status, task, finished, payload]
+        ignored = self.conn.run(
+            "storing finished jobs", lambda: self._complete(args=args), patience=self._worker_patience()
+        )
+        self._forget(ids)
+        if ignored:
+            log.info("%d completion(s) ignored: their claim was taken over by another worker", len(ignored))
+
+    def _shares_store(self, results: BaseResultBackend) -> bool:
+        return isinstance(results, RedisResultBackend) and results.url == self.url and results.prefix == self.prefix
+
+    def extend_leases(self, job_ids: Sequence[str]) -> None:
+        """Renew the leases of the jobs this object still holds. While the server
+        is unreachable this does nothing (the next renewal tries again) rather
+        than hold up the worker's watchdog."""
+        with self._claims_lock:
+            owned = [(job_id, self._claims[job_id]) for job_id in job_ids if job_id in self._claims]
+        if not owned:
+            return
+        args: list[Any] = [self.prefix, *self._lease_rule()]
+        for job_id, token in owned:
+            args += [job_id, token]
+        try:
+            self._extend(args=args)
+        except Exception as exc:
+            if not is_transient(exc):
+                raise
+            self.conn.mark_down(exc, "renewing leases")
+            return
+        self.conn.mark_up()
+
+    # -- reading --------------------------------------------------------------
+    def get(self, job_id: str) -> Job | None:
+        def read() -> list[Any]:
+            pipe = self.client.pipeline(transaction=True)
+            pipe.hget(self.key("payload"), job_id)
+            pipe.hget(self.key("attempts"), job_id)
+            pipe.zscore(self.key("leases"), job_id)
+            return pipe.execute()
+
+        payload, attempts, leased = self.conn.run("reading a queued job", read)
+        if payload is None:
+            return None
+        job = Job.from_bytes(payload)
+        job.attempts = int(attempts or 0)
+        if leased is not None:
+            job.status = JobStatus.RUNNING
+        return job
+
+    def qsize(self) -> int:
+        return int(self.conn.run("counting queued jobs", lambda: self.client.zcard(self.key("due"))))
+
+    def running(self) -> int:
+        """Number of claimed jobs (running somewhere, or held by a dead worker until its lease ends)."""
+        return int(self.conn.run("counting claimed jobs", lambda: self.client.zcard(self.key("leases"))))
+
+    def clear(self) -> int:
+        return int(self.conn.run("clearing the queue", lambda: self._clear(args=[self.prefix])))
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            release(self.conn)
+
+
+def _unreadable(job_id: str, attempts: int, exc: Exception, worker: str) -> Job:
+    now = time.time()
+    return Job(
+        id=job_id,
+        func_name="<unreadable>",
+        status=JobStatus.FAILED,
+        attempts=attempts,
+        created_at=now,
+        finished_at=now,
+        worker_id=worker,
+        error=JobError(
+            type="SerializationError",
+            message=f"the job's stored payload in the queue is corrupt and it was not run ({exc})",
+        ),
+    )

@@ -1,0 +1,259 @@
+"""The Lua scripts: each step that changes more than one key runs as one
+script, so a crash or a lost connection between two commands can never lose
+or double a job.
+
+Every script takes the key prefix as ``ARGV[1]`` and builds its key names
+from it (the layout is in docs/redis.md). Times are the server's clock
+(``TIME``): leases and due times mean the same on every host, whatever its
+clock says. Clients pass *offsets* (``due_at - their now``), not timestamps.
+"""
+
+from __future__ import annotations
+
+__all__ = ["ACK", "CLAIM", "CLEAR", "COMPLETE", "ENQUEUE", "EXTEND", "REQUEUE", "STORE"]
+
+_COMMON = """
+local P = ARGV[1]
+local DUE, LEASES = P .. ':q:due', P .. ':q:leases'
+local PAYLOAD, ATTEMPTS, TIMEOUT, TOKEN = P .. ':q:payload', P .. ':q:attempts', P .. ':q:timeout', P .. ':q:token'
+local SEQ, WAKE = P .. ':q:seq', P .. ':q:wake'
+
+local function server_now()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) + tonumber(t[2]) / 1000000
+end
+
+-- One wake-up at a time is enough: a worker that claims and sees more work
+-- due wakes the next one (see CLAIM), so idle workers join in a chain.
+local function wake_one()
+  if redis.call('LLEN', WAKE) == 0 then
+    redis.call('RPUSH', WAKE, 1)
+  end
+end
+
+local function forget(id)
+  redis.call('ZREM', DUE, id)
+  redis.call('ZREM', LEASES, id)
+  redis.call('HDEL', PAYLOAD, id)
+  redis.call('HDEL', ATTEMPTS, id)
+  redis.call('HDEL', TIMEOUT, id)
+  redis.call('HDEL', TOKEN, id)
+end
+
+-- nuvom.job.lease_secs_for, with the claimer's settings: ARGV lease_secs,
+-- default timeout, factor, margin (the constants come from nuvom.job).
+local function lease_for(id, lease_secs, default_timeout, factor, margin)
+  local t = tonumber(redis.call('HGET', TIMEOUT, id) or 0)
+  if t <= 0 then t = default_timeout end
+  return math.max(lease_secs, t * factor + margin)
+end
+
+-- True when the claim `tok` (or, without a token, a claim at `attempts`) still holds job `id`.
+local function holds(id, tok, attempts)
+  if tok ~= '' then
+    return redis.call('HGET', TOKEN, id) == tok
+  end
+  return redis.call('ZSCORE', LEASES, id) ~= false and redis.call('HGET', ATTEMPTS, id) == attempts
+end
+"""
+
+_STORE_ONE = """
+local STATUSES = {'SUCCESS', 'FAILED', 'PENDING', 'RUNNING', 'RETRYING'}
+
+local function store_one(id, status, task, finished, payload, ttl_ms)
+  local key = P .. ':res:' .. id
+  if ttl_ms > 0 then
+    redis.call('SET', key, payload, 'PX', ttl_ms)
+  else
+    redis.call('SET', key, payload)
+  end
+  -- A record replaced with another status (a retried job) leaves its old index.
+  for _, s in ipairs(STATUSES) do
+    if s ~= status and redis.call('ZREM', P .. ':idx:s:' .. s, id) == 1 then
+      redis.call('ZREM', P .. ':idx:t:' .. s .. ':' .. task, id)
+    end
+  end
+  redis.call('ZADD', P .. ':idx:s:' .. status, finished, id)
+  redis.call('ZADD', P .. ':idx:t:' .. status .. ':' .. task, finished, id)
+  redis.call('SADD', P .. ':idx:tasks', task)
+  if redis.call('SREM', P .. ':waiters', id) == 1 then
+    local wake = P .. ':wake:' .. id
+    redis.call('RPUSH', wake, 1)
+    redis.call('EXPIRE', wake, 60)
+  end
+end
+"""
+
+# ARGV: prefix, then (id, offset, payload, timeout_secs (0: default), attempts) per job.
+# Returns the ids that were already queued (left untouched).
+ENQUEUE = (
+    _COMMON
+    + """
+local now = server_now()
+local dup = {}
+for i = 2, #ARGV, 5 do
+  local id = ARGV[i]
+  if redis.call('HSETNX', PAYLOAD, id, ARGV[i + 2]) == 1 then
+    redis.call('HSET', ATTEMPTS, id, ARGV[i + 4])
+    redis.call('HSET', TIMEOUT, id, ARGV[i + 3])
+    redis.call('ZADD', DUE, now + tonumber(ARGV[i + 1]), id)
+  else
+    dup[#dup + 1] = id
+  end
+end
+wake_one()
+return dup
+"""
+)
+
+# ARGV: prefix, batch size, how many expired leases to reclaim, then the lease
+# rule's lease_secs, default timeout, factor, margin.
+# Returns {token, seconds until something is due ('' if nothing waits), id, attempts, payload, ...}.
+CLAIM = (
+    _COMMON
+    + """
+local now = server_now()
+-- Leases that ran out: their workers are gone (or too slow). Dropping the token
+-- is the fence: the old holder can no longer complete, requeue or renew.
+local expired = redis.call('ZRANGEBYSCORE', LEASES, '-inf', now, 'LIMIT', 0, tonumber(ARGV[3]))
+local rule = {tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7])}
+for _, id in ipairs(expired) do
+  redis.call('ZREM', LEASES, id)
+  redis.call('HDEL', TOKEN, id)
+  redis.call('ZADD', DUE, now, id)
+end
+local ids = redis.call('ZRANGEBYSCORE', DUE, '-inf', now, 'LIMIT', 0, tonumber(ARGV[2]))
+if #ids == 0 then
+  local nxt = false
+  local d = redis.call('ZRANGE', DUE, 0, 0, 'WITHSCORES')
+  if #d > 0 then nxt = tonumber(d[2]) end
+  local l = redis.call('ZRANGE', LEASES, 0, 0, 'WITHSCORES')
+  if #l > 0 and (not nxt or tonumber(l[2]) < nxt) then nxt = tonumber(l[2]) end
+  if not nxt then return {0, ''} end
+  return {0, tostring(nxt - now)}
+end
+local tok = redis.call('INCR', SEQ)
+local out = {tok, ''}
+for _, id in ipairs(ids) do
+  redis.call('ZREM', DUE, id)
+  local payload = redis.call('HGET', PAYLOAD, id)
+  if payload then
+    local n = redis.call('HINCRBY', ATTEMPTS, id, 1)
+    redis.call('ZADD', LEASES, now + lease_for(id, rule[1], rule[2], rule[3], rule[4]), id)
+    redis.call('HSET', TOKEN, id, tok)
+    out[#out + 1] = id
+    out[#out + 1] = n
+    out[#out + 1] = payload
+  else
+    forget(id)
+  end
+end
+if #redis.call('ZRANGEBYSCORE', DUE, '-inf', now, 'LIMIT', 0, 1) > 0 then
+  wake_one()
+end
+return out
+"""
+)
+
+# ARGV: prefix, then (id, token) pairs; token '' settles whatever claim there is.
+ACK = (
+    _COMMON
+    + """
+for i = 2, #ARGV, 2 do
+  local id, tok = ARGV[i], ARGV[i + 1]
+  if tok == '' or redis.call('HGET', TOKEN, id) == tok then
+    forget(id)
+  end
+end
+return 0
+"""
+)
+
+# ARGV: prefix, then (id, token, offset, payload, attempts, timeout_secs) per job.
+# A job whose claim was taken over is left to its new holder; returns those ids.
+REQUEUE = (
+    _COMMON
+    + """
+local now = server_now()
+local skipped = {}
+for i = 2, #ARGV, 6 do
+  local id, tok = ARGV[i], ARGV[i + 1]
+  if tok ~= '' and redis.call('HGET', TOKEN, id) ~= tok then
+    skipped[#skipped + 1] = id
+  else
+    redis.call('ZREM', LEASES, id)
+    redis.call('HDEL', TOKEN, id)
+    redis.call('HSET', PAYLOAD, id, ARGV[i + 3])
+    redis.call('HSET', ATTEMPTS, id, ARGV[i + 4])
+    redis.call('HSET', TIMEOUT, id, ARGV[i + 5])
+    redis.call('ZADD', DUE, now + tonumber(ARGV[i + 2]), id)
+  end
+end
+wake_one()
+return skipped
+"""
+)
+
+# ARGV: prefix, the lease rule's four numbers (as CLAIM), then (id, token) pairs.
+# Renews the leases still held.
+EXTEND = (
+    _COMMON
+    + """
+local now = server_now()
+local rule = {tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])}
+for i = 6, #ARGV, 2 do
+  local id = ARGV[i]
+  if redis.call('HGET', TOKEN, id) == ARGV[i + 1] then
+    redis.call('ZADD', LEASES, 'XX', now + lease_for(id, rule[1], rule[2], rule[3], rule[4]), id)
+  end
+end
+return 0
+"""
+)
+
+# Drops every waiting (not claimed) job; returns how many.
+CLEAR = (
+    _COMMON
+    + """
+local ids = redis.call('ZRANGE', DUE, 0, -1)
+for _, id in ipairs(ids) do
+  forget(id)
+end
+return #ids
+"""
+)
+
+# ARGV: prefix, ttl in ms (0: keep), then (id, status, task, finished_at, payload) per job.
+STORE = (
+    _COMMON
+    + _STORE_ONE
+    + """
+local ttl = tonumber(ARGV[2])
+for i = 3, #ARGV, 5 do
+  store_one(ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], ARGV[i + 4], ttl)
+end
+return 0
+"""
+)
+
+# ARGV: prefix, ttl in ms, then (id, token, attempts, status, task, finished_at, payload) per job.
+# Stores the outcome and removes the job from the queue in one step, only while
+# the claim it ran under still holds; returns the ids whose completion was ignored.
+COMPLETE = (
+    _COMMON
+    + _STORE_ONE
+    + """
+local ttl = tonumber(ARGV[2])
+local ignored = {}
+for i = 3, #ARGV, 7 do
+  local id = ARGV[i]
+  if holds(id, ARGV[i + 1], ARGV[i + 2]) then
+    forget(id)
+    store_one(id, ARGV[i + 3], ARGV[i + 4], ARGV[i + 5], ARGV[i + 6], ttl)
+  else
+    ignored[#ignored + 1] = id
+  end
+end
+return ignored
+"""
+)

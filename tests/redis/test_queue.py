@@ -1,0 +1,307 @@
+"""The queue's delivery contract on a real redis-server: claims, leases, fencing,
+due order, delays, settling."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+from nuvom.config import load_settings
+from nuvom.errors import BackendError
+from nuvom.job import Job, JobStatus, lease_secs_for
+from nuvom.redis import RedisJobQueue, RedisResultBackend
+
+
+def make(n: int, **fields) -> list[Job]:
+    return [Job(func_name="record", args=[f"k{i}"], **fields) for i in range(n)]
+
+
+def finish(jobs: list[Job]) -> list[Job]:
+    now = time.time()
+    for job in jobs:
+        job.status, job.result, job.started_at, job.finished_at = JobStatus.SUCCESS, job.args[0], now, now
+    return jobs
+
+
+def expire_leases(queue: RedisJobQueue) -> None:
+    """Make every claim's lease run out now (as if its worker had died long ago)."""
+    key = queue.key("leases")
+    for member in queue.client.zrange(key, 0, -1):
+        queue.client.zadd(key, {member: 0})
+
+
+def other_view(queue: RedisJobQueue) -> RedisJobQueue:
+    """Another process's view of the same queue (its own claims table)."""
+    return RedisJobQueue(load_settings(), redis=queue.redis_settings)
+
+
+def test_claim_marks_jobs_running_and_counts_the_attempt_in_storage(queue):
+    queue.enqueue_many(make(3))
+    jobs = queue.claim(10)
+    assert [j.status for j in jobs] == [JobStatus.RUNNING] * 3
+    assert [j.attempts for j in jobs] == [1, 1, 1]
+    stored = other_view(queue).get(jobs[0].id)
+    assert stored.status is JobStatus.RUNNING and stored.attempts == 1
+    assert queue.qsize() == 0 and queue.running() == 3
+
+
+def test_claims_come_oldest_first_in_batches(queue):
+    jobs = make(5)
+    queue.enqueue_many(jobs)
+    assert [j.id for j in queue.claim(2)] == [jobs[0].id, jobs[1].id]
+    assert [j.id for j in queue.claim(10)] == [j.id for j in jobs[2:]]
+    assert queue.claim(10) == []
+
+
+def test_a_claimed_job_is_invisible_to_other_claimers(queue):
+    other = other_view(queue)
+    queue.enqueue(make(1)[0])
+    assert len(queue.claim(1)) == 1
+    assert other.claim(1) == []
+    other.close()
+
+
+def test_a_job_whose_lease_expired_is_claimed_again_with_its_attempt_counted(queue):
+    other = other_view(queue)
+    job = make(1)[0]
+    queue.enqueue(job)
+    queue.claim(1)
+    expire_leases(queue)
+    again = other.claim(1)
+    assert [j.id for j in again] == [job.id]
+    assert again[0].attempts == 2
+    other.close()
+
+
+def test_the_lease_follows_the_one_rule_of_core(queue):
+    short, long_ = Job(func_name="a", timeout_secs=1), Job(func_name="b", timeout_secs=100)
+    queue.enqueue_many([short, long_])
+    server_now = float(".".join(x.decode() if isinstance(x, bytes) else str(x) for x in queue.client.time()))
+    queue.claim(2)
+    ends = dict(queue.client.zrange(queue.key("leases"), 0, -1, withscores=True))
+    s = queue.settings
+    for job in (short, long_):
+        want = lease_secs_for(job.timeout_secs, lease_secs=s.lease_secs, default_timeout_secs=s.job_timeout_secs)
+        assert ends[job.id.encode()] - server_now == pytest.approx(want, abs=1.0)
+
+
+def test_a_zombie_whose_claim_was_taken_over_cannot_complete_or_hand_back(queue, results):
+    zombie, live = queue, other_view(queue)
+    job = make(1)[0]
+    zombie.enqueue(job)
+    (held,) = zombie.claim(1)
+    tokens = dict(zombie._claims)
+    expire_leases(queue)
+    (again,) = live.claim(1)
+    # It cannot hand the job back...
+    zombie.requeue([held.model_copy(update={"status": JobStatus.RETRYING})])
+    assert live.qsize() == 0 and live.running() == 1
+    # ...nor renew the lease it lost...
+    zombie._claims.update(tokens)
+    lease_end = live.client.zscore(live.key("leases"), job.id)
+    zombie.extend_leases([job.id])
+    assert live.client.zscore(live.key("leases"), job.id) == lease_end
+    # ...nor record an outcome: fenced off by the token, in the completing script.
+    finish([held])
+    held.result = "zombie"
+    zombie.complete([held], results)
+    assert results.get_full(job.id) is None
+    assert live.get(job.id).status is JobStatus.RUNNING
+    finish([again])
+    live.complete([again], results)
+    record = results.get_full(job.id)
+    assert record.result == "k0" and record.attempts == 2
+    assert live.running() == 0 and live.qsize() == 0
+    live.close()
+
+
+def test_completion_stores_the_outcome_and_removes_the_claim_in_one_step(queue, results):
+    jobs = make(4)
+    queue.enqueue_many(jobs)
+    claimed = queue.claim(4)
+    queue.complete(finish(claimed), results)
+    assert results.count() == 4
+    assert queue.running() == 0 and queue.qsize() == 0
+    assert all(queue.get(j.id) is None for j in jobs)
+    # Nothing of the jobs is left in the queue's hashes.
+    for name in ("payload", "attempts", "timeout", "token"):
+        assert queue.client.hlen(queue.key(name)) == 0, name
+
+
+def test_completion_without_a_known_token_checks_the_attempt(queue, results):
+    job = make(1)[0]
+    queue.enqueue(job)
+    (claimed,) = queue.claim(1)
+    # A different queue object (a restarted process) completes: the claim must
+    # still be the one at this attempt count.
+    other = other_view(queue)
+    stale = claimed.model_copy(update={"attempts": 7})
+    other.complete(finish([stale]), results)
+    assert results.get_full(job.id) is None
+    other.complete(finish([claimed]), results)
+    assert results.get_full(job.id) is not None and queue.running() == 0
+    other.close()
+
+
+def test_requeue_with_a_not_before_time_waits_for_it(queue):
+    job = make(1)[0]
+    queue.enqueue(job)
+    (claimed,) = queue.claim(1)
+    claimed.status, claimed.not_before = JobStatus.RETRYING, time.time() + 0.4
+    queue.requeue([claimed])
+    assert queue.running() == 0 and queue.qsize() == 1
+    assert queue.claim(1) == []
+    t0 = time.monotonic()
+    (again,) = queue.pop_batch(1, timeout=5)
+    waited = time.monotonic() - t0
+    assert again.id == job.id and again.attempts == 2 and again.status is JobStatus.RUNNING
+    assert 0.25 < waited < 0.6
+
+
+def test_requeue_twice_hands_back_once(queue):
+    job = make(1)[0]
+    queue.enqueue(job)
+    (claimed,) = queue.claim(1)
+    claimed.attempts -= 1
+    claimed.status = JobStatus.PENDING
+    tokens = dict(queue._claims)
+    queue.requeue([claimed])
+    # The same hand-back again (a retry after a lost reply) finds the token spent.
+    queue._claims.update(tokens)
+    queue.requeue([claimed])
+    assert queue.qsize() == 1
+    (again,) = queue.claim(5)
+    assert again.attempts == 1
+
+
+def test_delayed_jobs_become_due_without_polling_each(queue):
+    now = time.time()
+    later, sooner, ready = (
+        Job(func_name="x", not_before=now + 0.6),
+        Job(func_name="x", not_before=now + 0.3),
+        Job(func_name="x"),
+    )
+    queue.enqueue_many([later, sooner, ready])
+    assert [j.id for j in queue.claim(10)] == [ready.id]
+    got = []
+    deadline = time.monotonic() + 5
+    while len(got) < 2 and time.monotonic() < deadline:
+        got += [(j.id, time.time() - now) for j in queue.pop_batch(10, timeout=1)]
+    assert [g[0] for g in got] == [sooner.id, later.id]
+    assert 0.29 < got[0][1] < 0.45 and 0.59 < got[1][1] < 0.75
+
+
+def test_extend_leases_renews_only_held_claims(queue):
+    jobs = make(2)
+    queue.enqueue_many(jobs)
+    claimed = queue.claim(2)
+    key = queue.key("leases")
+    queue.client.zadd(key, {claimed[0].id: 1, claimed[1].id: 1})
+    queue._forget([claimed[1].id])  # not ours any more
+    queue.extend_leases([j.id for j in claimed])
+    scores = dict(queue.client.zrange(key, 0, -1, withscores=True))
+    assert scores[claimed[0].id.encode()] > time.time() + 10
+    assert scores[claimed[1].id.encode()] == 1
+
+
+def test_ack_removes_only_the_holders_claim(queue):
+    jobs = make(2)
+    queue.enqueue_many(jobs)
+    claimed = queue.claim(2)
+    queue.ack([claimed[0].id, "unknown-id"])
+    assert queue.get(claimed[0].id) is None and queue.running() == 1
+
+
+def test_clear_drops_waiting_jobs_and_keeps_claimed_ones(queue):
+    queue.enqueue_many(make(5))
+    queue.claim(2)
+    assert queue.clear() == 3
+    assert queue.qsize() == 0 and queue.running() == 2
+
+
+def test_a_duplicate_job_id_is_refused_and_the_stored_job_kept(queue):
+    job = make(1)[0]
+    queue.enqueue(job)
+    copy = job.model_copy(update={"args": ["other"]})
+    with pytest.raises(BackendError, match="already queued"):
+        queue.enqueue(copy)
+    assert queue.get(job.id).args == ["k0"] and queue.qsize() == 1
+
+
+def test_a_blocked_claimer_wakes_within_milliseconds_of_an_enqueue(queue):
+    other = other_view(queue)
+    got: list[tuple[float, list[Job]]] = []
+    started = threading.Event()
+
+    def claimer() -> None:
+        started.set()
+        jobs = other.pop_batch(1, timeout=10)
+        got.append((time.perf_counter(), jobs))
+
+    t = threading.Thread(target=claimer)
+    t.start()
+    started.wait()
+    # Let the claimer reach BLPOP: it looks once, finds nothing and blocks.
+    wait_for_blocked = time.monotonic() + 5
+    while time.monotonic() < wait_for_blocked:
+        clients = queue.client.client_list()
+        if any(c.get("cmd") == "blpop" for c in clients):
+            break
+        time.sleep(0.002)
+    t0 = time.perf_counter()
+    queue.enqueue(make(1)[0])
+    t.join(10)
+    ((at, jobs),) = got
+    assert len(jobs) == 1
+    assert at - t0 < 0.05
+    other.close()
+
+
+def test_a_crowd_of_claimers_takes_each_job_once(queue):
+    queue.enqueue_many(make(600))
+    views = [other_view(queue) for _ in range(6)]
+    seen: list[str] = []
+    lock = threading.Lock()
+
+    def drain(q: RedisJobQueue) -> None:
+        while True:
+            jobs = q.pop_batch(7, timeout=0.2)
+            if not jobs:
+                return
+            with lock:
+                seen.extend(j.id for j in jobs)
+
+    threads = [threading.Thread(target=drain, args=(v,)) for v in views]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert len(seen) == 600 and len(set(seen)) == 600
+    for v in views:
+        v.close()
+
+
+def test_a_corrupt_payload_fails_that_job_clearly(queue):
+    jobs = make(3)
+    queue.enqueue_many(jobs)
+    queue.client.hset(queue.key("payload"), jobs[1].id, b"\xc1\xc1 not msgpack")
+    results = RedisResultBackend(load_settings(), redis=queue.redis_settings)
+    claimed = queue.claim(10)
+    assert [j.id for j in claimed] == [jobs[0].id, jobs[2].id]
+    bad = results.get_full(jobs[1].id)
+    assert bad.status is JobStatus.FAILED and bad.error.type == "SerializationError"
+    assert "corrupt" in bad.error.message
+    assert queue.get(jobs[1].id) is None
+    results.close()
+
+
+def test_prefixes_keep_apps_apart(queue, rsettings):
+    other_app = RedisJobQueue(
+        load_settings(), redis=rsettings.model_copy(update={"redis_prefix": rsettings.redis_prefix + "b"})
+    )
+    queue.enqueue_many(make(3))
+    assert other_app.qsize() == 0 and other_app.claim(10) == []
+    other_app.enqueue(make(1)[0])
+    assert queue.qsize() == 3
+    other_app.close()

@@ -158,13 +158,9 @@ def reset_nuvom(workdir: Path) -> None:
     """Point this process's nuvom at ``workdir`` (the bench is a producer too)."""
     os.environ.update(nuvom_env(workdir))
     sys.path.insert(0, str(workdir))
-    from nuvom.backends import reset_backends
-    from nuvom.config import reset_settings
-    from nuvom.plugins.loader import reset_plugin_manager
+    from nuvom.testing import reset_process_state
 
-    reset_backends()
-    reset_settings()
-    reset_plugin_manager()
+    reset_process_state()
 
 
 def fresh_dir(base: Path, name: str) -> Path:

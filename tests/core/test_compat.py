@@ -28,10 +28,10 @@ def test_from_nuvom_import_task_works_as_the_decorator() -> None:
         return x
 
     @task
-    def plain(x: int) -> int:
+    def compat_plain(x: int) -> int:
         return x
 
-    assert bare.retries == 1 and bare.name == "compat_bare" and plain.name == "plain"
+    assert bare.retries == 1 and bare.name == "compat_bare" and compat_plain.name == "compat_plain"
 
 
 def test_a_string_is_one_tag_and_category_becomes_a_tag() -> None:
@@ -46,14 +46,21 @@ def test_a_string_is_one_tag_and_category_becomes_a_tag() -> None:
     assert report.make_job([], {}).tags == ["reports", "billing"]
 
 
-def test_retry_delay_none_means_the_default() -> None:
-    app = memory_app()
+def test_retry_delay_none_means_the_apps_default() -> None:
+    app = memory_app(retry_delay_secs=5)
 
     @app.task(retries=2, retry_delay_secs=None)
     def flaky() -> None:
         return None
 
-    assert flaky.retry_delay_secs == 0.0
+    @app.task(retries=2, retry_delay_secs=1)
+    def own() -> None:
+        return None
+
+    assert flaky.retry_delay_secs is None
+    assert flaky.make_job([], {}).retry_delay_secs == 5.0  # NUVOM_RETRY_DELAY_SECS
+    assert own.make_job([], {}).retry_delay_secs == 1.0
+    assert memory_app().task(lambda: None, retries=1).make_job([], {}).retry_delay_secs == 0.0
 
 
 def test_job_accepts_the_earlier_retries_name_and_refuses_unknown_fields() -> None:

@@ -48,6 +48,9 @@ class Settings(BaseSettings):
     job_timeout_secs: float = Field(
         30.0, gt=0, le=_WEEK, allow_inf_nan=False, description="Timeout of tasks that set no timeout_secs."
     )
+    retry_delay_secs: float = Field(
+        0.0, ge=0, le=30 * _DAY, allow_inf_nan=False, description="Delay before a retry, for tasks that set none."
+    )
     timeout_policy: Literal["fail", "retry", "ignore"] = Field(
         "fail", description="What a timeout does when the task sets no timeout_policy."
     )

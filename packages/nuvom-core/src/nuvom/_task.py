@@ -35,7 +35,7 @@ class Task(Generic[R]):
         app: Callable[[], App] | None = None,
         name: str | None = None,
         retries: int = 0,
-        retry_delay_secs: float | None = 0.0,
+        retry_delay_secs: float | None = None,
         timeout_secs: float | None = None,
         timeout_policy: TimeoutPolicy | None = None,
         store_result: bool = True,
@@ -49,7 +49,7 @@ class Task(Generic[R]):
         try:
             self.options = TaskOptions(
                 retries=retries,
-                retry_delay_secs=retry_delay_secs,  # type: ignore[arg-type]
+                retry_delay_secs=retry_delay_secs,
                 timeout_secs=timeout_secs,
                 timeout_policy=timeout_policy,
                 store_result=store_result,
@@ -78,7 +78,8 @@ class Task(Generic[R]):
         return self.options.retries
 
     @property
-    def retry_delay_secs(self) -> float:
+    def retry_delay_secs(self) -> float | None:
+        """``None``: the app's ``NUVOM_RETRY_DELAY_SECS``."""
         return self.options.retry_delay_secs
 
     @property
@@ -156,6 +157,7 @@ class Task(Generic[R]):
             {
                 "id": new_job_id(),
                 **self._job_fields,
+                **({"retry_delay_secs": app.settings.retry_delay_secs} if self.options.retry_delay_secs is None else {}),
                 "args": args,
                 "kwargs": kwargs,
                 "status": JobStatus.PENDING,

@@ -76,24 +76,20 @@ class TaskOptions(BaseModel):
     """How a task's jobs run: the options of ``@task(...)``, recorded on each job
     (``retries`` as ``Job.max_retries``) and in discovery's manifest.
 
-    ``None`` for ``retry_delay_secs`` means the default (0), as in the earlier
-    nuvom; a single string for ``tags`` is one tag.
+    ``None`` for ``retry_delay_secs`` means the app's default
+    (``NUVOM_RETRY_DELAY_SECS``), as in the earlier nuvom; a single string for
+    ``tags`` is one tag; ``category`` (the earlier option) becomes a tag.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     retries: int = Field(0, ge=0, le=1_000_000)
-    retry_delay_secs: float = Field(0.0, ge=0, le=30 * 86_400, allow_inf_nan=False)
+    retry_delay_secs: float | None = Field(None, ge=0, le=30 * 86_400, allow_inf_nan=False)
     timeout_secs: float | None = Field(None, gt=0, le=7 * 86_400, allow_inf_nan=False)
     timeout_policy: TimeoutPolicy | None = None
     store_result: bool = True
     tags: tuple[str, ...] = ()
     description: str | None = None
-
-    @field_validator("retry_delay_secs", mode="before")
-    @classmethod
-    def _none_is_default(cls, value: Any) -> Any:
-        return 0.0 if value is None else value
 
     @field_validator("tags", mode="before")
     @classmethod
@@ -112,11 +108,11 @@ class TaskOptions(BaseModel):
                 data["tags"] = [*((tags,) if isinstance(tags, str) else tags), str(category)]
         return data
 
-    def job_fields(self) -> dict[str, Any]:
+    def job_fields(self, default_retry_delay_secs: float = 0.0) -> dict[str, Any]:
         """The options as :class:`Job` fields."""
         return {
             "max_retries": self.retries,
-            "retry_delay_secs": self.retry_delay_secs,
+            "retry_delay_secs": default_retry_delay_secs if self.retry_delay_secs is None else self.retry_delay_secs,
             "timeout_secs": self.timeout_secs,
             "timeout_policy": self.timeout_policy,
             "store_result": self.store_result,

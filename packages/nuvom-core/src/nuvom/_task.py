@@ -102,6 +102,10 @@ class Task(Generic[R]):
     def description(self) -> str | None:
         return self.options.description
 
+    def _retry_delay(self, app: App) -> float:
+        delay = self.options.retry_delay_secs
+        return app.settings.retry_delay_secs if delay is None else delay
+
     @property
     def app(self) -> App:
         """The app this task queues to (the default app for ``nuvom.task.task``)."""
@@ -157,7 +161,7 @@ class Task(Generic[R]):
             {
                 "id": new_job_id(),
                 **self._job_fields,
-                **({"retry_delay_secs": app.settings.retry_delay_secs} if self.options.retry_delay_secs is None else {}),
+                "retry_delay_secs": self._retry_delay(app),
                 "args": args,
                 "kwargs": kwargs,
                 "status": JobStatus.PENDING,

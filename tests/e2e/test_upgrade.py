@@ -40,7 +40,7 @@ def test_installing_over_nuvom_0_11_is_refused_clearly_and_the_documented_comman
     venv.EnvBuilder(with_pip=True).create(env_dir)
     bin_dir = env_dir / ("Scripts" if sys.platform == "win32" else "bin")
     python, pip = str(bin_dir / "python"), [str(bin_dir / "python"), "-m", "pip", "-q"]
-    old = run(*pip, "install", "nuvom==0.11.2", "hatchling>=1.21")
+    old = run(*pip, "install", "nuvom==0.11.2", "hatchling>=1.27")
     if old.returncode != 0:
         if "No matching distribution" in old.stderr or "Could not" in old.stderr or "connection" in old.stderr.lower():
             pytest.skip(f"the package index is not reachable here: {old.stderr.strip().splitlines()[-1]}")

@@ -18,9 +18,9 @@ DISTRIBUTIONS = sorted(p.name for p in (REPO / "packages").iterdir() if (p / "py
 @pytest.mark.parametrize("dist", DISTRIBUTIONS)
 def test_the_wheel_carries_license_urls_and_readme_links_that_work_on_an_index(dist: str, tmp_path: Path) -> None:
     pytest.importorskip("hatchling")
+    build = [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w", str(tmp_path)]
     proc = subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w", str(tmp_path)]
-        + [str(REPO / "packages" / dist)],
+        [*build, str(REPO / "packages" / dist)],
         capture_output=True,
         text=True,
         timeout=300,

@@ -294,6 +294,10 @@ def _probe_job() -> Any:
 
 
 def _exercise_queue(queue: Any) -> str:
+    """The delivery contract of ``BaseJobQueue``, step by step, each failure
+    naming the rule it breaks."""
+    from nuvom.job import JobStatus
+
     job = _probe_job()
     queue.enqueue(job)
     if queue.qsize() < 1:
@@ -302,10 +306,41 @@ def _exercise_queue(queue: Any) -> str:
     mine = [j for j in claimed if j.id == job.id]
     if not mine:
         raise AssertionError("the enqueued job was not claimed by pop_batch() within 2 s")
-    if mine[0].args != job.args or mine[0].kwargs != job.kwargs:
-        raise AssertionError(f"arguments changed in the queue: {mine[0].args!r} {mine[0].kwargs!r}")
-    queue.ack([j.id for j in claimed])
-    return "enqueue, qsize, pop_batch and ack behave"
+    got = mine[0]
+    if got.args != job.args or got.kwargs != job.kwargs:
+        raise AssertionError(f"arguments changed in the queue: {got.args!r} {got.kwargs!r}")
+    if got.status is not JobStatus.RUNNING or got.attempts != 1:
+        raise AssertionError(
+            f"a claimed job must be RUNNING with its attempt counted (job.mark_claimed()); got "
+            f"{got.status.value} with attempts={got.attempts}"
+        )
+    if any(j.id == job.id for j in queue.claim(10)):
+        raise AssertionError("a claimed job was claimed again before it was acknowledged or handed back")
+    if queue.get(job.id) is None:
+        raise AssertionError("get() does not find a claimed job")
+    # A retry: handed back with a not-before time, not claimable before it.
+    got.mark_attempt_failed(got.mark_started(None, time.time()), _probe_error(), timed_out=False, now=time.time())
+    got.not_before = time.time() + 0.5
+    got.status = JobStatus.RETRYING
+    queue.requeue([got])
+    if any(j.id == job.id for j in queue.claim(10)):
+        raise AssertionError("a job requeued with a not-before time was claimable before that time")
+    again = [j for j in queue.pop_batch(10, timeout=5.0) if j.id == job.id]
+    if not again:
+        raise AssertionError("a requeued job was not claimable again once due")
+    if again[0].attempts != 2 or len(again[0].history) != 1:
+        raise AssertionError(
+            f"requeue() must keep the job as given (attempts, history): claimed again with attempts="
+            f"{again[0].attempts}, {len(again[0].history)} attempt(s) in history"
+        )
+    queue.ack([job.id])
+    return "enqueue, qsize, claim (RUNNING, attempt counted, exclusive), get, requeue with not-before, ack behave"
+
+
+def _probe_error() -> Any:
+    from nuvom.job import JobError
+
+    return JobError(type="ProbeError", message="a probe failure")
 
 
 def _exercise_results(results: Any) -> str:

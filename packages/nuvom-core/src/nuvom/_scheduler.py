@@ -38,6 +38,7 @@ log = logging.getLogger("nuvom.scheduler")
 _IDLE_WAIT = 0.25
 # Event.wait() may return a little early; waking just after the due time saves a lap.
 _WAKE_LATE = 0.0005
+_MIN_WAIT = 0.002
 # How often a loop asks the store to repair ticks claimed without their job.
 _REPAIR_EVERY = 5.0
 
@@ -209,6 +210,7 @@ class SchedulerLoop:
                 log.exception("firing schedules failed; trying again shortly")
                 stop.wait(1.0)
                 continue
-            wait = _IDLE_WAIT if due is None else min(_IDLE_WAIT, max(0.0, due - time.time() + _WAKE_LATE))
-            if wait > 0:
-                wake.wait(wait)
+            # Never less than _MIN_WAIT: a tick that stays due (its claim keeps failing)
+            # must not turn this loop into a busy one.
+            wait = _IDLE_WAIT if due is None else min(_IDLE_WAIT, max(_MIN_WAIT, due - time.time() + _WAKE_LATE))
+            wake.wait(wait)

@@ -250,8 +250,8 @@ def check_cron(expr: str, timezone_name: str) -> None:
 
 
 def _check_interval(seconds: object) -> None:
-    if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not seconds > 0 or seconds == math.inf:
-        raise ScheduleError(f"interval={seconds!r} is not valid: give a number of seconds greater than 0")
+    if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not seconds >= 0.001 or seconds == math.inf:
+        raise ScheduleError(f"interval={seconds!r} is not valid: give a number of seconds, 0.001 or more")
 
 
 def check_key(key: str) -> str:

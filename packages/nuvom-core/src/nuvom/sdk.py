@@ -7,10 +7,24 @@ from __future__ import annotations
 
 import time
 
+from nuvom import _scheduler
 from nuvom.app import App, default_app
 from nuvom.job import TERMINAL_STATUSES, Job, JobStatus, new_job_id, validate_job_id
+from nuvom.schedule import Schedule
 
-__all__ = ["get_job", "get_job_status", "list_jobs", "queue_size", "retry_job"]
+__all__ = [
+    "cancel_schedule",
+    "get_job",
+    "get_job_status",
+    "get_schedule",
+    "list_jobs",
+    "list_schedules",
+    "pause_schedule",
+    "queue_size",
+    "resume_schedule",
+    "retry_job",
+    "run_schedule_now",
+]
 
 
 def get_job(job_id: str, *, app: App | None = None) -> Job | None:
@@ -80,3 +94,45 @@ def list_jobs(
 def queue_size(*, app: App | None = None) -> int:
     """Jobs waiting in the queue."""
     return (app or default_app()).queue.qsize()
+
+
+# -- schedules ------------------------------------------------------------------
+# A queue backend without schedules raises BackendError saying so.
+def list_schedules(*, app: App | None = None) -> list[Schedule]:
+    """Every schedule, ordered by key."""
+    return _scheduler.store_of((app or default_app()).queue).list_schedules()
+
+
+def get_schedule(key: str, *, app: App | None = None) -> Schedule | None:
+    """The schedule with this key (with next/last run, last job id), or ``None``."""
+    return _scheduler.store_of((app or default_app()).queue).get_schedule(key)
+
+
+def pause_schedule(key: str, *, app: App | None = None) -> Schedule | None:
+    """Stop firing the schedule until resumed; ``None`` if there is no such schedule."""
+    return _set_paused(key, True, app)
+
+
+def resume_schedule(key: str, *, app: App | None = None) -> Schedule | None:
+    """Fire the schedule again; ticks missed while paused follow its misfire policy."""
+    return _set_paused(key, False, app)
+
+
+def _set_paused(key: str, paused: bool, app: App | None) -> Schedule | None:
+    store = _scheduler.store_of((app or default_app()).queue)
+    found = store.set_schedule_paused(key, paused)
+    store.schedules_changed()
+    return found
+
+
+def cancel_schedule(key: str, *, app: App | None = None) -> bool:
+    """Delete the schedule (jobs it already queued stay); ``False`` if unknown."""
+    store = _scheduler.store_of((app or default_app()).queue)
+    gone = store.delete_schedule(key)
+    store.schedules_changed()
+    return gone
+
+
+def run_schedule_now(key: str, *, app: App | None = None) -> Job | None:
+    """Queue one job of the schedule now, besides its ticks; ``None`` if unknown."""
+    return _scheduler.run_now(app or default_app(), key)

@@ -31,6 +31,7 @@ JOB_KEYS = {
     "duration_secs",
     "worker_id",
     "retry_of",
+    "schedule_key",
     "history",
 }
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from nuvom.errors import BackendError
 from nuvom.job import Job
@@ -91,15 +91,21 @@ def register_declared(app: App, registry: TaskRegistry) -> list[Schedule]:
     """Store the schedules of tasks declared with ``@task(schedule=...)``."""
     out = []
     for name, entry in registry.entries().items():
-        # A task known from discovery's manifest is imported only if it declares a schedule.
-        if getattr(entry, "metadata", None) is not None and not (entry.metadata or {}).get("schedule"):  # type: ignore[union-attr]
-            continue
-        try:
-            task = entry if hasattr(entry, "periodic") else registry.get(name)
-        except Exception as exc:
-            log.error("task %s declares a schedule but cannot be imported: %s", name, exc)
-            continue
-        spec = getattr(task, "periodic", None)
+        task: Task[Any] | None
+        # Told apart without importing _registry (an import cycle: _registry -> _task -> here).
+        if not hasattr(entry, "periodic"):
+            # A lazy task (discovery's manifest) is imported only if it declares a schedule.
+            metadata = getattr(entry, "metadata", None)
+            if metadata is not None and not metadata.get("schedule"):
+                continue
+            try:
+                task = registry.get(name)
+            except Exception as exc:
+                log.error("task %s declares a schedule but cannot be imported: %s", name, exc)
+                continue
+        else:
+            task = cast("Task[Any]", entry)
+        spec = None if task is None else task.periodic
         if task is None or spec is None:
             continue
         timing: dict[str, Any] = {"cron": spec} if isinstance(spec, str) else {"interval": spec.seconds}
@@ -119,7 +125,9 @@ def fire_schedule(store: BaseScheduleStore, queue: BaseJobQueue, s: Schedule, no
         return []
     last = ticks[-1]
     if not s.overlap and s.last_job_id is not None and queue.get(s.last_job_id) is not None:
-        log.info("schedule %s: tick skipped, its previous job %s is still running (overlap=False)", s.key, s.last_job_id)
+        log.info(
+            "schedule %s: tick skipped, its previous job %s is still running (overlap=False)", s.key, s.last_job_id
+        )
         store.claim_tick(s.key, last, None, s.tick_after(last))
         return []
     if s.misfire == "catch_up":
@@ -204,7 +212,9 @@ class SchedulerLoop:
                     next_repair = now + _REPAIR_EVERY
                     repaired = store.repair_ticks()
                     if repaired:
-                        log.warning("queued %d scheduled job(s) whose tick was claimed by a process that died", repaired)
+                        log.warning(
+                            "queued %d scheduled job(s) whose tick was claimed by a process that died", repaired
+                        )
                 due = store.next_due_at()
             except Exception:
                 log.exception("firing schedules failed; trying again shortly")

@@ -78,7 +78,7 @@ def tick_job_id(key: str, tick: float) -> str:
 
 def tick_ms(tick: float) -> int:
     """A tick as whole milliseconds: how stores name it."""
-    return int(round(tick * 1000))
+    return round(tick * 1000)
 
 
 class Schedule(BaseModel):
@@ -181,7 +181,7 @@ class Schedule(BaseModel):
         if self.interval is not None:
             # Computed, not walked: a schedule of 1 s down for a day has 86400 ticks.
             last = self.anchor + math.floor((now - self.anchor) / self.interval) * self.interval
-            count = int(round((last - tick) / self.interval)) + 1
+            count = round((last - tick) / self.interval) + 1
             first = max(0, count - limit)
             return [tick + i * self.interval for i in range(first, count)]
         out: list[float] = []
@@ -250,7 +250,12 @@ def check_cron(expr: str, timezone_name: str) -> None:
 
 
 def _check_interval(seconds: object) -> None:
-    if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not seconds >= 0.001 or seconds == math.inf:
+    if (
+        isinstance(seconds, bool)
+        or not isinstance(seconds, (int, float))
+        or not seconds >= 0.001
+        or seconds == math.inf
+    ):
         raise ScheduleError(f"interval={seconds!r} is not valid: give a number of seconds, 0.001 or more")
 
 
@@ -284,7 +289,9 @@ def build(
     """Check the arguments of ``task.schedule(...)`` and make the :class:`Schedule`;
     any bad input raises one :class:`ScheduleError` that says what to change."""
     now = time.time() if now is None else now
-    given = [name for name, value in (("at", at), ("in_", in_), ("interval", interval), ("cron", cron)) if value is not None]
+    given = [
+        name for name, value in (("at", at), ("in_", in_), ("interval", interval), ("cron", cron)) if value is not None
+    ]
     if len(given) != 1:
         what = "none was given" if not given else f"got {' and '.join(given)}"
         raise ScheduleError(f"give exactly one of at=, in_=, interval= or cron= to .schedule(); {what}")

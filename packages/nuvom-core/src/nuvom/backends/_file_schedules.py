@@ -275,7 +275,9 @@ class FileSchedules(BaseScheduleStore):
                 queued = not self._job_exists(job.id)
                 if queued:
                     self._queue_tick_job(job, ms / 1000)
-                    log.warning("schedule %s: tick %d was claimed by a process that died; its job %s queued", s.key, ms, job.id)
+                    log.warning(
+                        "schedule %s: tick %d was claimed by a process that died; its job %s queued", s.key, ms, job.id
+                    )
             open(os.path.join(tick_dir, f"{ms:015d}.done"), "ab").close()
             return queued
         finally:

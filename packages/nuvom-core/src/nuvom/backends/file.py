@@ -47,8 +47,8 @@ from dataclasses import dataclass
 
 from nuvom._settings import Settings, load_settings
 from nuvom.backends._file_index import ResultIndex
-from nuvom.backends._file_schedules import FileSchedules
 from nuvom.backends._file_io import TempFiles, quarantine, read_bytes, replace, storage_error, sweep_temp, unlink
+from nuvom.backends._file_schedules import FileSchedules
 from nuvom.errors import SerializationError
 from nuvom.job import Job, JobStatus, lease_secs_for, validate_job_id
 from nuvom.plugins.contracts import BaseJobQueue, BaseResultBackend

@@ -123,7 +123,6 @@ class MemoryJobQueue(BaseJobQueue, BaseScheduleStore):
             self._delayed.clear()
             return n
 
-
     # -- schedules ----------------------------------------------------------
     def upsert_schedule(self, schedule: Schedule) -> Schedule:
         with self._cond:

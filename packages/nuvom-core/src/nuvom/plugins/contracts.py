@@ -362,11 +362,7 @@ class BaseScheduleStore(abc.ABC):
 
     def due_schedules(self, now: float) -> list[Schedule]:
         """Schedules not paused whose ``next_run_at`` is at or before ``now``."""
-        return [
-            s
-            for s in self.list_schedules()
-            if not s.paused and s.next_run_at is not None and s.next_run_at <= now
-        ]
+        return [s for s in self.list_schedules() if not s.paused and s.next_run_at is not None and s.next_run_at <= now]
 
     def next_due_at(self) -> float | None:
         """The earliest ``next_run_at`` of the schedules not paused (``None``: none);

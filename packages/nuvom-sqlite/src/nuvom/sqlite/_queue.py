@@ -22,8 +22,8 @@ from nuvom.errors import BackendError, SerializationError
 from nuvom.job import LEASE_FACTOR, LEASE_MARGIN_SECS, Job, JobError, JobStatus
 from nuvom.plugins.contracts import BaseJobQueue, BaseResultBackend
 from nuvom.sqlite._db import Database
-from nuvom.sqlite._schedules import SQLiteSchedules
 from nuvom.sqlite._results import INSERT_RESULT, SQLiteResultBackend, result_row
+from nuvom.sqlite._schedules import SQLiteSchedules
 from nuvom.sqlite._settings import SQLiteSettings, load_sqlite_settings, resolve_paths
 
 if TYPE_CHECKING:

@@ -132,15 +132,21 @@ class Soak:
 
     def check_every_tick_ran_once(self, s: Schedule) -> int:
         """Every tick from the first to the last fired ran; none was queued twice."""
+        assert s.interval is not None
+        self.app.queue.set_schedule_paused("beat", True)  # type: ignore[attr-defined]
         last = self.progress().last_run_at
         assert last is not None
-        count = round((last - s.anchor) / s.interval) + 1  # type: ignore[operator]
-        expected = {tick_job_id("beat", s.anchor + k * s.interval) for k in range(count)}  # type: ignore[operator]
+        count = round((last - s.anchor) / s.interval) + 1
+        known = {tick_job_id("beat", s.anchor + k * s.interval): k for k in range(count + 50)}
+        expected = {j for j, k in known.items() if k < count}
         # Jobs of the last ticks may still be running: wait for them, not a fixed time.
         wait_until(lambda: expected <= {j for j, _, _ in self.lines()}, 60, "a run of every tick")
         runs = self.lines()
         ids = {j for j, _, _ in runs}
-        assert ids == expected, f"unexpected jobs: {sorted(ids - expected)[:5]}"
+        assert ids <= set(known), f"jobs of no tick: {sorted(ids - set(known))[:5]}"
+        # A loop that read the schedule before the pause may still fire one more tick.
+        newest = max(known[j] for j in ids)
+        assert {j for j, k in known.items() if k <= newest} == ids, "a tick was lost"
         # A job runs again only after its worker was killed while holding it (attempt 2,
         # at-least-once delivery). A tick queued twice would run twice as attempt 1.
         doubled = [key for key, n in Counter((j, a) for j, a, _ in runs).items() if n > 1]

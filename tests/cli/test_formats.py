@@ -31,6 +31,7 @@ JOB_KEYS = {
     "duration_secs",
     "worker_id",
     "retry_of",
+    "schedule_key",
     "history",
 }
 
@@ -258,7 +259,7 @@ def test_config_table_shows_values_and_sources(cli, tmp_path):
 
 
 def test_config_shows_an_unknown_backend_as_not_installed(cli):
-    doc = json_of(cli("config", "-f", "json", env={"NUVOM_QUEUE_BACKEND": "redis"}))
+    doc = json_of(cli("config", "-f", "json", env={"NUVOM_QUEUE_BACKEND": "no-such-store"}))
     assert doc["backends"]["queue"]["installed"] is False
 
 

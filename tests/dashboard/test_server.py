@@ -277,34 +277,62 @@ def test_mounted_in_another_app_links_stay_under_its_prefix() -> None:
         assert done.status_code == 200 and len(sdk.queued_jobs()) == 1
 
 
-def test_schedules_say_unavailable_until_core_has_them(client: TestClient) -> None:
-    assert not hasattr(sdk, "list_schedules")
+def test_schedules_show_next_and_last_run_and_pause_run_now_act(client: TestClient) -> None:
+    from nuvom.task import task
+
+    @task(name="dash_nightly")
+    def nightly() -> str:
+        return "ok"
+
+    schedule = nightly.schedule(interval=3600, key="nightly")
     html = client.get("/schedules").text
-    assert "Scheduling is not available" in html
-    assert client.get("/schedules/nightly/run").status_code == 404
+    assert "nightly" in html and "dash_nightly" in html and "run now" in html and "active" in html
+    assert "Please confirm" in client.get("/schedules/nightly/pause").text
+    paused = client.post("/schedules/nightly/pause", data={"csrf": csrf(client)})
+    assert "was paused" in paused.text and sdk.get_schedule("nightly").paused
+    ran = client.post("/schedules/nightly/run", data={"csrf": csrf(client)})
+    assert "queued to run now" in ran.text
+    [queued] = [j for j in sdk.queued_jobs() if j.func_name == "dash_nightly"]
+    assert queued.schedule_key == schedule.key
+    # The job page names the schedule that made it.
+    assert "made by schedule" in client.get(f"/jobs/{queued.id}").text
+    assert client.post("/schedules/nosuch/run", data={"csrf": csrf(client)}).status_code == 404
 
 
-def test_schedules_light_up_when_core_has_the_api(client: TestClient, monkeypatch: pytest.MonkeyPatch) -> None:
-    # The scheduling issue has not landed: its functions stand in here, with the
-    # names the dashboard looks for.
-    calls: list[tuple[str, str]] = []
-    rows: list[dict[str, Any]] = [
-        {
-            "id": "nightly",
-            "task": "add",
-            "next_run": time.time() + 60,
-            "last_run": time.time() - 60,
-            "last_outcome": "SUCCESS",
-            "paused": False,
-        }
-    ]
-    monkeypatch.setattr(sdk, "list_schedules", lambda: rows, raising=False)
-    monkeypatch.setattr(sdk, "run_schedule_now", lambda sid: calls.append(("run", sid)), raising=False)
-    html = client.get("/schedules").text
-    assert "nightly" in html and "SUCCESS" in html and "run now" in html
-    assert "Please confirm" in client.get("/schedules/nightly/run").text
-    done = client.post("/schedules/nightly/run", data={"csrf": csrf(client)})
-    assert "queued to run now" in done.text and calls == [("run", "nightly")]
+def test_schedules_say_when_the_queue_backend_has_none(monkeypatch: pytest.MonkeyPatch) -> None:
+    from nuvom.app import App
+    from nuvom.backends.memory import MemoryJobQueue, MemoryResultBackend
+    from nuvom.plugins.contracts import BaseJobQueue
+
+    class Plain(BaseJobQueue):  # a third-party queue without schedules
+        def __init__(self, settings: Any = None) -> None:
+            super().__init__(settings)
+            self.inner = MemoryJobQueue()
+
+        def enqueue(self, job: Job) -> None:
+            self.inner.enqueue(job)
+
+        def claim(self, batch_size: int) -> list[Job]:
+            return self.inner.claim(batch_size)
+
+        def ack(self, job_ids: Any) -> None:
+            self.inner.ack(job_ids)
+
+        def requeue(self, jobs: Any) -> None:
+            self.inner.requeue(jobs)
+
+        def get(self, job_id: str) -> Job | None:
+            return self.inner.get(job_id)
+
+        def qsize(self) -> int:
+            return self.inner.qsize()
+
+        def clear(self) -> int:
+            return self.inner.clear()
+
+    app = App(queue=Plain(), results=MemoryResultBackend())
+    with TestClient(create_app(app, token="")) as c:
+        assert "Scheduling is not available here" in c.get("/schedules").text
 
 
 def test_memory_backend_is_flagged_on_every_page(monkeypatch: pytest.MonkeyPatch) -> None:

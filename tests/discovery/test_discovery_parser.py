@@ -318,3 +318,33 @@ def test_module_names():
     assert module_name("jobs.py") == "jobs"
     assert module_name("src/app/jobs.py", strip_src=True) == "app.jobs"
     assert module_name("src/app/jobs.py") == "src.app.jobs"
+
+
+def test_declared_schedules_are_recorded():
+    tasks = {
+        t.name: t
+        for t in parse("""
+        from nuvom.task import task
+        from nuvom.schedule import every
+        import nuvom.schedule
+
+        @task(schedule="*/5 * * * *")
+        def sweep(): ...
+
+        @task(schedule=every(300))
+        def beat(): ...
+
+        @task(schedule=nuvom.schedule.every(1.5))
+        def fast(): ...
+
+        @task(schedule=SOME_CRON)
+        def dynamic(): ...
+
+        @task
+        def plain(): ...
+    """).tasks
+    }
+    assert tasks["sweep"].schedule == "*/5 * * * *"
+    assert tasks["beat"].schedule == "every 300s" and tasks["fast"].schedule == "every 1.5s"
+    assert tasks["dynamic"].schedule is None and "schedule" in tasks["dynamic"].dynamic_args
+    assert tasks["plain"].schedule is None and "schedule" in tasks["sweep"].metadata()

@@ -69,6 +69,9 @@ class Settings(BaseSettings):
     max_payload_bytes: int = Field(
         16 * 1024 * 1024, ge=1024, description="Largest encoded arguments or result accepted."
     )
+    schedule_grace_secs: float = Field(
+        60.0, ge=0, description="How late a scheduled tick may fire and still count as on time (misfire policies)."
+    )
     task_modules: str = Field(
         "",
         description="Comma-separated modules a worker imports at start; with no manifest, the only "

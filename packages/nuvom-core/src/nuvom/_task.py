@@ -6,6 +6,7 @@ The decorators are :meth:`nuvom.app.App.task` and :func:`nuvom.task.task`
 
 from __future__ import annotations
 
+import datetime as dt
 import functools
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -18,6 +19,7 @@ from pydantic import ValidationError
 
 if TYPE_CHECKING:
     from nuvom.app import App
+    from nuvom.schedule import Every, Schedule
 
 __all__ = ["Task"]
 
@@ -45,6 +47,7 @@ class Task(Generic[R]):
         before_job: Callable[..., Any] | None = None,
         after_job: Callable[..., Any] | None = None,
         on_error: Callable[..., Any] | None = None,
+        schedule: str | Every | None = None,
     ) -> None:
         try:
             self.options = TaskOptions(
@@ -67,6 +70,9 @@ class Task(Generic[R]):
         self.before_job = before_job
         self.after_job = after_job
         self.on_error = on_error
+        #: ``@task(schedule=...)``: a cron expression or :func:`nuvom.schedule.every`,
+        #: stored as a schedule when a worker loads the task.
+        self.periodic = _check_periodic(fn.__name__, schedule)
         self.path = f"{fn.__module__}:{fn.__qualname__}"
         # The job fields every .delay() copies; built once here, not per job.
         self._job_fields = {"func_name": self.name, "task_path": self.path, **self.options.job_fields()}
@@ -144,6 +150,49 @@ class Task(Generic[R]):
             app.queue.enqueue_many(jobs)
         return jobs
 
+    def schedule(
+        self,
+        *args: Any,
+        at: dt.datetime | None = None,
+        in_: dt.timedelta | float | None = None,
+        interval: float | None = None,
+        cron: str | None = None,
+        timezone_name: str = "UTC",
+        key: str | None = None,
+        misfire: str = "run_once",
+        overlap: bool = True,
+        **kwargs: Any,
+    ) -> Schedule:
+        """Queue this call at ``at`` (a datetime), ``in_`` (a timedelta from now),
+        every ``interval`` seconds, or on ``cron`` (5 fields, in the IANA zone
+        ``timezone_name``): exactly one of them. Every worker fires due
+        schedules; each tick becomes exactly one job.
+
+        ``key`` names the schedule (default: derived from the task, arguments
+        and timing), so calling this at every start updates one schedule.
+        ``misfire`` says what happens to ticks missed while no worker ran:
+        ``"run_once"`` (one job for all), ``"skip"``, ``"catch_up"`` (one job
+        each, within ``NUVOM_SCHEDULE_GRACE_SECS``). ``overlap=False`` skips a
+        tick while the previous job of the schedule is still queued or running.
+        Bad input raises :class:`~nuvom.schedule.ScheduleError`; a queue backend
+        without schedules, :class:`~nuvom.errors.BackendError`.
+        """
+        from nuvom._scheduler import schedule_task
+
+        return schedule_task(
+            self,
+            list(args),
+            kwargs,
+            at=at,
+            in_=in_,
+            interval=interval,
+            cron=cron,
+            timezone_name=timezone_name,
+            key=key,
+            misfire=misfire,
+            overlap=overlap,
+        )
+
     def make_job(self, args: list[Any], kwargs: dict[str, Any], app: App | None = None) -> Job:
         """Build (and check) a job for this task without queueing it."""
         app = app or self._app()
@@ -176,6 +225,7 @@ class Task(Generic[R]):
                 "error": None,
                 "history": [],
                 "retry_of": None,
+                "schedule_key": None,
             },
             app,
         )
@@ -193,6 +243,24 @@ def _which_argument(args: list[Any], kwargs: dict[str, Any]) -> str:
         except SerializationError:
             return f"keyword argument {key!r} ({type(value).__name__}):"
     return "arguments:"
+
+
+def _check_periodic(name: str, spec: object) -> Any:
+    if spec is None:
+        return None
+    from nuvom.schedule import Every, ScheduleError, check_cron
+
+    if isinstance(spec, Every):
+        return spec
+    if isinstance(spec, str):
+        try:
+            check_cron(spec, "UTC")
+        except ScheduleError as exc:
+            raise ScheduleError(f"@task {name}: schedule={spec!r}: {exc}") from None
+        return spec
+    raise ScheduleError(
+        f"@task {name}: schedule={spec!r} is not valid: give a cron expression ('*/5 * * * *') or every(seconds)"
+    )
 
 
 def _first_line(doc: str | None) -> str | None:

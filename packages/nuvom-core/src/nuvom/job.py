@@ -206,6 +206,8 @@ class Job(BaseModel):
     error: JobError | None = None
     history: list[Attempt] = Field(default_factory=list)
     retry_of: str | None = None
+    #: The key of the schedule whose tick queued this job (``None``: queued by a call).
+    schedule_key: str | None = None
 
     @model_validator(mode="before")
     @classmethod

@@ -7,20 +7,28 @@ from __future__ import annotations
 
 import time
 
+from nuvom import _scheduler
 from nuvom.app import App, default_app
 from nuvom.job import TERMINAL_STATUSES, Job, JobError, JobStatus, new_job_id, validate_job_id
 from nuvom.plugins.contracts import Cursor
+from nuvom.schedule import Schedule
 
 __all__ = [
     "cancel_job",
+    "cancel_schedule",
     "get_job",
     "get_job_status",
+    "get_schedule",
     "job_counts",
     "list_jobs",
+    "list_schedules",
+    "pause_schedule",
     "query_jobs",
     "queue_size",
     "queued_jobs",
+    "resume_schedule",
     "retry_job",
+    "run_schedule_now",
 ]
 
 
@@ -146,3 +154,45 @@ def cancel_job(job_id: str, *, app: App | None = None) -> Job | None:
     job.mark_failed(JobError(type="Cancelled", message="cancelled before it ran"), time.time())
     app.results.store([job])
     return job.bind(app)
+
+
+# -- schedules ------------------------------------------------------------------
+# A queue backend without schedules raises BackendError saying so.
+def list_schedules(*, app: App | None = None) -> list[Schedule]:
+    """Every schedule, ordered by key."""
+    return _scheduler.store_of((app or default_app()).queue).list_schedules()
+
+
+def get_schedule(key: str, *, app: App | None = None) -> Schedule | None:
+    """The schedule with this key (with next/last run, last job id), or ``None``."""
+    return _scheduler.store_of((app or default_app()).queue).get_schedule(key)
+
+
+def pause_schedule(key: str, *, app: App | None = None) -> Schedule | None:
+    """Stop firing the schedule until resumed; ``None`` if there is no such schedule."""
+    return _set_paused(key, True, app)
+
+
+def resume_schedule(key: str, *, app: App | None = None) -> Schedule | None:
+    """Fire the schedule again; ticks missed while paused follow its misfire policy."""
+    return _set_paused(key, False, app)
+
+
+def _set_paused(key: str, paused: bool, app: App | None) -> Schedule | None:
+    store = _scheduler.store_of((app or default_app()).queue)
+    found = store.set_schedule_paused(key, paused)
+    store.schedules_changed()
+    return found
+
+
+def cancel_schedule(key: str, *, app: App | None = None) -> bool:
+    """Delete the schedule (jobs it already queued stay); ``False`` if unknown."""
+    store = _scheduler.store_of((app or default_app()).queue)
+    gone = store.delete_schedule(key)
+    store.schedules_changed()
+    return gone
+
+
+def run_schedule_now(key: str, *, app: App | None = None) -> Job | None:
+    """Queue one job of the schedule now, besides its ticks; ``None`` if unknown."""
+    return _scheduler.run_now(app or default_app(), key)

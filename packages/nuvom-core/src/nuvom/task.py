@@ -15,6 +15,7 @@ from typing import Any, TypeVar, overload
 from nuvom._task import Task
 from nuvom.app import default_app
 from nuvom.job import Job, TimeoutPolicy
+from nuvom.schedule import Every
 
 __all__ = ["Task", "task"]
 
@@ -38,6 +39,7 @@ def task(
     before_job: Callable[[Job], Any] | None = ...,
     after_job: Callable[[Job, Any], Any] | None = ...,
     on_error: Callable[[Job, BaseException], Any] | None = ...,
+    schedule: str | Every | None = ...,
 ) -> Callable[[Callable[..., R]], Task[R]]: ...
 
 

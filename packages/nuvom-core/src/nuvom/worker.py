@@ -144,6 +144,7 @@ class Worker:
         self.started_at: float | None = None
         self.capacity = self.max_workers + self.batch_size
         self.runner: JobRunner | None = None
+        self._scheduler: Any = None
 
     # -- public ---------------------------------------------------------------
     @property
@@ -193,6 +194,7 @@ class Worker:
             t = threading.Thread(target=target, name=f"nuvom-{name}", daemon=True)
             t.start()
             self._threads.append(t)
+        self._start_scheduler()
         log.info(
             "worker %s started: %d threads, queue=%s, results=%s, data dir %s, %d tasks registered%s",
             self.worker_id,
@@ -214,6 +216,8 @@ class Worker:
             return
         grace = self.settings.shutdown_grace_secs if grace is None else grace
         self._stopping.set()
+        if self._scheduler is not None:
+            self._scheduler.stop()
         with self._room:
             self._room.notify_all()
         for t in self._threads:
@@ -299,6 +303,19 @@ class Worker:
             "started_at": self.started_at,
             "worker_id": self.worker_id,
         }
+
+    # -- schedules (nuvom._scheduler): every worker fires due ticks ------------
+    def _start_scheduler(self) -> None:
+        from nuvom._scheduler import SchedulerLoop, register_declared
+        from nuvom.plugins.contracts import BaseScheduleStore
+
+        if not isinstance(self.queue, BaseScheduleStore):
+            return
+        try:
+            register_declared(self.app, self.registry)
+            self._scheduler = SchedulerLoop(self.app, self.queue).start()
+        except Exception:
+            log.exception("starting the scheduler failed; this worker fires no schedules")
 
     # -- threads --------------------------------------------------------------
     def _spawn(self, slot: _Slot) -> None:

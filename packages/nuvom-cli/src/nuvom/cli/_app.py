@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 import typer
-from nuvom.cli import _cmd_config, _cmd_jobs, _cmd_plugin, _cmd_tasks, _cmd_worker
+from nuvom.cli import _cmd_config, _cmd_jobs, _cmd_plugin, _cmd_schedule, _cmd_tasks, _cmd_worker
 from nuvom.cli._errors import EXIT_INTERNAL, CliError, options, report
 from nuvom.cli._extensions import extension_entry_points, load_extension
 from typer.core import TyperGroup
@@ -58,7 +58,20 @@ class NuvomGroup(TyperGroup):
 _ORDER = {
     name: i
     for i, name in enumerate(
-        ["runworker", "runtestworker", "status", "inspect", "history", "retry", "list", "discover", "config", "plugin"]
+        [
+            "runworker",
+            "runscheduler",
+            "runtestworker",
+            "status",
+            "inspect",
+            "history",
+            "retry",
+            "schedule",
+            "list",
+            "discover",
+            "config",
+            "plugin",
+        ]
     )
 }
 
@@ -119,11 +132,13 @@ def _root(
 _WORK, _JOBS, _TASKS, _SETUP = "Worker", "Jobs", "Tasks", "Configuration and plugins"
 
 app.command("runworker", rich_help_panel=_WORK)(_cmd_worker.runworker)
+app.command("runscheduler", rich_help_panel=_WORK)(_cmd_schedule.runscheduler)
 app.add_typer(_cmd_worker.runtestworker_app, name="runtestworker", rich_help_panel=_WORK)
 app.command("status", rich_help_panel=_JOBS)(_cmd_jobs.status)
 app.add_typer(_cmd_jobs.inspect_app, name="inspect", rich_help_panel=_JOBS)
 app.add_typer(_cmd_jobs.history_app, name="history", rich_help_panel=_JOBS)
 app.add_typer(_cmd_jobs.retry_app, name="retry", rich_help_panel=_JOBS)
+app.add_typer(_cmd_schedule.schedule_app, name="schedule", rich_help_panel=_JOBS)
 app.add_typer(_cmd_tasks.list_app, name="list", rich_help_panel=_TASKS)
 app.add_typer(_cmd_tasks.discover_app, name="discover", rich_help_panel=_TASKS)
 app.command("config", rich_help_panel=_SETUP)(_cmd_config.config)

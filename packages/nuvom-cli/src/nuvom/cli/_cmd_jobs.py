@@ -150,6 +150,8 @@ def _print_job(job: Job) -> None:
         grid.add_row("tags", escape(", ".join(job.tags)))
     if job.retry_of:
         grid.add_row("retry of", job.retry_of)
+    if job.schedule_key:
+        grid.add_row("schedule", escape(job.schedule_key))
     out.print(grid)
     if job.history:
         out.print()
@@ -232,13 +234,16 @@ def history_recent(
     table.add_column("finished", no_wrap=True, min_width=8)
     table.add_column("took", justify="right", no_wrap=True, min_width=6)
     table.add_column("result / error", overflow="ellipsis", no_wrap=True, min_width=6, max_width=60)
+    scheduled = any(j.schedule_key for j in jobs)
+    if scheduled:
+        table.add_column("schedule", overflow="ellipsis", no_wrap=True, min_width=8, max_width=30)
     for job in jobs:
         took = fmt_duration(job.finished_at - job.started_at) if job.started_at and job.finished_at else "-"
         if job.error is not None:
             outcome = f"[red]{escape(job.error.type)}: {escape(job.error.message)}[/]"
         else:
             outcome = escape(short_repr(job.result, 60))
-        table.add_row(
+        cells = [
             job.id,
             escape(job.func_name),
             styled_status(job.status.value),
@@ -246,7 +251,10 @@ def history_recent(
             fmt_time_short(job.finished_at),
             took,
             outcome,
-        )
+        ]
+        if scheduled:
+            cells.append(escape(job.schedule_key or "-"))
+        table.add_row(*cells)
     console().print(table)
 
 

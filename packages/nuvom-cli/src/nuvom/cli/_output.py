@@ -139,6 +139,7 @@ def job_document(job: Job) -> dict[str, Any]:
         "duration_secs": duration,
         "worker_id": job.worker_id,
         "retry_of": job.retry_of,
+        "schedule_key": job.schedule_key,
         "history": [
             {
                 "number": a.number,

@@ -334,13 +334,50 @@ def _exercise_queue(queue: Any) -> str:
             f"{again[0].attempts}, {len(again[0].history)} attempt(s) in history"
         )
     queue.ack([job.id])
-    return "enqueue, qsize, claim (RUNNING, attempt counted, exclusive), get, requeue with not-before, ack behave"
+    summary = "enqueue, qsize, claim (RUNNING, attempt counted, exclusive), get, requeue with not-before, ack behave"
+    from nuvom.plugins.contracts import BaseScheduleStore
+
+    if isinstance(queue, BaseScheduleStore):
+        return summary + "; " + _exercise_schedules(queue)
+    return summary
 
 
 def _probe_error() -> Any:
     from nuvom.job import JobError
 
     return JobError(type="ProbeError", message="a probe failure")
+
+
+def _exercise_schedules(store: Any) -> str:
+    """The schedule store contract: upsert/get/list/pause/cancel, and one claim per tick."""
+    import time
+
+    from nuvom.schedule import Schedule
+
+    past = time.time() - 100.0
+    s = Schedule(key="nuvom-plugin-test", task="nuvom_plugin_test", interval=10.0, anchor=past, next_run_at=past)
+    store.upsert_schedule(s)
+    if [x.key for x in store.list_schedules()].count(s.key) != 1 or store.get_schedule(s.key) is None:
+        raise AssertionError("a stored schedule is not listed once, or get_schedule() does not find it")
+    if not store.set_schedule_paused(s.key, True).paused or store.claim_tick(s.key, past, None, past + 10):
+        raise AssertionError("a paused schedule's tick was claimed")
+    store.set_schedule_paused(s.key, False)
+    job = s.make_job(past, time.time())
+    wins = [store.claim_tick(s.key, past, job, past + 10) for _ in range(3)]
+    if wins != [True, False, False]:
+        raise AssertionError(f"claiming one tick three times returned {wins}, not one True")
+    got = store.get_schedule(s.key)
+    if got.next_run_at is None or abs(got.next_run_at - (past + 10)) > 0.001 or got.last_job_id != job.id:
+        raise AssertionError("claim_tick() did not record next_run_at and last_job_id")
+    if store.claim_tick(s.key, past - 10, None, past):
+        raise AssertionError("a tick older than next_run_at was claimed")
+    claimed = store.pop_batch(10, timeout=2.0)
+    store.ack([j.id for j in claimed])
+    if [j.id for j in claimed] != [job.id]:
+        raise AssertionError(f"the claimed tick queued {len(claimed)} job(s), not its one job")
+    if not store.delete_schedule(s.key) or store.get_schedule(s.key) is not None:
+        raise AssertionError("delete_schedule() left the schedule in place")
+    return "schedules: store, pause, one claim per tick (with its job), cancel"
 
 
 def _exercise_results(results: Any) -> str:

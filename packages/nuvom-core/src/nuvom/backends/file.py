@@ -48,6 +48,7 @@ from dataclasses import dataclass
 from nuvom._settings import Settings, load_settings
 from nuvom.backends._file_index import ResultIndex
 from nuvom.backends._file_io import TempFiles, quarantine, read_bytes, replace, storage_error, sweep_temp, unlink
+from nuvom.backends._file_schedules import FileSchedules
 from nuvom.errors import SerializationError
 from nuvom.job import Job, JobStatus, lease_secs_for, validate_job_id
 from nuvom.plugins.contracts import BaseJobQueue, BaseResultBackend
@@ -90,8 +91,9 @@ def _make_dirs(root: str, *names: str) -> list[str]:
     return paths
 
 
-class FileJobQueue(BaseJobQueue):
-    """Jobs waiting in ``<data dir>/queue/``, claimed into ``<data dir>/claimed/``."""
+class FileJobQueue(BaseJobQueue, FileSchedules):
+    """Jobs waiting in ``<data dir>/queue/``, claimed into ``<data dir>/claimed/``;
+    schedules in ``<data dir>/schedules/`` (:mod:`nuvom.backends._file_schedules`)."""
 
     shared_between_processes = True
 

@@ -34,7 +34,7 @@ from nuvom.dashboard._security import (
     new_csrf_token,
     session_value,
 )
-from nuvom.errors import ConfigError, InvalidJobId, NuvomError
+from nuvom.errors import BackendError, ConfigError, InvalidJobId, NuvomError
 from nuvom.job import Job, JobStatus, validate_job_id
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -84,7 +84,6 @@ class _Dashboard:
             signed_in=self.token is not None,
             backend=_backend_label(self.app),
             memory_backend=_memory_backend(self.app),
-            schedules_available=schedules_available(),
         )
         response = self.templates.TemplateResponse(request, name, context, status_code=status_code)
         if request.cookies.get(CSRF_COOKIE) != csrf:
@@ -157,11 +156,6 @@ def _memory_backend(app: App) -> bool:
         return not app.queue.shared_between_processes
     except NuvomError:
         return False
-
-
-def schedules_available() -> bool:
-    """True once core has a schedule API (the scheduling issue)."""
-    return hasattr(sdk, "list_schedules")
 
 
 def _parse_time(value: str | None, field: str) -> float | None:
@@ -450,10 +444,16 @@ def create_app(
         )
 
     async def schedules(request: Request) -> Response:
-        items: list[Any] = []
-        if schedules_available():
-            items = list(sdk.list_schedules())  # type: ignore[attr-defined]
-        return dash.render(request, "schedules.html", schedules=items, active="schedules")
+        rows: list[dict[str, Any]] = []
+        unsupported = None
+        try:
+            found = sdk.list_schedules(app=nuvom_app)
+        except BackendError as exc:  # a queue backend without schedules
+            found, unsupported = [], str(exc)
+        for s in found:
+            last = _job_or_none(s.last_job_id, nuvom_app) if s.last_job_id else None
+            rows.append({"schedule": s, "last_outcome": last.status.value if last is not None else "-"})
+        return dash.render(request, "schedules.html", schedules=rows, unsupported=unsupported, active="schedules")
 
     async def schedule_action(request: Request) -> Response:
         schedule_id = request.path_params["schedule_id"]
@@ -476,7 +476,10 @@ def create_app(
         form = await dash.checked_form(request)
         if isinstance(form, Response):
             return form
-        fn(schedule_id)
+        if fn(schedule_id, app=nuvom_app) is None:
+            return dash.render(
+                request, "message.html", 404, title="No such schedule", message=f"No schedule {schedule_id}.", ok=False
+            )
         done = {"pause": "paused", "resume": "resumed", "run": "queued to run now"}[action]
         return dash.render(
             request,

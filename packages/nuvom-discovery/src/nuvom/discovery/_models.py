@@ -42,6 +42,9 @@ class TaskInfo(BaseModel):
     store_result: bool = True
     tags: list[str] = Field(default_factory=list)
     description: str | None = None
+    schedule: str | None = Field(
+        None, description="@task(schedule=...): the cron expression, or 'every <seconds>s' for every(seconds)."
+    )
     dynamic_args: list[str] = Field(
         default_factory=list, description="Decorator arguments that are not literals and were not captured."
     )

@@ -226,6 +226,13 @@ def _task_info(
             if kw.arg is None:
                 dynamic.append("**" + ast.unparse(kw.value))
                 continue
+            if kw.arg == "schedule":
+                schedule = _schedule_literal(kw.value)
+                if schedule is None:
+                    dynamic.append("schedule")
+                else:
+                    fields["schedule"] = schedule
+                continue
             if kw.arg in _HOOKS or kw.arg not in _ARGUMENTS:
                 continue
             check, convert, expected = _ARGUMENTS[kw.arg]
@@ -266,6 +273,20 @@ def _task_info(
         dynamic_args=dynamic,
         **fields,
     )
+
+
+def _schedule_literal(value: ast.expr) -> str | None:
+    """``schedule="*/5 * * * *"`` or ``schedule=every(300)`` as written; ``None`` if not literal."""
+    if isinstance(value, ast.Constant) and isinstance(value.value, str):
+        return value.value
+    if isinstance(value, ast.Call) and len(value.args) == 1 and not value.keywords:
+        func = value.func
+        name = func.id if isinstance(func, ast.Name) else func.attr if isinstance(func, ast.Attribute) else None
+        arg = value.args[0]
+        number = arg.value if isinstance(arg, ast.Constant) else None
+        if name == "every" and isinstance(number, (int, float)) and not isinstance(number, bool):
+            return f"every {float(number):g}s"
+    return None
 
 
 def _first_line(doc: str | None) -> str | None:

@@ -74,6 +74,32 @@ _MIGRATIONS: dict[int, tuple[str, ...]] = {
         "CREATE INDEX nuvom_results_status ON nuvom_results (status, finished_at)",
         "CREATE INDEX nuvom_results_task ON nuvom_results (func_name, finished_at)",
     ),
+    # Schedules (nuvom.sqlite._schedules). Tables only: files of version 1 gain
+    # them on first open and keep every queued job and result.
+    2: (
+        """
+        CREATE TABLE nuvom_schedules (
+            key          TEXT    PRIMARY KEY,
+            paused       INTEGER NOT NULL DEFAULT 0,
+            next_run_at  REAL,
+            last_run_at  REAL,
+            last_job_id  TEXT,
+            updated_at   REAL    NOT NULL,
+            payload      BLOB    NOT NULL
+        )
+        """,
+        "CREATE INDEX nuvom_schedules_due ON nuvom_schedules (paused, next_run_at)",
+        # One row per claimed tick: the primary key is the exactly-once guarantee.
+        """
+        CREATE TABLE nuvom_schedule_ticks (
+            schedule_key TEXT    NOT NULL,
+            tick_ms      INTEGER NOT NULL,
+            job_id       TEXT,
+            claimed_at   REAL    NOT NULL,
+            PRIMARY KEY (schedule_key, tick_ms)
+        ) WITHOUT ROWID
+        """,
+    ),
 }
 SCHEMA_VERSION = max(_MIGRATIONS)
 

@@ -23,6 +23,7 @@ from nuvom.job import LEASE_FACTOR, LEASE_MARGIN_SECS, Job, JobError, JobStatus
 from nuvom.plugins.contracts import BaseJobQueue, BaseResultBackend
 from nuvom.sqlite._db import Database
 from nuvom.sqlite._results import INSERT_RESULT, SQLiteResultBackend, result_row
+from nuvom.sqlite._schedules import SQLiteSchedules
 from nuvom.sqlite._settings import SQLiteSettings, load_sqlite_settings, resolve_paths
 
 if TYPE_CHECKING:
@@ -76,7 +77,7 @@ def _marks(n: int) -> str:
     return ",".join("?" * n)
 
 
-class SQLiteJobQueue(BaseJobQueue):
+class SQLiteJobQueue(BaseJobQueue, SQLiteSchedules):
     """A durable queue in a SQLite file, shared by every process that opens it.
 
     ``path`` overrides ``NUVOM_SQLITE_QUEUE_PATH``. Safe across threads (one

@@ -12,7 +12,7 @@ from typing import Any, TypeVar, overload
 
 from nuvom._task import Task
 from nuvom.app import default_app
-from nuvom.job import Job, TimeoutPolicy
+from nuvom.job import Executor, Job, TimeoutPolicy
 
 __all__ = ["Task", "task"]
 
@@ -35,6 +35,7 @@ def task(
     before_job: Callable[[Job], Any] | None = ...,
     after_job: Callable[[Job, Any], Any] | None = ...,
     on_error: Callable[[Job, BaseException], Any] | None = ...,
+    executor: Executor | None = ...,
 ) -> Callable[[Callable[..., R]], Task[R]]: ...
 
 

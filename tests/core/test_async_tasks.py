@@ -20,7 +20,7 @@ from nuvom.worker import Worker
 
 # Tests import in importlib mode; pool children import the tasks by module name.
 sys.path.insert(0, str(Path(__file__).parent))
-import _exec_tasks as t  # noqa: E402
+import _exec_tasks as t
 
 
 def test_calling_an_async_task_returns_its_coroutine() -> None:

@@ -340,7 +340,9 @@ class Worker:
         if job.executor is not None:
             return job.executor
         try:
-            task = self.registry.get(job.func_name)
+            # Imports the task's module on first sight (a lazy entry, or the job's
+            # task path), as the executor would; once per task.
+            task = self.registry.resolve(job.func_name, job.task_path)
         except Exception:
             task = None  # the executor's prepare() reports why
         if task is not None:

@@ -18,13 +18,13 @@ SEEN: dict[str, list] = {}
 
 
 @task
-async def nap(secs: float) -> str:
+async def ex_nap(secs: float) -> str:
     await asyncio.sleep(secs)
     return threading.current_thread().name
 
 
 @task(timeout_secs=0.3)
-async def stuck_async(key: str) -> None:
+async def ex_stuck_async(key: str) -> None:
     try:
         await asyncio.sleep(30)
     except asyncio.CancelledError:
@@ -33,7 +33,7 @@ async def stuck_async(key: str) -> None:
 
 
 @task(retries=2, retry_delay_secs=0.05)
-async def flaky_async(key: str, fail_times: int) -> int:
+async def ex_flaky_async(key: str, fail_times: int) -> int:
     SEEN.setdefault(key, []).append(threading.current_thread().name)
     await asyncio.sleep(0.01)
     if len(SEEN[key]) <= fail_times:
@@ -42,58 +42,58 @@ async def flaky_async(key: str, fail_times: int) -> int:
 
 
 @task(executor="thread")
-async def async_in_thread() -> str:
+async def ex_async_in_thread() -> str:
     await asyncio.sleep(0.01)
     return threading.current_thread().name
 
 
 @task
-def plain(x: int) -> int:
+def ex_plain(x: int) -> int:
     return x + 1
 
 
 @task(executor="process")
-def whoami(x: int) -> list[int]:
+def ex_whoami(x: int) -> list[int]:
     return [os.getpid(), x]
 
 
 @task(executor="process")
-async def async_whoami() -> int:
+async def ex_async_whoami() -> int:
     await asyncio.sleep(0.01)
     return os.getpid()
 
 
 @task(executor="process", timeout_secs=1)
-def spin() -> None:
+def ex_spin() -> None:
     while True:
         pass
 
 
 @task(executor="process", timeout_secs=0.2)
-def spin_short() -> None:
+def ex_spin_short() -> None:
     while True:
         pass
 
 
 @task(executor="process")
-def exit_with(code: int) -> None:
+def ex_exit_with(code: int) -> None:
     os._exit(code)
 
 
 @task(executor="process")
-def segfault() -> None:
+def ex_segfault() -> None:
     os.kill(os.getpid(), signal.SIGSEGV)
     time.sleep(10)
 
 
 @task(executor="process")
-def sleep_in_child(secs: float) -> int:
+def ex_sleep_in_child(secs: float) -> int:
     time.sleep(secs)
     return os.getpid()
 
 
 @task(executor="process", retries=2, retry_delay_secs=0.05)
-def flaky_process(counter: str, fail_times: int) -> int:
+def ex_flaky_process(counter: str, fail_times: int) -> int:
     # State that must survive a child: a file.
     path = Path(counter)
     n = int(path.read_text()) + 1 if path.exists() else 1
@@ -104,7 +104,7 @@ def flaky_process(counter: str, fail_times: int) -> int:
 
 
 @task(executor="process")
-def unencodable() -> object:
+def ex_unencodable() -> object:
     return object()
 
 
@@ -116,10 +116,10 @@ def burn(n: int) -> int:
 
 
 @task
-def burn_thread(n: int) -> int:
+def ex_burn_thread(n: int) -> int:
     return burn(n)
 
 
 @task(executor="process")
-def burn_process(n: int) -> int:
+def ex_burn_process(n: int) -> int:
     return burn(n)

@@ -24,10 +24,10 @@ import _exec_tasks as t
 
 
 def test_calling_an_async_task_returns_its_coroutine() -> None:
-    coro = t.nap(0)
+    coro = t.ex_nap(0)
     assert asyncio.iscoroutine(coro)
     assert asyncio.run(coro) == threading.current_thread().name
-    assert t.nap.is_async and t.nap.executor is None
+    assert t.ex_nap.is_async and t.ex_nap.executor is None
 
 
 def test_executor_async_on_a_plain_function_is_refused() -> None:
@@ -41,7 +41,7 @@ def test_two_thousand_sleeping_jobs_finish_in_under_3s_on_one_loop_thread() -> N
     with isolated_app(async_concurrency=2000, batch_size=500) as app, Worker(app=app, max_workers=2) as worker:
         threads_before = threading.active_count()
         started = time.monotonic()
-        jobs = t.nap.map([0.5] * 2000)
+        jobs = t.ex_nap.map([0.5] * 2000)
         names = {job.get(timeout=20) for job in jobs}
         took = time.monotonic() - started
         assert took < 3.0, f"2,000 async jobs took {took:.2f} s"
@@ -76,7 +76,7 @@ def test_concurrency_limit_holds() -> None:
 def test_timeout_cancels_the_coroutine_then_the_policy_applies() -> None:
     key = uuid.uuid4().hex
     with isolated_app() as app, Worker(app=app):
-        job = t.stuck_async.delay(key)
+        job = t.ex_stuck_async.delay(key)
         started = time.monotonic()
         with pytest.raises(JobFailed) as info:
             job.get(timeout=10)
@@ -118,15 +118,15 @@ def test_retries_and_hooks_of_an_async_task() -> None:
             on_error=lambda job, exc: calls.append(("error", type(exc).__name__)),
         )
         with Worker(app=app):
-            job = t.flaky_async.delay(key, 2)
+            job = t.ex_flaky_async.delay(key, 2)
             assert job.get(timeout=10) == 3
     assert [a.outcome for a in job.history] == ["error", "error", "success"]
     assert calls == [
-        ("before", "flaky_async"),
+        ("before", "ex_flaky_async"),
         ("error", "RuntimeError"),
-        ("before", "flaky_async"),
+        ("before", "ex_flaky_async"),
         ("error", "RuntimeError"),
-        ("before", "flaky_async"),
+        ("before", "ex_flaky_async"),
         ("after", "3"),
     ]
     assert set(t.SEEN[key]) == {"nuvom-async-loop"}
@@ -134,7 +134,7 @@ def test_retries_and_hooks_of_an_async_task() -> None:
 
 def test_an_async_task_may_ask_for_a_thread() -> None:
     with isolated_app() as app, Worker(app=app, max_workers=2):
-        job = t.async_in_thread.delay()
+        job = t.ex_async_in_thread.delay()
         assert job.get(timeout=10).startswith("nuvom-worker-")
     assert job.history[0].executor == "thread"
 
@@ -153,8 +153,8 @@ def test_async_producer_api_does_not_block_the_loop() -> None:
                 last = now
 
         tick = asyncio.create_task(ticker())
-        job = await t.nap.adelay(0.5)
-        jobs = await t.plain.amap([1, 2, 3])
+        job = await t.ex_nap.adelay(0.5)
+        jobs = await t.ex_plain.amap([1, 2, 3])
         await job.aget(timeout=10)
         results = [await j.aget(timeout=10) for j in jobs]
         with pytest.raises(TimeoutError, match="has no outcome"):
@@ -164,7 +164,7 @@ def test_async_producer_api_does_not_block_the_loop() -> None:
         return results, max(gaps), len(gaps)
 
     async def _never(timeout: float) -> None:
-        job = t.plain.make_job([1], {})
+        job = t.ex_plain.make_job([1], {})
         await job.aget(timeout=timeout)
 
     with isolated_app() as app, Worker(app=app):
@@ -179,7 +179,7 @@ def test_aget_on_a_backend_without_notifications(backend: str) -> None:
     with isolated_app(queue_backend=backend, result_backend=backend) as app, Worker(app=app):
 
         async def main() -> int:
-            job = await t.plain.adelay(41)
+            job = await t.ex_plain.adelay(41)
             result: int = await job.aget(timeout=10)
             return result
 
@@ -190,8 +190,8 @@ def test_stop_gives_async_jobs_the_grace_period_then_hands_them_back() -> None:
     key = uuid.uuid4().hex
     with isolated_app() as app:
         worker = Worker(app=app).start()
-        short = t.nap.delay(0.3)
-        long = t.stuck_async.make_job([key], {}, app)
+        short = t.ex_nap.delay(0.3)
+        long = t.ex_stuck_async.make_job([key], {}, app)
         long.timeout_secs = 60
         app.queue.enqueue(long)
         deadline = time.monotonic() + 10

@@ -115,11 +115,15 @@ class AsyncExecutor:
         return list(self._running)
 
     def submit(self, job: Job) -> None:
+        self.submit_many([job])
+
+    def submit_many(self, jobs: list[Job]) -> None:
+        """Hand jobs to the loop in one wake-up (a claimed batch at once)."""
         loop = self._loop
         assert loop is not None, "start() first"
         with self._held_lock:
-            self._held += 1
-        loop.call_soon_threadsafe(self._spawn, job)
+            self._held += len(jobs)
+        loop.call_soon_threadsafe(self._spawn, jobs)
 
     def begin_stop(self) -> None:
         """Start no new job: the ones still waiting for a slot go back to the queue."""
@@ -170,11 +174,12 @@ class AsyncExecutor:
         for _ in range(self._held + 1):
             sem.release()
 
-    def _spawn(self, job: Job) -> None:
+    def _spawn(self, jobs: list[Job]) -> None:
         # The loop keeps only weak references to tasks: hold each until it ends.
-        t = asyncio.ensure_future(self._run(job))
-        self._tasks.add(t)
-        t.add_done_callback(self._tasks.discard)
+        for job in jobs:
+            t = asyncio.ensure_future(self._run(job))
+            self._tasks.add(t)
+            t.add_done_callback(self._tasks.discard)
 
     async def _run(self, job: Job) -> None:
         sem = self._sem
@@ -273,8 +278,9 @@ class AsyncExecutor:
 
     # -- the settle thread ----------------------------------------------------
     def _settle_forever(self) -> None:
+        q = self._settle_q
         while True:
-            fn = self._settle_q.get()
+            fn = q.get()
             if fn is None:
                 return
             try:

@@ -413,15 +413,21 @@ class Worker:
                 self._handback(jobs)
                 return
             slots = self._slots
+            to_loop: list[Job] = []
             for job in jobs:
                 kind = self.executor_for(job)
-                if kind != "thread":
+                if kind == "async":
+                    to_loop.append(job)
+                    continue
+                if kind == "process":
                     self._executor(kind).submit(job)
                     continue
                 slot = min(slots, key=_load)
                 slot.inbox.append(job)
                 if slot.idle:
                     slot.wake.set()
+            if to_loop:
+                self._executor("async").submit_many(to_loop)
 
     def _work(self, slot: _Slot) -> None:
         runner = self.runner

@@ -125,8 +125,10 @@ def nuvom_in_process(tasks: Any, kind: str, n: int) -> float:
     from nuvom.worker import Worker
 
     fn = {"thread": tasks.work, "async": tasks.awork, "process": tasks.pwork}[kind]
-    with isolated_app(batch_size=256) as app, Worker(app=app, max_workers=4, processes=2):
-        fn.delay(0).get(timeout=120)  # executor up (children started)
+    with isolated_app(batch_size=256) as app, Worker(app=app, max_workers=4, processes=2) as worker:
+        fn.delay(0).get(timeout=120)  # executor up
+        if kind == "process":
+            worker._executors["process"].wait_ready(120)  # both children started
         start = time.perf_counter()
         jobs = fn.map(range(n))
         for job in jobs:
@@ -140,8 +142,10 @@ def cpu_ratio(tasks: Any, jobs: int, size: int) -> tuple[float, float]:
 
     out = []
     for fn in (tasks.burn_thread, tasks.burn_process):
-        with isolated_app() as app, Worker(app=app, max_workers=2, processes=2):
+        with isolated_app() as app, Worker(app=app, max_workers=2, processes=2) as worker:
             fn.delay(10).get(timeout=120)
+            if "process" in worker._executors:
+                worker._executors["process"].wait_ready(120)  # both children started
             start = time.perf_counter()
             for job in fn.map([size] * jobs):
                 job.get(timeout=600)

@@ -206,6 +206,7 @@ class ProcessPool:
         # Task paths run so far: a new child imports them before it says it is ready.
         self._warm: dict[str, str | None] = {}
         self.children_started = 0
+        self._ready: set[int] = set()  # feeders whose child is up and idle or busy
 
     # -- life -----------------------------------------------------------------
     def start(self) -> None:
@@ -225,6 +226,15 @@ class ProcessPool:
 
     def child_pids(self) -> list[int]:
         return [c.pid for c in list(self._children.values())]
+
+    def wait_ready(self, timeout: float) -> bool:
+        """Wait until every child has started (benchmarks, tests); True if they did."""
+        deadline = time.monotonic() + timeout
+        while len(self._ready) < self.processes:
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.01)
+        return True
 
     def submit(self, job: Job) -> None:
         with self._cond:
@@ -301,6 +311,8 @@ class ProcessPool:
                     # Started before the next job arrives: a child's start-up
                     # (interpreter, imports) never counts against a job's timeout.
                     child = self._spawn(index)
+                    if child is not None:
+                        self._ready.add(index)
                 job = self._take()
                 if job is None or child is None:
                     if job is not None:
@@ -310,16 +322,20 @@ class ProcessPool:
                 self._running[index] = job
                 try:
                     child = self._run_one(child, job)
+                    if child is None:
+                        self._ready.discard(index)
                 finally:
                     self._running.pop(index, None)
                     self._on_free()
                 if child is not None and child.jobs >= self.max_jobs_per_child:
                     log.info("pool child %s ran %d jobs; replacing it", child.pid, child.jobs)
+                    self._ready.discard(index)
                     child.stop()
                     child = None
         except Exception:
             log.exception("process pool feeder %d failed", index)
         finally:
+            self._ready.discard(index)
             if child is not None:
                 child.stop()
             self._children.pop(index, None)

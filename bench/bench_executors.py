@@ -136,6 +136,21 @@ def nuvom_in_process(tasks: Any, kind: str, n: int) -> float:
         return n / (time.perf_counter() - start)
 
 
+def machine_parallelism(jobs: int, size: int) -> float:
+    """The same loop in bare interpreters, one after another vs two at once: what
+    this machine gives two processes right now (a noisy shared VM gives less than 2)."""
+    code = f"t = 0\nfor i in range({size * jobs // 2}): t += i * i % 7"
+    start = time.perf_counter()
+    for _ in range(2):
+        subprocess.run([sys.executable, "-c", code], check=True)
+    sequential = time.perf_counter() - start
+    start = time.perf_counter()
+    procs = [subprocess.Popen([sys.executable, "-c", code]) for _ in range(2)]
+    for p in procs:
+        p.wait()
+    return sequential / (time.perf_counter() - start)
+
+
 def cpu_ratio(tasks: Any, jobs: int, size: int) -> tuple[float, float]:
     from nuvom.testing import isolated_app
     from nuvom.worker import Worker
@@ -287,14 +302,17 @@ def main() -> None:
     for name, values in rates.items():
         print(f"  {name:40s} {statistics.median(values):8.0f}   ({', '.join(f'{v:.0f}' for v in values)})")
 
-    thread_t, process_t = [], []
+    thread_t, process_t, bare = [], [], []
     for _ in range(args.rounds):
         a, b = cpu_ratio(tasks, args.cpu_jobs, args.cpu_size)
         thread_t.append(a)
         process_t.append(b)
+        bare.append(machine_parallelism(args.cpu_jobs, args.cpu_size))
     mt, mp = statistics.median(thread_t), statistics.median(process_t)
     print(f"\nCPU-bound: {args.cpu_jobs} jobs of a {args.cpu_size:,}-step loop, median of {args.rounds}:")
     print(f"  2 threads   {mt:6.2f} s\n  2 processes {mp:6.2f} s\n  speed-up    {mt / mp:6.2f}x")
+    ceiling = statistics.median(bare)
+    print(f"  bare interpreters, two at once vs one after another: {ceiling:.2f}x (the machine's ceiling)")
     shutil.rmtree(workdir, ignore_errors=True)
 
 

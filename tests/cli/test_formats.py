@@ -10,6 +10,7 @@ from nuvom.job import Attempt, Job, JobError, JobStatus
 
 JOB_KEYS = {
     "id",
+    "executor",
     "task",
     "task_path",
     "status",
@@ -133,7 +134,9 @@ def test_inspect_json_has_error_traceback_and_every_attempt(cli, mem):
     assert doc["error"]["type"] == "RuntimeError"
     assert "RuntimeError: it broke" in doc["error"]["traceback"]
     assert [a["number"] for a in doc["history"]] == [1, 2]
-    assert {"number", "outcome", "started_at", "finished_at", "duration_secs", "error"} == set(doc["history"][0])
+    assert {"number", "outcome", "executor", "started_at", "finished_at", "duration_secs", "error"} == set(
+        doc["history"][0]
+    )
 
 
 def test_inspect_table_shows_attempts_timings_and_traceback(cli, mem):

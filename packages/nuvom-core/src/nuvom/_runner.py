@@ -8,6 +8,7 @@ job once a thread has it, through the job's ``mark_*`` lifecycle methods.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 import traceback
@@ -20,7 +21,7 @@ from nuvom._registry import TaskRegistry
 from nuvom._settings import Settings
 from nuvom._task import Task
 from nuvom.errors import NuvomError, SerializationError, WorkerLost
-from nuvom.job import Attempt, Job, JobError
+from nuvom.job import Attempt, Executor, Job, JobError
 
 __all__ = ["MAX_LOST_RUNS", "JobRunner", "error_of", "run_job"]
 
@@ -89,8 +90,8 @@ class JobRunner:
         log.error("job %s (%s) failed without running: %s", job.id, job.func_name, error.message)
         self.finish(job)
 
-    def start(self, job: Job, task: Task[Any]) -> Attempt:
-        attempt = job.mark_started(self.worker_id, time.time())
+    def start(self, job: Job, task: Task[Any], executor: Executor = "thread") -> Attempt:
+        attempt = job.mark_started(self.worker_id, time.time(), executor)
         if self.hooks.before_job:
             call_hooks(self.hooks.before_job, job)
         if task.before_job is not None:
@@ -104,6 +105,10 @@ class JobRunner:
         ``KeyboardInterrupt`` raised by the task itself: signals reach only the
         main thread) fails the attempt; it never ends the worker thread."""
         try:
+            if task.is_async:
+                # An async def task sent to a thread (executor="thread", or no
+                # worker at all) gets an event loop of its own.
+                return True, asyncio.run(task.fn(*job.args, **job.kwargs))
             return True, task.fn(*job.args, **job.kwargs)
         except BaseException as exc:
             return False, exc
@@ -134,10 +139,19 @@ class JobRunner:
         self.fail_attempt(job, task, attempt, value, timed_out=False)
 
     def fail_attempt(
-        self, job: Job, task: Task[Any] | None, attempt: Attempt, exc: BaseException, *, timed_out: bool
+        self,
+        job: Job,
+        task: Task[Any] | None,
+        attempt: Attempt,
+        exc: BaseException,
+        *,
+        timed_out: bool,
+        error: JobError | None = None,
     ) -> None:
+        """``error``: the error as recorded, when ``exc`` stands in for one raised
+        elsewhere (a pool child's exception, with the child's traceback)."""
         now = time.time()
-        failures = job.mark_attempt_failed(attempt, error_of(exc), timed_out=timed_out, now=now)
+        failures = job.mark_attempt_failed(attempt, error or error_of(exc), timed_out=timed_out, now=now)
         if self.hooks.on_error:
             call_hooks(self.hooks.on_error, job, exc)
         if task is not None and task.on_error is not None:

@@ -72,6 +72,20 @@ class Settings(BaseSettings):
     schedule_grace_secs: float = Field(
         60.0, ge=0, description="How late a scheduled tick may fire and still count as on time (misfire policies)."
     )
+    executor: Literal["thread", "process"] = Field(
+        "thread",
+        description="Where jobs of tasks that name no executor run: worker threads, or child processes "
+        "(then async def tasks too); async def tasks otherwise run on the worker's event loop.",
+    )
+    async_concurrency: int = Field(
+        256, ge=1, le=100_000, description="Async jobs a worker runs at once on its event loop."
+    )
+    processes: int | None = Field(
+        None, ge=1, le=1024, description="Child processes of the process pool; unset: one per CPU core."
+    )
+    max_jobs_per_child: int = Field(
+        1000, ge=1, le=10_000_000, description="Jobs a pool child runs before it is replaced (memory leaks)."
+    )
     task_modules: str = Field(
         "",
         description="Comma-separated modules a worker imports at start; with no manifest, the only "

@@ -6,15 +6,17 @@ The decorators are :meth:`nuvom.app.App.task` and :func:`nuvom.task.task`
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import functools
+import inspect
 import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from nuvom import _default, serialization
 from nuvom.errors import SerializationError
-from nuvom.job import Job, JobStatus, TaskOptions, TimeoutPolicy, new_job_id
+from nuvom.job import Executor, Job, JobStatus, TaskOptions, TimeoutPolicy, new_job_id
 from pydantic import ValidationError
 
 if TYPE_CHECKING:
@@ -48,6 +50,7 @@ class Task(Generic[R]):
         after_job: Callable[..., Any] | None = None,
         on_error: Callable[..., Any] | None = None,
         schedule: str | Every | None = None,
+        executor: Executor | None = None,
     ) -> None:
         try:
             self.options = TaskOptions(
@@ -59,11 +62,20 @@ class Task(Generic[R]):
                 tags=tags,  # type: ignore[arg-type]
                 description=description if description is not None else _first_line(fn.__doc__),
                 category=category,  # type: ignore[call-arg]  # the earlier option: becomes a tag
+                executor=executor,
             )
         except ValidationError as exc:
             err = exc.errors()[0]
             field = ".".join(str(p) for p in err["loc"])
             raise ValueError(f"@task {fn.__name__}: {field}={err.get('input')!r} is not valid: {err['msg']}") from None
+        #: An ``async def`` function: calling the task returns its coroutine; a
+        #: worker runs its jobs on its event loop unless ``executor`` says otherwise.
+        self.is_async = inspect.iscoroutinefunction(fn)
+        if executor == "async" and not self.is_async:
+            raise ValueError(
+                f"@task {fn.__name__}: executor='async' needs an `async def` function; "
+                "use executor='thread' (or 'process') for a plain function"
+            )
         self.fn = fn
         self.name = name or fn.__name__
         self._app = app or _default.current
@@ -111,6 +123,10 @@ class Task(Generic[R]):
     def _retry_delay(self, app: App) -> float:
         delay = self.options.retry_delay_secs
         return app.settings.retry_delay_secs if delay is None else delay
+
+    @property
+    def executor(self) -> Executor | None:
+        return self.options.executor
 
     @property
     def app(self) -> App:
@@ -192,6 +208,15 @@ class Task(Generic[R]):
             misfire=misfire,
             overlap=overlap,
         )
+
+    async def adelay(self, *args: Any, **kwargs: Any) -> Job:
+        """:meth:`delay` for ``async`` code: the backend call runs in a thread, so
+        the event loop is not blocked (``job = await task.adelay(1, 2)``)."""
+        return await asyncio.to_thread(self.delay, *args, **kwargs)
+
+    async def amap(self, items: Iterable[Any]) -> list[Job]:
+        """:meth:`map` for ``async`` code, in one backend round trip off the loop."""
+        return await asyncio.to_thread(self.map, list(items))
 
     def make_job(self, args: list[Any], kwargs: dict[str, Any], app: App | None = None) -> Job:
         """Build (and check) a job for this task without queueing it."""

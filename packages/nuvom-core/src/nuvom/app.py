@@ -180,6 +180,10 @@ class App:
         record = self.results.get_full(job_id)
         if record is None:
             record = self.queue.get(job_id)
+        if record is None:
+            # Finished between the two reads: it left the queue only after its
+            # outcome was stored, so the results have it now.
+            record = self.results.get_full(job_id)
         return None if record is None else record.bind(self)
 
     def no_outcome_message(self, job: Job, timeout: float | None) -> str:

@@ -11,7 +11,8 @@ user's terminal through the CLI as a single line. The tree::
     ├── PluginError            a plugin cannot be loaded, checked or started
     ├── InvalidJobId (+ValueError)  an id from outside is not a well-formed id
     ├── JobFailed              Job.get() on a job that ended FAILED
-    └── WorkerLost             a job's worker died while running it too often
+    ├── WorkerLost             a job's worker died while running it too often
+    └── ChildProcessDied       the pool process running a job crashed (signal, exit, OOM kill)
 
 Plugins derive their own errors from these (nuvom-prometheus's
 ``PortUnavailable`` is a ``PluginError``).
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 __all__ = [
     "BackendError",
+    "ChildProcessDied",
     "ConfigError",
     "InvalidJobId",
     "JobFailed",
@@ -78,3 +80,8 @@ class JobFailed(NuvomError):
 
 class WorkerLost(NuvomError):
     """The job's worker stopped (was killed) while running it too many times."""
+
+
+class ChildProcessDied(NuvomError):
+    """The process-pool child running a job ended without an answer: a crash
+    (segfault), ``os._exit()``, or a kill (the out-of-memory killer sends SIGKILL)."""

@@ -27,6 +27,7 @@ __all__ = [
     "LEASE_MARGIN_SECS",
     "TERMINAL_STATUSES",
     "Attempt",
+    "Executor",
     "Job",
     "JobError",
     "JobStatus",
@@ -39,6 +40,9 @@ __all__ = [
 ]
 
 TimeoutPolicy = Literal["fail", "retry", "ignore"]
+#: Where a job runs: a worker thread, the worker's event loop (``async def``
+#: tasks) or a child process (hard timeouts, no shared GIL).
+Executor = Literal["thread", "async", "process"]
 
 # Ids are generated as 32 hex digits, but ids given by users or other tools are
 # accepted as long as they cannot name a path: letters, digits, '-' and '_'.
@@ -90,6 +94,9 @@ class TaskOptions(BaseModel):
     store_result: bool = True
     tags: tuple[str, ...] = ()
     description: str | None = None
+    #: ``None``: ``async def`` tasks run on the event loop, others as the
+    #: worker's ``NUVOM_EXECUTOR`` says (threads by default).
+    executor: Executor | None = None
 
     @field_validator("tags", mode="before")
     @classmethod
@@ -117,6 +124,7 @@ class TaskOptions(BaseModel):
             "timeout_policy": self.timeout_policy,
             "store_result": self.store_result,
             "tags": list(self.tags),
+            "executor": self.executor,
         }
 
 
@@ -128,6 +136,8 @@ class Attempt(BaseModel):
     finished_at: float | None = None
     outcome: Literal["success", "error", "timeout", "lost"] = "success"
     error: JobError | None = None
+    #: Which executor ran it (``None`` in records written before executors existed).
+    executor: Executor | None = None
 
 
 #: A claim's lease covers the job's timeout times this factor plus this margin:
@@ -197,6 +207,7 @@ class Job(BaseModel):
     timeout_policy: TimeoutPolicy | None = None
     store_result: bool = True
     tags: list[str] = Field(default_factory=list)
+    executor: Executor | None = None
     created_at: float = Field(default_factory=time.time)
     not_before: float | None = None
     started_at: float | None = None
@@ -299,10 +310,10 @@ class Job(BaseModel):
             )
         return sum(1 for a in self.history if a.outcome == "lost")
 
-    def mark_started(self, worker_id: str | None, now: float) -> Attempt:
+    def mark_started(self, worker_id: str | None, now: float, executor: Executor | None = None) -> Attempt:
         """An attempt begins; returns it (recorded in ``history`` when it ends)."""
         self.__dict__.update(started_at=now, worker_id=worker_id)
-        return Attempt(number=self.attempts, started_at=now)
+        return Attempt(number=self.attempts, started_at=now, executor=executor)
 
     def mark_succeeded(self, attempt: Attempt, result: Any, now: float) -> None:
         attempt.finished_at = now
@@ -348,6 +359,19 @@ class Job(BaseModel):
         """
         app = self._app or _default.current()
         record = app.results.wait(self.id, timeout)
+        if record is None:
+            raise TimeoutError(app.no_outcome_message(self, timeout))
+        self.__dict__.update(record.__dict__)
+        if record.status is JobStatus.FAILED:
+            err = record.error or JobError(type="Error", message="unknown failure")
+            raise JobFailed(record.id, err.type, err.message, err.traceback)
+        return record.result
+
+    async def aget(self, timeout: float | None = None) -> Any:
+        """:meth:`get` for ``async`` code: waits without blocking the event loop
+        (and without holding a thread per waiting job)."""
+        app = self._app or _default.current()
+        record = await app.results.wait_async(self.id, timeout)
         if record is None:
             raise TimeoutError(app.no_outcome_message(self, timeout))
         self.__dict__.update(record.__dict__)

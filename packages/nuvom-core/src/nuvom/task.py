@@ -14,7 +14,7 @@ from typing import Any, TypeVar, overload
 
 from nuvom._task import Task
 from nuvom.app import default_app
-from nuvom.job import Job, TimeoutPolicy
+from nuvom.job import Executor, Job, TimeoutPolicy
 from nuvom.schedule import Every
 
 __all__ = ["Task", "task"]
@@ -40,6 +40,7 @@ def task(
     after_job: Callable[[Job, Any], Any] | None = ...,
     on_error: Callable[[Job, BaseException], Any] | None = ...,
     schedule: str | Every | None = ...,
+    executor: Executor | None = ...,
 ) -> Callable[[Callable[..., R]], Task[R]]: ...
 
 

@@ -17,6 +17,10 @@
   (whatever it returns later is discarded) and a fresh thread takes its
   place, keeping the pool at ``max_workers``.
 * The watchdog also renews leases on claimed jobs, for durable queues.
+* Jobs of ``async def`` tasks go to the async executor (one event loop
+  thread, :mod:`nuvom._async_executor`), jobs of process tasks to the process
+  pool (:mod:`nuvom._process_pool`); both start on the first such job. The
+  dispatcher routes each claimed job by :meth:`Worker.executor_for`.
 """
 
 from __future__ import annotations
@@ -31,14 +35,14 @@ import uuid
 from collections import deque
 from collections.abc import Sequence
 from types import FrameType
-from typing import Any
+from typing import Any, Literal
 
 from nuvom._hooks import Hooks
 from nuvom._registry import TaskRegistry
 from nuvom._runner import JobRunner
 from nuvom._settings import Settings
 from nuvom.app import App, default_app
-from nuvom.job import Job, effective_timeout
+from nuvom.job import Executor, Job, effective_timeout
 from nuvom.plugins.contracts import BaseJobQueue, BaseResultBackend
 
 __all__ = ["Worker"]
@@ -115,6 +119,8 @@ class Worker:
         registry: TaskRegistry | None = None,
         dev: bool = False,
         worker_id: str | None = None,
+        executor: Literal["thread", "process"] | None = None,
+        processes: int | None = None,
     ) -> None:
         if app is None:
             app = default_app() if settings is None else default_app().derive(settings)
@@ -145,6 +151,12 @@ class Worker:
         self.capacity = self.max_workers + self.batch_size
         self.runner: JobRunner | None = None
         self._scheduler: Any = None
+        #: Where jobs of tasks that name no executor run (``NUVOM_EXECUTOR``).
+        self.default_executor: Literal["thread", "process"] = executor or self.settings.executor
+        self.processes = processes
+        # The async executor and the process pool, started on first use.
+        self._executors: dict[str, Any] = {}
+        self._executors_lock = threading.Lock()
 
     # -- public ---------------------------------------------------------------
     @property
@@ -190,15 +202,18 @@ class Worker:
         )
         for i in range(self.max_workers):
             self._spawn(_Slot(i))
+        if self.default_executor == "process":
+            self._executor("process")  # children start now, not with the first job
         for target, name in ((self._dispatch, "dispatcher"), (self._watch, "watchdog")):
             t = threading.Thread(target=target, name=f"nuvom-{name}", daemon=True)
             t.start()
             self._threads.append(t)
         self._start_scheduler()
         log.info(
-            "worker %s started: %d threads, queue=%s, results=%s, data dir %s, %d tasks registered%s",
+            "worker %s started: %d threads%s, queue=%s, results=%s, data dir %s, %d tasks registered%s",
             self.worker_id,
             self.max_workers,
+            f", {self._executors['process'].processes} processes" if "process" in self._executors else "",
             type(queue).__name__,
             type(results).__name__,
             os.path.abspath(self.settings.data_dir),
@@ -222,6 +237,9 @@ class Worker:
             self._room.notify_all()
         for t in self._threads:
             t.join()
+        executors = list(self._executors.values())
+        for ex in executors:
+            ex.begin_stop()
         # Jobs claimed but not started go back untouched: undo the claim's attempt.
         unstarted: list[Job] = []
         for slot in self._slots:
@@ -239,6 +257,14 @@ class Worker:
         for slot in list(self._slots):
             if slot.thread is not None:
                 slot.thread.join(max(0.0, deadline - time.monotonic()))
+        # Every executor's running jobs share the one grace period.
+        interrupted = 0
+        for ex in executors:
+            if not ex.wait(deadline):
+                interrupted += ex.interrupt()
+            ex.close()
+        if interrupted:
+            log.warning("%d async or process job(s) still running after %.1f s grace; handed back", interrupted, grace)
         # Still running after the grace period: the attempt counts; the job goes
         # back so another worker runs it again.
         stuck: list[Job] = []
@@ -298,7 +324,8 @@ class Worker:
             queue_size = -1
         return {
             "worker_count": sum(1 for s in self._slots if not s.abandoned),
-            "inflight_jobs": sum(1 for s in self._slots if s.job is not None and not s.abandoned),
+            "inflight_jobs": sum(1 for s in self._slots if s.job is not None and not s.abandoned)
+            + sum(ex.inflight() for ex in list(self._executors.values())),
             "queue_size": queue_size,
             "started_at": self.started_at,
             "worker_id": self.worker_id,
@@ -326,15 +353,73 @@ class Worker:
             self._slots.sort(key=lambda s: s.index)
         t.start()
 
+    # -- executors ----------------------------------------------------------------
+    def executor_for(self, job: Job) -> Executor:
+        """Where ``job`` runs: the executor its task names, else the event loop
+        for ``async def`` tasks, else the worker's default (``NUVOM_EXECUTOR``;
+        with ``process``, async tasks too run in the children)."""
+        if job.executor is not None:
+            return job.executor
+        try:
+            # Imports the task's module on first sight (a lazy entry, or the job's
+            # task path), as the executor would; once per task.
+            task = self.registry.resolve(job.func_name, job.task_path)
+        except Exception:
+            task = None  # the executor's prepare() reports why
+        if task is not None:
+            if task.executor is not None:
+                return task.executor
+            if task.is_async and self.default_executor != "process":
+                return "async"
+        return self.default_executor
+
+    def _executor(self, kind: str) -> Any:
+        ex = self._executors.get(kind)
+        if ex is not None:
+            return ex
+        with self._executors_lock:
+            ex = self._executors.get(kind)
+            if ex is None:
+                assert self.runner is not None
+                args: dict[str, Any] = {
+                    "runner": self.runner,
+                    "settings": self.settings,
+                    "batch_size": self.batch_size,
+                    "on_free": self._notify_room,
+                    "handback": self._handback,
+                }
+                if kind == "async":
+                    from nuvom._async_executor import AsyncExecutor
+
+                    ex = AsyncExecutor(**args)
+                else:
+                    from nuvom._process_pool import ProcessPool
+
+                    ex = ProcessPool(**args, processes=self.processes)
+                ex.start()
+                self._executors[kind] = ex
+                log.info("worker %s: %s executor started", self.worker_id, kind)
+        return ex
+
+    def _notify_room(self) -> None:
+        with self._room:
+            self._room.notify()
+
+    def _room_left(self) -> int:
+        room = max(0, self.capacity - sum(map(_load, self._slots)))
+        for ex in list(self._executors.values()):
+            room += max(0, ex.room())
+        return room
+
     def _dispatch(self) -> None:
-        queue, batch_size, capacity = self.queue, self.batch_size, self.capacity
+        queue, batch_size = self.queue, self.batch_size
         while not self._stopping.is_set():
             with self._room:
-                held = sum(map(_load, self._slots))
-                if held >= capacity:
+                room = self._room_left()
+                if room <= 0:
                     self._room.wait(_DISPATCH_WAIT)
                     continue
-            want = min(batch_size, capacity - held)
+            want = min(batch_size, room)
             try:
                 jobs = queue.pop_batch(want, timeout=_DISPATCH_WAIT)
             except Exception:
@@ -349,11 +434,21 @@ class Worker:
                 self._handback(jobs)
                 return
             slots = self._slots
+            to_loop: list[Job] = []
             for job in jobs:
+                kind = self.executor_for(job)
+                if kind == "async":
+                    to_loop.append(job)
+                    continue
+                if kind == "process":
+                    self._executor(kind).submit(job)
+                    continue
                 slot = min(slots, key=_load)
                 slot.inbox.append(job)
                 if slot.idle:
                     slot.wake.set()
+            if to_loop:
+                self._executor("async").submit_many(to_loop)
 
     def _work(self, slot: _Slot) -> None:
         runner = self.runner
@@ -469,6 +564,7 @@ class Worker:
 
     def _renew_leases(self) -> None:
         ids = [j.id for s in list(self._slots) for j in ([s.job] if s.job else []) + list(s.inbox)]
+        ids += [i for ex in list(self._executors.values()) for i in ex.job_ids()]
         if ids:
             try:
                 self.queue.extend_leases(ids)
@@ -529,6 +625,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m nuvom.worker", description=main.__doc__)
     parser.add_argument("modules", nargs="*", help="modules that define tasks (e.g. tasks)")
     parser.add_argument("--threads", type=int, default=None, help="worker threads (NUVOM_MAX_WORKERS)")
+    parser.add_argument(
+        "--pool", choices=("thread", "process"), default=None, help="executor of tasks that name none (NUVOM_EXECUTOR)"
+    )
+    parser.add_argument(
+        "--processes", type=int, default=None, help="process pool size (NUVOM_PROCESSES; default: cores)"
+    )
     args = parser.parse_args(argv)
     if "" not in sys.path and os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())  # tasks.py beside the caller imports, as with `python -m`
@@ -541,7 +643,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         app = default_app()
         for module in [*app.settings.task_module_list(), *args.modules]:
             importlib.import_module(module)
-        return Worker(max_workers=args.threads, app=app).run_forever()
+        return Worker(max_workers=args.threads, app=app, executor=args.pool, processes=args.processes).run_forever()
     except (NuvomError, ImportError) as exc:
         # The CLI's exit codes: 5 a setting, 6 the store, 2 usage (a module that does not import).
         sys.stderr.write(f"error: {exc}\n")

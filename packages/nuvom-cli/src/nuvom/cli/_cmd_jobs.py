@@ -146,6 +146,8 @@ def _print_job(job: Job) -> None:
     if job.history and job.finished_at is not None:
         grid.add_row("total", fmt_duration(job.finished_at - job.created_at) + " from queued to finished")
     grid.add_row("worker", escape(job.worker_id or "-"))
+    ran_in = job.history[-1].executor if job.history else None
+    grid.add_row("executor", f"{ran_in or '-'}  [dim](task asks for {job.executor or 'the worker default'})[/]")
     if job.tags:
         grid.add_row("tags", escape(", ".join(job.tags)))
     if job.retry_of:
@@ -156,13 +158,15 @@ def _print_job(job: Job) -> None:
     if job.history:
         out.print()
         table = Table(title="Attempts", title_justify="left", title_style="bold")
-        for col in ("#", "outcome", "started", "duration", "error"):
+        for col in ("#", "outcome", "executor", "started", "duration", "error"):
             table.add_column(col, overflow="fold")
         for a in job.history:
             took = fmt_duration(a.finished_at - a.started_at) if a.finished_at else "-"
             err = f"{a.error.type}: {a.error.message}" if a.error else ""
             style = {"success": "green", "error": "red", "timeout": "red", "lost": "yellow"}.get(a.outcome, "")
-            table.add_row(str(a.number), f"[{style}]{a.outcome}[/]", fmt_time(a.started_at), took, escape(err))
+            table.add_row(
+                str(a.number), f"[{style}]{a.outcome}[/]", a.executor or "-", fmt_time(a.started_at), took, escape(err)
+            )
         out.print(table)
     tb = job.error.traceback if job.error is not None else None
     if tb:

@@ -6,7 +6,7 @@ import json
 import logging
 import signal
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import typer
 from nuvom.cli._errors import EXIT_FAILED, EXIT_INVALID, EXIT_OK, CliError
@@ -62,6 +62,18 @@ def runworker(
         typer.Option("--batch-size", "-b", min=1, max=10_000, help="Jobs claimed per round trip (NUVOM_BATCH_SIZE)."),
     ] = None,
     dev: Annotated[bool, typer.Option("--dev", help="Reload tasks when the code or the manifest changes.")] = False,
+    pool: Annotated[
+        str | None,
+        typer.Option(
+            "--pool",
+            help="Where tasks that name no executor run: thread or process (NUVOM_EXECUTOR). "
+            "async def tasks run on the worker's event loop unless this is process.",
+        ),
+    ] = None,
+    processes: Annotated[
+        int | None,
+        typer.Option("--processes", "-p", min=1, max=1024, help="Process pool size (NUVOM_PROCESSES; default: cores)."),
+    ] = None,
 ) -> None:
     """Run the worker engine until Ctrl+C (SIGINT) or SIGTERM, then stop gracefully (exit 0).
 
@@ -73,6 +85,8 @@ def runworker(
     """
     from nuvom.cli._project import load_project_settings, project_on_path, setup_logging
 
+    if pool is not None and pool not in ("thread", "process"):
+        raise CliError(f"--pool {pool!r} is not an executor: choose thread or process", EXIT_INVALID)
     root = project_on_path()
     settings = load_project_settings()
     setup_logging(settings.log_level, rich=True)
@@ -83,7 +97,8 @@ def runworker(
 
     backends = backend_report(settings)
     queue, _ = get_queue_backend(), get_result_backend()  # fails here, clearly, if not installed
-    worker = Worker(max_workers=workers, batch_size=batch_size, dev=dev)
+    executor: Literal["thread", "process"] | None = "process" if pool == "process" else "thread" if pool else None
+    worker = Worker(max_workers=workers, batch_size=batch_size, dev=dev, executor=executor, processes=processes)
 
     # From here on SIGINT/SIGTERM only ask the worker to stop: a KeyboardInterrupt
     # raised at an arbitrary point of start-up (inside Thread.start(), a plugin's
@@ -141,6 +156,7 @@ def _banner(
         f"{worker.max_workers}, batch size {worker.batch_size}"
         + ("  [yellow]dev mode: reloads on change[/]" if worker.dev else ""),
     )
+    grid.add_row("executors", escape(_executors_line(worker)))
     started = [r.name for r in worker.app.plugins.records if r.state == "started"]
     failed = [r.name or r.target for r in worker.app.plugins.records if r.state == "failed"]
     plugins = ", ".join(started) or "none"
@@ -150,6 +166,17 @@ def _banner(
     err_console().print(
         Panel(grid, title=f"nuvom worker [bold]{escape(worker.worker_id)}[/]", subtitle="Ctrl+C to stop", expand=False)
     )
+
+
+def _executors_line(worker: Worker) -> str:
+    import os
+
+    processes = worker.processes or worker.settings.processes or os.cpu_count() or 1
+    pool = f"process pool of {processes} (new child every {worker.settings.max_jobs_per_child} jobs)"
+    loop = f"async def tasks on one event loop (up to {worker.settings.async_concurrency} at once)"
+    if worker.default_executor == "process":
+        return f"every task in the {pool}, unless it names another executor"
+    return f"threads by default; {loop}; executor='process' tasks in a {pool}"
 
 
 # -- runtestworker run ------------------------------------------------------------

@@ -138,12 +138,14 @@ def job_document(job: Job) -> dict[str, Any]:
         "finished_at": job.finished_at,
         "duration_secs": duration,
         "worker_id": job.worker_id,
+        "executor": job.executor,
         "retry_of": job.retry_of,
         "schedule_key": job.schedule_key,
         "history": [
             {
                 "number": a.number,
                 "outcome": a.outcome,
+                "executor": a.executor,
                 "started_at": a.started_at,
                 "finished_at": a.finished_at,
                 "duration_secs": None if a.finished_at is None else round(a.finished_at - a.started_at, 6),

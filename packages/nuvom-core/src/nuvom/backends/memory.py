@@ -6,12 +6,13 @@ Useful for tests and for apps that run their worker in the same process
 
 from __future__ import annotations
 
+import asyncio
 import heapq
 import itertools
 import threading
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 from nuvom.job import TERMINAL_STATUSES, Job, JobStatus
@@ -209,6 +210,9 @@ class MemoryResultBackend(BaseResultBackend):
         # One event per awaited job: a store wakes only the waiters of the jobs it
         # stores (a shared condition woke every waiter on every store).
         self._waiting: dict[str, list[threading.Event]] = {}
+        # Async waiters: a callback per awaited job, called (from the storing
+        # thread) with no lock held; it hands over to its loop thread-safely.
+        self._callbacks: dict[str, list[Callable[[], None]]] = {}
 
     def store(self, jobs: Sequence[Job]) -> None:
         with self._lock:
@@ -219,6 +223,9 @@ class MemoryResultBackend(BaseResultBackend):
                 if waiting:
                     for event in waiting.pop(job.id, ()):
                         event.set()
+            callbacks = [cb for job in jobs for cb in self._callbacks.pop(job.id, ())] if self._callbacks else []
+        for callback in callbacks:
+            callback()
 
     def get_full(self, job_id: str) -> Job | None:
         return self._records.get(job_id)
@@ -237,6 +244,36 @@ class MemoryResultBackend(BaseResultBackend):
                     events.remove(event)
                     if not events:
                         del self._waiting[job_id]
+        return self._records.get(job_id)
+
+    async def wait_async(self, job_id: str, timeout: float | None = None) -> Job | None:
+        loop = asyncio.get_running_loop()
+        stored = loop.create_future()
+
+        def resolve() -> None:
+            if not stored.done():
+                stored.set_result(None)
+
+        def wake() -> None:
+            try:
+                loop.call_soon_threadsafe(resolve)
+            except RuntimeError:
+                pass  # the waiter's loop has closed: nobody is waiting any more
+
+        with self._lock:
+            record = self._records.get(job_id)
+            if record is not None:
+                return record
+            self._callbacks.setdefault(job_id, []).append(wake)
+        try:
+            await asyncio.wait_for(stored, timeout)
+        except asyncio.TimeoutError:
+            with self._lock:
+                callbacks = self._callbacks.get(job_id, [])
+                if wake in callbacks:
+                    callbacks.remove(wake)
+                    if not callbacks:
+                        del self._callbacks[job_id]
         return self._records.get(job_id)
 
     def list_jobs(self, status: JobStatus | str | None = None, limit: int = 100, task: str | None = None) -> list[Job]:

@@ -323,6 +323,26 @@ class BaseResultBackend(abc.ABC):
         """Block until the job has a record or ``timeout`` passes (``None``: forever)."""
         return Poller(0.002, 0.1).until(lambda: self.get_full(job_id), timeout)
 
+    async def wait_async(self, job_id: str, timeout: float | None = None) -> Job | None:
+        """:meth:`wait` for ``async`` callers (``await job.aget()``): must not block
+        the event loop. The default looks with :meth:`get_full` in a thread,
+        backing off from 2 ms to 100 ms, so a waiting job holds no thread
+        between looks; a backend that can be told when a job is stored
+        should override it."""
+        import asyncio
+
+        deadline = None if timeout is None else time.monotonic() + timeout
+        interval = 0.002
+        while True:
+            record = await asyncio.to_thread(self.get_full, job_id)
+            if record is not None:
+                return record
+            left = None if deadline is None else deadline - time.monotonic()
+            if left is not None and left <= 0:
+                return None
+            await asyncio.sleep(interval if left is None else min(interval, left))
+            interval = min(interval * 2, 0.1)
+
     def count(self) -> int:
         """Number of stored records (backends should override with a cheap count)."""
         return len(self.list_jobs(limit=2**62))

@@ -38,8 +38,8 @@ def test_malformed_id_is_refused_before_any_backend_is_opened(cli):
 
 
 def test_unknown_backend_is_exit_6(cli):
-    out = cli("status", "abc", env={"NUVOM_QUEUE_BACKEND": "redis"})
-    assert_one_line_error(out, 6, "unknown queue backend 'redis'", "NUVOM_QUEUE_BACKEND")
+    out = cli("status", "abc", env={"NUVOM_QUEUE_BACKEND": "no-such-store"})
+    assert_one_line_error(out, 6, "unknown queue backend 'no-such-store'", "NUVOM_QUEUE_BACKEND")
 
 
 def test_unknown_result_backend_is_exit_6(cli):

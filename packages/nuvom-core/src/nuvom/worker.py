@@ -131,6 +131,8 @@ class Worker:
         self.max_workers = max_workers or self.settings.max_workers
         self.batch_size = batch_size or self.settings.batch_size
         self.registry = registry if registry is not None else app.registry
+        # Which modules a job's import path may name (the project's, NUVOM_TASK_MODULES).
+        self._may_import = app.import_policy()
         self.dev = dev
         self.worker_id = worker_id or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
         self._queue = queue
@@ -196,7 +198,7 @@ class Worker:
             settings=self.settings,
             hooks=Hooks.collect(self.app.hooks.snapshot(), plugins.started_plugins()),
             worker_id=self.worker_id,
-            may_import=self.app.import_policy(),
+            may_import=self._may_import,
             finish=self._finish,
             retry=self._retry,
         )
@@ -363,7 +365,7 @@ class Worker:
         try:
             # Imports the task's module on first sight (a lazy entry, or the job's
             # task path), as the executor would; once per task.
-            task = self.registry.resolve(job.func_name, job.task_path)
+            task = self.registry.resolve(job.func_name, job.task_path, may_import=self._may_import)
         except Exception:
             task = None  # the executor's prepare() reports why
         if task is not None:

@@ -5,17 +5,21 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
+from nuvom.cli._help import NuvomCommand, sub_app
 from nuvom.cli._errors import EXIT_INVALID, EXIT_USAGE, CliError, NotFound
 from nuvom.cli._output import Format
 
 if TYPE_CHECKING:
     from nuvom.job import Job
 
-__all__ = ["history_app", "inspect_app", "retry_app", "status"]
+__all__ = ["MAX_LIMIT", "history_app", "inspect_app", "retry_app", "status"]
+
+#: The most jobs `history recent` prints at once (larger numbers are a usage error, not a backend overflow).
+MAX_LIMIT = 10_000
 
 JobId = Annotated[str, typer.Argument(metavar="JOB_ID", help="The id printed by .delay() or `nuvom history recent`.")]
 FormatOpt = Annotated[
-    Format, typer.Option("--format", "-f", case_sensitive=False, help="table for people, json for scripts.")
+    Format, typer.Option("--format", "-f", case_sensitive=False, metavar="table|json", help="table for people, json for scripts.")
 ]
 
 
@@ -86,7 +90,7 @@ def status(job_id: JobId, format: FormatOpt = Format.table) -> None:
 
 
 # -- inspect job --------------------------------------------------------------
-inspect_app = typer.Typer(help="Inspect a job in detail.", no_args_is_help=True)
+inspect_app = sub_app("Inspect a job in detail.")
 
 
 @inspect_app.callback()
@@ -94,7 +98,7 @@ def _inspect() -> None:
     """Inspect a job in detail."""
 
 
-@inspect_app.command("job")
+@inspect_app.command("job", cls=NuvomCommand)
 def inspect_job(job_id: JobId, format: FormatOpt = Format.table) -> None:
     """Everything recorded about a job: arguments, result, error, traceback, attempts, timings.
 
@@ -168,7 +172,7 @@ def _print_job(job: Job) -> None:
 
 
 # -- history recent -------------------------------------------------------------
-history_app = typer.Typer(help="Browse finished jobs.", no_args_is_help=True)
+history_app = sub_app("Browse finished jobs.")
 
 
 @history_app.callback()
@@ -176,11 +180,11 @@ def _history() -> None:
     """Browse finished jobs."""
 
 
-@history_app.command("recent")
+@history_app.command("recent", cls=NuvomCommand)
 def history_recent(
-    limit: Annotated[int, typer.Option("--limit", "-n", min=1, help="How many jobs to show.")] = 20,
+    limit: Annotated[int, typer.Option("--limit", "-n", min=1, max=MAX_LIMIT, metavar="N", help="How many jobs to show.")] = 20,
     status: Annotated[str | None, typer.Option("--status", "-s", metavar="STATUS", help="SUCCESS or FAILED.")] = None,
-    task: Annotated[str | None, typer.Option("--task", "-t", help="Only jobs of this task.")] = None,
+    task: Annotated[str | None, typer.Option("--task", "-t", metavar="NAME", help="Only jobs of this task.")] = None,
     format: FormatOpt = Format.table,
 ) -> None:
     """The most recently finished jobs, newest first.
@@ -251,7 +255,7 @@ def history_recent(
 
 
 # -- retry job ------------------------------------------------------------------
-retry_app = typer.Typer(help="Queue failed jobs again.", no_args_is_help=True)
+retry_app = sub_app("Queue failed jobs again.")
 
 
 @retry_app.callback()
@@ -259,7 +263,7 @@ def _retry() -> None:
     """Queue failed jobs again."""
 
 
-@retry_app.command("job")
+@retry_app.command("job", cls=NuvomCommand)
 def retry_job(job_id: JobId, format: FormatOpt = Format.table) -> None:
     """Queue a FAILED job again, as a new job with a fresh set of retries.
 

@@ -77,9 +77,7 @@ def test_config_plugins_flag_is_what_imports_plugins(tmp_path, env_for, nuvom):
         ("interrupter:InterruptPlugin", "InterruptPlugin", "KeyboardInterrupt"),
     ],
 )
-def test_plugin_status_reports_exit_and_interrupt_at_import_by_name(
-    tmp_path, env_for, nuvom, target, name, fragment
-):
+def test_plugin_status_reports_exit_and_interrupt_at_import_by_name(tmp_path, env_for, nuvom, target, name, fragment):
     env = env_for(tmp_path)
     write_hostile_plugins(tmp_path, target)
     proc = nuvom(["plugin", "status", "-f", "json"], tmp_path, env, timeout=DEADLINE)
@@ -92,4 +90,3 @@ def test_plugin_status_reports_exit_and_interrupt_at_import_by_name(
     assert table.returncode == 0, table.stderr
     row = next(line for line in table.stdout.splitlines() if name in line)
     assert "failed" in row
-

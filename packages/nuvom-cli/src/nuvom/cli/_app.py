@@ -174,7 +174,9 @@ app = typer.Typer(
 def _root(
     ctx: typer.Context,
     debug: Annotated[bool, typer.Option("--debug", help="Show the full traceback when a command fails.")] = False,
-    version: Annotated[bool, typer.Option("--version", help="Print the versions of the nuvom packages and exit.")] = False,
+    version: Annotated[
+        bool, typer.Option("--version", help="Print the versions of the nuvom packages and exit.")
+    ] = False,
     format: Annotated[
         Format,
         typer.Option(

@@ -10,7 +10,10 @@ from nuvom.cli._output import Format
 __all__ = ["config", "plugin_settings"]
 
 FormatOpt = Annotated[
-    Format, typer.Option("--format", "-f", case_sensitive=False, metavar="table|json", help="table for people, json for scripts.")
+    Format,
+    typer.Option(
+        "--format", "-f", case_sensitive=False, metavar="table|json", help="table for people, json for scripts."
+    ),
 ]
 
 
@@ -76,7 +79,9 @@ def _jsonable(value: Any) -> Any:
 def config(
     plugins: Annotated[
         bool,
-        typer.Option("--plugins", help="Also the settings of the plugins of .nuvom_plugins.toml and entry points (imports them)."),
+        typer.Option(
+            "--plugins", help="Also the settings of the plugins of .nuvom_plugins.toml and entry points (imports them)."
+        ),
     ] = False,
     format: FormatOpt = Format.table,
 ) -> None:

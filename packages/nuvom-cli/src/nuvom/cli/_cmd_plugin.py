@@ -13,7 +13,10 @@ from nuvom.cli._output import Format
 __all__ = ["plugin_app"]
 
 FormatOpt = Annotated[
-    Format, typer.Option("--format", "-f", case_sensitive=False, metavar="table|json", help="table for people, json for scripts.")
+    Format,
+    typer.Option(
+        "--format", "-f", case_sensitive=False, metavar="table|json", help="table for people, json for scripts."
+    ),
 ]
 
 plugin_app = sub_app("Inspect, test and create plugins.")
@@ -206,7 +209,10 @@ def plugin_scaffold(
         Path | None, typer.Option("--dir", "-d", metavar="DIR", help="Where to write it (default: ./nuvom-NAME).")
     ] = None,
     kind: Annotated[
-        str, typer.Option("--kind", "-k", metavar="KIND", help="result_backend (a backend named NAME) or hooks (job hooks).")
+        str,
+        typer.Option(
+            "--kind", "-k", metavar="KIND", help="result_backend (a backend named NAME) or hooks (job hooks)."
+        ),
     ] = "result_backend",
     cli: Annotated[bool, typer.Option("--cli", help="Also add a `nuvom NAME ...` sub-command.")] = False,
     force: Annotated[bool, typer.Option("--force", help="Write into a non-empty directory.")] = False,

@@ -16,7 +16,10 @@ if TYPE_CHECKING:
 __all__ = ["discover_app", "list_app", "task_document"]
 
 FormatOpt = Annotated[
-    Format, typer.Option("--format", "-f", case_sensitive=False, metavar="table|json", help="table for people, json for scripts.")
+    Format,
+    typer.Option(
+        "--format", "-f", case_sensitive=False, metavar="table|json", help="table for people, json for scripts."
+    ),
 ]
 #: Trees with at least this many Python files get a progress bar (on a terminal).
 PROGRESS_THRESHOLD = 200
@@ -201,11 +204,18 @@ def discover_tasks_cmd(
     ] = None,
     include: Annotated[
         list[str] | None,
-        typer.Option("--include", "-i", metavar="PATTERN", help="Only paths matching this gitignore-style pattern (repeatable)."),
+        typer.Option(
+            "--include", "-i", metavar="PATTERN", help="Only paths matching this gitignore-style pattern (repeatable)."
+        ),
     ] = None,
     exclude: Annotated[
         list[str] | None,
-        typer.Option("--exclude", "-e", metavar="PATTERN", help="Skip paths matching this pattern (repeatable), on top of .nuvomignore."),
+        typer.Option(
+            "--exclude",
+            "-e",
+            metavar="PATTERN",
+            help="Skip paths matching this pattern (repeatable), on top of .nuvomignore.",
+        ),
     ] = None,
     progress: Annotated[
         bool | None,

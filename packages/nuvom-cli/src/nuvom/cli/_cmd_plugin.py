@@ -236,6 +236,8 @@ def plugin_scaffold(
         files = scaffold(name, target, kind=kind, cli=cli, force=force)
     except FileExistsError as exc:
         raise CliError(str(exc), EXIT_USAGE) from None
+    except OSError as exc:  # a name the file system refuses, no permission, ...
+        raise CliError(f"--dir {target}: cannot be written ({exc.strerror or exc})", EXIT_USAGE) from None
     package = f"nuvom_{normal}"
     if format is Format.json:
         from nuvom.cli._output import print_json

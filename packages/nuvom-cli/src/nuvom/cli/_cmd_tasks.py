@@ -238,10 +238,14 @@ def discover_tasks_cmd(
 
     settings = load_project_settings()
     setup_logging(settings.log_level, quiet=True)
-    scan_root = (root or Path.cwd()).resolve()
-    if not scan_root.is_dir():
-        from nuvom.cli._errors import EXIT_USAGE, CliError
+    from nuvom.cli._errors import EXIT_USAGE, CliError
 
+    scan_root = (root or Path.cwd()).resolve()
+    try:
+        is_dir = scan_root.is_dir()
+    except OSError as exc:  # e.g. a name longer than the file system allows
+        raise CliError(f"--root {root}: {exc.strerror or exc}", EXIT_USAGE) from None
+    if not is_dir:
         raise CliError(f"--root {root}: not a directory", EXIT_USAGE)
     bar = _Progress(progress)
     try:

@@ -85,7 +85,7 @@ def config(
     ] = False,
     format: FormatOpt = Format.table,
 ) -> None:
-    """Every setting (core, backends, and plugins with --plugins), its value and where it came from: environment, .env or default.
+    """Every setting (core, backends; plugins with --plugins), its value and source: environment, .env or default.
 
     Example: [bold]NUVOM_MAX_WORKERS=8 nuvom config[/]   or   [bold]nuvom config --plugins[/]
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
-from nuvom.cli._help import NuvomCommand, sub_app
 from nuvom.cli._errors import EXIT_INVALID, EXIT_USAGE, CliError, NotFound
+from nuvom.cli._help import NuvomCommand, sub_app
 from nuvom.cli._output import Format
 
 if TYPE_CHECKING:
@@ -342,8 +342,9 @@ def _print_history_narrow(out: Any, jobs: list[Job]) -> None:
     out.print(f"[bold]Last {len(jobs)} finished job(s)[/]")
     for job in jobs:
         took = fmt_duration(last_attempt_secs(job))
+        when = fmt_time_short(job.finished_at)
         out.print(
-            f"{job.id}  {styled_status(job.status.value)}  try {job.attempts}  {fmt_time_short(job.finished_at)}  {took}",
+            f"{job.id}  {styled_status(job.status.value)}  try {job.attempts}  {when}  {took}",
             no_wrap=True,
             overflow="ellipsis",
         )

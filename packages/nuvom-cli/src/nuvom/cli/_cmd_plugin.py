@@ -6,8 +6,8 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from nuvom.cli._help import NuvomCommand, sub_app
 from nuvom.cli._errors import EXIT_FAILED, EXIT_USAGE, CliError
+from nuvom.cli._help import NuvomCommand, sub_app
 from nuvom.cli._output import Format
 
 __all__ = ["plugin_app"]

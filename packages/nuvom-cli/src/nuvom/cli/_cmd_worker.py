@@ -9,8 +9,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
-from nuvom.cli._help import NuvomCommand, sub_app
 from nuvom.cli._errors import EXIT_FAILED, EXIT_INVALID, EXIT_OK, CliError
+from nuvom.cli._help import NuvomCommand, sub_app
 from nuvom.cli._output import Format
 
 if TYPE_CHECKING:

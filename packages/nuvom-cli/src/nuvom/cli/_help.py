@@ -12,6 +12,9 @@ from __future__ import annotations
 import re
 from typing import Any
 
+import typer
+from typer.core import TyperCommand, TyperGroup
+
 __all__ = ["NuvomCommand", "NuvomSubGroup", "format_command_help", "plain", "sub_app"]
 
 _MARKUP = re.compile(r"\[/?[a-z][a-z ]*\]|\[/\]")
@@ -113,28 +116,20 @@ def format_command_help(command: Any, ctx: Any, formatter: Any) -> None:
                 formatter.write_dl(rows)
 
 
-def _typer_core() -> Any:
-    from typer import core
-
-    return core
-
-
-class NuvomCommand(_typer_core().TyperCommand):  # type: ignore[misc]
+class NuvomCommand(TyperCommand):
     """A command whose help is plain text (no rich, no type labels)."""
 
     def format_help(self, ctx: Any, formatter: Any) -> None:
         format_command_help(self, ctx, formatter)
 
 
-class NuvomSubGroup(_typer_core().TyperGroup):  # type: ignore[misc]
+class NuvomSubGroup(TyperGroup):
     """A group of commands (``inspect``, ``history``, ...) with plain help."""
 
     def format_help(self, ctx: Any, formatter: Any) -> None:
         format_command_help(self, ctx, formatter)
 
 
-def sub_app(help: str) -> Any:
+def sub_app(help: str) -> typer.Typer:
     """A ``typer.Typer`` for a group of sub-commands, with plain help."""
-    import typer
-
     return typer.Typer(help=help, no_args_is_help=True, cls=NuvomSubGroup, rich_markup_mode=None)

@@ -136,7 +136,7 @@ def attempt_secs(attempt: Any) -> float | None:
     """How long one attempt ran; ``None`` while it runs."""
     if attempt.finished_at is None:
         return None
-    return max(0.0, attempt.finished_at - attempt.started_at)
+    return max(0.0, float(attempt.finished_at) - float(attempt.started_at))
 
 
 def last_attempt_secs(job: Job) -> float | None:

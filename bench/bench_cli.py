@@ -3,16 +3,21 @@
     python bench/bench_cli.py                      # 30 runs of each command
     python bench/bench_cli.py --runs 50 --old-venv /tmp/venv-oldnuvom-cli
 
-Each command is run as a fresh process (the way a shell runs it) after two
-warm-up runs; the figures are the median, the fastest and the 90th
-percentile of the wall time, and the median CPU time (user + system, steadier
-on a busy machine), in milliseconds. Measured:
+Each command is run as a fresh process (the way a shell runs it), the
+commands interleaved (one run of each in turn, after two warm-up rounds); the
+figures are the median, the fastest and the 90th percentile of the wall time,
+and the median CPU time (user + system, steadier on a busy machine), in
+milliseconds, and the median as a multiple of ``python -c pass``. Measured:
 
 * ``python -c pass``: the interpreter alone, the floor for any Python CLI;
-* ``nuvom --help``: the whole command tree and its rich help (target < 250 ms);
-* ``nuvom status <id>``: settings, plugins and the configured backend opened,
-  one finished job read and printed (file backend unless configured otherwise);
-* ``nuvom status <id> --format json``;
+* ``import typer``: the command-line framework alone;
+* core imports of a read command: nuvom.app, settings, the SDK and the
+  configured backends built, without the CLI: the floor of ``status``;
+* ``nuvom --help``: the whole command tree and its help (goal <= 150 ms);
+* ``nuvom status <id>``: settings and the configured backend opened, one
+  finished job read and printed (goal <= 250 ms, as for the next three);
+* ``nuvom status <id> --format json``, ``nuvom inspect job <id>``,
+  ``nuvom history recent``;
 * the same two commands of nuvom 0.11.2, when a virtual environment with it
   is given (``python -m venv /tmp/venv-oldnuvom-cli &&
   /tmp/venv-oldnuvom-cli/bin/pip install nuvom==0.11.2 'click<8.2'``; its
@@ -40,6 +45,12 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent
 
+#: What a read command needs from core and the backend, whatever the CLI does:
+#: the app (settings, pydantic models), the SDK and the configured backend.
+CORE_IMPORTS = (
+    "import nuvom.sdk, nuvom.config; from nuvom.app import default_app; app = default_app(); app.results; app.queue"
+)
+
 STORE_JOB = """
 import time
 from nuvom.backends import get_result_backend
@@ -58,27 +69,40 @@ def _children_cpu() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def time_command(cmd: list[str], cwd: Path, env: dict[str, str], runs: int) -> dict[str, Any]:
-    """Wall time and CPU time (user + system) of ``cmd``; CPU time moves less
-    than wall time when the machine is busy with other work."""
-    wall, cpu = [], []
+def run_once(cmd: list[str], cwd: Path, env: dict[str, str]) -> tuple[float, float]:
+    """Wall and CPU time (user + system) of one run of ``cmd``, in ms; CPU time
+    moves less than wall time when the machine is busy with other work."""
+    c0, t0 = _children_cpu(), time.perf_counter()
+    proc = subprocess.run(cmd, cwd=cwd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    elapsed, used = time.perf_counter() - t0, _children_cpu() - c0
+    if proc.returncode not in (0, 3):  # 3: `status` of an unknown id
+        raise SystemExit(f"{' '.join(cmd)} exited {proc.returncode}: {proc.stderr.decode()[-2000:]}")
+    return elapsed * 1000, used * 1000
+
+
+def time_commands(commands: dict[str, list[str]], cwd: Path, env: dict[str, str], runs: int) -> dict[str, Any]:
+    """Each command ``runs`` times, interleaved (one run of each in turn), after
+    two warm-up rounds: a burst of load on the machine touches every command
+    alike instead of one, so the medians compare."""
+    wall: dict[str, list[float]] = {label: [] for label in commands}
+    cpu: dict[str, list[float]] = {label: [] for label in commands}
     for i in range(runs + 2):
-        c0, t0 = _children_cpu(), time.perf_counter()
-        proc = subprocess.run(cmd, cwd=cwd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        elapsed, used = time.perf_counter() - t0, _children_cpu() - c0
-        if proc.returncode not in (0, 3):  # 3: `status` of an unknown id
-            raise SystemExit(f"{' '.join(cmd)} exited {proc.returncode}: {proc.stderr.decode()[-2000:]}")
-        if i >= 2:  # two warm-up runs fill the OS file cache
-            wall.append(elapsed * 1000)
-            cpu.append(used * 1000)
-    wall.sort()
-    return {
-        "median_ms": round(statistics.median(wall), 1),
-        "min_ms": round(wall[0], 1),
-        "p90_ms": round(wall[int(0.9 * (len(wall) - 1))], 1),
-        "cpu_median_ms": round(statistics.median(cpu), 1),
-        "runs": runs,
-    }
+        for label, cmd in commands.items():
+            w, c = run_once(cmd, cwd, env)
+            if i >= 2:  # two warm-up rounds fill the OS file cache
+                wall[label].append(w)
+                cpu[label].append(c)
+    out = {}
+    for label in commands:
+        ws = sorted(wall[label])
+        out[label] = {
+            "median_ms": round(statistics.median(ws), 1),
+            "min_ms": round(ws[0], 1),
+            "p90_ms": round(ws[int(0.9 * (len(ws) - 1))], 1),
+            "cpu_median_ms": round(statistics.median(cpu[label]), 1),
+            "runs": runs,
+        }
+    return out
 
 
 def main() -> None:
@@ -103,11 +127,16 @@ def main() -> None:
             raise SystemExit(stored.stderr)
         job_id = stored.stdout.strip()
         nuvom = [str(args.nuvom)]
+        py = [sys.executable, "-c"]
         commands = {
-            "python -c pass": [sys.executable, "-c", "pass"],
+            "python -c pass": [*py, "pass"],
+            "import typer (the CLI framework)": [*py, "import typer"],
+            "core imports of a read command": [*py, CORE_IMPORTS],
             "nuvom --help": [*nuvom, "--help"],
             "nuvom status <id>": [*nuvom, "status", job_id],
             "nuvom status <id> --format json": [*nuvom, "status", job_id, "--format", "json"],
+            "nuvom inspect job <id>": [*nuvom, "inspect", "job", job_id],
+            "nuvom history recent": [*nuvom, "history", "recent"],
         }
         old = args.old_venv / "bin" / "nuvom"
         if old.exists():
@@ -115,12 +144,12 @@ def main() -> None:
             commands["nuvom 0.11.2: nuvom status <unknown id>"] = [str(old), "status", "0" * 32]
         else:
             print(f"(no {old}: the nuvom 0.11.2 figures are left out)", file=sys.stderr)
-        for label, cmd in commands.items():
-            results[label] = time_command(cmd, project, env, args.runs)
-            r = results[label]
+        results = time_commands(commands, project, env, args.runs)
+        floor = results["python -c pass"]["median_ms"]
+        for label, r in results.items():
             print(
                 f"{label:42} median {r['median_ms']:6.1f} ms  min {r['min_ms']:6.1f}  p90 {r['p90_ms']:6.1f}"
-                f"  cpu {r['cpu_median_ms']:6.1f} ms"
+                f"  cpu {r['cpu_median_ms']:6.1f} ms  ({r['median_ms'] / floor:4.1f}x python -c pass)"
             )
 
     out = ROOT / "results" / "cli.json"

@@ -241,6 +241,12 @@ def nuvom() -> Any:
 
 
 @pytest.fixture
+def nuvom_script() -> list[str]:
+    """The command line that runs the console script."""
+    return nuvom_command()
+
+
+@pytest.fixture
 def python() -> Any:
     """``python(code, cwd, env)``: run code in a separate Python process."""
     return run_python

@@ -200,13 +200,16 @@ def test_plugin_status_shows_discovery_settings_flag(cli):
     assert discovery and discovery[0]["settings"] is True
 
 
-def test_config_shows_plugin_settings(cli):
-    doc = json.loads(cli("config", "-f", "json", env={"NUVOM_DISCOVERY_POLL_SECS": "2.5"}).stdout)
+def test_config_shows_plugin_settings_with_plugins_flag(cli):
+    doc = json.loads(cli("config", "--plugins", "-f", "json", env={"NUVOM_DISCOVERY_POLL_SECS": "2.5"}).stdout)
     poll = doc["plugins"]["discovery"]["NUVOM_DISCOVERY_POLL_SECS"]
     assert (poll["value"], poll["source"]) == (2.5, "environment")
+    # Plain `config` imports no plugin, so their settings are not listed.
+    plain = json.loads(cli("config", "-f", "json", env={"NUVOM_DISCOVERY_POLL_SECS": "2.5"}).stdout)
+    assert "discovery" not in plain["plugins"]
 
 
 def test_bad_plugin_setting_is_one_line_naming_it(cli):
-    out = cli("config", env={"NUVOM_DISCOVERY_POLL_SECS": "often"})
+    out = cli("config", "--plugins", env={"NUVOM_DISCOVERY_POLL_SECS": "often"})
     assert out.exit_code == 5
     assert out.stderr.count("\n") == 1 and "NUVOM_DISCOVERY_POLL_SECS" in out.stderr

@@ -10,7 +10,10 @@ from nuvom.cli._output import Format
 __all__ = ["config", "plugin_settings"]
 
 FormatOpt = Annotated[
-    Format, typer.Option("--format", "-f", case_sensitive=False, help="table for people, json for scripts.")
+    Format,
+    typer.Option(
+        "--format", "-f", case_sensitive=False, metavar="table|json", help="table for people, json for scripts."
+    ),
 ]
 
 
@@ -24,9 +27,11 @@ def _load_plugin_settings(cls: type, plugin: str) -> Any:
         raise ConfigError(f"{exc} (a setting of plugin {plugin!r})") from None
 
 
-def plugin_settings() -> list[tuple[str, Any]]:
-    """``(name, settings instance)`` for the selected backends and every loaded
-    plugin that declare a ``settings_class`` (each class once)."""
+def plugin_settings(*, plugins: bool = True) -> list[tuple[str, Any]]:
+    """``(name, settings instance)`` for the selected backends and, when
+    ``plugins``, every loaded plugin that declare a ``settings_class`` (each
+    class once). Backends come from entry points; plugins are imported, so
+    ``nuvom config`` asks for them only with ``--plugins``."""
     from nuvom.app import default_app
 
     app = default_app()
@@ -41,6 +46,8 @@ def plugin_settings() -> list[tuple[str, Any]]:
         if cls is not None and cls not in seen:
             seen.add(cls)
             out.append((name, _load_plugin_settings(cls, name)))
+    if not plugins:
+        return out
     for record in app.plugins.discover():
         cls = getattr(type(record.plugin), "settings_class", None) if record.plugin is not None else None
         if cls is not None and cls not in seen:
@@ -69,20 +76,29 @@ def _jsonable(value: Any) -> Any:
     return str(value)
 
 
-def config(format: FormatOpt = Format.table) -> None:
-    """Every setting (core and plugins), its value and where it came from: environment, .env or default.
+def config(
+    plugins: Annotated[
+        bool,
+        typer.Option(
+            "--plugins", help="Also the settings of the plugins of .nuvom_plugins.toml and entry points (imports them)."
+        ),
+    ] = False,
+    format: FormatOpt = Format.table,
+) -> None:
+    """Every setting (core, backends; plugins with --plugins), its value and source: environment, .env or default.
 
-    Example: [bold]NUVOM_MAX_WORKERS=8 nuvom config[/]
+    Example: [bold]NUVOM_MAX_WORKERS=8 nuvom config[/]   or   [bold]nuvom config --plugins[/]
 
     Also shows which queue and result backends are in use and why. A bad
-    value is reported as one line naming the variable (exit code 5).
+    value is reported as one line naming the variable (exit code 5). Without
+    --plugins no plugin is imported, so a broken plugin cannot stop it.
     """
     from nuvom.cli._project import backend_report, load_project_settings, setup_logging
 
     settings = load_project_settings()
     setup_logging(settings.log_level, quiet=True)
     core = _describe(settings)
-    plugins = [(name, _describe(s)) for name, s in plugin_settings()]
+    sections = [(name, _describe(s)) for name, s in plugin_settings(plugins=plugins)]
     backends = backend_report(settings)
     if format is Format.json:
         from nuvom.cli._output import print_json
@@ -96,7 +112,7 @@ def config(format: FormatOpt = Format.table) -> None:
         print_json(
             {
                 "settings": section(core),
-                "plugins": {name: section(rows) for name, rows in plugins},
+                "plugins": {name: section(rows) for name, rows in sections},
                 "backends": backends,
             }
         )
@@ -107,7 +123,7 @@ def config(format: FormatOpt = Format.table) -> None:
 
     out = console()
     source_style = {"environment": "bold cyan", ".env": "bold magenta", "default": "dim"}
-    for title, rows in [("Settings", core), *((f"Plugin {name}", r) for name, r in plugins)]:
+    for title, rows in [("Settings", core), *((f"Plugin {name}", r) for name, r in sections)]:
         table = Table(title=title, title_justify="left", title_style="bold")
         table.add_column("variable", no_wrap=True)
         table.add_column("value", overflow="fold")

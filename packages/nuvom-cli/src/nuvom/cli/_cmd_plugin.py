@@ -7,15 +7,19 @@ from typing import Annotated, Any
 
 import typer
 from nuvom.cli._errors import EXIT_FAILED, EXIT_USAGE, CliError
+from nuvom.cli._help import NuvomCommand, sub_app
 from nuvom.cli._output import Format
 
 __all__ = ["plugin_app"]
 
 FormatOpt = Annotated[
-    Format, typer.Option("--format", "-f", case_sensitive=False, help="table for people, json for scripts.")
+    Format,
+    typer.Option(
+        "--format", "-f", case_sensitive=False, metavar="table|json", help="table for people, json for scripts."
+    ),
 ]
 
-plugin_app = typer.Typer(help="Inspect, test and create plugins.", no_args_is_help=True)
+plugin_app = sub_app("Inspect, test and create plugins.")
 
 
 @plugin_app.callback()
@@ -23,9 +27,18 @@ def _plugin() -> None:
     """Inspect, test and create plugins."""
 
 
+def display_name(record: Any) -> str:
+    """The plugin's name; for one that failed before its class was read, the
+    class named by its target (``mod:SlowPlugin`` -> ``SlowPlugin``)."""
+    if record.name:
+        return str(record.name)
+    module, _, attr = str(record.target).partition(":")
+    return attr.rsplit(".", 1)[-1] or module
+
+
 def _record_document(record: Any) -> dict[str, Any]:
     return {
-        "name": record.name,
+        "name": display_name(record),
         "target": record.target,
         "source": record.source,
         "provides": list(record.provides),
@@ -62,7 +75,7 @@ def _backend_rows(app: Any) -> list[dict[str, Any]]:
     return rows
 
 
-@plugin_app.command("status")
+@plugin_app.command("status", cls=NuvomCommand)
 def plugin_status(format: FormatOpt = Format.table) -> None:
     """Every plugin found (entry points and .nuvom_plugins.toml): source, provides, api_version, loaded or the error.
 
@@ -124,7 +137,7 @@ def plugin_status(format: FormatOpt = Format.table) -> None:
         if r.error:
             where += f"\n[red]{escape(r.error)}[/]"
         table.add_row(
-            escape(r.name or "?"),
+            escape(display_name(r)),
             escape("\n".join(r.provides) or "-"),
             escape(r.api_version or "-"),
             "[green]loaded[/]" if ok else f"[red]{r.state}[/]",
@@ -143,7 +156,7 @@ def plugin_status(format: FormatOpt = Format.table) -> None:
         out.print(ext)
 
 
-@plugin_app.command("test")
+@plugin_app.command("test", cls=NuvomCommand)
 def plugin_test(
     target: Annotated[
         str,
@@ -189,14 +202,17 @@ def plugin_test(
         raise typer.Exit(EXIT_FAILED)
 
 
-@plugin_app.command("scaffold")
+@plugin_app.command("scaffold", cls=NuvomCommand)
 def plugin_scaffold(
-    name: Annotated[str, typer.Argument(help="Plugin name: letters, digits, '-' or '_' (e.g. hello).")],
+    name: Annotated[str, typer.Argument(metavar="NAME", help="Plugin name: letters, digits, '-' or '_' (e.g. hello).")],
     directory: Annotated[
-        Path | None, typer.Option("--dir", "-d", help="Where to write it (default: ./nuvom-NAME).")
+        Path | None, typer.Option("--dir", "-d", metavar="DIR", help="Where to write it (default: ./nuvom-NAME).")
     ] = None,
     kind: Annotated[
-        str, typer.Option("--kind", "-k", help="result_backend (a backend named NAME) or hooks (job hooks).")
+        str,
+        typer.Option(
+            "--kind", "-k", metavar="KIND", help="result_backend (a backend named NAME) or hooks (job hooks)."
+        ),
     ] = "result_backend",
     cli: Annotated[bool, typer.Option("--cli", help="Also add a `nuvom NAME ...` sub-command.")] = False,
     force: Annotated[bool, typer.Option("--force", help="Write into a non-empty directory.")] = False,
@@ -220,6 +236,8 @@ def plugin_scaffold(
         files = scaffold(name, target, kind=kind, cli=cli, force=force)
     except FileExistsError as exc:
         raise CliError(str(exc), EXIT_USAGE) from None
+    except OSError as exc:  # a name the file system refuses, no permission, ...
+        raise CliError(f"--dir {target}: cannot be written ({exc.strerror or exc})", EXIT_USAGE) from None
     package = f"nuvom_{normal}"
     if format is Format.json:
         from nuvom.cli._output import print_json

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
+from nuvom.cli._help import NuvomCommand, sub_app
 from nuvom.cli._output import Format
 
 if TYPE_CHECKING:
@@ -15,7 +16,10 @@ if TYPE_CHECKING:
 __all__ = ["discover_app", "list_app", "task_document"]
 
 FormatOpt = Annotated[
-    Format, typer.Option("--format", "-f", case_sensitive=False, help="table for people, json for scripts.")
+    Format,
+    typer.Option(
+        "--format", "-f", case_sensitive=False, metavar="table|json", help="table for people, json for scripts."
+    ),
 ]
 #: Trees with at least this many Python files get a progress bar (on a terminal).
 PROGRESS_THRESHOLD = 200
@@ -80,7 +84,7 @@ def _tasks_table(tasks: list[Any], title: str) -> Any:
 
 
 # -- list tasks -----------------------------------------------------------------
-list_app = typer.Typer(help="List what the project defines.", no_args_is_help=True)
+list_app = sub_app("List what the project defines.")
 
 
 @list_app.callback()
@@ -88,9 +92,9 @@ def _list() -> None:
     """List what the project defines."""
 
 
-@list_app.command("tasks")
+@list_app.command("tasks", cls=NuvomCommand)
 def list_tasks(
-    tag: Annotated[str | None, typer.Option("--tag", help="Only tasks with this tag.")] = None,
+    tag: Annotated[str | None, typer.Option("--tag", metavar="TAG", help="Only tasks with this tag.")] = None,
     format: FormatOpt = Format.table,
 ) -> None:
     """The project's @task functions, from the manifest: name, module, retries, timeout, tags, description.
@@ -134,7 +138,7 @@ def list_tasks(
 
 
 # -- discover tasks -------------------------------------------------------------
-discover_app = typer.Typer(help="Find the project's tasks.", no_args_is_help=True)
+discover_app = sub_app("Find the project's tasks.")
 
 
 @discover_app.callback()
@@ -193,18 +197,25 @@ def discovery_document(report: DiscoveryReport) -> dict[str, Any]:
     }
 
 
-@discover_app.command("tasks")
+@discover_app.command("tasks", cls=NuvomCommand)
 def discover_tasks_cmd(
     root: Annotated[
-        Path | None, typer.Option("--root", help="Directory to scan (default: the current directory).")
+        Path | None, typer.Option("--root", metavar="DIR", help="Directory to scan (default: the current directory).")
     ] = None,
     include: Annotated[
         list[str] | None,
-        typer.Option("--include", "-i", help="Only paths matching this gitignore-style pattern (repeatable)."),
+        typer.Option(
+            "--include", "-i", metavar="PATTERN", help="Only paths matching this gitignore-style pattern (repeatable)."
+        ),
     ] = None,
     exclude: Annotated[
         list[str] | None,
-        typer.Option("--exclude", "-e", help="Skip paths matching this pattern (repeatable), on top of .nuvomignore."),
+        typer.Option(
+            "--exclude",
+            "-e",
+            metavar="PATTERN",
+            help="Skip paths matching this pattern (repeatable), on top of .nuvomignore.",
+        ),
     ] = None,
     progress: Annotated[
         bool | None,
@@ -227,10 +238,14 @@ def discover_tasks_cmd(
 
     settings = load_project_settings()
     setup_logging(settings.log_level, quiet=True)
-    scan_root = (root or Path.cwd()).resolve()
-    if not scan_root.is_dir():
-        from nuvom.cli._errors import EXIT_USAGE, CliError
+    from nuvom.cli._errors import EXIT_USAGE, CliError
 
+    scan_root = (root or Path.cwd()).resolve()
+    try:
+        is_dir = scan_root.is_dir()
+    except OSError as exc:  # e.g. a name longer than the file system allows
+        raise CliError(f"--root {root}: {exc.strerror or exc}", EXIT_USAGE) from None
+    if not is_dir:
         raise CliError(f"--root {root}: not a directory", EXIT_USAGE)
     bar = _Progress(progress)
     try:

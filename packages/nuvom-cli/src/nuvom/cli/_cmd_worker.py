@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import typer
 from nuvom.cli._errors import EXIT_FAILED, EXIT_INVALID, EXIT_OK, CliError
+from nuvom.cli._help import NuvomCommand, sub_app
 from nuvom.cli._output import Format
 
 if TYPE_CHECKING:
@@ -22,7 +23,10 @@ __all__ = ["runtestworker_app", "runworker"]
 log = logging.getLogger("nuvom.cli")
 
 FormatOpt = Annotated[
-    Format, typer.Option("--format", "-f", case_sensitive=False, help="table for people, json for scripts.")
+    Format,
+    typer.Option(
+        "--format", "-f", case_sensitive=False, metavar="table|json", help="table for people, json for scripts."
+    ),
 ]
 
 
@@ -55,11 +59,15 @@ def register_manifest_tasks(settings: Settings, root: Path, *, scan_for: str | N
 def runworker(
     workers: Annotated[
         int | None,
-        typer.Option("--workers", "-w", min=1, max=1024, help="Worker threads (default NUVOM_MAX_WORKERS)."),
+        typer.Option(
+            "--workers", "-w", min=1, max=1024, metavar="N", help="Worker threads (default NUVOM_MAX_WORKERS)."
+        ),
     ] = None,
     batch_size: Annotated[
         int | None,
-        typer.Option("--batch-size", "-b", min=1, max=10_000, help="Jobs claimed per round trip (NUVOM_BATCH_SIZE)."),
+        typer.Option(
+            "--batch-size", "-b", min=1, max=10_000, metavar="N", help="Jobs claimed per round trip (NUVOM_BATCH_SIZE)."
+        ),
     ] = None,
     dev: Annotated[bool, typer.Option("--dev", help="Reload tasks when the code or the manifest changes.")] = False,
     pool: Annotated[
@@ -180,7 +188,7 @@ def _executors_line(worker: Worker) -> str:
 
 
 # -- runtestworker run ------------------------------------------------------------
-runtestworker_app = typer.Typer(help="Run one job here and now, without a queue.", no_args_is_help=True)
+runtestworker_app = sub_app("Run one job here and now, without a queue.")
 
 
 @runtestworker_app.callback()
@@ -223,10 +231,13 @@ def _read_job_file(path: Path) -> Job:
         raise CliError(f"{path}: not a valid job ({one_line(str(exc))})", EXIT_INVALID) from None
 
 
-@runtestworker_app.command("run")
+@runtestworker_app.command("run", cls=NuvomCommand)
 def runtestworker_run(
     job_file: Annotated[
-        Path, typer.Option("--job-file", "-j", help='JSON file: {"func_name": ..., "args": [...], "kwargs": {...}}.')
+        Path,
+        typer.Option(
+            "--job-file", "-j", metavar="FILE", help='JSON file: {"func_name": ..., "args": [...], "kwargs": {...}}.'
+        ),
     ],
     retries: Annotated[bool, typer.Option("--retries/--no-retries", help="Run the task's retries too.")] = True,
     format: FormatOpt = Format.table,
@@ -264,13 +275,13 @@ def runtestworker_run(
 
 
 def _print_outcome(job: Job) -> None:
-    from nuvom.cli._output import console, fmt_duration, short_repr, styled_status
+    from nuvom.cli._output import console, fmt_duration, last_attempt_secs, short_repr, styled_status
     from rich.markup import escape
     from rich.panel import Panel
     from rich.text import Text
 
     out = console()
-    took = fmt_duration(job.finished_at - job.started_at) if job.started_at and job.finished_at else "-"
+    took = fmt_duration(last_attempt_secs(job))
     out.print(f"{escape(job.func_name)}  {styled_status(job.status.value)}  attempts {job.attempts}  took {took}")
     if job.status.value == "SUCCESS":
         out.print(f"result: {escape(short_repr(job.result, 2000))}")

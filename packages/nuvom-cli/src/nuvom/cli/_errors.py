@@ -27,6 +27,7 @@ __all__ = [
     "exit_code_for",
     "options",
     "report",
+    "report_usage",
 ]
 
 EXIT_OK = 0
@@ -115,6 +116,19 @@ def report(exc: BaseException, *, debug: bool) -> int:
     else:
         hint = "" if debug else " (run `nuvom --debug ...` for the traceback)"
         message = f"unexpected {type(exc).__name__}: {one_line(str(exc))}{hint}"
+    return _write(message, code)
+
+
+def report_usage(exc: BaseException) -> int:
+    """A typer/click usage error (unknown option, value out of range, missing
+    argument) as one ``error:`` line naming the command; returns its exit code."""
+    ctx = getattr(exc, "ctx", None)
+    path = getattr(ctx, "command_path", None) or "nuvom"
+    message = one_line(str(exc.format_message()))  # type: ignore[attr-defined]
+    return _write(f"{path}: {message} (see `{path} --help`)", int(getattr(exc, "exit_code", EXIT_USAGE)))
+
+
+def _write(message: str, code: int) -> int:
     prefix = "\x1b[1;31merror:\x1b[0m" if _colour(sys.stderr) else "error:"
     sys.stderr.write(f"{prefix} {message}\n")
     sys.stderr.flush()

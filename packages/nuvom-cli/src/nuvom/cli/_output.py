@@ -21,13 +21,17 @@ if TYPE_CHECKING:
     from rich.console import Console
 
 __all__ = [
+    "UNLIMITED_WIDTH",
     "Format",
+    "attempt_secs",
     "console",
     "err_console",
     "fmt_duration",
     "fmt_time",
     "fmt_time_short",
+    "is_whole",
     "job_document",
+    "last_attempt_secs",
     "note",
     "print_json",
 ]
@@ -38,11 +42,27 @@ class Format(str, Enum):
     json = "json"
 
 
+#: Line width when stdout is not a terminal: wide enough that no id, task name
+#: or error message is cut or folded (a file or a pipe has no width to fit).
+UNLIMITED_WIDTH = 1_000_000
+
+
 def console() -> Console:
-    """A rich console on stdout (created per call: CliRunner swaps sys.stdout)."""
+    """A rich console on stdout (created per call: CliRunner swaps sys.stdout).
+
+    On a terminal, tables fit its width; anywhere else (a file, a pipe) values
+    are printed whole: see :func:`is_whole`."""
     from rich.console import Console
 
-    return Console(file=sys.stdout, highlight=False, soft_wrap=False)
+    out = Console(file=sys.stdout, highlight=False, soft_wrap=False)
+    if not out.is_terminal:
+        out.width = UNLIMITED_WIDTH
+    return out
+
+
+def is_whole(out: Console) -> bool:
+    """Whether ``out`` prints whole values (not a terminal): no truncation, no folding."""
+    return not out.is_terminal
 
 
 def err_console() -> Console:
@@ -72,7 +92,14 @@ def _default(value: Any) -> Any:
 
 
 def print_json(document: Any) -> None:
-    sys.stdout.write(json.dumps(document, indent=2, sort_keys=True, default=_default, ensure_ascii=False) + "\n")
+    text = json.dumps(document, indent=2, sort_keys=True, default=_default, ensure_ascii=False)
+    try:
+        text.encode(getattr(sys.stdout, "encoding", None) or "utf-8")
+    except UnicodeEncodeError:
+        # A stored string holding a lone surrogate (bytes that were not UTF-8),
+        # or a terminal that cannot show a character: \u escapes are valid JSON.
+        text = json.dumps(document, indent=2, sort_keys=True, default=_default, ensure_ascii=True)
+    sys.stdout.write(text + "\n")
     sys.stdout.flush()
 
 
@@ -105,6 +132,29 @@ def fmt_duration(secs: float | None) -> str:
     return f"{secs / 60:.1f} min"
 
 
+def attempt_secs(attempt: Any) -> float | None:
+    """How long one attempt ran; ``None`` while it runs."""
+    if attempt.finished_at is None:
+        return None
+    return max(0.0, float(attempt.finished_at) - float(attempt.started_at))
+
+
+def last_attempt_secs(job: Job) -> float | None:
+    """How long the job's last attempt ran: the last recorded attempt, or, for
+    a record without attempts, from ``started_at`` to ``finished_at``. Every
+    duration the CLI prints for a job comes from here or :func:`attempt_secs`,
+    so ``status``, ``inspect`` and the JSON agree."""
+    if job.history and job.history[-1].finished_at is not None:
+        return attempt_secs(job.history[-1])
+    if job.started_at is not None and job.finished_at is not None:
+        return max(0.0, job.finished_at - job.started_at)
+    return None
+
+
+def _rounded(secs: float | None) -> float | None:
+    return None if secs is None else round(secs, 6)
+
+
 def _error_document(error: Any) -> dict[str, Any] | None:
     if error is None:
         return None
@@ -113,9 +163,6 @@ def _error_document(error: Any) -> dict[str, Any] | None:
 
 def job_document(job: Job) -> dict[str, Any]:
     """The stable JSON shape of a job (docs/cli.md, "Job document")."""
-    duration = None
-    if job.started_at is not None and job.finished_at is not None:
-        duration = round(job.finished_at - job.started_at, 6)
     return {
         "id": job.id,
         "task": job.func_name,
@@ -136,7 +183,7 @@ def job_document(job: Job) -> dict[str, Any]:
         "not_before": job.not_before,
         "started_at": job.started_at,
         "finished_at": job.finished_at,
-        "duration_secs": duration,
+        "duration_secs": _rounded(last_attempt_secs(job)),
         "worker_id": job.worker_id,
         "executor": job.executor,
         "retry_of": job.retry_of,
@@ -148,7 +195,7 @@ def job_document(job: Job) -> dict[str, Any]:
                 "executor": a.executor,
                 "started_at": a.started_at,
                 "finished_at": a.finished_at,
-                "duration_secs": None if a.finished_at is None else round(a.finished_at - a.started_at, 6),
+                "duration_secs": _rounded(attempt_secs(a)),
                 "error": _error_document(a.error),
             }
             for a in job.history
@@ -169,6 +216,7 @@ def styled_status(status: str) -> str:
     return f"[{STATUS_STYLE.get(status, 'bold')}]{status}[/]"
 
 
-def short_repr(value: Any, limit: int = 80) -> str:
+def short_repr(value: Any, limit: int | None = 80) -> str:
+    """``repr(value)``, cut to ``limit`` characters (``None``: whole)."""
     text = repr(value)
-    return text if len(text) <= limit else text[: limit - 1] + "…"
+    return text if limit is None or len(text) <= limit else text[: limit - 1] + "…"

@@ -74,13 +74,21 @@ def runworker(
         str | None,
         typer.Option(
             "--pool",
+            metavar="thread|process",
             help="Where tasks that name no executor run: thread or process (NUVOM_EXECUTOR). "
             "async def tasks run on the worker's event loop unless this is process.",
         ),
     ] = None,
     processes: Annotated[
         int | None,
-        typer.Option("--processes", "-p", min=1, max=1024, help="Process pool size (NUVOM_PROCESSES; default: cores)."),
+        typer.Option(
+            "--processes",
+            "-p",
+            min=1,
+            max=1024,
+            metavar="N",
+            help="Process pool size (NUVOM_PROCESSES; default: cores).",
+        ),
     ] = None,
 ) -> None:
     """Run the worker engine until Ctrl+C (SIGINT) or SIGTERM, then stop gracefully (exit 0).

@@ -19,7 +19,7 @@ from nuvom._hooks import Hooks, call_hooks
 from nuvom._registry import TaskRegistry
 from nuvom._settings import Settings
 from nuvom._task import Task
-from nuvom.errors import NuvomError, SerializationError, WorkerLost
+from nuvom.errors import NuvomError, SerializationError, TaskNotFound, WorkerLost
 from nuvom.job import Attempt, Job, JobError
 
 __all__ = ["MAX_LOST_RUNS", "JobRunner", "error_of", "run_job"]
@@ -76,7 +76,14 @@ class JobRunner:
             return None
         try:
             return self.registry.resolve(job.func_name, job.task_path)
-        except Exception as exc:
+        except BaseException as exc:
+            # A task module that calls sys.exit() at import (a missing API key,
+            # say) fails the job like any import error; it never ends the thread.
+            if not isinstance(exc, Exception):
+                exc = TaskNotFound(
+                    f"importing task {job.func_name!r} raised {type(exc).__name__}({exc}); "
+                    "a task module must not exit or raise at import"
+                )
             self.fail_without_running(job, exc)
             return None
 
@@ -111,10 +118,12 @@ class JobRunner:
         now = time.time()
         if ok:
             try:
-                encoded = serialization.dumps(value, what=f"the result of task {job.func_name!r}")
-                if len(encoded) > self.max_payload_bytes:
+                # Checked one level down, where it sits in the stored job, so that
+                # what passes here is what the store can encode.
+                size = len(serialization.dumps([value], what=f"the result of task {job.func_name!r}")) - 1
+                if size > self.max_payload_bytes:
                     raise SerializationError(
-                        f"the result of task {job.func_name!r} is {len(encoded)} bytes encoded, over "
+                        f"the result of task {job.func_name!r} is {size} bytes encoded, over "
                         f"the limit of {self.max_payload_bytes} (NUVOM_MAX_PAYLOAD_BYTES)"
                     )
             except SerializationError as exc:

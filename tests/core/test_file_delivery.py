@@ -45,24 +45,24 @@ def test_ack_never_lets_a_reclaim_scan_take_the_acknowledged_claim(settings: Set
     [claimed] = queue.claim(1)
     # The claim's lease has run out (a long write, say); ack() must still not let
     # this process's own reclaim scan take the file for a dead worker's.
-    queue._claims[job.id].expiry_ns = 0  # noqa: SLF001
-    path = queue._claims[job.id].path  # noqa: SLF001
+    queue._claims[job.id].expiry_ns = 0
+    path = queue._claims[job.id].path
     expired = os.path.join(queue.claimed_dir, "0" * 20 + "-1-" + job.id + ".msgpack")
     os.replace(path, expired)
-    queue._claims[job.id].path = expired  # noqa: SLF001
+    queue._claims[job.id].path = expired
     stolen: list[Job] = []
-    recycle = queue._temp.recycle  # noqa: SLF001
+    recycle = queue._temp.recycle
     claimers: list[threading.Thread] = []
 
     def recycle_while_another_thread_claims(p: str) -> bool:
-        queue._next_reclaim = 0.0  # noqa: SLF001
+        queue._next_reclaim = 0.0
         t = threading.Thread(target=lambda: stolen.extend(queue.claim(10)), daemon=True)
         claimers.append(t)
         t.start()
         t.join(0.3)  # the claimer runs now, while ack() is between its steps
         return recycle(p)
 
-    queue._temp.recycle = recycle_while_another_thread_claims  # type: ignore[method-assign]  # noqa: SLF001
+    queue._temp.recycle = recycle_while_another_thread_claims  # type: ignore[method-assign]
     queue.ack([claimed.id])
     claimers[0].join(10)
     assert stolen == []
@@ -201,7 +201,7 @@ def test_a_fifo_or_directory_in_the_queue_is_skipped_with_one_warning(
     def claim_twice() -> None:
         try:
             got.extend(queue.claim(10))
-            queue._listed_at = float("-inf")  # noqa: SLF001 - list again: still one warning each
+            queue._listed_at = float("-inf")  # list again: still one warning each
             got.extend(queue.claim(10))
         except BaseException as exc:
             errors.append(exc)

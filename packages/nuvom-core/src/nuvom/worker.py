@@ -426,14 +426,19 @@ class Worker:
             slot.job = slot.task = slot.attempt = slot.deadline = None
             slot.timed_out = False
         _safe_log(log.error, "job %s (%s): handling it raised %s: %s", job.id, job.func_name, type(exc).__name__, exc)
-        if job.status in (JobStatus.RUNNING, JobStatus.PENDING):
-            try:
+        # A job already handed on (stored or waiting to be, or back in the queue
+        # for a retry) is left alone; any other is recorded now, as it stands if
+        # its fate was decided, else failed with what happened.
+        if job.id in self._unstored or job.status is JobStatus.RETRYING:
+            return True
+        try:
+            if not job.done:
                 error = error_of(exc)
                 error.message = f"the worker could not run this job: {type(exc).__name__}: {error.message}"
                 job.mark_failed(error, time.time(), self.worker_id)
-                self._finish(job)
-            except BaseException:
-                _safe_log(log.exception, "job %s: recording its failure failed", job.id)
+            self._finish(job)
+        except BaseException:
+            _safe_log(log.exception, "job %s: recording its failure failed", job.id)
         return True
 
     def _steal(self, thief: _Slot) -> Job | None:
@@ -598,7 +603,9 @@ class Worker:
         try:
             self.queue.requeue(jobs)
         except Exception:
-            log.exception("handing %d job(s) back to the queue failed; their lease will return them", len(jobs))
+            _safe_log(
+                log.exception, "handing %d job(s) back to the queue failed; their lease will return them", len(jobs)
+            )
 
 
 def _load(slot: _Slot) -> int:

@@ -333,6 +333,7 @@ class Worker:
 
     def _dispatch(self) -> None:
         queue, batch_size, capacity = self.queue, self.batch_size, self.capacity
+        failing: str | None = None  # the claim error being reported, logged once
         while not self._stopping.is_set():
             with self._room:
                 held = sum(map(_load, self._slots)) + len(self._unstored)
@@ -342,10 +343,19 @@ class Worker:
             want = min(batch_size, capacity - held)
             try:
                 jobs = queue.pop_batch(want, timeout=_DISPATCH_WAIT)
-            except Exception:
-                _safe_log(log.exception, "claiming jobs failed; retrying shortly")
+            except Exception as exc:
+                # One line per change of state, not one a second: a store that is
+                # read-only or corrupt says so once, and once more when it recovers.
+                if str(exc) != failing:
+                    failing = str(exc)
+                    _safe_log(
+                        log.error, "claiming jobs failed (%s: %s); trying again every second", type(exc).__name__, exc
+                    )
                 self._stopping.wait(1.0)
                 continue
+            if failing is not None:
+                failing = None
+                _safe_log(log.warning, "claiming jobs works again")
             if not jobs:
                 continue
             if self._stopping.is_set():

@@ -20,7 +20,7 @@ from nuvom._registry import TaskRegistry
 from nuvom._settings import Settings
 from nuvom._task import Task
 from nuvom.errors import NuvomError, SerializationError, TaskNotFound, WorkerLost
-from nuvom.job import Attempt, Job, JobError
+from nuvom.job import Attempt, Job, JobError, lease_secs_for
 
 __all__ = ["MAX_LOST_RUNS", "JobRunner", "error_of", "run_job"]
 
@@ -61,6 +61,8 @@ class JobRunner:
         self.hooks = hooks or Hooks()
         self.default_timeout_policy = settings.timeout_policy
         self.max_payload_bytes = settings.max_payload_bytes
+        self.lease_secs = settings.lease_secs
+        self.default_timeout_secs = settings.job_timeout_secs
         self.worker_id = worker_id
         self.finish = finish
         self.retry = retry
@@ -70,8 +72,16 @@ class JobRunner:
         settled without running (unknown task, lost too often)."""
         lost_total = job.mark_lost_runs(time.time())
         if lost_total > MAX_LOST_RUNS:
+            lease = lease_secs_for(
+                job.timeout_secs, lease_secs=self.lease_secs, default_timeout_secs=self.default_timeout_secs
+            )
             self.fail_without_running(
-                job, WorkerLost(f"job {job.id} was lost with its worker {lost_total} times; not run again")
+                job,
+                WorkerLost(
+                    f"job {job.id} was lost with its worker {lost_total} times: each time its claim's lease "
+                    f"({lease:g} s) ran out before an outcome was stored, because the worker died or stalled "
+                    "(stopped, or a task holding the GIL) for longer than that; not run again"
+                ),
             )
             return None
         try:

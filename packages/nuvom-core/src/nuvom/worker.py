@@ -572,7 +572,8 @@ class Worker:
                     self._store(batch)
             if not self._unstored or deadline is None or time.monotonic() >= deadline:
                 return
-            self._watch_stop.wait(min(self._store_backoff, max(0.0, deadline - time.monotonic())))
+            # The watchdog has stopped by now (its event is set): plain sleep for the backoff.
+            time.sleep(min(self._store_backoff, max(0.0, deadline - time.monotonic())))
 
     def _store(self, batch: list[Job]) -> None:
         """Write one group of finished jobs. On failure they stay in memory,

@@ -20,8 +20,8 @@ from nuvom._hooks import Hooks, call_hooks
 from nuvom._registry import TaskRegistry
 from nuvom._settings import Settings
 from nuvom._task import Task
-from nuvom.errors import NuvomError, SerializationError, WorkerLost
-from nuvom.job import Attempt, Executor, Job, JobError
+from nuvom.errors import NuvomError, SerializationError, TaskNotFound, WorkerLost
+from nuvom.job import Attempt, Executor, Job, JobError, lease_secs_for
 
 __all__ = ["MAX_LOST_RUNS", "JobRunner", "error_of", "run_job"]
 
@@ -64,6 +64,8 @@ class JobRunner:
         self.hooks = hooks or Hooks()
         self.default_timeout_policy = settings.timeout_policy
         self.max_payload_bytes = settings.max_payload_bytes
+        self.lease_secs = settings.lease_secs
+        self.default_timeout_secs = settings.job_timeout_secs
         self.worker_id = worker_id
         self.finish = finish
         self.retry = retry
@@ -73,13 +75,28 @@ class JobRunner:
         settled without running (unknown task, lost too often)."""
         lost_total = job.mark_lost_runs(time.time())
         if lost_total > MAX_LOST_RUNS:
+            lease = lease_secs_for(
+                job.timeout_secs, lease_secs=self.lease_secs, default_timeout_secs=self.default_timeout_secs
+            )
             self.fail_without_running(
-                job, WorkerLost(f"job {job.id} was lost with its worker {lost_total} times; not run again")
+                job,
+                WorkerLost(
+                    f"job {job.id} was lost with its worker {lost_total} times: each time its claim's lease "
+                    f"({lease:g} s) ran out before an outcome was stored, because the worker died or stalled "
+                    "(stopped, or a task holding the GIL) for longer than that; not run again"
+                ),
             )
             return None
         try:
             return self.registry.resolve(job.func_name, job.task_path, may_import=self.may_import)
-        except Exception as exc:
+        except BaseException as exc:
+            # A task module that calls sys.exit() at import (a missing API key,
+            # say) fails the job like any import error; it never ends the thread.
+            if not isinstance(exc, Exception):
+                exc = TaskNotFound(
+                    f"importing task {job.func_name!r} raised {type(exc).__name__}({exc}); "
+                    "a task module must not exit or raise at import"
+                )
             self.fail_without_running(job, exc)
             return None
 
@@ -118,10 +135,12 @@ class JobRunner:
         now = time.time()
         if ok:
             try:
-                encoded = serialization.dumps(value, what=f"the result of task {job.func_name!r}")
-                if len(encoded) > self.max_payload_bytes:
+                # Checked one level down, where it sits in the stored job, so that
+                # what passes here is what the store can encode.
+                size = len(serialization.dumps([value], what=f"the result of task {job.func_name!r}")) - 1
+                if size > self.max_payload_bytes:
                     raise SerializationError(
-                        f"the result of task {job.func_name!r} is {len(encoded)} bytes encoded, over "
+                        f"the result of task {job.func_name!r} is {size} bytes encoded, over "
                         f"the limit of {self.max_payload_bytes} (NUVOM_MAX_PAYLOAD_BYTES)"
                     )
             except SerializationError as exc:

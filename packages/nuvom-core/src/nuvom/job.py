@@ -263,7 +263,24 @@ class Job(BaseModel):
 
     # -- encoding -------------------------------------------------------------
     def to_bytes(self) -> bytes:
-        return serialization.dumps(self.model_dump(mode="json"), what=f"job {self.id}")
+        """The job as msgpack. Values (args, kwargs, result) are packed as they
+        are, never through a JSON rendering, so every value the serializer
+        accepts comes back exactly: bytes stay bytes, ``nan``/``inf`` stay
+        floats, integer keys stay integers."""
+        return serialization.dumps(self.to_dict(), what=f"job {self.id}")
+
+    def to_dict(self) -> dict[str, Any]:
+        """The job's fields as plain msgpack-ready values (status as its name,
+        errors and attempts as dicts); values are not copied."""
+        values = self.__dict__
+        out = {name: values[name] for name in _ALL_FIELDS_ORDER}
+        status = out["status"]
+        out["status"] = status.value if isinstance(status, JobStatus) else status
+        error = out["error"]
+        if error is not None:
+            out["error"] = _error_dict(error)
+        out["history"] = [_attempt_dict(a) for a in out["history"]]
+        return out
 
     @classmethod
     def from_bytes(cls, data: bytes) -> Job:
@@ -382,3 +399,22 @@ class Job(BaseModel):
 
 
 _ALL_FIELDS = frozenset(Job.model_fields)
+_ALL_FIELDS_ORDER = tuple(Job.model_fields)
+
+
+def _error_dict(error: JobError | dict[str, Any]) -> dict[str, Any]:
+    if isinstance(error, dict):
+        return error
+    return {"type": error.type, "message": error.message, "traceback": error.traceback}
+
+
+def _attempt_dict(attempt: Attempt | dict[str, Any]) -> dict[str, Any]:
+    if isinstance(attempt, dict):
+        return attempt
+    return {
+        "number": attempt.number,
+        "started_at": attempt.started_at,
+        "finished_at": attempt.finished_at,
+        "outcome": attempt.outcome,
+        "error": None if attempt.error is None else _error_dict(attempt.error),
+    }

@@ -39,10 +39,11 @@ from typing import Any, Literal
 
 from nuvom._hooks import Hooks
 from nuvom._registry import TaskRegistry
-from nuvom._runner import JobRunner
+from nuvom._runner import JobRunner, error_of
 from nuvom._settings import Settings
 from nuvom.app import App, default_app
-from nuvom.job import Executor, Job, effective_timeout
+from nuvom.errors import SerializationError
+from nuvom.job import Executor, Job, JobError, JobStatus, effective_timeout
 from nuvom.plugins.contracts import BaseJobQueue, BaseResultBackend
 
 __all__ = ["Worker"]
@@ -55,6 +56,9 @@ _DISPATCH_WAIT = 0.2
 _SIGNAL_POLL = 0.1
 # Longest the watchdog sleeps; bounds how late a timeout is noticed.
 _WATCHDOG_TICK = 0.1
+# Storing finished jobs failed: try again after this, doubling up to the maximum.
+_STORE_RETRY_FIRST = 0.2
+_STORE_RETRY_MAX = 5.0
 
 
 class _Slot:
@@ -147,6 +151,14 @@ class Worker:
         self._finished: list[Job] = []
         self._finished_lock = threading.Lock()
         self._flush_lock = threading.Lock()
+        # Finished jobs not yet stored (waiting, being written, or kept after a
+        # failed write): they hold claims, so they count against `capacity` and
+        # their leases are renewed like those of running jobs.
+        self._unstored: dict[str, Job] = {}
+        self._store_failing = False
+        self._store_retry_at = 0.0
+        self._store_backoff = _STORE_RETRY_FIRST
+        self._watch_stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self._started = False
         self.started_at: float | None = None
@@ -237,8 +249,10 @@ class Worker:
             self._scheduler.stop()
         with self._room:
             self._room.notify_all()
-        for t in self._threads:
-            t.join()
+        # The watchdog keeps enforcing timeouts and renewing leases through the
+        # grace period: a job past its timeout fails as it would have anyway.
+        dispatcher, watchdog = self._threads
+        dispatcher.join()
         executors = list(self._executors.values())
         for ex in executors:
             ex.begin_stop()
@@ -257,8 +271,10 @@ class Worker:
             self._handback(unstarted)
         deadline = time.monotonic() + grace
         for slot in list(self._slots):
-            if slot.thread is not None:
-                slot.thread.join(max(0.0, deadline - time.monotonic()))
+            thread = slot.thread
+            # An abandoned thread (timed out) is not waited for.
+            while thread is not None and thread.is_alive() and not slot.abandoned and time.monotonic() < deadline:
+                thread.join(min(0.05, max(0.0, deadline - time.monotonic())))
         # Every executor's running jobs share the one grace period.
         interrupted = 0
         for ex in executors:
@@ -267,6 +283,8 @@ class Worker:
             ex.close()
         if interrupted:
             log.warning("%d async or process job(s) still running after %.1f s grace; handed back", interrupted, grace)
+        self._watch_stop.set()
+        watchdog.join()
         # Still running after the grace period: the attempt counts; the job goes
         # back so another worker runs it again.
         stuck: list[Job] = []
@@ -280,6 +298,14 @@ class Worker:
             log.warning("%d job(s) still running after %.1f s grace; handed back to the queue", len(stuck), grace)
             self._handback(stuck)
         self._flush()
+        if self._unstored:
+            self._flush_retry(deadline=time.monotonic() + max(1.0, grace))
+        if self._unstored:
+            _safe_log(
+                log.error,
+                "%d finished job(s) could not be stored before the worker stopped; they run again after their lease",
+                len(self._unstored),
+            )
         self.app.plugins.stop(worker_only=True)
         self._stopped.set()
         log.info("worker %s stopped", self.worker_id)
@@ -408,13 +434,15 @@ class Worker:
             self._room.notify()
 
     def _room_left(self) -> int:
-        room = max(0, self.capacity - sum(map(_load, self._slots)))
+        # Finished jobs not yet stored still hold their claims: they count.
+        room = max(0, self.capacity - sum(map(_load, self._slots)) - len(self._unstored))
         for ex in list(self._executors.values()):
             room += max(0, ex.room())
         return room
 
     def _dispatch(self) -> None:
         queue, batch_size = self.queue, self.batch_size
+        failing: str | None = None  # the claim error being reported, logged once
         while not self._stopping.is_set():
             with self._room:
                 room = self._room_left()
@@ -424,10 +452,19 @@ class Worker:
             want = min(batch_size, room)
             try:
                 jobs = queue.pop_batch(want, timeout=_DISPATCH_WAIT)
-            except Exception:
-                log.exception("claiming jobs failed; retrying shortly")
+            except Exception as exc:
+                # One line per change of state, not one a second: a store that is
+                # read-only or corrupt says so once, and once more when it recovers.
+                if str(exc) != failing:
+                    failing = str(exc)
+                    _safe_log(
+                        log.error, "claiming jobs failed (%s: %s); trying again every second", type(exc).__name__, exc
+                    )
                 self._stopping.wait(1.0)
                 continue
+            if failing is not None:
+                failing = None
+                _safe_log(log.warning, "claiming jobs works again")
             if not jobs:
                 continue
             if self._stopping.is_set():
@@ -476,26 +513,62 @@ class Worker:
                 slot.idle = False
                 continue
             slot.job = job
-            if not inbox:
-                # Running the last job of this inbox: ask the dispatcher for more now,
-                # so the thread does not go idle waiting for a claim.
-                with self._room:
-                    self._room.notify()
-            task = runner.prepare(job)
-            if task is None:
-                slot.job = None
-                continue
-            timeout = effective_timeout(job.timeout_secs, default_timeout)
-            attempt = runner.start(job, task)
-            slot.task, slot.attempt = task, attempt
-            slot.deadline = time.monotonic() + timeout
-            ok, value = runner.call(job, task)
-            with slot.lock:
-                if slot.abandoned:
+            try:
+                if not self._run(slot, job, runner, default_timeout):
                     return  # the watchdog settled this job and replaced this thread
-                slot.job = slot.task = slot.attempt = slot.deadline = None
-                slot.timed_out = False
-            runner.settle(job, task, attempt, ok, value)
+            except BaseException as exc:
+                # Not the task (call() catches what it raises): a task module's
+                # import, a hook or a log handler raised. The job fails, the thread lives.
+                if not self._crashed(slot, job, exc):
+                    return
+
+    def _run(self, slot: _Slot, job: Job, runner: JobRunner, default_timeout: float) -> bool:
+        """One job in this thread; ``False`` if the thread was abandoned meanwhile."""
+        if not slot.inbox:
+            # Running the last job of this inbox: ask the dispatcher for more now,
+            # so the thread does not go idle waiting for a claim.
+            with self._room:
+                self._room.notify()
+        task = runner.prepare(job)
+        if task is None:
+            slot.job = None
+            return True
+        timeout = effective_timeout(job.timeout_secs, default_timeout)
+        attempt = runner.start(job, task)
+        slot.task, slot.attempt = task, attempt
+        slot.deadline = time.monotonic() + timeout
+        ok, value = runner.call(job, task)
+        with slot.lock:
+            if slot.abandoned:
+                return False
+            slot.job = slot.task = slot.attempt = slot.deadline = None
+            slot.timed_out = False
+        runner.settle(job, task, attempt, ok, value)
+        return True
+
+    def _crashed(self, slot: _Slot, job: Job, exc: BaseException) -> bool:
+        """Settle a job whose handling raised outside the task; ``False`` if the
+        thread was abandoned meanwhile."""
+        with slot.lock:
+            if slot.abandoned:
+                return False
+            slot.job = slot.task = slot.attempt = slot.deadline = None
+            slot.timed_out = False
+        _safe_log(log.error, "job %s (%s): handling it raised %s: %s", job.id, job.func_name, type(exc).__name__, exc)
+        # A job already handed on (stored or waiting to be, or back in the queue
+        # for a retry) is left alone; any other is recorded now, as it stands if
+        # its fate was decided, else failed with what happened.
+        if job.id in self._unstored or job.status is JobStatus.RETRYING:
+            return True
+        try:
+            if not job.done:
+                error = error_of(exc)
+                error.message = f"the worker could not run this job: {type(exc).__name__}: {error.message}"
+                job.mark_failed(error, time.time(), self.worker_id)
+            self._finish(job)
+        except BaseException:
+            _safe_log(log.exception, "job %s: recording its failure failed", job.id)
+        return True
 
     def _steal(self, thief: _Slot) -> Job | None:
         # Least-busy dispatch counts jobs, not their length: a job queued behind
@@ -511,23 +584,34 @@ class Worker:
     def _watch(self) -> None:
         lease_every = max(0.5, self.settings.lease_secs / 3)
         next_lease = time.monotonic() + lease_every
-        while not self._stopping.is_set():
-            now = time.monotonic()
-            # Jobs start without telling the watchdog (that would cost on every job),
-            # so it looks again at least every tick.
-            next_check = now + _WATCHDOG_TICK
-            for slot in list(self._slots):
-                deadline = slot.deadline
-                if deadline is None or slot.abandoned:
-                    continue
-                if deadline <= now:
-                    self._expire(slot)
-                else:
-                    next_check = min(next_check, deadline)
-            if now >= next_lease:
-                self._renew_leases()
-                next_lease = now + lease_every
-            self._stopping.wait(max(0.005, min(next_check, next_lease) - time.monotonic() + 0.001))
+        while not self._watch_stop.is_set():
+            try:
+                next_lease = self._watch_once(lease_every, next_lease)
+            except BaseException:
+                # A log handler that raises (EMFILE, say) must not end timeouts and leases.
+                _safe_log(log.exception, "watchdog pass failed; continuing")
+                self._watch_stop.wait(_WATCHDOG_TICK)
+
+    def _watch_once(self, lease_every: float, next_lease: float) -> float:
+        now = time.monotonic()
+        # Jobs start without telling the watchdog (that would cost on every job),
+        # so it looks again at least every tick.
+        next_check = now + _WATCHDOG_TICK
+        for slot in list(self._slots):
+            deadline = slot.deadline
+            if deadline is None or slot.abandoned:
+                continue
+            if deadline <= now:
+                self._expire(slot)
+            else:
+                next_check = min(next_check, deadline)
+        if now >= next_lease:
+            self._renew_leases()
+            next_lease = now + lease_every
+        if self._store_failing and now >= self._store_retry_at:
+            self._flush_retry()
+        self._watch_stop.wait(max(0.005, min(next_check, next_lease) - time.monotonic() + 0.001))
+        return next_lease
 
     def _expire(self, slot: _Slot) -> None:
         runner = self.runner
@@ -567,39 +651,81 @@ class Worker:
     def _renew_leases(self) -> None:
         ids = [j.id for s in list(self._slots) for j in ([s.job] if s.job else []) + list(s.inbox)]
         ids += [i for ex in list(self._executors.values()) for i in ex.job_ids()]
+        ids.extend(list(self._unstored))
         if ids:
             try:
                 self.queue.extend_leases(ids)
             except Exception:
-                log.exception("renewing leases failed")
+                _safe_log(log.exception, "renewing leases failed")
 
     # -- outcomes -------------------------------------------------------------
     def _finish(self, job: Job) -> None:
         with self._finished_lock:
+            self._unstored[job.id] = job
             self._finished.append(job)
-        self._flush()
+        if not self._store_failing:
+            self._flush()
 
     def _flush(self) -> None:
         # Group commit: one thread writes everything finished so far; threads
         # that finish meanwhile just leave their job for it.
         while self._finished and self._flush_lock.acquire(blocking=False):
             try:
-                while True:
+                while not self._store_failing:
                     with self._finished_lock:
                         batch, self._finished = self._finished, []
                     if not batch:
                         break
-                    try:
-                        self.queue.complete(batch, self.results)
-                    except Exception:
-                        # Claims stay in place: with a durable queue the jobs run again
-                        # after their lease, so nothing is lost.
-                        log.exception(
-                            "storing %d finished job(s) failed; they will be retried when their lease expires",
-                            len(batch),
-                        )
+                    self._store(batch)
             finally:
                 self._flush_lock.release()
+
+    def _flush_retry(self, deadline: float | None = None) -> None:
+        """Store the finished jobs kept after a failed write (from the watchdog,
+        after a backoff; at stop, until ``deadline``)."""
+        while True:
+            with self._flush_lock:
+                with self._finished_lock:
+                    batch = list(self._unstored.values())
+                    self._finished = []
+                if batch:
+                    self._store(batch)
+            if not self._unstored or deadline is None or time.monotonic() >= deadline:
+                return
+            # The watchdog has stopped by now (its event is set): plain sleep for the backoff.
+            time.sleep(min(self._store_backoff, max(0.0, deadline - time.monotonic())))
+
+    def _store(self, batch: list[Job]) -> None:
+        """Write one group of finished jobs. On failure they stay in memory,
+        their claims held and renewed, and are written again after a backoff:
+        never run again. Called with the flush lock held."""
+        try:
+            try:
+                self.queue.complete(batch, self.results)
+            except SerializationError:
+                self.queue.complete(_fail_unencodable(batch), self.results)
+        except Exception as exc:
+            if not self._store_failing:
+                self._store_failing = True
+                _safe_log(
+                    log.error,
+                    "storing finished jobs failed (%s); keeping up to %d in memory and trying again; "
+                    "no new jobs are claimed beyond that",
+                    exc,
+                    self.capacity,
+                )
+            self._store_retry_at = time.monotonic() + self._store_backoff
+            self._store_backoff = min(_STORE_RETRY_MAX, self._store_backoff * 2)
+            return
+        with self._finished_lock:
+            for job in batch:
+                self._unstored.pop(job.id, None)
+        if self._store_failing:
+            self._store_failing = False
+            self._store_backoff = _STORE_RETRY_FIRST
+            _safe_log(log.warning, "storing finished jobs works again; %d job(s) stored", len(batch))
+        with self._room:
+            self._room.notify()
 
     def _retry(self, job: Job) -> None:
         self._handback([job])
@@ -608,11 +734,37 @@ class Worker:
         try:
             self.queue.requeue(jobs)
         except Exception:
-            log.exception("handing %d job(s) back to the queue failed; their lease will return them", len(jobs))
+            _safe_log(
+                log.exception, "handing %d job(s) back to the queue failed; their lease will return them", len(jobs)
+            )
 
 
 def _load(slot: _Slot) -> int:
     return len(slot.inbox) + (slot.job is not None)
+
+
+def _safe_log(fn: Any, *args: Any) -> None:
+    """Log, ignoring a log handler that raises: a broken handler (a full disk,
+    no file descriptors left) must not end the thread that logs."""
+    try:
+        fn(*args)
+    except BaseException:
+        pass
+
+
+def _fail_unencodable(batch: list[Job]) -> list[Job]:
+    """The batch with every job that cannot be encoded failed with the reason
+    (its result is dropped): stored once, never run again."""
+    for job in batch:
+        try:
+            job.to_bytes()
+        except SerializationError as exc:
+            job.set_fields(result=None)
+            job.mark_failed(
+                JobError(type="SerializationError", message=f"the job's outcome could not be stored: {exc}"),
+                time.time(),
+            )
+    return batch
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -19,6 +19,7 @@ import itertools
 import logging
 import os
 import secrets
+import stat
 import threading
 import time
 from typing import ClassVar
@@ -26,6 +27,7 @@ from typing import ClassVar
 from nuvom.errors import BackendError
 
 __all__ = [
+    "NotAFile",
     "TempFiles",
     "quarantine",
     "read_bytes",
@@ -40,7 +42,9 @@ _WINDOWS = os.name == "nt"
 _O_BINARY = getattr(os, "O_BINARY", 0)  # Windows would otherwise translate newlines
 _WRITE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | _O_BINARY
 _OVERWRITE_FLAGS = os.O_WRONLY | os.O_TRUNC | _O_BINARY
-_READ_FLAGS = os.O_RDONLY | _O_BINARY
+# Non-blocking: opening a FIFO that was put where a job file should be must not
+# wait for a writer (the flag means nothing for regular files).
+_READ_FLAGS = os.O_RDONLY | _O_BINARY | getattr(os, "O_NONBLOCK", 0)
 _CHUNK = 1 << 16
 # Backoff for sharing violations on Windows: about one second in all.
 _RETRY_PAUSES = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.3)
@@ -56,8 +60,18 @@ def read_bytes(path: str) -> bytes:
     return _read(path)
 
 
+class NotAFile(OSError):
+    """A path that should be a job file is a FIFO, a device or a directory."""
+
+
 def _read(path: str) -> bytes:
     fd = os.open(path, _READ_FLAGS)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise NotAFile(f"{path} is not a regular file")
+    except BaseException:
+        os.close(fd)
+        raise
     try:
         chunk = os.read(fd, _CHUNK)
         if len(chunk) < _CHUNK:

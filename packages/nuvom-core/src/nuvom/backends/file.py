@@ -35,6 +35,7 @@ power cut may lose the jobs written in the last moments before it.
 
 from __future__ import annotations
 
+import heapq
 import itertools
 import logging
 import os
@@ -47,7 +48,16 @@ from dataclasses import dataclass
 
 from nuvom._settings import Settings, load_settings
 from nuvom.backends._file_index import ResultIndex
-from nuvom.backends._file_io import TempFiles, quarantine, read_bytes, replace, storage_error, sweep_temp, unlink
+from nuvom.backends._file_io import (
+    NotAFile,
+    TempFiles,
+    quarantine,
+    read_bytes,
+    replace,
+    storage_error,
+    sweep_temp,
+    unlink,
+)
 from nuvom.backends._file_schedules import FileSchedules
 from nuvom.errors import SerializationError
 from nuvom.job import Job, JobStatus, lease_secs_for, validate_job_id
@@ -71,6 +81,12 @@ _RELIST_SECS = 1.0
 # Directory mtimes tick with a coarse clock; "unchanged" is trusted only for a
 # listing taken this long after the directory's last change.
 _MTIME_TRUST_NS = 50_000_000
+# A listing keeps the first this many names of queue/ in due order, so that a
+# worker's memory does not grow with the queue; a listing costs one pass over
+# the directory per this many claims.
+_LISTING_MAX = 16_384
+# Names of things in queue/ that are not files, remembered to warn once.
+_SKIPPED_MAX = 1024
 
 
 @dataclass
@@ -79,6 +95,8 @@ class _Claim:
     expiry_ns: int
     claims: int
     lease_ns: int
+    # The lease ran out and another worker took the job: this worker's outcome is not stored.
+    lost: bool = False
 
 
 def _make_dirs(root: str, *names: str) -> list[str]:
@@ -117,6 +135,7 @@ class FileJobQueue(BaseJobQueue, FileSchedules):
         self._reclaim_every = min(0.5, max(0.05, settings.lease_secs / 4))
         self._next_reclaim = 0.0
         self._default_lease_ns = self._lease_ns(None)
+        self._skipped: set[str] = set()
 
     # -- producing ----------------------------------------------------------
     def enqueue(self, job: Job) -> None:
@@ -145,13 +164,19 @@ class FileJobQueue(BaseJobQueue, FileSchedules):
             if time.monotonic() >= self._next_reclaim:
                 self._reclaim_expired(out, batch_size, now_ns)
             due = f"{now_ns:020d}"
-            while len(out) < batch_size:
-                name = self._next_due(due)
-                if name is None:
-                    break
-                job = self._take(self.queue_dir, name, name[_WAITING_ID_AT : -len(_SUFFIX)], 0, now_ns)
-                if job is not None:
-                    out.append(job)
+            try:
+                while len(out) < batch_size:
+                    name = self._next_due(due)
+                    if name is None:
+                        break
+                    job = self._take(self.queue_dir, name, name[_WAITING_ID_AT : -len(_SUFFIX)], 0, now_ns)
+                    if job is not None:
+                        out.append(job)
+            except OSError:
+                if not out:
+                    raise
+                # The jobs claimed so far are this worker's now: hand them over.
+                log.exception("claiming more jobs failed; running the %d claimed", len(out))
         return out
 
     def _next_due(self, due: str) -> str | None:
@@ -165,6 +190,27 @@ class FileJobQueue(BaseJobQueue, FileSchedules):
             return listing.popleft()
         return None
 
+    def _job_files(self, entries: Iterable[os.DirEntry[str]]) -> Iterable[str]:
+        for entry in entries:
+            name = entry.name
+            if not name.endswith(_SUFFIX):
+                continue  # not ours (editor backups, .DS_Store...)
+            try:
+                regular = entry.is_file()
+            except OSError:
+                continue
+            if not regular:
+                if name not in self._skipped:
+                    # A FIFO would block the read, a directory cannot be read: skipped, never moved.
+                    if len(self._skipped) < _SKIPPED_MAX:
+                        self._skipped.add(name)
+                    log.warning("skipping %s in %s: not a regular file (remove it)", name, self.queue_dir)
+            elif _WAITING_NAME.fullmatch(name):
+                yield name
+            else:
+                path = os.path.join(self.queue_dir, name)
+                quarantine(path, self.corrupt_dir, f"queue-{name}", "not a <due>-<seq>-<job id> name", log)
+
     def _listing_outdated(self) -> bool:
         if time.monotonic() - self._listed_at >= _RELIST_SECS or self._listed_mtime is None:
             return True
@@ -175,16 +221,9 @@ class FileJobQueue(BaseJobQueue, FileSchedules):
     def _relist(self) -> None:
         mtime = os.stat(self.queue_dir).st_mtime_ns
         listed_at_ns = time.time_ns()
-        names = []
-        for name in os.listdir(self.queue_dir):
-            if not name.endswith(_SUFFIX):
-                continue  # not ours (editor backups, .DS_Store...)
-            if _WAITING_NAME.fullmatch(name):
-                names.append(name)
-            else:
-                path = os.path.join(self.queue_dir, name)
-                quarantine(path, self.corrupt_dir, f"queue-{name}", "not a <due>-<seq>-<job id> name", log)
-        names.sort()
+        with os.scandir(self.queue_dir) as entries:
+            # The earliest names only: memory stays flat however long the queue.
+            names = heapq.nsmallest(_LISTING_MAX, self._job_files(entries))
         self._listing = deque(names)
         self._listed_at = time.monotonic()
         self._listed_mtime = mtime if listed_at_ns - mtime > _MTIME_TRUST_NS else None
@@ -205,7 +244,7 @@ class FileJobQueue(BaseJobQueue, FileSchedules):
                 continue
             job_id, claims = match.group(3), int(match.group(2))
             mine = self._claims.get(job_id)
-            if mine is not None:
+            if mine is not None and not mine.lost:
                 # This process stalled past its own lease: renew, do not run the job twice.
                 self._renew(job_id, mine, now_ns)
                 continue
@@ -238,14 +277,19 @@ class FileJobQueue(BaseJobQueue, FileSchedules):
         except SerializationError as exc:
             quarantine(path, self.corrupt_dir, f"queue-{name}", str(exc), log)
             return None
+        except (IsADirectoryError, NotAFile) as exc:
+            quarantine(path, self.corrupt_dir, f"queue-{name}", f"not a regular file ({exc})", log)
+            return None
         if job.id != job_id:
             quarantine(path, self.corrupt_dir, f"queue-{name}", f"it holds job {job.id!r}", log)
             return None
         job.mark_claimed(claims)
         claim = _Claim(path, expiry, claims, self._lease_ns(job))
         self._claims[job_id] = claim
-        if claim.lease_ns > self._default_lease_ns:
-            self._renew(job_id, claim, now_ns)  # a long timeout needs a longer lease
+        if claim.lease_ns != self._default_lease_ns:
+            # The lease is the job's own (nuvom.job.lease_secs_for), longer or
+            # shorter: a dead worker's job is taken over when the docs say.
+            self._renew(job_id, claim, now_ns)
         return job
 
     def _lease_ns(self, job: Job | None) -> int:
@@ -264,7 +308,9 @@ class FileJobQueue(BaseJobQueue, FileSchedules):
         try:
             replace(claim.path, path)
         except FileNotFoundError:
-            self._claims.pop(job_id, None)
+            if claim.lost:
+                return False
+            claim.lost = True
             log.warning(
                 "job %s: lease lost (it expired and another worker claimed the job); this worker's outcome "
                 "may be recorded as well",
@@ -276,22 +322,62 @@ class FileJobQueue(BaseJobQueue, FileSchedules):
 
     # -- settling claims ----------------------------------------------------
     def ack(self, job_ids: Sequence[str]) -> None:
+        # The file goes before the claim is forgotten, under the lock: a reclaim
+        # scan in between would take this worker's own expired claim for a dead
+        # worker's and run the job again.
         with self._lock:
-            claims = [self._claims.pop(job_id, None) for job_id in job_ids]
-        for claim in claims:
-            if claim is not None:
-                # The file becomes the next result's (a spare, see TempFiles). Already
-                # gone: the lease ran out and another worker has the job.
-                self._temp.recycle(claim.path)
+            for job_id in job_ids:
+                claim = self._claims.get(job_id)
+                if claim is not None:
+                    if not claim.lost:
+                        # The file becomes the next result's (a spare, see TempFiles).
+                        # Already gone: the lease ran out and another worker has the job.
+                        self._temp.recycle(claim.path)
+                    del self._claims[job_id]
+
+    def complete(self, jobs: Sequence[Job], results: BaseResultBackend) -> None:
+        """Store outcomes, then acknowledge, fenced by the claim: each claim is
+        renewed first (a rename of its file, which fails if another worker took
+        the job over after the lease ran out), and the outcome of a job whose
+        claim was lost is dropped; the worker holding the claim now records it.
+        The renewal leaves a full lease for the write, so only a process stalled
+        for longer than the lease between the two can still overwrite."""
+        kept: list[Job] = []
+        dropped: list[str] = []
+        now_ns = time.time_ns()
+        with self._lock:
+            for job in jobs:
+                claim = self._claims.get(job.id)
+                if claim is not None and (claim.lost or not self._renew(job.id, claim, now_ns)):
+                    dropped.append(job.id)
+                else:
+                    kept.append(job)
+            for job_id in dropped:
+                self._claims.pop(job_id, None)
+        if dropped:
+            log.warning(
+                "%d outcome(s) not stored: their claim was taken over by another worker (%s)",
+                len(dropped),
+                ", ".join(dropped[:5]),
+            )
+        if kept:
+            results.store(kept)
+            self.ack([job.id for job in kept])
 
     def requeue(self, jobs: Sequence[Job]) -> None:
         for job in jobs:
             with self._lock:
                 claim = self._claims.get(job.id)
-                if claim is None or (
-                    claim.expiry_ns - time.time_ns() < _SAFE_LEASE_NS and not self._renew(job.id, claim, time.time_ns())
+                if (
+                    claim is None
+                    or claim.lost
+                    or (
+                        claim.expiry_ns - time.time_ns() < _SAFE_LEASE_NS
+                        and not self._renew(job.id, claim, time.time_ns())
+                    )
                 ):
                     log.warning("job %s is not claimed by this worker (lease lost); not requeued", job.id)
+                    self._claims.pop(job.id, None)
                     continue
                 del self._claims[job.id]
             # Two steps, safe because the lease keeps every other process off this
@@ -306,7 +392,7 @@ class FileJobQueue(BaseJobQueue, FileSchedules):
         with self._lock:
             for job_id in job_ids:
                 claim = self._claims.get(job_id)
-                if claim is not None:
+                if claim is not None and not claim.lost:
                     self._renew(job_id, claim, now_ns)
 
     # -- reading ------------------------------------------------------------

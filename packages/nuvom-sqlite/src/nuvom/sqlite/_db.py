@@ -153,6 +153,11 @@ class Database:
         self._connections: list[sqlite3.Connection] = []
         self._generation = 0
         self._ready = False
+        # Written beside the file once SQLite reports it corrupt, so that every
+        # process (producers too, whose inserts may still succeed) refuses to
+        # write to it: a corrupt file must not take jobs that no worker runs.
+        self.corrupt_marker = Path(f"{self.path}.corrupt")
+        self._next_writable_check = 0.0
 
     def __repr__(self) -> str:
         return f"<Database {self.path}>"
@@ -253,9 +258,12 @@ class Database:
     @contextlib.contextmanager
     def write(self, what: str = "writing") -> Iterator[sqlite3.Connection]:
         """A short write transaction (``BEGIN IMMEDIATE`` ... ``COMMIT``)."""
+        self._refuse_if_corrupt()
         conn = self.connection()
         if self.readonly:
-            raise self.readonly_error(what)
+            if not self._writable_again():
+                raise self.readonly_error(what)
+            conn = self.connection()
         # No lock of our own around this: measured, letting threads of this
         # process wait in SQLite's busy handler was faster (its sleeps let
         # finished jobs pile up into larger completion groups).
@@ -272,6 +280,49 @@ class Database:
             if isinstance(exc, sqlite3.Error):
                 raise self.error(exc, what) from None
             raise
+
+    def _refuse_if_corrupt(self) -> None:
+        """Raise the recorded corruption error if the marker names this file
+        (a marker left from a file since moved aside is removed)."""
+        try:
+            text = self.corrupt_marker.read_text(encoding="utf-8", errors="replace")
+        except OSError:
+            return  # no marker: the common case costs one failed open
+        inode, _, message = text.partition("\n")
+        try:
+            current = str(os.stat(self.path).st_ino)
+        except OSError:
+            current = ""
+        if inode == current:
+            raise BackendError(message)
+        with contextlib.suppress(OSError):
+            self.corrupt_marker.unlink()
+
+    def _mark_corrupt(self, error: BackendError) -> None:
+        if self.corrupt_marker.exists():
+            return
+        try:
+            inode = os.stat(self.path).st_ino
+            self.corrupt_marker.write_text(f"{inode}\n{error}", encoding="utf-8")
+        except OSError:
+            pass
+        log.error("%s", error)
+
+    def _writable_again(self) -> bool:
+        """Opened read-only: has the file become writable since? Looked at
+        at most once a second; if so, every thread opens a writable connection."""
+        now = time.monotonic()
+        if now < self._next_writable_check:
+            return False
+        self._next_writable_check = now + 1.0
+        path = self.path
+        if not (os.access(path, os.W_OK) and os.access(path.parent, os.W_OK)):
+            return False
+        with self._lock:
+            self._generation += 1  # each thread's next use opens a new connection
+        self.readonly = False
+        log.warning("SQLite database %s is writable again", path)
+        return True
 
     def read(self, fn: Callable[[sqlite3.Connection], T], what: str = "reading") -> T:
         """Run ``fn(conn)`` (one or more reads); SQLite errors become BackendError."""
@@ -355,6 +406,8 @@ class Database:
         path = self.path
         detail = f"{type(exc).__name__}: {exc}"
         if code == _READONLY:
+            # Made read-only while open: look again later, as for a file opened read-only.
+            self.readonly = True
             return self.readonly_error(what)
         if code == _FULL:
             return BackendError(
@@ -362,11 +415,14 @@ class Database:
                 "disk holding it, or prune old results (NUVOM_RESULT_TTL_SECS)"
             )
         if code in (_CORRUPT, _NOTADB):
-            return BackendError(
+            error = BackendError(
                 f"{path} is not a usable SQLite database: the file is corrupt or not a database "
-                f"({detail}); move it aside (it may be recoverable with the sqlite3 shell's .recover) "
-                "and nuvom will create a new one"
+                f"({detail}); writes are refused until it is replaced: stop the workers, move it aside "
+                f"(it may be recoverable with the sqlite3 shell's .recover, see docs/sqlite.md) and "
+                f"nuvom will create a new one"
             )
+            self._mark_corrupt(error)
+            return error
         if code in (_BUSY, _LOCKED):
             return BackendError(
                 f"SQLite database {path} stayed locked by another connection for more than "

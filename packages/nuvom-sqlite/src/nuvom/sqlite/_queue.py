@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import secrets
 import socket
 import threading
@@ -63,8 +64,10 @@ _REQUEUE_CLAIMED = (
     "UPDATE nuvom_queue SET state = 0, ready_at = ?, attempts = ?, payload = ?, claim_token = NULL, "
     "claimed_by = NULL WHERE id = ? AND claim_token = ?"
 )
+# Text columns are read as bytes and decoded here: one row whose text is not
+# valid UTF-8 must be quarantined, not make every claim fail.
 _SELECT_DUE = (
-    "SELECT seq, id, func_name, attempts, created_at, payload FROM nuvom_queue "
+    "SELECT seq, CAST(id AS BLOB), CAST(func_name AS BLOB), attempts, created_at, payload FROM nuvom_queue "
     "WHERE ready_at <= ? ORDER BY ready_at, seq LIMIT ?"
 )
 
@@ -183,32 +186,41 @@ class SQLiteJobQueue(BaseJobQueue, SQLiteSchedules):
             )
         # Decoded after the commit: the write lock is held for SQL only.
         jobs: list[Job] = []
-        unreadable: list[Job] = []
-        for _seq, job_id, func_name, attempts, created_at, payload in rows:
+        unreadable: list[tuple[int, Job]] = []
+        for seq, raw_id, raw_name, attempts, created_at, payload in rows:
             try:
-                job = Job.from_bytes(payload)
+                job = _decode_row(raw_id, raw_name, payload)
             except SerializationError as exc:
-                unreadable.append(_unreadable(job_id, func_name, attempts + 1, created_at, exc, self.claimer))
+                unreadable.append(
+                    (seq, _unreadable(seq, raw_id, raw_name, attempts, created_at, payload, exc, self.claimer))
+                )
                 continue
             job.attempts = attempts
             job.mark_claimed()
             jobs.append(job)
         if unreadable:
-            self._fail_unreadable(unreadable, token)
+            self._quarantine(unreadable, token)
         with self._claims_lock:
             claims = self._claims
             for job in jobs:
                 claims[job.id] = token
         return jobs
 
-    def _fail_unreadable(self, jobs: list[Job], token: int) -> None:
-        """Record jobs whose stored payload cannot be decoded as FAILED, in this
-        file's results: no worker could ever run them."""
-        for job in jobs:
-            log.error("job %s (%s): %s", job.id, job.func_name, job.error.message if job.error else "")
-        with self.db.write("recording unreadable jobs") as conn:
-            gone = _delete_claimed(conn, jobs, [token] * len(jobs))
-            conn.executemany(INSERT_RESULT, [result_row(job) for job in jobs if job.id in gone])
+    def _quarantine(self, rows: list[tuple[int, Job]], token: int) -> None:
+        """Move rows that cannot be decoded out of the queue, into this file's
+        results as FAILED jobs whose error gives the reason and whose result
+        keeps the raw row: no worker could ever run them, and nothing is lost."""
+        for _seq, job in rows:
+            log.error(
+                "quarantined queue row: job %s (%s): %s", job.id, job.func_name, job.error.message if job.error else ""
+            )
+        with self.db.write("quarantining unreadable jobs") as conn:
+            for seq, job in rows:
+                cur = conn.execute(
+                    "DELETE FROM nuvom_queue WHERE seq = ? AND claim_token = ? RETURNING seq", (seq, token)
+                )
+                if cur.fetchone() is not None:
+                    conn.execute(INSERT_RESULT, result_row(job))
 
     def pop_batch(self, batch_size: int, timeout: float | None = 0.0) -> list[Job]:
         """Claim up to ``batch_size`` due jobs, waiting up to ``timeout`` s.
@@ -460,19 +472,53 @@ def _delete_claimed(conn: sqlite3.Connection, jobs: Sequence[Job], tokens: Seque
     return kept
 
 
-def _unreadable(job_id: str, func_name: str, attempts: int, created_at: float, exc: Exception, worker: str) -> Job:
+def _decode_row(raw_id: bytes, raw_name: bytes, payload: bytes) -> Job:
+    """The job of a queue row; :class:`SerializationError` saying what is wrong
+    if the row cannot be run as stored."""
+    try:
+        job_id = raw_id.decode("utf-8")
+        raw_name.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise SerializationError(f"its id or task name is not valid UTF-8 ({exc})") from None
+    job = Job.from_bytes(payload)
+    if job.id != job_id:
+        # Run, it would be settled under the other id and this row never removed.
+        raise SerializationError(f"the row of job {job_id!r} holds job {job.id!r}")
+    return job
+
+
+def _unreadable(
+    seq: int,
+    raw_id: bytes,
+    raw_name: bytes,
+    attempts: int,
+    created_at: float,
+    payload: bytes,
+    exc: Exception,
+    worker: str,
+) -> Job:
+    """The quarantine record of a row that cannot be run: FAILED with the reason;
+    the raw row in ``result``."""
+    job_id = raw_id.decode("utf-8", "replace")
+    if not _VALID_ID.fullmatch(job_id):
+        job_id = f"quarantined-{seq}"
     now = time.time()
     return Job(
         id=job_id,
-        func_name=func_name,
+        func_name=raw_name.decode("utf-8", "replace"),
         status=JobStatus.FAILED,
         attempts=attempts,
-        created_at=created_at,
+        created_at=created_at if isinstance(created_at, (int, float)) else now,
         started_at=None,
         finished_at=now,
         worker_id=worker,
+        store_result=True,
+        result={"quarantined": True, "id": raw_id, "func_name": raw_name, "payload": payload},
         error=JobError(
             type="SerializationError",
-            message=f"the job's stored payload in the queue is corrupt and it was not run ({exc})",
+            message=f"the job's queue row is corrupt and was quarantined, not run: {exc}",
         ),
     )
+
+
+_VALID_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")

@@ -139,3 +139,15 @@ def test_a_result_too_deep_to_store_fails_the_job_once_with_a_clear_error(tmp_pa
     assert record is not None and record.status is JobStatus.FAILED
     assert RUNS["td"] == 1 and record.attempts == 1
     assert [a.outcome for a in record.history] == ["error"]
+
+
+def test_every_field_of_a_job_and_its_attempts_survives_encoding() -> None:
+    # A field added to Job or Attempt must be added to the encoding too.
+    from nuvom.job import Attempt, Job, JobError
+
+    error = JobError(type="E", message="m", traceback="tb")
+    attempt = Attempt(number=1, started_at=1.0, finished_at=2.0, outcome="error", error=error, executor="process")
+    job = Job(func_name="f", history=[attempt], error=error, schedule_key="k", executor="async", retry_of="r")
+    back = Job.from_bytes(job.to_bytes())
+    assert back.model_dump() == job.model_dump()
+    assert set(Attempt.model_fields) == set(back.history[0].model_dump())

@@ -158,7 +158,7 @@ def test_literal_arguments_are_captured():
     assert info.timeout_secs == 2.5
     assert info.timeout_policy == "retry"
     assert info.store_result is False
-    assert info.tags == ["a", "b"]
+    assert info.tags == ("a", "b")
     assert info.description == "Sends it."
     assert info.dynamic_args == []
 
@@ -170,8 +170,22 @@ def test_defaults_match_the_decorator():
         @task
         def send(to): ...
     """).tasks
-    assert (info.retries, info.retry_delay_secs, info.timeout_secs) == (0, 0.0, None)
-    assert (info.timeout_policy, info.store_result, info.tags, info.description) == (None, True, [], None)
+    # retry_delay_secs None: the app's NUVOM_RETRY_DELAY_SECS, as for @task itself.
+    assert (info.retries, info.retry_delay_secs, info.timeout_secs) == (0, None, None)
+    assert (info.timeout_policy, info.store_result, info.tags, info.description) == (None, True, (), None)
+
+
+def test_the_options_are_cores_task_options_checked_the_same_way():
+    from nuvom.job import TaskOptions
+
+    (info,) = parse("""
+        from nuvom.task import task
+
+        @task(tags="reports", category="billing", retry_delay_secs=None, timeout_secs=float("inf"))
+        def send(to): ...
+    """).tasks
+    assert isinstance(info, TaskOptions)
+    assert info.tags == ("reports", "billing") and info.retry_delay_secs is None
 
 
 def test_docstring_first_line_is_the_default_description():
@@ -197,7 +211,7 @@ def test_non_literal_arguments_are_listed_not_captured():
         def send(to): ...
     """).tasks
     assert info.retries == 0
-    assert info.tags == ["fixed"]
+    assert info.tags == ("fixed",)
     assert info.dynamic_args == ["retries", "**extra"]
 
 

@@ -165,7 +165,14 @@ def import_task(path: str, *, file: str | None = None, name: str | None = None) 
         raise TaskNotFound(f"task {label!r}: {path!r} is not a 'module:function' path")
     try:
         module = importlib.import_module(module_name)
-    except Exception as exc:
+    except BaseException as exc:
+        # A module that calls sys.exit() at import (a missing API key, say) is
+        # an import failure like any other: it must never end the caller's thread.
+        if not isinstance(exc, Exception):
+            raise TaskNotFound(
+                f"importing task {label!r} raised {type(exc).__name__}({exc}); a task module must not exit "
+                "or raise at import"
+            ) from None
         if file is None:
             raise TaskNotFound(
                 f"task {label!r}: importing module {module_name!r} failed "
@@ -191,7 +198,7 @@ def _import_file(module_name: str, file: str, label: str) -> Any:
     sys.modules[module_name] = module
     try:
         spec.loader.exec_module(module)
-    except Exception as exc:
+    except BaseException as exc:
         sys.modules.pop(module_name, None)
         raise TaskNotFound(f"task {label!r}: loading {file} failed ({type(exc).__name__}: {exc})") from exc
     return module

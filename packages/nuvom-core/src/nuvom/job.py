@@ -87,11 +87,12 @@ class TaskOptions(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    retries: int = Field(0, ge=0, le=1_000_000)
-    retry_delay_secs: float | None = Field(None, ge=0, le=30 * 86_400, allow_inf_nan=False)
-    timeout_secs: float | None = Field(None, gt=0, le=7 * 86_400, allow_inf_nan=False)
+    # Strict: "3" for retries is a mistake to report, not a value to coerce.
+    retries: int = Field(0, ge=0, le=1_000_000, strict=True)
+    retry_delay_secs: float | None = Field(None, ge=0, le=30 * 86_400, allow_inf_nan=False, strict=True)
+    timeout_secs: float | None = Field(None, gt=0, le=7 * 86_400, allow_inf_nan=False, strict=True)
     timeout_policy: TimeoutPolicy | None = None
-    store_result: bool = True
+    store_result: bool = Field(True, strict=True)
     tags: tuple[str, ...] = ()
     description: str | None = None
     #: ``None``: ``async def`` tasks run on the event loop, others as the
@@ -417,4 +418,5 @@ def _attempt_dict(attempt: Attempt | dict[str, Any]) -> dict[str, Any]:
         "finished_at": attempt.finished_at,
         "outcome": attempt.outcome,
         "error": None if attempt.error is None else _error_dict(attempt.error),
+        "executor": attempt.executor,
     }

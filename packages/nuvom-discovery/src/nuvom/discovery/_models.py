@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from nuvom.job import TaskOptions
 from pydantic import BaseModel, ConfigDict, Field
 
 __all__ = ["MANIFEST_VERSION", "DiscoveryReport", "FileRecord", "Manifest", "ScanError", "TaskInfo"]
@@ -19,14 +20,16 @@ MANIFEST_VERSION = 2
 FileRecord = tuple[str, int, int]
 
 
-class TaskInfo(BaseModel):
+class TaskInfo(TaskOptions):
     """One ``@task`` function as found in the source, without importing it.
 
-    The metadata fields mirror the decorator's arguments. Only literal
-    arguments can be read statically; the names of the others are listed in
-    ``dynamic_args`` and their fields keep the decorator's defaults.
+    Its options are core's :class:`~nuvom.job.TaskOptions` (the one model of a
+    task's options), read from the decorator's literal arguments and checked
+    by that model. Only literal arguments can be read statically; the names of
+    the others are listed in ``dynamic_args`` and keep the defaults.
     """
 
+    # A manifest written by a newer version may carry fields this one lacks.
     model_config = ConfigDict(frozen=True, extra="ignore")
 
     name: str = Field(description="Task name: the decorator's name= argument, else the function name.")
@@ -35,13 +38,6 @@ class TaskInfo(BaseModel):
     file: str = Field(description="Source file, POSIX path relative to the project root.")
     line: int = Field(description="Line of the def statement.")
     is_async: bool = False
-    retries: int = 0
-    retry_delay_secs: float = 0.0
-    timeout_secs: float | None = None
-    timeout_policy: str | None = None
-    store_result: bool = True
-    tags: list[str] = Field(default_factory=list)
-    description: str | None = None
     schedule: str | None = Field(
         None, description="@task(schedule=...): the cron expression, or 'every <seconds>s' for every(seconds)."
     )

@@ -21,11 +21,12 @@ from __future__ import annotations
 
 import ast
 import re
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from nuvom.discovery._models import ScanError, TaskInfo
+from nuvom.job import TaskOptions
+from pydantic import ValidationError
 
 __all__ = ["PARSER_VERSION", "ParsedFile", "might_define_tasks", "module_name", "parse_tasks"]
 
@@ -40,7 +41,6 @@ PARSER_VERSION = 1
 _TASK_DECORATOR = re.compile(rb"^[ \t]*@[ \t(]*(?:\w+[ \t]*\.[ \t]*)*task\b", re.MULTILINE)
 
 _NUVOM_TASK_MODULE = "nuvom.task"
-_POLICIES = ("fail", "retry", "ignore")
 
 # Kinds of names bound by imports.
 _DECORATOR, _TASK_MODULE, _PACKAGE, _OTHER = "decorator", "module", "package", "other"
@@ -189,29 +189,24 @@ def _dotted(expr: ast.expr) -> list[str] | None:
 
 
 # -- arguments ----------------------------------------------------------------
-def _is_number(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool)
+# The decorator's options are checked by core's TaskOptions, the model @task
+# itself validates with: discovery accepts exactly what importing would.
+_OPTIONS = frozenset(TaskOptions.model_fields) | {"category"}
 
 
-# Each captured argument: (check of the literal value, conversion, what it must be).
-_ARGUMENTS: dict[str, tuple[Callable[[Any], bool], Callable[[Any], Any], str]] = {
-    "name": (lambda v: isinstance(v, str) and bool(v), str, "a non-empty string"),
-    "retries": (lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 0, int, "an integer >= 0"),
-    "retry_delay_secs": (lambda v: _is_number(v) and v >= 0, float, "a number >= 0"),
-    "timeout_secs": (
-        lambda v: v is None or (_is_number(v) and v > 0),
-        lambda v: v if v is None else float(v),
-        "a number > 0 or None",
-    ),
-    "timeout_policy": (lambda v: v is None or v in _POLICIES, lambda v: v, f"one of {_POLICIES} or None"),
-    "store_result": (lambda v: isinstance(v, bool), bool, "True or False"),
-    "tags": (
-        lambda v: isinstance(v, (list, tuple, set, frozenset)) and all(isinstance(t, str) for t in v),
-        lambda v: sorted(v) if isinstance(v, (set, frozenset)) else list(v),
-        "a list of strings",
-    ),
-    "description": (lambda v: v is None or isinstance(v, str), lambda v: v, "a string or None"),
-}
+def _check_option(name: str, value: Any) -> tuple[dict[str, Any], str | None]:
+    """``({field: value}, None)`` as @task would take ``name=value``, or ``({}, why not)``."""
+    if isinstance(value, (set, frozenset)):
+        value = sorted(value)
+    try:
+        options = TaskOptions.model_validate({name: value})
+    except ValidationError as exc:
+        return {}, exc.errors()[0]["msg"]
+    if name == "category":
+        return {"tags": options.tags}, None
+    return {name: getattr(options, name)}, None
+
+
 # Hooks are code, not metadata: never captured, and not worth a warning.
 _HOOKS = frozenset({"before_job", "after_job", "on_error"})
 
@@ -233,9 +228,8 @@ def _task_info(
                 else:
                     fields["schedule"] = schedule
                 continue
-            if kw.arg in _HOOKS or kw.arg not in _ARGUMENTS:
+            if kw.arg in _HOOKS or (kw.arg not in _OPTIONS and kw.arg != "name"):
                 continue
-            check, convert, expected = _ARGUMENTS[kw.arg]
             try:
                 value = ast.literal_eval(kw.value)
             except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
@@ -251,16 +245,27 @@ def _task_info(
                     return None
                 dynamic.append(kw.arg)
                 continue
-            if not check(value):
+            if kw.arg == "name":
+                if not (isinstance(value, str) and value):
+                    errors.append(
+                        ScanError(rel, kw.value.lineno, f"@task {node.name}: name={value!r} is not a non-empty string")
+                    )
+                    continue
+                fields["name"] = value
+                continue
+            checked, why = _check_option(kw.arg, value)
+            if why is not None:
                 errors.append(
                     ScanError(
                         rel,
                         kw.value.lineno,
-                        f"@task {node.name}: {kw.arg}={value!r} is not {expected}; importing it will fail",
+                        f"@task {node.name}: {kw.arg}={value!r} is not valid ({why}); importing it will fail",
                     )
                 )
                 continue
-            fields[kw.arg] = convert(value)
+            if "tags" in checked and "tags" in fields:
+                checked = {"tags": (*fields["tags"], *checked["tags"])}
+            fields.update(checked)
     if "description" not in fields and "description" not in dynamic:
         fields["description"] = _first_line(ast.get_docstring(node, clean=False))
     return TaskInfo(

@@ -128,3 +128,19 @@ def test_same_name_from_another_function_is_an_error_that_says_what_to_do():
         @task(name="plain")
         def other():
             pass
+
+
+def test_jobs_of_one_task_share_no_mutable_field_and_match_a_validated_job(mem):
+    a, b = configured.delay(1, 2), configured.delay(3, 4)
+    assert a.id != b.id and a.args == [1, 2] and b.args == [3, 4]
+    # make_job builds from a shared template: a list changed on one job must not show on another.
+    a.history.append("x")  # type: ignore[arg-type]
+    a.tags.append("extra")
+    assert b.history == [] and b.tags == ["math"]
+    assert configured.make_job([5, 6], {}).tags == ["math"]
+    # The unvalidated fast path gives exactly what pydantic would: same fields, same order, same values.
+    c = configured.make_job([1], {"y": 2})
+    validated = type(c).model_validate(c.model_dump())
+    assert set(c.__dict__) == set(type(c).model_fields)
+    assert c.model_dump() == validated.model_dump()
+    assert c.status is JobStatus.PENDING and c.attempts == 0 and c.retry_delay_secs == 1.5

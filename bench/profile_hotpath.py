@@ -1,0 +1,219 @@
+"""Where a job's time goes on the hot path, per phase, measured with yappi (all threads, CPU clock).
+
+    python bench/profile_hotpath.py [--jobs 10000]   # needs `pip install yappi`; sqlite part needs nuvom-sqlite
+
+Two runs, each under yappi:
+
+* memory: in-process ``Worker(app=App(memory settings), max_workers=4)``,
+  N ``.delay()`` then ``job.get()`` of each (producer and worker threads).
+* sqlite ``.delay()``: the producer side only, N ``.delay()`` one at a time
+  into a SQLite queue (no worker), the part the issue names as the bound.
+
+Prints, per phase, the inclusive CPU time (``ttot``) of the function that is
+that phase, divided by N, in microseconds. Phases nest (``delay`` contains job
+building and the insert), so the lines do not add up to the total.
+yappi's own tracing overhead inflates every figure by roughly 2-3x; the
+ratios between phases are what to read.
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import yappi
+
+# (label, module-path suffix, function name): one function per phase.
+PHASES = [
+    ("Task.delay (whole producer call)", "_task.py", "delay"),
+    ("  make_job: job building", "_task.py", "make_job"),
+    ("    serialization.dumps (payload size check)", "serialization.py", "dumps"),
+    ("    new_job_id", "job.py", "new_job_id"),
+    ("    Job.trusted (model construction)", "job.py", "trusted"),
+    ("  memory queue enqueue_many (lock + notify)", "memory.py", "enqueue_many"),
+    ("  sqlite queue enqueue_many (row + insert + commit)", "_queue.py", "enqueue_many"),
+    ("    Job.to_bytes (encoding)", "job.py", "to_bytes"),
+    ("    sqlite3 executemany (insert)", "", "executemany"),
+    ("    sqlite3 execute (BEGIN IMMEDIATE + COMMIT)", "", "execute"),
+    ("Job.get (producer's read-back)", "job.py", "get"),
+    ("  MemoryResultBackend.wait", "memory.py", "wait"),
+    ("  threading.Event.wait (the wake-up)", "threading.py", "wait"),
+    ("worker: pop_batch (claim)", "memory.py", "pop_batch"),
+    ("  Job.mark_claimed", "job.py", "mark_claimed"),
+    ("worker: MemoryResultBackend.store (completion + wake)", "memory.py", "store"),
+    ("  Job.mark_succeeded", "job.py", "mark_succeeded"),
+    ("worker: Job.mark_started", "job.py", "mark_started"),
+]
+
+
+def work(x: int) -> int:
+    return x
+
+
+def report(title: str, n: int, wall: float) -> None:
+    stats = yappi.get_func_stats()
+    print(f"\n== {title}: N={n}, wall {wall:.3f} s under yappi ({n / wall:,.0f} jobs/s traced)")
+    print(f"{'phase':58} {'us/job':>8} {'calls/job':>10}")
+    for label, module, name in PHASES:
+        tot, calls = 0.0, 0
+        for s in stats:
+            short = s.name.rsplit(".", 1)[-1]
+            builtin = not module and f"'{name}' of 'sqlite3" in s.name
+            if builtin or (module and short == name and s.module.endswith(module)):
+                tot += s.ttot
+                calls += s.ncall
+        if calls:
+            print(f"{label:58} {tot / n * 1e6:8.1f} {calls / n:10.2f}")
+    top = sorted(stats, key=lambda s: s.tsub, reverse=True)[:12]
+    print("top functions by own CPU time (us/job):")
+    for s in top:
+        print(f"  {s.tsub / n * 1e6:7.1f}  {s.name}  ({Path(s.module).name}:{s.lineno})")
+
+
+def profile_memory(n: int) -> None:
+    from nuvom.app import App
+    from nuvom.config import Settings
+    from nuvom.worker import Worker
+
+    app = App(Settings(queue_backend="memory", result_backend="memory"))
+    noop = app.task(work, name="work")
+    with Worker(app=app, max_workers=4):
+        noop.delay(-1).get(timeout=60)
+        yappi.clear_stats()
+        yappi.start(builtins=True, profile_threads=True)
+        t0 = time.perf_counter()
+        jobs = [noop.delay(i) for i in range(n)]
+        for job in jobs:
+            job.get(timeout=120)
+        wall = time.perf_counter() - t0
+        yappi.stop()
+    report("memory: .delay() x N then job.get() each (all threads)", n, wall)
+    app.close()
+
+
+def profile_sqlite_delay(n: int) -> None:
+    from nuvom.app import App
+    from nuvom.config import Settings
+
+    with tempfile.TemporaryDirectory() as tmp:
+        app = App(Settings(queue_backend="sqlite", result_backend="sqlite", data_dir=Path(tmp)))
+        noop = app.task(work, name="work")
+        noop.delay(-1)
+        yappi.clear_stats()
+        yappi.start(builtins=True, profile_threads=False)
+        t0 = time.perf_counter()
+        for i in range(n):
+            noop.delay(i)
+        wall = time.perf_counter() - t0
+        yappi.stop()
+        report("sqlite: .delay() x N, producer only", n, wall)
+        app.close()
+
+
+def per_call(fn: Any, n: int) -> float:
+    """Best of 5 runs of ``fn`` n times, microseconds a call, no profiler."""
+    best = float("inf")
+    for _ in range(5):
+        t0 = time.perf_counter()
+        for _ in range(n):
+            fn()
+        best = min(best, time.perf_counter() - t0)
+    return best / n * 1e6
+
+
+def direct_timings(n: int) -> None:
+    """Each phase timed alone, untraced (the figures to quote; yappi's show the shape)."""
+    import sqlite3
+
+    from nuvom import serialization
+    from nuvom.app import App
+    from nuvom.config import Settings
+    from nuvom.job import Job, new_job_id
+
+    app = App(Settings(queue_backend="memory", result_backend="memory"))
+    noop = app.task(work, name="work")
+    job = noop.make_job([1], {}, app)
+    values = dict(job.__dict__)
+    rows: list[tuple[str, float]] = [
+        ("make_job (whole)", per_call(lambda: noop.make_job([1], {}, app), n)),
+        ("  serialization.dumps([args, kwargs]) (size check)", per_call(lambda: serialization.dumps([[1], {}]), n)),
+        ("  new_job_id", per_call(new_job_id, n)),
+        ("  Job.trusted", per_call(lambda: Job.trusted(dict(values), app), n)),
+        ("Job.to_bytes (encoding for a durable queue)", per_call(job.to_bytes, n)),
+    ]
+    data = job.to_bytes()
+    rows.append(("Job.from_bytes (decoding a record)", per_call(lambda: Job.from_bytes(data), n)))
+    attempt = job.mark_started("w", time.time())
+    job.mark_succeeded(attempt, 1, time.time())
+    app.results.store([job])
+    rows.append(("memory: job.get() of a finished job", per_call(lambda: job.get(timeout=1), n)))
+    rows.append(("memory: results.store([job]) (no waiter)", per_call(lambda: app.results.store([job]), n)))
+    rows.append(("memory: Task.delay (make_job + enqueue)", per_call(lambda: noop.delay(1), n)))
+    app.close()
+    try:
+        import nuvom.sqlite  # noqa: F401
+    except ImportError:
+        pass
+    else:
+        with tempfile.TemporaryDirectory() as tmp:
+            sapp = App(Settings(queue_backend="sqlite", result_backend="sqlite", data_dir=Path(tmp)))
+            snoop = sapp.task(work, name="work")
+            jobs = iter([snoop.make_job([i], {}, sapp) for i in range(6 * n)])
+            rows.append(
+                (
+                    "sqlite: queue.enqueue(job) (encode + insert + commit)",
+                    per_call(lambda: sapp.queue.enqueue(next(jobs)), n),
+                )
+            )
+            rows.append(("sqlite: Task.delay (whole)", per_call(lambda: snoop.delay(1), n)))
+            sapp.results.store([job])
+            rows.append(
+                (
+                    "sqlite: job.get() of a finished job (read + decode)",
+                    per_call(lambda: sapp.results.wait(job.id, 1), n),
+                )
+            )
+            sapp.close()
+            conn = sqlite3.connect(Path(tmp) / "floor.db", isolation_level=None)
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=NORMAL")
+            conn.execute("CREATE TABLE t (id TEXT PRIMARY KEY, payload BLOB)")
+
+            def floor_explicit() -> None:
+                conn.execute("BEGIN IMMEDIATE")
+                conn.execute("INSERT INTO t VALUES (?, ?)", (new_job_id(), data))
+                conn.execute("COMMIT")
+
+            rows.append(("bare sqlite3: BEGIN IMMEDIATE + INSERT + COMMIT", per_call(floor_explicit, n)))
+            rows.append(
+                (
+                    "bare sqlite3: autocommit INSERT",
+                    per_call(lambda: conn.execute("INSERT INTO t VALUES (?, ?)", (new_job_id(), data)), n),
+                )
+            )
+            conn.close()
+    print(f"\n== direct timings, no profiler (best of 5 x {n} calls)")
+    for label, us in rows:
+        print(f"{label:58} {us:8.2f} us")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--jobs", type=int, default=10_000)
+    args: Any = parser.parse_args()
+    direct_timings(min(args.jobs, 5000))
+    yappi.set_clock_type("cpu")
+    profile_memory(args.jobs)
+    try:
+        import nuvom.sqlite  # noqa: F401
+    except ImportError:
+        print("\nnuvom-sqlite not installed: sqlite part skipped")
+    else:
+        profile_sqlite_delay(args.jobs)
+
+
+if __name__ == "__main__":
+    main()

@@ -104,3 +104,29 @@ def test_a_backend_that_breaks_the_contract_fails_plugin_test_naming_the_rule(cl
     [result] = json.loads(out.stdout)["plugins"]
     failed = [c for c in result["checks"] if not c["ok"]]
     assert failed and rule in failed[0]["detail"]
+
+
+BROKEN_BACKEND_PLUGIN = textwrap.dedent(
+    """
+    from nuvom.plugins.contracts import Plugin
+
+    class Broken(Plugin):
+        name = "broken"
+        provides = ["result_backend"]
+
+        def start(self, settings):
+            raise RuntimeError("the store is not configured")
+
+        def stop(self):
+            pass
+    """
+)
+
+
+def test_plugin_status_never_says_loaded_for_a_backend_plugin_that_fails_to_start(cli, tmp_path):
+    (tmp_path / "broken_plugin.py").write_text(BROKEN_BACKEND_PLUGIN)
+    (tmp_path / ".nuvom_plugins.toml").write_text('[plugins]\nresult_backend = ["broken_plugin:Broken"]\n')
+    out = cli("plugin", "status", "-f", "json")
+    assert out.exit_code == 0, out.stderr
+    [broken] = [p for p in json.loads(out.stdout)["plugins"] if p["name"] == "broken"]
+    assert broken["state"] == "failed" and "the store is not configured" in broken["error"]

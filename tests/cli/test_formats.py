@@ -134,7 +134,7 @@ def test_inspect_json_has_error_traceback_and_every_attempt(cli, mem):
     assert doc["error"]["type"] == "RuntimeError"
     assert "RuntimeError: it broke" in doc["error"]["traceback"]
     assert [a["number"] for a in doc["history"]] == [1, 2]
-    assert {"number", "outcome", "executor", "started_at", "finished_at", "duration_secs", "error"} == set(
+    assert {"number", "outcome", "executor", "worker_id", "started_at", "finished_at", "duration_secs", "error"} == set(
         doc["history"][0]
     )
 

@@ -165,7 +165,7 @@ def test_plugin_status_lists_entry_points_and_the_plugins_file(cli, tmp_path):
     assert (memory["target"], memory["distribution"]) == ("nuvom.backends.memory:MemoryJobQueue", "nuvom-core")
     assert backends[("result", "file")]["target"] == "nuvom.backends.file:FileResultBackend"
     echo = by_target["good_plugin:EchoPlugin"]
-    assert (echo["name"], echo["state"], echo["source"]) == ("echo", "loaded", ".nuvom_plugins.toml [result_backend]")
+    assert (echo["name"], echo["state"], echo["source"]) == ("echo", "started", ".nuvom_plugins.toml [result_backend]")
     future = by_target["bad_plugins:FromTheFuture"]
     assert future["state"] == "failed" and "api_version '9.0'" in future["error"]
     missing = by_target["missing_mod:Nope"]

@@ -146,3 +146,10 @@ def test_python_m_nuvom_worker_runs_jobs_and_logs_start_and_stop(tmp_path: Path)
     assert worker.returncode == 0
     assert "started" in err and "FileJobQueue" in err and "mul" in err and str(tmp_path / "data") in err
     assert "stopped" in err
+
+
+def test_a_dotenv_that_is_not_utf8_is_one_config_error(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / ".env").write_bytes(b"NUVOM_LOG_LEVEL=INFO\nNUVOM_DATA_DIR=caf\xe9\n")
+    with pytest.raises(ConfigError, match=r"\.env is not UTF-8 text \(byte 0xe9"):
+        load_settings()

@@ -54,6 +54,7 @@ def make_jobs(n: int, start: float | None = None) -> list[Job]:
                         started_at=start + i - 0.5,
                         finished_at=start + i,
                         outcome="error" if failed else "success",
+                        worker_id="host-a:123",
                     )
                 ],
             )

@@ -109,6 +109,11 @@ def read_settings(cls: type[S], **overrides: Any) -> S:
     :class:`ConfigError` naming the environment variable and the value."""
     try:
         return cls(**overrides)
+    except UnicodeDecodeError as exc:
+        env_file = cls.model_config.get("env_file") or ".env"
+        raise ConfigError(
+            f"{env_file} is not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at offset {exc.start}); save it as UTF-8"
+        ) from None
     except ValidationError as exc:
         err = exc.errors()[0]
         field = str(err["loc"][0]) if err.get("loc") else "?"

@@ -139,6 +139,8 @@ class Attempt(BaseModel):
     error: JobError | None = None
     #: Which executor ran it (``None`` in records written before executors existed).
     executor: Executor | None = None
+    #: The worker that ran it (``None`` for a run lost before it started, and in older records).
+    worker_id: str | None = None
 
 
 #: A claim's lease covers the job's timeout times this factor plus this margin:
@@ -331,7 +333,7 @@ class Job(BaseModel):
     def mark_started(self, worker_id: str | None, now: float, executor: Executor | None = None) -> Attempt:
         """An attempt begins; returns it (recorded in ``history`` when it ends)."""
         self.__dict__.update(started_at=now, worker_id=worker_id)
-        return Attempt(number=self.attempts, started_at=now, executor=executor)
+        return Attempt(number=self.attempts, started_at=now, executor=executor, worker_id=worker_id)
 
     def mark_succeeded(self, attempt: Attempt, result: Any, now: float) -> None:
         attempt.finished_at = now
@@ -419,4 +421,5 @@ def _attempt_dict(attempt: Attempt | dict[str, Any]) -> dict[str, Any]:
         "outcome": attempt.outcome,
         "error": None if attempt.error is None else _error_dict(attempt.error),
         "executor": attempt.executor,
+        "worker_id": attempt.worker_id,
     }

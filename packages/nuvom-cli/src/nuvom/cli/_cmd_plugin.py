@@ -81,7 +81,8 @@ def plugin_status(format: FormatOpt = Format.table) -> None:
 
     Example: [bold]nuvom plugin status --format json[/]
 
-    Plugins are imported but not started. A malformed .nuvom_plugins.toml is
+    Plugins are imported; those that only register backends are also started
+    (in this command only), so a failing start() shows. A malformed .nuvom_plugins.toml is
     reported with its line number (exit code 7).
     """
     from nuvom.app import App
@@ -97,6 +98,11 @@ def plugin_status(format: FormatOpt = Format.table) -> None:
     logging.getLogger("nuvom.plugins").setLevel(logging.CRITICAL)
     app = App(settings, project_dir=root)
     records = app.plugins.discover()
+    # Plugins that only register backends (the earlier way of shipping one) are
+    # started here, in this throwaway app, so a start() that fails is shown as
+    # failed and never as loaded. Other plugins (exporters, hooks) only start in
+    # a worker: importing them is as far as this command goes.
+    app.plugins.start(settings, backends_only=True)
     backends = _backend_rows(app)
     extensions = extension_status()
     if format is Format.json:

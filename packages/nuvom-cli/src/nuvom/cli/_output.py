@@ -193,6 +193,7 @@ def job_document(job: Job) -> dict[str, Any]:
                 "number": a.number,
                 "outcome": a.outcome,
                 "executor": a.executor,
+                "worker_id": a.worker_id,
                 "started_at": a.started_at,
                 "finished_at": a.finished_at,
                 "duration_secs": _rounded(attempt_secs(a)),

@@ -203,6 +203,7 @@ class SchedulerLoop:
     def run(self) -> None:
         store, queue, stop, wake = self.store, self.queue, self._stop, self._wake
         next_repair = 0.0
+        failing: str | None = None  # the error being reported: logged once, not every second
         while not stop.is_set():
             wake.clear()
             now = time.time()
@@ -216,10 +217,15 @@ class SchedulerLoop:
                             "queued %d scheduled job(s) whose tick was claimed by a process that died", repaired
                         )
                 due = store.next_due_at()
-            except Exception:
-                log.exception("firing schedules failed; trying again shortly")
+            except Exception as exc:
+                if str(exc) != failing:
+                    failing = str(exc)
+                    log.error("firing schedules failed (%s: %s); trying again every second", type(exc).__name__, exc)
                 stop.wait(1.0)
                 continue
+            if failing is not None:
+                failing = None
+                log.warning("firing schedules works again")
             # Never less than _MIN_WAIT: a tick that stays due (its claim keeps failing)
             # must not turn this loop into a busy one.
             wait = _IDLE_WAIT if due is None else min(_IDLE_WAIT, max(_MIN_WAIT, due - time.time() + _WAKE_LATE))

@@ -280,6 +280,15 @@ class FileJobQueue(BaseJobQueue, FileSchedules):
         except (IsADirectoryError, NotAFile) as exc:
             quarantine(path, self.corrupt_dir, f"queue-{name}", f"not a regular file ({exc})", log)
             return None
+        except OSError:
+            # Unreadable for a reason of this process (no descriptor left, say):
+            # hand the file back as it was, or the job would wait out a lease and
+            # then run a second time.
+            try:
+                os.replace(path, os.path.join(directory, name))
+            except OSError:
+                pass  # then its lease returns it
+            raise
         if job.id != job_id:
             quarantine(path, self.corrupt_dir, f"queue-{name}", f"it holds job {job.id!r}", log)
             return None

@@ -152,7 +152,7 @@ def test_a_token_protected_dashboard_asks_for_it(project: Project, page: Any) ->
     page.wait_for_url(url + "/jobs")
     assert page.locator("h1").inner_text() == "Jobs"
     page.goto(url + "/schedules")
-    assert "Scheduling is not available" in page.locator("#no-schedules").inner_text()
+    assert page.locator("table#schedules").is_visible()  # SQLite keeps schedules
     shot(page, "schedules")
     assert page.context.request.get(url + "/api/samples").status == 200  # signed in: the cookie
     # A browser that never signed in gets nothing from the API.

@@ -1,5 +1,8 @@
-"""Real worker processes firing one schedule on one shared file store:
-every tick becomes exactly one job, with workers killed (SIGKILL) around ticks."""
+"""Real worker processes firing one schedule on one shared store: every tick
+becomes exactly one job, with workers killed (SIGKILL) around ticks.
+
+Core's environment runs it on the file store; nuvom-sqlite's environment runs
+it again with ``-k sqlite`` (hatch.toml), where the sqlite backend is installed."""
 
 from __future__ import annotations
 
@@ -21,7 +24,14 @@ from nuvom.schedule import Schedule, tick_job_id
 
 pytestmark = pytest.mark.skipif(os.name == "nt", reason="SIGKILL and O_APPEND logs are POSIX")
 
-BACKEND = "file"
+
+def _installed(name: str) -> bool:
+    from importlib.metadata import entry_points
+
+    return any(ep.name == name for ep in entry_points(group="nuvom.queue_backends"))
+
+
+BACKENDS = [pytest.param(name, id=name) for name in ("file", "sqlite") if _installed(name)]
 # How long the schedule runs. The issue's 60 s run: NUVOM_TEST_SCHEDULE_SECS=60.
 SOAK_SECS = float(os.environ.get("NUVOM_TEST_SCHEDULE_SECS", "20"))
 KILLS = int(os.environ.get("NUVOM_TEST_SCHEDULE_KILLS", "8"))
@@ -67,15 +77,15 @@ def wait_until(predicate: Callable[[], Any], timeout: float, what: str) -> Any:
 
 
 class Soak:
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, backend: str) -> None:
         self.root = root
         self.runs = root / "runs.log"
         self.runs.touch()
         (root / "tasks.py").write_text(TASKS)
         self.env = {k: v for k, v in os.environ.items() if not k.startswith("NUVOM_")}
         self.env.update(
-            NUVOM_QUEUE_BACKEND=BACKEND,
-            NUVOM_RESULT_BACKEND=BACKEND,
+            NUVOM_QUEUE_BACKEND=backend,
+            NUVOM_RESULT_BACKEND=backend,
             NUVOM_DATA_DIR=str(root / "data"),
             NUVOM_TEST_RUNS=str(self.runs),
             NUVOM_LOG_LEVEL="ERROR",
@@ -84,7 +94,7 @@ class Soak:
             PYTHONPATH=str(root),
         )
         self.procs: list[subprocess.Popen[bytes]] = []
-        self.app = App(Settings(queue_backend=BACKEND, result_backend=BACKEND, data_dir=root / "data"))
+        self.app = App(Settings(queue_backend=backend, result_backend=backend, data_dir=root / "data"))
 
     def start_worker(self) -> subprocess.Popen[bytes]:
         proc = subprocess.Popen([sys.executable, "-c", WORKER], cwd=self.root, env=self.env, stderr=subprocess.DEVNULL)
@@ -154,10 +164,10 @@ class Soak:
         return count
 
 
-@pytest.fixture
-def soak(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Soak]:
+@pytest.fixture(params=BACKENDS)
+def soak(request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Soak]:
     monkeypatch.chdir(tmp_path)
-    s = Soak(tmp_path)
+    s = Soak(tmp_path, request.param)
     yield s
     s.stop()
 

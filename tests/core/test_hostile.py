@@ -151,5 +151,5 @@ def test_python_m_nuvom_worker_runs_jobs_and_logs_start_and_stop(tmp_path: Path)
 def test_a_dotenv_that_is_not_utf8_is_one_config_error(tmp_path: Path, monkeypatch) -> None:
     monkeypatch.chdir(tmp_path)
     (tmp_path / ".env").write_bytes(b"NUVOM_LOG_LEVEL=INFO\nNUVOM_DATA_DIR=caf\xe9\n")
-    with pytest.raises(ConfigError, match=r"\.env is not UTF-8 text \(byte 0xe9"):
+    with pytest.raises(ConfigError, match=r"\.env: byte 0xe9 at line 2, column 19 is not UTF-8 text"):
         load_settings()

@@ -110,10 +110,8 @@ def read_settings(cls: type[S], **overrides: Any) -> S:
     try:
         return cls(**overrides)
     except UnicodeDecodeError as exc:
-        env_file = cls.model_config.get("env_file") or ".env"
-        raise ConfigError(
-            f"{env_file} is not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at offset {exc.start}); save it as UTF-8"
-        ) from None
+        # pydantic-settings reads .env as UTF-8 and lets the codec error through.
+        raise ConfigError(_not_utf8(Path(str(cls.model_config.get("env_file") or ".env")), exc)) from None
     except ValidationError as exc:
         err = exc.errors()[0]
         field = str(err["loc"][0]) if err.get("loc") else "?"
@@ -122,6 +120,21 @@ def read_settings(cls: type[S], **overrides: Any) -> S:
         raise ConfigError(
             f"{var}={err.get('input')!r} is not valid: {err['msg']}; fix it in the environment or .env"
         ) from None
+
+
+def _not_utf8(path: Path, exc: UnicodeDecodeError) -> str:
+    """Where in ``path`` the byte that is not UTF-8 sits, and what to do."""
+    where = ""
+    try:
+        data = path.read_bytes()
+    except OSError:
+        data = b""
+    if data and exc.start < len(data):
+        line = data.count(b"\n", 0, exc.start) + 1
+        column = exc.start - (data.rfind(b"\n", 0, exc.start) + 1) + 1
+        where = f" at line {line}, column {column}"
+    byte = exc.object[exc.start : exc.start + 1].hex() if isinstance(exc.object, bytes) else "?"
+    return f"{path.resolve()}: byte 0x{byte}{where} is not UTF-8 text; save the file as UTF-8"
 
 
 def setting_sources(settings: BaseSettings) -> dict[str, tuple[Any, str]]:

@@ -36,30 +36,9 @@ def load_project_settings() -> Settings:
     make them the process-wide ones; a bad value raises ``ConfigError``."""
     from nuvom.config import load_settings, reset_settings
 
-    try:
-        settings = load_settings()
-    except UnicodeDecodeError as exc:
-        # pydantic-settings reads .env as UTF-8 and lets the codec error through.
-        from nuvom.errors import ConfigError
-
-        raise ConfigError(not_utf8_message(Path(".env"), exc)) from None
+    settings = load_settings()  # a .env that is not UTF-8 is a ConfigError naming line and column
     reset_settings(settings)
     return settings
-
-
-def not_utf8_message(path: Path, exc: UnicodeDecodeError) -> str:
-    """Where in ``path`` the byte that is not UTF-8 sits, and what to do."""
-    where = ""
-    try:
-        data = path.read_bytes()
-    except OSError:
-        data = b""
-    if data and exc.start < len(data):
-        line = data.count(b"\n", 0, exc.start) + 1
-        column = exc.start - (data.rfind(b"\n", 0, exc.start) + 1) + 1
-        where = f" at line {line}, column {column}"
-    byte = exc.object[exc.start : exc.start + 1].hex() if isinstance(exc.object, bytes) else "?"
-    return f"{path.resolve()}: byte 0x{byte}{where} is not UTF-8 text; save the file as UTF-8"
 
 
 class _PlainFormatter(logging.Formatter):

@@ -80,5 +80,4 @@ def set_backends(queue: BaseJobQueue | None = None, results: BaseResultBackend |
 
 def reset_backends() -> None:
     """Close the default app's backends; the next use builds them from settings again."""
-    app = default_app()
-    app.configure(app._settings)
+    default_app().close()

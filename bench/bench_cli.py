@@ -118,7 +118,9 @@ def main() -> None:
     results: dict[str, Any] = {}
     with tempfile.TemporaryDirectory(prefix="nuvom-bench-cli-") as tmp:
         project = Path(tmp)
-        env = {k: v for k, v in os.environ.items() if not k.startswith("NUVOM_")}
+        # PYTHONDONTWRITEBYTECODE would make every run compile the editable
+        # sources again; an installed wheel has its bytecode compiled by pip.
+        env = {k: v for k, v in os.environ.items() if not k.startswith("NUVOM_") and k != "PYTHONDONTWRITEBYTECODE"}
         env.update(NUVOM_DATA_DIR=str(project / ".nuvom"), COLUMNS="100")
         stored = subprocess.run(
             [sys.executable, "-c", textwrap.dedent(STORE_JOB)], cwd=project, env=env, capture_output=True, text=True
@@ -131,6 +133,8 @@ def main() -> None:
         commands = {
             "python -c pass": [*py, "pass"],
             "import typer (the CLI framework)": [*py, "import typer"],
+            "import pydantic's BaseModel": [*py, "from pydantic import BaseModel"],
+            "import pydantic-settings": [*py, "import pydantic_settings"],
             "core imports of a read command": [*py, CORE_IMPORTS],
             "nuvom --help": [*nuvom, "--help"],
             "nuvom status <id>": [*nuvom, "status", job_id],

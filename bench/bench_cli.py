@@ -135,6 +135,9 @@ def main() -> None:
             "import typer (the CLI framework)": [*py, "import typer"],
             "import pydantic's BaseModel": [*py, "from pydantic import BaseModel"],
             "import pydantic-settings": [*py, "import pydantic_settings"],
+            # What any read command of a typer CLI over pydantic-settings pays
+            # before it runs a line of its own: the floor of `status`.
+            "import typer, pydantic_settings": [*py, "import typer, pydantic_settings"],
             "core imports of a read command": [*py, CORE_IMPORTS],
             "nuvom --help": [*nuvom, "--help"],
             "nuvom status <id>": [*nuvom, "status", job_id],

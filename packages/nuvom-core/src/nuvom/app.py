@@ -30,7 +30,6 @@ from nuvom import _default
 from nuvom._backends import BackendTable, Role, registering_into
 from nuvom._hooks import AppHooks
 from nuvom._registry import TaskRegistry, project_import_policy
-from nuvom._runner import run_job
 from nuvom._settings import Settings, load_settings
 from nuvom._task import Task
 from nuvom.job import Job, JobStatus
@@ -207,6 +206,7 @@ class App:
         included, and return it finished; no backend is read or written
         (``nuvom runtestworker``, eager test apps)."""
         from nuvom._hooks import Hooks
+        from nuvom._runner import run_job  # the engine: not needed to queue or read jobs
 
         hooks = Hooks.collect(self.hooks.snapshot(), [])
         return run_job(

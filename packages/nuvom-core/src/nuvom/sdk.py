@@ -6,12 +6,14 @@ Every function works on the default app, or on the app given as ``app=``.
 from __future__ import annotations
 
 import time
+from typing import TYPE_CHECKING
 
-from nuvom import _scheduler
 from nuvom.app import App, default_app
 from nuvom.job import TERMINAL_STATUSES, Job, JobError, JobStatus, new_job_id, validate_job_id
 from nuvom.plugins.contracts import Cursor
-from nuvom.schedule import Schedule
+
+if TYPE_CHECKING:
+    from nuvom.schedule import Schedule
 
 __all__ = [
     "cancel_job",
@@ -157,14 +159,20 @@ def cancel_job(job_id: str, *, app: App | None = None) -> Job | None:
 
 
 # -- schedules ------------------------------------------------------------------
-# A queue backend without schedules raises BackendError saying so.
+# A queue backend without schedules raises BackendError saying so. The
+# scheduler is imported on first use: commands that only read jobs (`nuvom
+# status` in a shell loop) do not pay for it.
 def list_schedules(*, app: App | None = None) -> list[Schedule]:
     """Every schedule, ordered by key."""
+    from nuvom import _scheduler
+
     return _scheduler.store_of((app or default_app()).queue).list_schedules()
 
 
 def get_schedule(key: str, *, app: App | None = None) -> Schedule | None:
     """The schedule with this key (with next/last run, last job id), or ``None``."""
+    from nuvom import _scheduler
+
     return _scheduler.store_of((app or default_app()).queue).get_schedule(key)
 
 
@@ -179,6 +187,8 @@ def resume_schedule(key: str, *, app: App | None = None) -> Schedule | None:
 
 
 def _set_paused(key: str, paused: bool, app: App | None) -> Schedule | None:
+    from nuvom import _scheduler
+
     store = _scheduler.store_of((app or default_app()).queue)
     found = store.set_schedule_paused(key, paused)
     store.schedules_changed()
@@ -187,6 +197,8 @@ def _set_paused(key: str, paused: bool, app: App | None) -> Schedule | None:
 
 def cancel_schedule(key: str, *, app: App | None = None) -> bool:
     """Delete the schedule (jobs it already queued stay); ``False`` if unknown."""
+    from nuvom import _scheduler
+
     store = _scheduler.store_of((app or default_app()).queue)
     gone = store.delete_schedule(key)
     store.schedules_changed()
@@ -195,4 +207,6 @@ def cancel_schedule(key: str, *, app: App | None = None) -> bool:
 
 def run_schedule_now(key: str, *, app: App | None = None) -> Job | None:
     """Queue one job of the schedule now, besides its ticks; ``None`` if unknown."""
+    from nuvom import _scheduler
+
     return _scheduler.run_now(app or default_app(), key)

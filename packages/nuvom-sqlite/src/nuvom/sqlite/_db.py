@@ -108,6 +108,7 @@ _MIGRATIONS: dict[int, tuple[str | Callable[[sqlite3.Connection], None], ...]] =
     # nuvom_job_tags in step with nuvom_results in the very transaction that
     # writes or deletes a result, whichever code path (or sqlite3 shell) does it.
     3: (
+        lambda conn: _require_json(conn),
         "ALTER TABLE nuvom_results ADD COLUMN tags TEXT",
         # One row per (tag, job). The primary key is the "newest first, keyset
         # page by tag" order itself; status and func_name ride along so that a
@@ -170,6 +171,20 @@ def tags_column(tags: object) -> str | None:
         return None
     seen = list(dict.fromkeys(t for t in tags if isinstance(t, str)))
     return json.dumps(seen) if seen else None
+
+
+def _require_json(conn: sqlite3.Connection) -> None:
+    # The triggers read the tags with json_each: built into SQLite since 3.38,
+    # an option before. Refuse here, before the file changes, rather than fail
+    # every store later.
+    try:
+        conn.execute("SELECT count(*) FROM json_each('[\"a\"]')").fetchone()
+    except sqlite3.OperationalError:
+        raise BackendError(
+            f"this Python's SQLite {sqlite3.sqlite_version} lacks the JSON functions (json_each) that "
+            "nuvom-sqlite's tag index needs; use a Python built with SQLite 3.38 or newer (python.org "
+            "builds bundle one) or pick another backend"
+        ) from None
 
 
 def _backfill_tags(conn: sqlite3.Connection) -> None:

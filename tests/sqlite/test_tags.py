@@ -86,8 +86,16 @@ def test_keyset_pages_by_tag_return_every_tagged_job_newest_first_once(results):
     assert [j.id for j in page_all(results, 6, tag="common", since=since, until=until)] == newest_first(want)
 
 
-def test_a_job_without_tags_writes_no_tag_row(results, db_path):
-    results.store([finished(i, time.time(), tags=[]) for i in range(20)])
+def test_storing_jobs_without_tags_sends_nothing_to_the_tag_index(results, db_path):
+    results.count()  # the schema, before tracing
+    conn = results.db.connection()
+    statements: list[str] = []
+    conn.set_trace_callback(statements.append)
+    try:
+        results.store([finished(i, time.time(), tags=[]) for i in range(20)])
+    finally:
+        conn.set_trace_callback(None)
+    assert not [s for s in statements if "nuvom_job_tags" in s or "json_each" in s], statements
     assert tag_rows(db_path) == []
     conn = results.db.connection()
     assert conn.execute("SELECT count(*) FROM nuvom_results WHERE tags IS NOT NULL").fetchone()[0] == 0
@@ -97,7 +105,8 @@ def test_a_replaced_or_deleted_result_leaves_no_stale_tag_rows(results, db_path)
     job = finished(0, time.time(), tags=["a", "b"])
     results.store([job])
     assert tag_rows(db_path) == [("a", job.id), ("b", job.id)]
-    # Retried and stored again (INSERT OR REPLACE) with other tags and a later finish.
+    # Stored again under the same id (INSERT OR REPLACE), later and with another
+    # outcome; other tags too, though a job's tags do not change in practice.
     job.tags, job.finished_at, job.status = ["b", "c"], time.time() + 5, JobStatus.FAILED
     results.store([job])
     assert tag_rows(db_path) == [("b", job.id), ("c", job.id)]

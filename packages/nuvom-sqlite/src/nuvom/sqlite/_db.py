@@ -104,9 +104,12 @@ _MIGRATIONS: dict[int, tuple[str | Callable[[sqlite3.Connection], None], ...]] =
         """,
     ),
     # The tag index (nuvom.sqlite._results). A result's tags become a column
-    # (a JSON array, NULL when the job has none) so that triggers can keep
-    # nuvom_job_tags in step with nuvom_results in the very transaction that
-    # writes or deletes a result, whichever code path (or sqlite3 shell) does it.
+    # (a JSON array, NULL when the job has none) and one row per tag in
+    # nuvom_job_tags, written by insert_results() in the transaction that
+    # stores the result. No insert trigger: a trigger runs for every row, and
+    # measured it made storing a job without tags cost more (docs/sqlite.md);
+    # deletes and updates, rarer, are kept in step by triggers, whatever
+    # deletes (pruning, delete(), the sqlite3 shell).
     3: (
         lambda conn: _require_json(conn),
         "ALTER TABLE nuvom_results ADD COLUMN tags TEXT",
@@ -126,19 +129,8 @@ _MIGRATIONS: dict[int, tuple[str | Callable[[sqlite3.Connection], None], ...]] =
         """,
         # Results stored before this version: their tags, read from the payloads.
         lambda conn: _backfill_tags(conn),
-        # WHEN ... IS NOT NULL: a job without tags costs one test, nothing more.
-        """
-        CREATE TRIGGER nuvom_results_tags_insert AFTER INSERT ON nuvom_results
-        WHEN new.tags IS NOT NULL
-        BEGIN
-            INSERT OR IGNORE INTO nuvom_job_tags (tag, finished_at, job_id, status, func_name)
-            SELECT value, new.finished_at, new.id, new.status, new.func_name FROM json_each(new.tags)
-            WHERE type = 'text';
-        END
-        """,
-        # Also fires for the row an INSERT OR REPLACE replaces: connections set
-        # PRAGMA recursive_triggers (Database._prepare), without which SQLite
-        # skips delete triggers on REPLACE.
+        # Not fired by INSERT OR REPLACE (recursive_triggers is off: with it on,
+        # every insert paid for the check); insert_results() handles replaced rows.
         """
         CREATE TRIGGER nuvom_results_tags_delete AFTER DELETE ON nuvom_results
         WHEN old.tags IS NOT NULL
@@ -174,7 +166,7 @@ def tags_column(tags: object) -> str | None:
 
 
 def _require_json(conn: sqlite3.Connection) -> None:
-    # The triggers read the tags with json_each: built into SQLite since 3.38,
+    # The triggers and queries read the tags with json_each: built into SQLite since 3.38,
     # an option before. Refuse here, before the file changes, rather than fail
     # every store later.
     try:
@@ -189,10 +181,9 @@ def _require_json(conn: sqlite3.Connection) -> None:
 
 def _backfill_tags(conn: sqlite3.Connection) -> None:
     """Fill the tags column and the tag index for results stored before schema
-    version 3, from their payloads. Runs before the triggers exist: the tag
-    rows are written here directly, sorted in the index's order, which is
-    several times faster than row-by-row trigger work (docs/sqlite.md has the
-    cost at 1M results). A payload that cannot be decoded keeps NULL: its row
+    version 3, from their payloads. Runs before the update trigger exists: the
+    tag rows are written here directly, sorted in the index's order (docs/sqlite.md
+    has the cost at 1M results). A payload that cannot be decoded keeps NULL: its row
     is left exactly as it was, it only cannot be found by tag."""
     started = time.perf_counter()
     updates: list[tuple[str, int]] = []
@@ -405,9 +396,6 @@ class Database:
                     # transactions but never corrupts the file (docs/sqlite.md).
                     conn.execute("PRAGMA synchronous=NORMAL")
                 conn.execute("PRAGMA temp_store=MEMORY")
-                # An INSERT OR REPLACE of a result must fire the tag index's
-                # delete trigger for the row it replaces (schema version 3).
-                conn.execute("PRAGMA recursive_triggers=ON")
                 if not self._ready:
                     with self._lock:
                         if not self._ready:

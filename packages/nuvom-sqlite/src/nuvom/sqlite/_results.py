@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import logging
+import sqlite3
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -16,21 +18,18 @@ from nuvom.sqlite._db import Database, tags_column
 from nuvom.sqlite._settings import SQLiteSettings, load_sqlite_settings, resolve_paths
 
 if TYPE_CHECKING:
-    import sqlite3
-
     from nuvom.config import Settings
 
-__all__ = ["SQLiteResultBackend"]
+__all__ = ["SQLiteResultBackend", "insert_results"]
 
 log = logging.getLogger("nuvom.sqlite")
 
-# The tags column feeds the tag index through triggers (nuvom.sqlite._db,
-# schema version 3), so every path that stores a result with this statement
-# indexes its tags in the same transaction.
 INSERT_RESULT = (
     "INSERT OR REPLACE INTO nuvom_results (id, func_name, status, attempts, worker_id, created_at, "
     "started_at, finished_at, error_type, error_message, payload, tags) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
+
+INSERT_TAG = "INSERT OR IGNORE INTO nuvom_job_tags (tag, finished_at, job_id, status, func_name) VALUES (?, ?, ?, ?, ?)"
 
 # Pruning deletes at most this many rows per transaction, so that a first
 # prune of a large table never holds the write lock for long.
@@ -54,6 +53,50 @@ def result_row(job: Job) -> tuple[Any, ...]:
         job.to_bytes(),
         tags_column(job.tags) if job.tags else None,
     )
+
+
+def insert_results(conn: sqlite3.Connection, rows: Sequence[tuple[Any, ...]]) -> None:
+    """Store ``result_row`` rows and index their tags, in the caller's
+    transaction. Every path that stores results goes through here (the
+    queue's ``complete()`` too), so the tag index never lags the results.
+
+    Rows without tags cost one look at their last column: no statement, no
+    trigger. A tagged job stored again (the same id: a completion recorded
+    twice) first loses the tag rows of its previous record, whose
+    ``finished_at`` may differ; the delete trigger does not fire for rows
+    that INSERT OR REPLACE replaces."""
+    tagged = [row for row in rows if row[11] is not None]
+    if tagged:
+        _unindex_previous(conn, [row[0] for row in tagged])
+    conn.executemany(INSERT_RESULT, rows)
+    if tagged:
+        conn.executemany(
+            INSERT_TAG, [(tag, row[7], row[0], row[2], row[1]) for row in tagged for tag in _tag_list(row[11])]
+        )
+
+
+def _unindex_previous(conn: sqlite3.Connection, ids: list[str]) -> None:
+    for first in range(0, len(ids), 500):  # well under SQLite's bound-variable limit
+        chunk = ids[first : first + 500]
+        conn.execute(
+            "DELETE FROM nuvom_job_tags WHERE (tag, finished_at, job_id) IN (SELECT j.value, r.finished_at, r.id "
+            f"FROM nuvom_results AS r, json_each(r.tags) AS j WHERE r.id IN ({','.join('?' * len(chunk))}) "
+            "AND r.tags IS NOT NULL)",
+            chunk,
+        )
+
+
+_parsed_tags: dict[str, list[str]] = {}
+
+
+def _tag_list(column: str) -> list[str]:
+    # Jobs mostly share a few tag lists: parse each once (bounded).
+    tags = _parsed_tags.get(column)
+    if tags is None:
+        tags = json.loads(column)
+        if len(_parsed_tags) < 1000:
+            _parsed_tags[column] = tags
+    return tags
 
 
 class SQLiteResultBackend(BaseResultBackend):
@@ -95,7 +138,7 @@ class SQLiteResultBackend(BaseResultBackend):
     def store(self, jobs: Sequence[Job]) -> None:
         rows = [result_row(job) for job in jobs]
         with self.db.write("storing results") as conn:
-            conn.executemany(INSERT_RESULT, rows)
+            insert_results(conn, rows)
         self._local_writes += 1
         self.maybe_prune()
 

@@ -160,8 +160,26 @@ def pages(repeat: int) -> list[dict[str, Any]]:
             ms = timed(fn, reps)
             out.append({"case": label, "median_ms": round(statistics.median(ms), 2), "max_ms": round(max(ms), 2)})
             print(f"  {label:<70} median {statistics.median(ms):8.2f} ms   max {max(ms):8.2f} ms", flush=True)
-        # The counts alone, without and with the cache keyed on the file's data_version.
+        # The store's query alone (no routing or template): what the tag index changes.
         results = get_result_backend()
+        for label, kwargs in (
+            ("results.query(), first page", {}),
+            ("results.query(tag=common)", {"tag": "common"}),
+            ("results.query(tag=rare)", {"tag": "rare"}),
+            ("results.query(tag=common), 15 days deep", {"tag": "common", "before": (deep, "f" * 32)}),
+            ("results.query(tag=rare), 15 days deep", {"tag": "rare", "before": (deep, "f" * 32)}),
+            ("results.query(tag=common, status=FAILED)", {"tag": "common", "status": "FAILED"}),
+        ):
+
+            def run(kwargs: dict[str, Any] = kwargs) -> None:
+                results.query(limit=50, **kwargs)
+
+            run()
+            reps = 3 if "rare" in label and slow_tags else repeat
+            ms = timed(run, reps)
+            out.append({"case": label, "median_ms": round(statistics.median(ms), 3), "max_ms": round(max(ms), 3)})
+            print(f"  {label:<70} median {statistics.median(ms):8.3f} ms   max {max(ms):8.2f} ms", flush=True)
+        # The counts alone, without and with the cache keyed on the file's data_version.
         results._counts = None  # type: ignore[attr-defined]
         uncached = []
         for _ in range(5):

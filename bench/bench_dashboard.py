@@ -1,20 +1,25 @@
 """nuvom-dashboard benchmarks: pages with 1,000,000 results in SQLite, and
 what the dashboard's own polling costs the store.
 
-    python bench/bench_dashboard.py                # 1,000,000 results (~1 minute to fill)
+    python bench/bench_dashboard.py                # 1,000,000 results (~1-2 minutes to fill)
     python bench/bench_dashboard.py --rows 100000
+    python bench/bench_dashboard.py --only pages --reuse DIR   # a folder an earlier run filled
+    python bench/bench_dashboard.py --only store
 
-Parts:
+Parts (``--only``, comma-separated; all by default):
 
 * ``pages``: the overview (cold: the counts are read from the store for the
   request, not from a sample), the overview fragment htmx polls, the jobs page
   (first page, a page deep in the history through its cursor, by status, task,
-  a common and a rare tag) and a job's page, through the ASGI app in process
+  a common and a rare tag, each tag also 15 days deep) and a job's page, through the ASGI app in process
   (Starlette's test client: routing, store, template; no network).
 * ``polling``: the dashboard's sampler at its default period (2 s) for 30 s
   while the store is idle and while a writer stores 200 results a second:
   SQL statements sent to the store per second and CPU seconds used per second
   by the sampling thread.
+* ``store``: what storing results costs, jobs without tags and with two tags
+  (``SQLiteResultBackend.store`` of 32 jobs per transaction, as a worker's
+  completion groups; rounds interleaved, medians), the write side of the tag index.
 
 Needs nuvom-core, nuvom-sqlite, nuvom-dashboard and httpx installed. Figures go
 to stdout and to ``bench/results/dashboard.json``.
@@ -39,8 +44,11 @@ from typing import Any
 def fill(db: Path, rows: int) -> float:
     from nuvom import serialization
     from nuvom.job import Job, JobError, JobStatus
-    from nuvom.sqlite import SQLiteResultBackend
-    from nuvom.sqlite._results import INSERT_RESULT
+    from nuvom.sqlite import SQLiteResultBackend, _results
+
+    # Schema 3 stores the tags as a column and in the tag index (insert_results);
+    # the fill also runs against older nuvom-sqlite trees for "before" figures.
+    with_tags_column = hasattr(_results, "insert_results")
 
     results = SQLiteResultBackend(path=db)
     rng = random.Random(7)
@@ -72,23 +80,27 @@ def fill(db: Path, rows: int) -> float:
                 tags=(["common"] if i % 2 else []) + (["rare"] if i % 10_000 == 0 else []),
             )
             err = record["error"]
-            batch.append(
-                (
-                    record["id"],
-                    record["func_name"],
-                    record["status"],
-                    record["attempts"],
-                    record["worker_id"],
-                    record["created_at"],
-                    record["started_at"],
-                    finished,
-                    None if err is None else err["type"],
-                    None if err is None else err["message"],
-                    serialization.dumps(record),
-                )
+            row = (
+                record["id"],
+                record["func_name"],
+                record["status"],
+                record["attempts"],
+                record["worker_id"],
+                record["created_at"],
+                record["started_at"],
+                finished,
+                None if err is None else err["type"],
+                None if err is None else err["message"],
+                serialization.dumps(record),
             )
+            if with_tags_column:
+                row += (json.dumps(record["tags"]) if record["tags"] else None,)
+            batch.append(row)
         with results.db.write() as conn:
-            conn.executemany(INSERT_RESULT, batch)
+            if with_tags_column:
+                _results.insert_results(conn, batch)
+            else:
+                conn.executemany(_results.INSERT_RESULT, batch)
     results.close()
     return time.perf_counter() - started
 
@@ -104,14 +116,18 @@ def timed(fn: Any, repeat: int) -> list[float]:
 
 def pages(repeat: int) -> list[dict[str, Any]]:
     from nuvom.dashboard import create_app
+    from nuvom.sqlite import SCHEMA_VERSION
     from starlette.testclient import TestClient
+
+    slow_tags = SCHEMA_VERSION < 3  # before the tag index a rare tag takes seconds: fewer rounds
 
     app = create_app(token="", sample_every=3600)  # no background sampling: each cold request reads the store
     sampler = app.state.dashboard.sampler
     out = []
     with TestClient(app) as client:
         first = client.get("/jobs").text
-        deep_cursor = f"{time.time() - 15 * 86400!r}:{'f' * 32}"
+        deep = time.time() - 15 * 86400
+        deep_cursor = f"{deep!r}:{'f' * 32}"
 
         from nuvom.backends import get_result_backend
 
@@ -132,17 +148,38 @@ def pages(repeat: int) -> list[dict[str, Any]]:
             ("jobs, task=t3", lambda: client.get("/jobs?task=t3")),
             ("jobs, tag=common (1 in 2)", lambda: client.get("/jobs?tag=common")),
             ("jobs, tag=rare (1 in 10,000)", lambda: client.get("/jobs?tag=rare")),
+            ("jobs, tag=common, 15 days deep (cursor)", lambda: client.get(f"/jobs?tag=common&before={deep_cursor}")),
+            ("jobs, tag=rare, 15 days deep (cursor)", lambda: client.get(f"/jobs?tag=rare&before={deep_cursor}")),
+            ("jobs, tag=common + status=FAILED", lambda: client.get("/jobs?tag=common&status=FAILED")),
             ("job page", lambda: client.get("/jobs/" + f"{12345:032x}")),
         ]
         assert "older" in first
         for label, fn in cases:
             fn()  # one warm-up: the first read of a cold file is the disk's figure, not ours
-            reps = 3 if "rare" in label else repeat
+            reps = 3 if "rare" in label and slow_tags else repeat
             ms = timed(fn, reps)
             out.append({"case": label, "median_ms": round(statistics.median(ms), 2), "max_ms": round(max(ms), 2)})
             print(f"  {label:<70} median {statistics.median(ms):8.2f} ms   max {max(ms):8.2f} ms", flush=True)
-        # The counts alone, without and with the cache keyed on the file's data_version.
+        # The store's query alone (no routing or template): what the tag index changes.
         results = get_result_backend()
+        for label, kwargs in (
+            ("results.query(), first page", {}),
+            ("results.query(tag=common)", {"tag": "common"}),
+            ("results.query(tag=rare)", {"tag": "rare"}),
+            ("results.query(tag=common), 15 days deep", {"tag": "common", "before": (deep, "f" * 32)}),
+            ("results.query(tag=rare), 15 days deep", {"tag": "rare", "before": (deep, "f" * 32)}),
+            ("results.query(tag=common, status=FAILED)", {"tag": "common", "status": "FAILED"}),
+        ):
+
+            def run(kwargs: dict[str, Any] = kwargs) -> None:
+                results.query(limit=50, **kwargs)
+
+            run()
+            reps = 3 if "rare" in label and slow_tags else repeat
+            ms = timed(run, reps)
+            out.append({"case": label, "median_ms": round(statistics.median(ms), 3), "max_ms": round(max(ms), 3)})
+            print(f"  {label:<70} median {statistics.median(ms):8.3f} ms   max {max(ms):8.2f} ms", flush=True)
+        # The counts alone, without and with the cache keyed on the file's data_version.
         results._counts = None  # type: ignore[attr-defined]
         uncached = []
         for _ in range(5):
@@ -235,13 +272,58 @@ def polling(db: Path, secs: float) -> list[dict[str, Any]]:
     return out
 
 
+def store_cost(base: Path, jobs: int, rounds: int) -> list[dict[str, Any]]:
+    from nuvom.job import Job, JobStatus
+    from nuvom.sqlite import SQLiteResultBackend
+
+    wall: dict[str, list[float]] = {"no tags": [], "2 tags": []}
+    cpu: dict[str, list[float]] = {"no tags": [], "2 tags": []}
+    for r in range(rounds):
+        for label, tags in (("no tags", []), ("2 tags", ["tenant-7", "nightly"])):
+            results = SQLiteResultBackend(path=base / f"store-{r}-{len(tags)}.db")
+            results.count()  # the schema, outside the timing
+            now = time.time()
+            # Finish times increase, as a worker's do.
+            todo = [
+                Job(func_name="t", args=[i], status=JobStatus.SUCCESS, finished_at=now + i * 1e-4, tags=tags)
+                for i in range(jobs)
+            ]
+            t, c = time.perf_counter(), time.process_time()
+            for first in range(0, jobs, 32):
+                results.store(todo[first : first + 32])
+            wall[label].append((time.perf_counter() - t) / jobs * 1e6)
+            cpu[label].append((time.process_time() - c) / jobs * 1e6)
+            results.close()
+    rows = []
+    for label in wall:
+        row = {
+            "case": f"store(), 32 jobs per transaction, {label}",
+            "median_us_per_job": round(statistics.median(wall[label]), 2),
+            "median_cpu_us_per_job": round(statistics.median(cpu[label]), 2),
+            "rounds_us": [round(x, 2) for x in wall[label]],
+            "rounds_cpu_us": [round(x, 2) for x in cpu[label]],
+        }
+        rows.append(row)
+        print(
+            f"  {row['case']:<50} median {row['median_us_per_job']:7.2f} us/job, "
+            f"CPU {row['median_cpu_us_per_job']:7.2f} us/job   {row['rounds_cpu_us']}",
+            flush=True,
+        )
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--rows", type=int, default=1_000_000)
     parser.add_argument("--repeat", type=int, default=21)
     parser.add_argument("--poll-secs", type=float, default=30.0)
     parser.add_argument("--reuse", type=Path, help="a folder filled by an earlier run (skips the fill)")
+    parser.add_argument("--only", default="pages,polling,store", help="comma-separated parts to run")
+    parser.add_argument("--store-jobs", type=int, default=20_000)
+    parser.add_argument("--store-rounds", type=int, default=5)
+    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "dashboard.json")
     args = parser.parse_args()
+    parts = set(args.only.split(","))
     base = args.reuse or Path(tempfile.mkdtemp(prefix="nuvom-bench-dashboard-"))
     db = base / "nuvom.db"
     os.environ.update(
@@ -250,26 +332,28 @@ def main() -> None:
         NUVOM_RESULT_BACKEND="sqlite",
         NUVOM_SQLITE_DB_PATH=str(db),
     )
-    print(f"filling {args.rows:,} results into {db} ...", flush=True)
-    fill_secs = 0.0 if args.reuse else fill(db, args.rows)
-    size = sum(p.stat().st_size for p in base.glob("nuvom.db*")) / 1e6
-    print(f"  filled in {fill_secs:.1f} s, {size:.0f} MB", flush=True)
-    print("pages:", flush=True)
-    page_rows = pages(args.repeat)
-    print("polling:", flush=True)
-    poll_rows = polling(db, args.poll_secs)
-    report = {
+    report: dict[str, Any] = {
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.system()}, "
         f"Python {sys.version.split()[0]}",
-        "rows": args.rows,
-        "db_mb": round(size),
-        "pages": page_rows,
-        "polling": poll_rows,
     }
-    out = Path(__file__).parent / "results" / "dashboard.json"
-    out.parent.mkdir(exist_ok=True)
-    out.write_text(json.dumps(report, indent=2))
-    print(f"written to {out}")
+    if parts & {"pages", "polling"}:
+        print(f"filling {args.rows:,} results into {db} ...", flush=True)
+        fill_secs = 0.0 if args.reuse else fill(db, args.rows)
+        size = sum(p.stat().st_size for p in base.glob("nuvom.db*")) / 1e6
+        print(f"  filled in {fill_secs:.1f} s, {size:.0f} MB", flush=True)
+        report.update(rows=args.rows, db_mb=round(size))
+    if "pages" in parts:
+        print("pages:", flush=True)
+        report["pages"] = pages(args.repeat)
+    if "polling" in parts:
+        print("polling:", flush=True)
+        report["polling"] = polling(db, args.poll_secs)
+    if "store" in parts:
+        print("store:", flush=True)
+        report["store"] = store_cost(base, args.store_jobs, args.store_rounds)
+    args.out.parent.mkdir(exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=2))
+    print(f"written to {args.out}")
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ messages that say what is wrong with the file and what to do.
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import sqlite3
@@ -15,7 +16,9 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TypeVar
 
-from nuvom.errors import BackendError
+import msgpack  # type: ignore[import-untyped]
+from nuvom import serialization
+from nuvom.errors import BackendError, SerializationError
 
 __all__ = ["SCHEMA_VERSION", "Database", "SchemaTooNew"]
 
@@ -31,7 +34,7 @@ BUSY_TIMEOUT_SECS = 60.0
 # -- schema -------------------------------------------------------------------
 # Migrations are applied in order, each in the transaction that records it in
 # nuvom_schema. Never edit a released one: append a new version.
-_MIGRATIONS: dict[int, tuple[str, ...]] = {
+_MIGRATIONS: dict[int, tuple[str | Callable[[sqlite3.Connection], None], ...]] = {
     1: (
         # The queue. ``ready_at`` is when the row can next be claimed: its due
         # time while it waits, its lease expiry once claimed. One index on it
@@ -100,8 +103,167 @@ _MIGRATIONS: dict[int, tuple[str, ...]] = {
         ) WITHOUT ROWID
         """,
     ),
+    # The tag index (nuvom.sqlite._results). A result's tags become a column
+    # (a JSON array, NULL when the job has none) and one row per tag in
+    # nuvom_job_tags, written by insert_results() in the transaction that
+    # stores the result. No insert trigger: a trigger runs for every row, and
+    # measured it made storing a job without tags cost more (docs/sqlite.md);
+    # deletes and updates, rarer, are kept in step by triggers, whatever
+    # deletes (pruning, delete(), the sqlite3 shell).
+    3: (
+        lambda conn: _require_json(conn),
+        "ALTER TABLE nuvom_results ADD COLUMN tags TEXT",
+        # One row per (tag, job). The primary key is the "newest first, keyset
+        # page by tag" order itself; status and func_name ride along so that a
+        # tag combined with a status or task filter is checked on the index
+        # rows, and only matches are looked up in nuvom_results.
+        """
+        CREATE TABLE nuvom_job_tags (
+            tag         TEXT NOT NULL,
+            finished_at REAL NOT NULL,
+            job_id      TEXT NOT NULL,
+            status      TEXT NOT NULL,
+            func_name   TEXT NOT NULL,
+            PRIMARY KEY (tag, finished_at, job_id)
+        ) WITHOUT ROWID
+        """,
+        # Results stored before this version: their tags, read from the payloads.
+        lambda conn: _backfill_tags(conn),
+        # Not fired by INSERT OR REPLACE (recursive_triggers is off: with it on,
+        # every insert paid for the check); insert_results() handles replaced rows.
+        """
+        CREATE TRIGGER nuvom_results_tags_delete AFTER DELETE ON nuvom_results
+        WHEN old.tags IS NOT NULL
+        BEGIN
+            DELETE FROM nuvom_job_tags
+            WHERE tag IN (SELECT value FROM json_each(old.tags)) AND finished_at = old.finished_at AND job_id = old.id;
+        END
+        """,
+        """
+        CREATE TRIGGER nuvom_results_tags_update
+        AFTER UPDATE OF tags, finished_at, status, func_name, id ON nuvom_results
+        WHEN old.tags IS NOT NULL OR new.tags IS NOT NULL
+        BEGIN
+            DELETE FROM nuvom_job_tags
+            WHERE tag IN (SELECT value FROM json_each(old.tags)) AND finished_at = old.finished_at AND job_id = old.id;
+            INSERT OR IGNORE INTO nuvom_job_tags (tag, finished_at, job_id, status, func_name)
+            SELECT value, new.finished_at, new.id, new.status, new.func_name FROM json_each(new.tags)
+            WHERE type = 'text';
+        END
+        """,
+    ),
 }
 SCHEMA_VERSION = max(_MIGRATIONS)
+
+
+def tags_column(tags: object) -> str | None:
+    """The ``nuvom_results.tags`` value of a job's tags: a JSON array of the
+    distinct string tags in order, or NULL (``None``) when there are none."""
+    if not tags or not isinstance(tags, (list, tuple)):
+        return None
+    seen = list(dict.fromkeys(t for t in tags if isinstance(t, str)))
+    return json.dumps(seen) if seen else None
+
+
+def _require_json(conn: sqlite3.Connection) -> None:
+    # The triggers and queries read the tags with json_each: built into SQLite since 3.38,
+    # an option before. Refuse here, before the file changes, rather than fail
+    # every store later.
+    try:
+        conn.execute("SELECT count(*) FROM json_each('[\"a\"]')").fetchone()
+    except sqlite3.OperationalError:
+        raise BackendError(
+            f"this Python's SQLite {sqlite3.sqlite_version} lacks the JSON functions (json_each) that "
+            "nuvom-sqlite's tag index needs; use a Python built with SQLite 3.38 or newer (python.org "
+            "builds bundle one) or pick another backend"
+        ) from None
+
+
+def _backfill_tags(conn: sqlite3.Connection) -> None:
+    """Fill the tags column and the tag index for results stored before schema
+    version 3, from their payloads. Runs before the update trigger exists: the
+    tag rows are written here directly, sorted in the index's order (docs/sqlite.md
+    has the cost at 1M results). A payload that cannot be decoded keeps NULL: its row
+    is left exactly as it was, it only cannot be found by tag."""
+    started = time.perf_counter()
+    updates: list[tuple[str, int]] = []
+    index_rows: list[tuple[str, float, str, str, str]] = []
+    unreadable = 0
+    seen: dict[bytes, str | None] = {}
+    parsed: dict[str, list[str]] = {}
+    rows = conn.execute("SELECT rowid, id, finished_at, status, func_name, payload FROM nuvom_results")
+    for rowid, job_id, finished_at, status, func_name, payload in rows:
+        if not isinstance(payload, bytes):
+            unreadable += 1
+            continue
+        value = _tags_of_payload(payload, seen)
+        if value is _UNREADABLE:
+            unreadable += 1
+            continue
+        if value is None:
+            continue
+        updates.append((value, rowid))
+        tags = parsed.get(value)
+        if tags is None:
+            tags = json.loads(value)
+            if len(parsed) < 10_000:
+                parsed[value] = tags
+        index_rows.extend((tag, finished_at, job_id, status, func_name) for tag in tags)
+    read_secs = time.perf_counter() - started
+    # Collected first: updating rows while a SELECT walks the same table may visit them twice.
+    conn.executemany("UPDATE nuvom_results SET tags = ? WHERE rowid = ?", updates)
+    index_rows.sort()
+    conn.executemany(
+        "INSERT OR IGNORE INTO nuvom_job_tags (tag, finished_at, job_id, status, func_name) VALUES (?, ?, ?, ?, ?)",
+        index_rows,
+    )
+    if unreadable:
+        log.warning("tag index: %d stored result(s) could not be decoded and cannot be found by tag", unreadable)
+    log.info(
+        "tag index: %d tagged result(s) indexed in %.1f s (%.1f s reading payloads)",
+        len(updates),
+        time.perf_counter() - started,
+        read_secs,
+    )
+
+
+# msgpack of the map key "tags" (a fixstr) and of that key followed by an empty array.
+_TAGS_KEY = b"\xa4tags"
+_NO_TAGS = b"\xa4tags\x90"
+_UNREADABLE = "\0unreadable"
+
+
+def _tags_of_payload(payload: bytes, seen: dict[bytes, str | None]) -> str | None:
+    """The tags column of a stored job's payload, reading as little as it can:
+    every job payload has the top-level key "tags", so when those bytes occur
+    once they are the key, and the value is the one object after them (a fifth
+    of the cost of decoding the job; ``seen`` keeps the answer for the packed
+    tags already met, as most jobs share a few tag lists). Anything else is
+    decoded in full."""
+    if payload.count(_TAGS_KEY) == 1:
+        if _NO_TAGS in payload:
+            return None
+        start = payload.index(_TAGS_KEY) + len(_TAGS_KEY)
+        unpacker = msgpack.Unpacker(raw=False, strict_map_key=False)
+        unpacker.feed(payload[start : start + 4096])
+        try:
+            tags = unpacker.unpack()
+        except Exception:  # msgpack raises several unrelated types on bad input, or the tags are longer
+            tags = None
+        if isinstance(tags, list) and all(isinstance(t, str) for t in tags):
+            packed = payload[start : start + unpacker.tell()]
+            value = seen.get(packed, _UNREADABLE)
+            if value is _UNREADABLE:
+                value = tags_column(tags)
+                if len(seen) < 10_000:
+                    seen[packed] = value
+            return value
+    try:
+        record = serialization.loads(payload)
+    except SerializationError:
+        return _UNREADABLE
+    return tags_column(record.get("tags")) if isinstance(record, dict) else None
+
 
 #: Oldest SQLite library this works with (``DELETE ... RETURNING``).
 MIN_SQLITE = (3, 35, 0)
@@ -373,7 +535,10 @@ class Database:
                 raise self._too_new(version)
             for number in range(version + 1, SCHEMA_VERSION + 1):
                 for statement in _MIGRATIONS[number]:
-                    conn.execute(statement)
+                    if isinstance(statement, str):
+                        conn.execute(statement)
+                    else:
+                        statement(conn)
                 conn.execute(
                     "INSERT INTO nuvom_schema (version, applied_at, by) VALUES (?, ?, ?)",
                     (number, time.time(), "nuvom-sqlite"),

@@ -23,7 +23,7 @@ from nuvom.errors import BackendError, SerializationError
 from nuvom.job import LEASE_FACTOR, LEASE_MARGIN_SECS, Job, JobError, JobStatus
 from nuvom.plugins.contracts import BaseJobQueue, BaseResultBackend
 from nuvom.sqlite._db import Database
-from nuvom.sqlite._results import INSERT_RESULT, SQLiteResultBackend, result_row
+from nuvom.sqlite._results import SQLiteResultBackend, insert_results, result_row
 from nuvom.sqlite._schedules import SQLiteSchedules
 from nuvom.sqlite._settings import SQLiteSettings, load_sqlite_settings, resolve_paths
 
@@ -220,7 +220,7 @@ class SQLiteJobQueue(BaseJobQueue, SQLiteSchedules):
                     "DELETE FROM nuvom_queue WHERE seq = ? AND claim_token = ? RETURNING seq", (seq, token)
                 )
                 if cur.fetchone() is not None:
-                    conn.execute(INSERT_RESULT, result_row(job))
+                    insert_results(conn, [result_row(job)])
 
     def pop_batch(self, batch_size: int, timeout: float | None = 0.0) -> list[Job]:
         """Claim up to ``batch_size`` due jobs, waiting up to ``timeout`` s.
@@ -333,10 +333,10 @@ class SQLiteJobQueue(BaseJobQueue, SQLiteSchedules):
         with self.db.write("completing jobs") as conn:
             kept = _delete_claimed(conn, jobs, tokens)
             if len(kept) == len(rows):
-                conn.executemany(INSERT_RESULT, rows)
+                insert_results(conn, rows)
             else:
                 keep = set(kept)
-                conn.executemany(INSERT_RESULT, [row for row in rows if row[0] in keep])
+                insert_results(conn, [row for row in rows if row[0] in keep])
         self._forget(ids)
         if len(kept) != len(rows):
             log.info("%d completion(s) ignored: their claim was taken over by another worker", len(rows) - len(kept))

@@ -2,33 +2,34 @@
 
 from __future__ import annotations
 
+import json
 import logging
+import sqlite3
 import threading
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from nuvom import serialization
 from nuvom.job import Job, JobStatus
 from nuvom.plugins import Poller
 from nuvom.plugins.contracts import BaseResultBackend, Cursor
-from nuvom.sqlite._db import Database
+from nuvom.sqlite._db import Database, tags_column
 from nuvom.sqlite._settings import SQLiteSettings, load_sqlite_settings, resolve_paths
 
 if TYPE_CHECKING:
-    import sqlite3
-
     from nuvom.config import Settings
 
-__all__ = ["SQLiteResultBackend"]
+__all__ = ["SQLiteResultBackend", "insert_results"]
 
 log = logging.getLogger("nuvom.sqlite")
 
 INSERT_RESULT = (
     "INSERT OR REPLACE INTO nuvom_results (id, func_name, status, attempts, worker_id, created_at, "
-    "started_at, finished_at, error_type, error_message, payload) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    "started_at, finished_at, error_type, error_message, payload, tags) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
+
+INSERT_TAG = "INSERT OR IGNORE INTO nuvom_job_tags (tag, finished_at, job_id, status, func_name) VALUES (?, ?, ?, ?, ?)"
 
 # Pruning deletes at most this many rows per transaction, so that a first
 # prune of a large table never holds the write lock for long.
@@ -50,7 +51,52 @@ def result_row(job: Job) -> tuple[Any, ...]:
         None if err is None else err.type,
         None if err is None else err.message,
         job.to_bytes(),
+        tags_column(job.tags) if job.tags else None,
     )
+
+
+def insert_results(conn: sqlite3.Connection, rows: Sequence[tuple[Any, ...]]) -> None:
+    """Store ``result_row`` rows and index their tags, in the caller's
+    transaction. Every path that stores results goes through here (the
+    queue's ``complete()`` too), so the tag index never lags the results.
+
+    Rows without tags cost one look at their last column: no statement, no
+    trigger. A tagged job stored again (the same id: a completion recorded
+    twice) first loses the tag rows of its previous record, whose
+    ``finished_at`` may differ; the delete trigger does not fire for rows
+    that INSERT OR REPLACE replaces."""
+    tagged = [row for row in rows if row[11] is not None]
+    if tagged:
+        _unindex_previous(conn, [row[0] for row in tagged])
+    conn.executemany(INSERT_RESULT, rows)
+    if tagged:
+        conn.executemany(
+            INSERT_TAG, [(tag, row[7], row[0], row[2], row[1]) for row in tagged for tag in _tag_list(row[11])]
+        )
+
+
+def _unindex_previous(conn: sqlite3.Connection, ids: list[str]) -> None:
+    for first in range(0, len(ids), 500):  # well under SQLite's bound-variable limit
+        chunk = ids[first : first + 500]
+        conn.execute(
+            "DELETE FROM nuvom_job_tags WHERE (tag, finished_at, job_id) IN (SELECT j.value, r.finished_at, r.id "
+            f"FROM nuvom_results AS r, json_each(r.tags) AS j WHERE r.id IN ({','.join('?' * len(chunk))}) "
+            "AND r.tags IS NOT NULL)",
+            chunk,
+        )
+
+
+_parsed_tags: dict[str, list[str]] = {}
+
+
+def _tag_list(column: str) -> list[str]:
+    # Jobs mostly share a few tag lists: parse each once (bounded).
+    tags = _parsed_tags.get(column)
+    if tags is None:
+        tags = json.loads(column)
+        if len(_parsed_tags) < 1000:
+            _parsed_tags[column] = tags
+    return tags
 
 
 class SQLiteResultBackend(BaseResultBackend):
@@ -92,7 +138,7 @@ class SQLiteResultBackend(BaseResultBackend):
     def store(self, jobs: Sequence[Job]) -> None:
         rows = [result_row(job) for job in jobs]
         with self.db.write("storing results") as conn:
-            conn.executemany(INSERT_RESULT, rows)
+            insert_results(conn, rows)
         self._local_writes += 1
         self.maybe_prune()
 
@@ -149,7 +195,7 @@ class SQLiteResultBackend(BaseResultBackend):
         params: list[Any] = []
         if status is not None:
             where.append("status = ?")
-            params.append(JobStatus(str(getattr(status, "value", status)).upper()).value)
+            params.append(_status_value(status))
         if task is not None:
             where.append("func_name = ?")
             params.append(task)
@@ -198,14 +244,16 @@ class SQLiteResultBackend(BaseResultBackend):
         before: Cursor | None = None,
         limit: int = 50,
     ) -> list[Job]:
-        """Keyset pages through the ``finished_at`` indexes. A tag is not a
-        column: rows whose payload holds the tag's msgpack bytes are decoded and
-        checked (a rare tag reads through many rows; docs/dashboard.md)."""
+        """Keyset pages through the ``finished_at`` indexes; by tag, through the
+        tag index ``nuvom_job_tags (tag, finished_at, job_id)``, so a page costs
+        about what the first page costs however rare the tag (docs/sqlite.md)."""
+        if tag is not None:
+            return self._query_tag(status, task, tag, since, until, before, limit)
         where: list[str] = []
         params: list[Any] = []
         if status is not None:
             where.append("status = ?")
-            params.append(JobStatus(str(getattr(status, "value", status)).upper()).value)
+            params.append(_status_value(status))
         if task is not None:
             where.append("func_name = ?")
             params.append(task)
@@ -215,34 +263,60 @@ class SQLiteResultBackend(BaseResultBackend):
         if until is not None:
             where.append("finished_at < ?")
             params.append(until)
-        if tag is not None:
-            where.append("instr(payload, ?) > 0")
-            params.append(serialization.dumps(tag, what="a tag"))
-        out: list[Job] = []
-        cursor = before
-        while len(out) < limit:
-            page_where = list(where)
-            page_params = list(params)
-            if cursor is not None:
-                # The range on finished_at uses the index; the tie on the same
-                # instant is broken by id.
-                page_where.append("finished_at <= ? AND NOT (finished_at = ? AND id >= ?)")
-                page_params.extend((cursor[0], cursor[0], cursor[1]))
-            sql = "SELECT id, finished_at, payload FROM nuvom_results"
-            if page_where:
-                sql += " WHERE " + " AND ".join(page_where)
-            sql += " ORDER BY finished_at DESC, id DESC LIMIT ?"
-            want = limit - len(out)
-            page_params.append(want)
-            rows = self.db.read(_fetch_all(sql, page_params), "listing results")
-            for _id, _finished, payload in rows:
-                job = Job.from_bytes(payload)
-                if tag is None or tag in job.tags:
-                    out.append(job)
-            if len(rows) < want:
-                break
-            cursor = (rows[-1][1], rows[-1][0])
-        return out
+        if before is not None:
+            # The range on finished_at uses the index; the tie on the same
+            # instant is broken by id.
+            where.append("finished_at <= ? AND NOT (finished_at = ? AND id >= ?)")
+            params.extend((before[0], before[0], before[1]))
+        sql = "SELECT payload FROM nuvom_results"
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        sql += " ORDER BY finished_at DESC, id DESC LIMIT ?"
+        params.append(limit)
+        rows = self.db.read(_fetch_all(sql, params), "listing results")
+        return [Job.from_bytes(row[0]) for row in rows]
+
+    def _query_tag(
+        self,
+        status: JobStatus | str | None,
+        task: str | None,
+        tag: str,
+        since: float | None,
+        until: float | None,
+        before: Cursor | None,
+        limit: int,
+    ) -> list[Job]:
+        # The tag table drives (CROSS JOIN fixes the order): its primary key is
+        # the page order, status and task are checked on its rows, and only the
+        # rows of the page are looked up in nuvom_results by id. The join also
+        # asks for the same finished_at and status: a tag row left stale by a
+        # writer that bypassed the triggers' conditions can never show a job
+        # at the wrong place or under the wrong status.
+        where = ["t.tag = ?", "r.id = t.job_id", "r.finished_at = t.finished_at"]
+        params: list[Any] = [tag]
+        if status is not None:
+            where.append("t.status = ? AND r.status = t.status")
+            params.append(_status_value(status))
+        if task is not None:
+            where.append("t.func_name = ? AND r.func_name = t.func_name")
+            params.append(task)
+        if since is not None:
+            where.append("t.finished_at >= ?")
+            params.append(since)
+        if until is not None:
+            where.append("t.finished_at < ?")
+            params.append(until)
+        if before is not None:
+            where.append("(t.finished_at, t.job_id) < (?, ?)")
+            params.extend((before[0], before[1]))
+        sql = (
+            "SELECT r.payload FROM nuvom_job_tags AS t CROSS JOIN nuvom_results AS r WHERE "
+            + " AND ".join(where)
+            + " ORDER BY t.finished_at DESC, t.job_id DESC LIMIT ?"
+        )
+        params.append(limit)
+        rows = self.db.read(_fetch_all(sql, params), "listing results by tag")
+        return [Job.from_bytes(row[0]) for row in rows]
 
     def wait(self, job_id: str, timeout: float | None = None) -> Job | None:
         """Block until the job has a record. Looks at the table only when the
@@ -262,6 +336,10 @@ class SQLiteResultBackend(BaseResultBackend):
 
     def close(self) -> None:
         self.db.close()
+
+
+def _status_value(status: JobStatus | str) -> str:
+    return JobStatus(str(getattr(status, "value", status)).upper()).value
 
 
 def _fetch_all(sql: str, params: list[Any]) -> Callable[[sqlite3.Connection], list[Any]]:

@@ -24,6 +24,7 @@ from nuvom.plugins.contracts import BaseJobQueue, BaseResultBackend
 from nuvom.redis import _scripts
 from nuvom.redis._connection import Connection, acquire, is_transient, release
 from nuvom.redis._results import RedisResultBackend, result_args
+from nuvom.redis._schedules import RedisSchedules
 from nuvom.redis._settings import RedisSettings, load_redis_settings
 
 if TYPE_CHECKING:
@@ -47,9 +48,10 @@ _SERVER_TICK = 0.11
 _POLL = 0.005
 
 
-class RedisJobQueue(BaseJobQueue):
+class RedisJobQueue(BaseJobQueue, RedisSchedules):
     """A durable queue in Redis, shared by every process on every host that uses
-    the same URL and prefix. Safe across threads and processes.
+    the same URL and prefix. Safe across threads and processes. It keeps
+    schedules too (``task.schedule(...)``, see ``_schedules``).
 
     ``redis`` overrides the ``NUVOM_REDIS_*`` settings (tests, embedding).
     """
@@ -77,6 +79,7 @@ class RedisJobQueue(BaseJobQueue):
         self._extend = script(_scripts.EXTEND)
         self._clear = script(_scripts.CLEAR)
         self._complete = script(_scripts.COMPLETE)
+        self._init_schedules()
         self.lease_secs = float(settings.lease_secs)
         self.default_timeout = float(settings.job_timeout_secs)
         self.claimer = f"{socket.gethostname()}:{os.getpid()}"

@@ -10,7 +10,20 @@ clock says. Clients pass *offsets* (``due_at - their now``), not timestamps.
 
 from __future__ import annotations
 
-__all__ = ["ACK", "CLAIM", "CLEAR", "COMPLETE", "ENQUEUE", "EXTEND", "REQUEUE", "STORE"]
+__all__ = [
+    "ACK",
+    "CLAIM",
+    "CLAIM_TICK",
+    "CLEAR",
+    "COMPLETE",
+    "DELETE_SCHEDULE",
+    "ENQUEUE",
+    "EXTEND",
+    "PAUSE_SCHEDULE",
+    "REQUEUE",
+    "STORE",
+    "UPSERT_SCHEDULE",
+]
 
 _COMMON = """
 local P = ARGV[1]
@@ -29,6 +42,17 @@ local function wake_one()
   if redis.call('LLEN', WAKE) == 0 then
     redis.call('RPUSH', WAKE, 1)
   end
+end
+
+-- Queue one job unless its id is already queued; false for a duplicate.
+local function enqueue_one(now, id, offset, payload, timeout, attempts)
+  if redis.call('HSETNX', PAYLOAD, id, payload) == 0 then
+    return false
+  end
+  redis.call('HSET', ATTEMPTS, id, attempts)
+  redis.call('HSET', TIMEOUT, id, timeout)
+  redis.call('ZADD', DUE, now + tonumber(offset), id)
+  return true
 end
 
 local function forget(id)
@@ -93,11 +117,7 @@ local now = server_now()
 local dup = {}
 for i = 2, #ARGV, 5 do
   local id = ARGV[i]
-  if redis.call('HSETNX', PAYLOAD, id, ARGV[i + 2]) == 1 then
-    redis.call('HSET', ATTEMPTS, id, ARGV[i + 4])
-    redis.call('HSET', TIMEOUT, id, ARGV[i + 3])
-    redis.call('ZADD', DUE, now + tonumber(ARGV[i + 1]), id)
-  else
+  if not enqueue_one(now, id, ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], ARGV[i + 4]) then
     dup[#dup + 1] = id
   end
 end
@@ -255,5 +275,101 @@ for i = 3, #ARGV, 7 do
   end
 end
 return ignored
+"""
+)
+
+# -- schedules (``_schedules``) ---------------------------------------------------
+# <prefix>:s:k:<key> is a hash (payload, paused, next, next_ms, last, last_job);
+# <prefix>:s:all lists the keys (scores 0: ZRANGE gives them in key order);
+# <prefix>:s:next scores the keys of schedules not paused by next_run_at;
+# <prefix>:s:ticks:<key> holds the claimed ticks (ms) of the last day.
+_SCHEDULES = """
+local SALL, SNEXT = P .. ':s:all', P .. ':s:next'
+local function skey(key) return P .. ':s:k:' .. key end
+
+-- Keeps :s:next in step with a schedule's hash.
+local function index_next(key, paused, nxt)
+  if paused == '1' or nxt == '' then
+    redis.call('ZREM', SNEXT, key)
+  else
+    redis.call('ZADD', SNEXT, tonumber(nxt), key)
+  end
+end
+"""
+
+# ARGV: prefix, key, payload, paused ('0'/'1'), next ('' for none), next_ms, last, last_job.
+UPSERT_SCHEDULE = (
+    _COMMON
+    + _SCHEDULES
+    + """
+local key = ARGV[2]
+redis.call('HSET', skey(key), 'payload', ARGV[3], 'paused', ARGV[4], 'next', ARGV[5], 'next_ms', ARGV[6],
+  'last', ARGV[7], 'last_job', ARGV[8])
+redis.call('ZADD', SALL, 0, key)
+index_next(key, ARGV[4], ARGV[5])
+return 1
+"""
+)
+
+# ARGV: prefix, key, paused ('0'/'1'). Returns 0 for an unknown key.
+PAUSE_SCHEDULE = (
+    _COMMON
+    + _SCHEDULES
+    + """
+local key = ARGV[2]
+local nxt = redis.call('HGET', skey(key), 'next')
+if not nxt then return 0 end
+redis.call('HSET', skey(key), 'paused', ARGV[3])
+index_next(key, ARGV[3], nxt)
+return 1
+"""
+)
+
+# ARGV: prefix, key. Returns 0 for an unknown key. The schedule's queued jobs stay.
+DELETE_SCHEDULE = (
+    _COMMON
+    + _SCHEDULES
+    + """
+local key = ARGV[2]
+redis.call('ZREM', SNEXT, key)
+redis.call('ZREM', SALL, key)
+redis.call('DEL', P .. ':s:ticks:' .. key)
+return redis.call('DEL', skey(key))
+"""
+)
+
+# ARGV: prefix, key, tick ms, tick, next ('' for none), next ms ('' for none),
+# ms of claimed ticks to keep, then the job: id ('' for a skipped tick), offset,
+# payload, timeout_secs, attempts. Returns 1 when this call claimed the tick.
+#
+# Claiming the tick, queueing its job and moving the schedule on are one script:
+# of racing workers exactly one wins, and no crash leaves one without the others.
+# The tick set (not only next_ms) refuses a tick claimed before: an upsert that
+# read the schedule before a claim may write an older next_run_at back.
+CLAIM_TICK = (
+    _COMMON
+    + _SCHEDULES
+    + """
+local key, ms = ARGV[2], tonumber(ARGV[3])
+local S = skey(key)
+local state = redis.call('HMGET', S, 'paused', 'next_ms')
+if not state[1] or state[1] == '1' or not state[2] or state[2] == '' or ms < tonumber(state[2]) then
+  return 0
+end
+local ticks = P .. ':s:ticks:' .. key
+if redis.call('ZADD', ticks, 'NX', ms, ARGV[3]) == 0 then
+  return 0
+end
+redis.call('ZREMRANGEBYSCORE', ticks, '-inf', ms - tonumber(ARGV[7]))
+local id = ARGV[8]
+if id ~= '' then
+  if enqueue_one(server_now(), id, ARGV[9], ARGV[10], ARGV[11], ARGV[12]) then
+    wake_one()
+  end
+  redis.call('HSET', S, 'last_job', id)
+end
+redis.call('HSET', S, 'next', ARGV[5], 'next_ms', ARGV[6], 'last', ARGV[4])
+index_next(key, '0', ARGV[5])
+return 1
 """
 )

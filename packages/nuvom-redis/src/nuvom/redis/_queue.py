@@ -27,6 +27,8 @@ from nuvom.redis._results import RedisResultBackend, result_args
 from nuvom.redis._schedules import RedisSchedules
 from nuvom.redis._settings import RedisSettings, load_redis_settings
 
+from redis.exceptions import NoScriptError
+
 if TYPE_CHECKING:
     from nuvom.config import Settings
 
@@ -87,6 +89,12 @@ class RedisJobQueue(BaseJobQueue, RedisSchedules):
         # only applies while the job's token in Redis is still this one.
         self._claims: dict[str, bytes] = {}
         self._claims_lock = threading.Lock()
+        self._lease_rule = self._lease_rule_args()
+        self._wake_key = self.key("wake")
+        # Whether this object's last claim took every due job, and when (monotonic)
+        # that claim said something may be due next: pop_batch then waits first.
+        self._drained = False
+        self._due_at: float | None = None
         self._closed = False
 
     def __repr__(self) -> str:
@@ -99,7 +107,7 @@ class RedisJobQueue(BaseJobQueue, RedisSchedules):
     def key(self, name: str) -> str:
         return f"{self.prefix}:q:{name}"
 
-    def _lease_rule(self) -> list[str]:
+    def _lease_rule_args(self) -> list[str]:
         """The claimer's arguments of :func:`nuvom.job.lease_secs_for`, which the
         scripts evaluate per job: a job's lease follows the settings of the worker
         that holds it, not those of the producer that queued it."""
@@ -136,13 +144,33 @@ class RedisJobQueue(BaseJobQueue, RedisSchedules):
     def claim(self, batch_size: int) -> list[Job]:
         return self.conn.run("claiming jobs", lambda: self._claim_once(batch_size)[0])
 
+    def _claim_args(self, batch_size: int) -> list[Any]:
+        return [self.prefix, batch_size, _RECLAIM_PER_CLAIM, *self._lease_rule]
+
     def _claim_once(self, batch_size: int) -> tuple[list[Job], float | None]:
-        """Claimed jobs, and (when none) seconds until something may be due."""
-        reply = self._claim(args=[self.prefix, batch_size, _RECLAIM_PER_CLAIM, *self._lease_rule()])
-        token = str(reply[0]).encode()
+        """Claimed jobs, and (when fewer than ``batch_size``) seconds until something may be due."""
+        return self._claimed(self._claim(args=self._claim_args(batch_size)))
+
+    def _wait_and_claim(self, batch_size: int, block: float) -> tuple[list[Job], float | None]:
+        """Block on the wake-up list, then claim: both sent at once, so a job queued
+        while this waits is claimed one network trip after its enqueue, not two.
+        Redis runs a blocked client's next pipelined command as soon as it unblocks."""
+        pipe = self.client.pipeline(transaction=False)
+        pipe.blpop([self._wake_key], timeout=block)
+        # EVALSHA itself: a pipelined Script would send SCRIPT EXISTS first, every time.
+        pipe.evalsha(self._claim.sha, 0, *self._claim_args(batch_size))
+        try:
+            reply = pipe.execute()[1]
+        except NoScriptError:  # a restarted server without the script: load it, claim again
+            return self._claim_once(batch_size)
+        return self._claimed(reply)
+
+    def _claimed(self, reply: list[Any]) -> tuple[list[Job], float | None]:
+        wait = reply[1]
+        due_in = float(wait) if wait else None
         if reply[0] == 0:
-            wait = reply[1]
-            return [], (float(wait) if wait else None)
+            return [], due_in
+        token = str(reply[0]).encode()
         jobs: list[Job] = []
         unreadable: list[Job] = []
         for i in range(2, len(reply), 3):
@@ -165,40 +193,39 @@ class RedisJobQueue(BaseJobQueue, RedisSchedules):
             for job in unreadable:
                 log.error("job %s: %s", job.id, job.error.message if job.error else "")
             self._complete_here(unreadable)
-        return jobs, None
+        return jobs, due_in
 
     def pop_batch(self, batch_size: int, timeout: float | None = 0.0) -> list[Job]:
         """Claim up to ``batch_size`` due jobs, waiting up to ``timeout`` s.
 
         Between claims the caller blocks on ``<prefix>:q:wake`` (BLPOP), which
-        every enqueue and hand-back pushes to: a job queued on any host starts
-        within a round trip or two. The block never outlasts the next due time
-        or lease expiry the claim reported. While the server is unreachable this
+        every enqueue and hand-back pushes to, with the claim pipelined behind
+        it: a job queued on any host is claimed one round trip after it is
+        queued. When this object's last claim took every due job, the wait comes
+        first (an enqueue since then has left a wake-up), saving a claim that
+        would find nothing. The block never outlasts the next due time or lease
+        expiry the last claim reported. While the server is unreachable this
         returns ``[]`` after backing off (the connection logs one line when it
         goes and one when it is back): the worker keeps running what it holds.
         """
         deadline = None if timeout is None else time.monotonic() + timeout
         pause = _BACKOFF_FIRST
-        wake = self.key("wake")
+        wait_first = self._drained and timeout != 0
         while True:
             try:
-                jobs, due_in = self._claim_once(batch_size)
+                if wait_first:
+                    jobs, due_in = self._wait_then_claim(batch_size, deadline)
+                else:
+                    jobs, due_in = self._claim_once(batch_size)
                 self.conn.mark_up()
+                now = time.monotonic()
+                self._drained = len(jobs) < batch_size
+                self._due_at = None if due_in is None else now + due_in
                 if jobs or timeout == 0:
                     return jobs
-                remaining = None if deadline is None else deadline - time.monotonic()
-                if remaining is not None and remaining <= 0:
+                if deadline is not None and now >= deadline:
                     return []
-                # An idle server notices blocking timeouts on its cron tick (10 per second
-                # by default), so BLPOP may return up to ~100 ms late: it waits until
-                # shortly before the next due time, and the last stretch is polled.
-                block = _MAX_BLOCK if due_in is None else due_in - _SERVER_TICK
-                if remaining is not None:
-                    block = min(block, remaining)
-                if block < 0.01:
-                    time.sleep(max(0.001, min(_POLL, due_in or _POLL, remaining or _POLL)))
-                    continue
-                self.client.blpop([wake], timeout=block)
+                wait_first = True
                 pause = _BACKOFF_FIRST
             except BackendError:
                 raise
@@ -208,11 +235,29 @@ class RedisJobQueue(BaseJobQueue, RedisSchedules):
                         f"Redis at {self.conn.safe_url} failed while claiming jobs: {type(exc).__name__}: {exc}"
                     ) from None
                 self.conn.mark_down(exc, "claiming jobs")
+                wait_first = False
                 sleep = pause if deadline is None else min(pause, max(0.0, deadline - time.monotonic()))
                 time.sleep(sleep)
                 pause = min(pause * 2, _BACKOFF_MAX)
                 if deadline is not None and time.monotonic() >= deadline:
                     return []
+
+    def _wait_then_claim(self, batch_size: int, deadline: float | None) -> tuple[list[Job], float | None]:
+        now = time.monotonic()
+        # An idle server notices blocking timeouts on its cron tick (10 per second
+        # by default), so BLPOP may return up to ~100 ms late: it waits until
+        # shortly before the next due time, and the last stretch is polled.
+        due_at = self._due_at
+        block = _MAX_BLOCK if due_at is None else due_at - now - _SERVER_TICK
+        if deadline is not None:
+            block = min(block, deadline - now)
+        if block < 0.01:
+            nap = _POLL if due_at is None else min(_POLL, max(0.0, due_at - now))
+            if deadline is not None:
+                nap = min(nap, max(0.0, deadline - now))
+            time.sleep(max(0.001, nap))
+            return self._claim_once(batch_size)
+        return self._wait_and_claim(batch_size, block)
 
     # -- settling claims ------------------------------------------------------
     def _tokens(self, job_ids: Sequence[str]) -> list[bytes]:
@@ -297,7 +342,7 @@ class RedisJobQueue(BaseJobQueue, RedisSchedules):
             owned = [(job_id, self._claims[job_id]) for job_id in job_ids if job_id in self._claims]
         if not owned:
             return
-        args: list[Any] = [self.prefix, *self._lease_rule()]
+        args: list[Any] = [self.prefix, *self._lease_rule]
         for job_id, token in owned:
             args += [job_id, token]
         try:

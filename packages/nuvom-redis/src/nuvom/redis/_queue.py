@@ -130,7 +130,7 @@ class RedisJobQueue(BaseJobQueue, RedisSchedules):
 
         def run() -> Any:
             tries[0] += 1
-            return self._enqueue(args=args)
+            return self._enqueue(args=args, client=self.conn.own())
 
         dup = self.conn.run("queueing jobs", run)
         # A retry after a lost reply finds its own jobs already queued: that is success.
@@ -149,20 +149,23 @@ class RedisJobQueue(BaseJobQueue, RedisSchedules):
 
     def _claim_once(self, batch_size: int) -> tuple[list[Job], float | None]:
         """Claimed jobs, and (when fewer than ``batch_size``) seconds until something may be due."""
-        return self._claimed(self._claim(args=self._claim_args(batch_size)))
+        return self._claimed(self._claim(args=self._claim_args(batch_size), client=self.conn.own()))
 
     def _wait_and_claim(self, batch_size: int, block: float) -> tuple[list[Job], float | None]:
         """Block on the wake-up list, then claim: both sent at once, so a job queued
         while this waits is claimed one network trip after its enqueue, not two.
         Redis runs a blocked client's next pipelined command as soon as it unblocks."""
-        pipe = self.client.pipeline(transaction=False)
-        pipe.blpop([self._wake_key], timeout=block)
-        # EVALSHA itself: a pipelined Script would send SCRIPT EXISTS first, every time.
-        pipe.evalsha(self._claim.sha, 0, *self._claim_args(batch_size))
+        conn: Any = self.conn.own().connection  # redis-py's Connection is untyped
+        commands = [("BLPOP", self._wake_key, block), ("EVALSHA", self._claim.sha, 0, *self._claim_args(batch_size))]
         try:
-            reply = pipe.execute()[1]
+            conn.send_packed_command(conn.pack_commands(commands))
+            conn.read_response()
+            reply = conn.read_response()
         except NoScriptError:  # a restarted server without the script: load it, claim again
             return self._claim_once(batch_size)
+        except BaseException:
+            conn.disconnect()  # a reply may still be on its way: this connection is out of step
+            raise
         return self._claimed(reply)
 
     def _claimed(self, reply: list[Any]) -> tuple[list[Job], float | None]:
@@ -211,6 +214,7 @@ class RedisJobQueue(BaseJobQueue, RedisSchedules):
         deadline = None if timeout is None else time.monotonic() + timeout
         pause = _BACKOFF_FIRST
         wait_first = self._drained and timeout != 0
+        stale_retried = False
         while True:
             try:
                 if wait_first:
@@ -234,8 +238,11 @@ class RedisJobQueue(BaseJobQueue, RedisSchedules):
                     raise BackendError(
                         f"Redis at {self.conn.safe_url} failed while claiming jobs: {type(exc).__name__}: {exc}"
                     ) from None
-                self.conn.mark_down(exc, "claiming jobs")
                 wait_first = False
+                if self.conn.stale(stale_retried):
+                    stale_retried = True
+                    continue
+                self.conn.mark_down(exc, "claiming jobs")
                 sleep = pause if deadline is None else min(pause, max(0.0, deadline - time.monotonic()))
                 time.sleep(sleep)
                 pause = min(pause * 2, _BACKOFF_MAX)
@@ -280,7 +287,9 @@ class RedisJobQueue(BaseJobQueue, RedisSchedules):
         args: list[Any] = [self.prefix]
         for job_id, token in zip(job_ids, self._tokens(job_ids), strict=True):
             args += [job_id, token]
-        self.conn.run("acknowledging jobs", lambda: self._ack(args=args), patience=self._worker_patience())
+        self.conn.run(
+            "acknowledging jobs", lambda: self._ack(args=args, client=self.conn.own()), patience=self._worker_patience()
+        )
         self._forget(job_ids)
 
     def requeue(self, jobs: Sequence[Job]) -> None:
@@ -325,7 +334,9 @@ class RedisJobQueue(BaseJobQueue, RedisSchedules):
             job_id, status, task, finished, payload = result_args(job)
             args += [job_id, token, job.attempts, status, task, finished, payload]
         ignored = self.conn.run(
-            "storing finished jobs", lambda: self._complete(args=args), patience=self._worker_patience()
+            "storing finished jobs",
+            lambda: self._complete(args=args, client=self.conn.own()),
+            patience=self._worker_patience(),
         )
         self._forget(ids)
         if ignored:

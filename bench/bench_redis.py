@@ -40,6 +40,8 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent
+# What PYTHONPATH held at start (use_nuvom() rewrites the variable for each run).
+BASE_PYTHONPATH = os.environ.get("PYTHONPATH", "")
 
 NUVOM_TASKS = """
 from nuvom.task import task
@@ -185,7 +187,8 @@ def nuvom_env(workdir: Path, url: str, prefix: str) -> dict[str, str]:
         NUVOM_REDIS_PREFIX=prefix,
         NUVOM_DATA_DIR=str(workdir / "data"),
         NUVOM_LOG_LEVEL="WARNING",
-        PYTHONPATH=str(workdir),
+        # Kept after the tasks' folder: a before/after run points PYTHONPATH at an older nuvom-redis.
+        PYTHONPATH=os.pathsep.join(p for p in (str(workdir), BASE_PYTHONPATH) if p),
     )
     return env
 

@@ -5,9 +5,12 @@ from __future__ import annotations
 import threading
 import time
 
+import pytest
 from nuvom.config import load_settings
 from nuvom.job import Job, JobError, JobStatus
-from nuvom.redis import RedisResultBackend
+from nuvom.redis import RedisResultBackend, RedisSettings
+
+from .conftest import RedisServer
 
 
 def done(i: int, status: JobStatus = JobStatus.SUCCESS, task: str = "record", at: float | None = None) -> Job:
@@ -90,7 +93,18 @@ def test_prune_removes_records_and_index_entries(results):
     assert results.client.zcard(results._task_key("SUCCESS", "record")) == 2
 
 
-def test_wait_returns_within_milliseconds_of_the_store_and_costs_few_commands(results, rsettings):
+@pytest.fixture
+def private_server(tmp_path):
+    """A server of this test's own: its command count includes no other test's commands."""
+    server = RedisServer(tmp_path / "redis").start()
+    yield server
+    server.stop()
+
+
+def test_wait_returns_within_milliseconds_of_the_store_and_costs_few_commands(private_server):
+    server = private_server
+    rsettings = RedisSettings(redis_url=server.url, redis_prefix="wait")
+    results = RedisResultBackend(load_settings(), redis=rsettings)
     job = done(1)
     writer = RedisResultBackend(load_settings(), redis=rsettings)
     stored_at: list[float] = []
@@ -119,6 +133,7 @@ def test_wait_returns_within_milliseconds_of_the_store_and_costs_few_commands(re
     assert used < 60
     assert not results.client.sismember(results.prefix + ":waiters", job.id)
     writer.close()
+    results.close()
 
 
 def test_wait_times_out_with_none(results):

@@ -48,7 +48,7 @@ def store_of(queue: BaseJobQueue) -> BaseScheduleStore:
     if isinstance(queue, BaseScheduleStore):
         return queue
     raise BackendError(
-        f"the queue backend {type(queue).__name__} does not keep schedules; use the memory, file or sqlite "
+        f"the queue backend {type(queue).__name__} does not keep schedules; use the memory, file, sqlite or redis "
         "queue (NUVOM_QUEUE_BACKEND) for task.schedule(), or a backend that implements "
         "nuvom.plugins.contracts.BaseScheduleStore"
     )

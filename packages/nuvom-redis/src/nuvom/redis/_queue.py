@@ -24,7 +24,10 @@ from nuvom.plugins.contracts import BaseJobQueue, BaseResultBackend
 from nuvom.redis import _scripts
 from nuvom.redis._connection import Connection, acquire, is_transient, release
 from nuvom.redis._results import RedisResultBackend, result_args
+from nuvom.redis._schedules import RedisSchedules
 from nuvom.redis._settings import RedisSettings, load_redis_settings
+
+from redis.exceptions import NoScriptError
 
 if TYPE_CHECKING:
     from nuvom.config import Settings
@@ -47,9 +50,10 @@ _SERVER_TICK = 0.11
 _POLL = 0.005
 
 
-class RedisJobQueue(BaseJobQueue):
+class RedisJobQueue(BaseJobQueue, RedisSchedules):
     """A durable queue in Redis, shared by every process on every host that uses
-    the same URL and prefix. Safe across threads and processes.
+    the same URL and prefix. Safe across threads and processes. It keeps
+    schedules too (``task.schedule(...)``, see ``_schedules``).
 
     ``redis`` overrides the ``NUVOM_REDIS_*`` settings (tests, embedding).
     """
@@ -77,6 +81,7 @@ class RedisJobQueue(BaseJobQueue):
         self._extend = script(_scripts.EXTEND)
         self._clear = script(_scripts.CLEAR)
         self._complete = script(_scripts.COMPLETE)
+        self._init_schedules()
         self.lease_secs = float(settings.lease_secs)
         self.default_timeout = float(settings.job_timeout_secs)
         self.claimer = f"{socket.gethostname()}:{os.getpid()}"
@@ -84,6 +89,12 @@ class RedisJobQueue(BaseJobQueue):
         # only applies while the job's token in Redis is still this one.
         self._claims: dict[str, bytes] = {}
         self._claims_lock = threading.Lock()
+        self._lease_rule = self._lease_rule_args()
+        self._wake_key = self.key("wake")
+        # Whether this object's last claim took every due job, and when (monotonic)
+        # that claim said something may be due next: pop_batch then waits first.
+        self._drained = False
+        self._due_at: float | None = None
         self._closed = False
 
     def __repr__(self) -> str:
@@ -96,7 +107,7 @@ class RedisJobQueue(BaseJobQueue):
     def key(self, name: str) -> str:
         return f"{self.prefix}:q:{name}"
 
-    def _lease_rule(self) -> list[str]:
+    def _lease_rule_args(self) -> list[str]:
         """The claimer's arguments of :func:`nuvom.job.lease_secs_for`, which the
         scripts evaluate per job: a job's lease follows the settings of the worker
         that holds it, not those of the producer that queued it."""
@@ -119,7 +130,7 @@ class RedisJobQueue(BaseJobQueue):
 
         def run() -> Any:
             tries[0] += 1
-            return self._enqueue(args=args)
+            return self._enqueue(args=args, client=self.conn.own())
 
         dup = self.conn.run("queueing jobs", run)
         # A retry after a lost reply finds its own jobs already queued: that is success.
@@ -133,13 +144,36 @@ class RedisJobQueue(BaseJobQueue):
     def claim(self, batch_size: int) -> list[Job]:
         return self.conn.run("claiming jobs", lambda: self._claim_once(batch_size)[0])
 
+    def _claim_args(self, batch_size: int) -> list[Any]:
+        return [self.prefix, batch_size, _RECLAIM_PER_CLAIM, *self._lease_rule]
+
     def _claim_once(self, batch_size: int) -> tuple[list[Job], float | None]:
-        """Claimed jobs, and (when none) seconds until something may be due."""
-        reply = self._claim(args=[self.prefix, batch_size, _RECLAIM_PER_CLAIM, *self._lease_rule()])
-        token = str(reply[0]).encode()
+        """Claimed jobs, and (when fewer than ``batch_size``) seconds until something may be due."""
+        return self._claimed(self._claim(args=self._claim_args(batch_size), client=self.conn.own()))
+
+    def _wait_and_claim(self, batch_size: int, block: float) -> tuple[list[Job], float | None]:
+        """Block on the wake-up list, then claim: both sent at once, so a job queued
+        while this waits is claimed one network trip after its enqueue, not two.
+        Redis runs a blocked client's next pipelined command as soon as it unblocks."""
+        conn: Any = self.conn.own().connection  # redis-py's Connection is untyped
+        commands = [("BLPOP", self._wake_key, block), ("EVALSHA", self._claim.sha, 0, *self._claim_args(batch_size))]
+        try:
+            conn.send_packed_command(conn.pack_commands(commands))
+            conn.read_response()
+            reply = conn.read_response()
+        except NoScriptError:  # a restarted server without the script: load it, claim again
+            return self._claim_once(batch_size)
+        except BaseException:
+            conn.disconnect()  # a reply may still be on its way: this connection is out of step
+            raise
+        return self._claimed(reply)
+
+    def _claimed(self, reply: list[Any]) -> tuple[list[Job], float | None]:
+        wait = reply[1]
+        due_in = float(wait) if wait else None
         if reply[0] == 0:
-            wait = reply[1]
-            return [], (float(wait) if wait else None)
+            return [], due_in
+        token = str(reply[0]).encode()
         jobs: list[Job] = []
         unreadable: list[Job] = []
         for i in range(2, len(reply), 3):
@@ -162,40 +196,40 @@ class RedisJobQueue(BaseJobQueue):
             for job in unreadable:
                 log.error("job %s: %s", job.id, job.error.message if job.error else "")
             self._complete_here(unreadable)
-        return jobs, None
+        return jobs, due_in
 
     def pop_batch(self, batch_size: int, timeout: float | None = 0.0) -> list[Job]:
         """Claim up to ``batch_size`` due jobs, waiting up to ``timeout`` s.
 
         Between claims the caller blocks on ``<prefix>:q:wake`` (BLPOP), which
-        every enqueue and hand-back pushes to: a job queued on any host starts
-        within a round trip or two. The block never outlasts the next due time
-        or lease expiry the claim reported. While the server is unreachable this
+        every enqueue and hand-back pushes to, with the claim pipelined behind
+        it: a job queued on any host is claimed one round trip after it is
+        queued. When this object's last claim took every due job, the wait comes
+        first (an enqueue since then has left a wake-up), saving a claim that
+        would find nothing. The block never outlasts the next due time or lease
+        expiry the last claim reported. While the server is unreachable this
         returns ``[]`` after backing off (the connection logs one line when it
         goes and one when it is back): the worker keeps running what it holds.
         """
         deadline = None if timeout is None else time.monotonic() + timeout
         pause = _BACKOFF_FIRST
-        wake = self.key("wake")
+        wait_first = self._drained and timeout != 0
+        stale_retried = False
         while True:
             try:
-                jobs, due_in = self._claim_once(batch_size)
+                if wait_first:
+                    jobs, due_in = self._wait_then_claim(batch_size, deadline)
+                else:
+                    jobs, due_in = self._claim_once(batch_size)
                 self.conn.mark_up()
+                now = time.monotonic()
+                self._drained = len(jobs) < batch_size
+                self._due_at = None if due_in is None else now + due_in
                 if jobs or timeout == 0:
                     return jobs
-                remaining = None if deadline is None else deadline - time.monotonic()
-                if remaining is not None and remaining <= 0:
+                if deadline is not None and now >= deadline:
                     return []
-                # An idle server notices blocking timeouts on its cron tick (10 per second
-                # by default), so BLPOP may return up to ~100 ms late: it waits until
-                # shortly before the next due time, and the last stretch is polled.
-                block = _MAX_BLOCK if due_in is None else due_in - _SERVER_TICK
-                if remaining is not None:
-                    block = min(block, remaining)
-                if block < 0.01:
-                    time.sleep(max(0.001, min(_POLL, due_in or _POLL, remaining or _POLL)))
-                    continue
-                self.client.blpop([wake], timeout=block)
+                wait_first = True
                 pause = _BACKOFF_FIRST
             except BackendError:
                 raise
@@ -204,12 +238,33 @@ class RedisJobQueue(BaseJobQueue):
                     raise BackendError(
                         f"Redis at {self.conn.safe_url} failed while claiming jobs: {type(exc).__name__}: {exc}"
                     ) from None
+                wait_first = False
+                if self.conn.stale(stale_retried):
+                    stale_retried = True
+                    continue
                 self.conn.mark_down(exc, "claiming jobs")
                 sleep = pause if deadline is None else min(pause, max(0.0, deadline - time.monotonic()))
                 time.sleep(sleep)
                 pause = min(pause * 2, _BACKOFF_MAX)
                 if deadline is not None and time.monotonic() >= deadline:
                     return []
+
+    def _wait_then_claim(self, batch_size: int, deadline: float | None) -> tuple[list[Job], float | None]:
+        now = time.monotonic()
+        # An idle server notices blocking timeouts on its cron tick (10 per second
+        # by default), so BLPOP may return up to ~100 ms late: it waits until
+        # shortly before the next due time, and the last stretch is polled.
+        due_at = self._due_at
+        block = _MAX_BLOCK if due_at is None else due_at - now - _SERVER_TICK
+        if deadline is not None:
+            block = min(block, deadline - now)
+        if block < 0.01:
+            nap = _POLL if due_at is None else min(_POLL, max(0.0, due_at - now))
+            if deadline is not None:
+                nap = min(nap, max(0.0, deadline - now))
+            time.sleep(max(0.001, nap))
+            return self._claim_once(batch_size)
+        return self._wait_and_claim(batch_size, block)
 
     # -- settling claims ------------------------------------------------------
     def _tokens(self, job_ids: Sequence[str]) -> list[bytes]:
@@ -232,7 +287,9 @@ class RedisJobQueue(BaseJobQueue):
         args: list[Any] = [self.prefix]
         for job_id, token in zip(job_ids, self._tokens(job_ids), strict=True):
             args += [job_id, token]
-        self.conn.run("acknowledging jobs", lambda: self._ack(args=args), patience=self._worker_patience())
+        self.conn.run(
+            "acknowledging jobs", lambda: self._ack(args=args, client=self.conn.own()), patience=self._worker_patience()
+        )
         self._forget(job_ids)
 
     def requeue(self, jobs: Sequence[Job]) -> None:
@@ -277,7 +334,9 @@ class RedisJobQueue(BaseJobQueue):
             job_id, status, task, finished, payload = result_args(job)
             args += [job_id, token, job.attempts, status, task, finished, payload]
         ignored = self.conn.run(
-            "storing finished jobs", lambda: self._complete(args=args), patience=self._worker_patience()
+            "storing finished jobs",
+            lambda: self._complete(args=args, client=self.conn.own()),
+            patience=self._worker_patience(),
         )
         self._forget(ids)
         if ignored:
@@ -294,7 +353,7 @@ class RedisJobQueue(BaseJobQueue):
             owned = [(job_id, self._claims[job_id]) for job_id in job_ids if job_id in self._claims]
         if not owned:
             return
-        args: list[Any] = [self.prefix, *self._lease_rule()]
+        args: list[Any] = [self.prefix, *self._lease_rule]
         for job_id, token in owned:
             args += [job_id, token]
         try:

@@ -162,11 +162,13 @@ class RedisResultBackend(BaseResultBackend):
             return []
         statuses = [JobStatus(str(getattr(status, "value", status)).upper()).value] if status is not None else _STATUSES
         keys = [self._task_key(s, task) if task is not None else self._status_key(s) for s in statuses]
-        return self.conn.run("listing results", lambda: self._newest(keys, limit))
+        return self.conn.run("listing results", lambda: self._newest(keys, statuses, limit))
 
-    def _newest(self, keys: list[str], limit: int) -> list[Job]:
-        """The ``limit`` newest records over the index ``keys``, skipping (and
-        trimming) entries whose record has expired."""
+    def _newest(self, keys: list[str], statuses: list[str], limit: int) -> list[Job]:
+        """The ``limit`` newest records over the index ``keys`` (of ``statuses``),
+        skipping (and trimming) entries whose record has expired or now has
+        another status (stored again after it expired)."""
+        status_of = dict(zip(keys, statuses, strict=True))
         if self.ttl_secs is not None:
             cutoff = time.time() - self.ttl_secs
             pipe = self.client.pipeline(transaction=False)
@@ -193,9 +195,14 @@ class RedisResultBackend(BaseResultBackend):
                     dangling.append((key, job_id))
                     continue
                 try:
-                    out.append(Job.from_bytes(cast(bytes, data)))
+                    record = Job.from_bytes(cast(bytes, data))
                 except SerializationError as exc:
                     log.error("result %s under %r is unreadable: %s", job_id, self.prefix, exc)
+                    continue
+                if record.status.value != status_of[key]:
+                    dangling.append((key, job_id))
+                    continue
+                out.append(record)
             if not dangling:
                 break
             pipe = self.client.pipeline(transaction=False)

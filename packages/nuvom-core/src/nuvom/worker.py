@@ -213,6 +213,7 @@ class Worker:
             may_import=self._may_import,
             finish=self._finish,
             retry=self._retry,
+            mark_started=queue.mark_started,
         )
         for i in range(self.max_workers):
             self._spawn(_Slot(i))
@@ -535,6 +536,9 @@ class Worker:
             return True
         timeout = effective_timeout(job.timeout_secs, default_timeout)
         attempt = runner.start(job, task)
+        if attempt is None:
+            slot.job = None  # another worker holds it now
+            return True
         slot.task, slot.attempt = task, attempt
         slot.deadline = time.monotonic() + timeout
         ok, value = runner.call(job, task)

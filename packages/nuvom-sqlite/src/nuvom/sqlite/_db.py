@@ -100,6 +100,10 @@ _MIGRATIONS: dict[int, tuple[str, ...]] = {
         ) WITHOUT ROWID
         """,
     ),
+    # Start marks (BaseJobQueue.mark_started): when the claim holding a row
+    # started running it; NULL while it waits in a worker's buffer. An expired
+    # claim counts as a lost run only if it had started.
+    3: ("ALTER TABLE nuvom_queue ADD COLUMN started_at REAL",),
 }
 SCHEMA_VERSION = max(_MIGRATIONS)
 

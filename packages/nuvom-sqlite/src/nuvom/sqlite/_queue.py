@@ -58,17 +58,25 @@ _INSERT = (
 _UPSERT = (
     _INSERT + " ON CONFLICT (id) DO UPDATE SET func_name = excluded.func_name, state = 0, "
     "ready_at = excluded.ready_at, attempts = excluded.attempts, timeout_secs = excluded.timeout_secs, "
-    "payload = excluded.payload, claim_token = NULL, claimed_by = NULL"
+    "payload = excluded.payload, claim_token = NULL, claimed_by = NULL, started_at = NULL"
 )
 _REQUEUE_CLAIMED = (
     "UPDATE nuvom_queue SET state = 0, ready_at = ?, attempts = ?, payload = ?, claim_token = NULL, "
-    "claimed_by = NULL WHERE id = ? AND claim_token = ?"
+    "claimed_by = NULL, started_at = NULL WHERE id = ? AND claim_token = ?"
 )
+# ``attempts`` counts the runs that started: a row claimed (state 1) whose claim
+# never started (no start mark) has that claim's attempt undone when it is claimed again.
+_UNSTARTED = "(state = 1 AND started_at IS NULL)"
 # Text columns are read as bytes and decoded here: one row whose text is not
 # valid UTF-8 must be quarantined, not make every claim fail.
 _SELECT_DUE = (
-    "SELECT seq, CAST(id AS BLOB), CAST(func_name AS BLOB), attempts, created_at, payload FROM nuvom_queue "
-    "WHERE ready_at <= ? ORDER BY ready_at, seq LIMIT ?"
+    f"SELECT seq, CAST(id AS BLOB), CAST(func_name AS BLOB), attempts - {_UNSTARTED}, created_at, payload "
+    "FROM nuvom_queue WHERE ready_at <= ? ORDER BY ready_at, seq LIMIT ?"
+)
+# The start mark: fenced by the claim token, and the lease starts again from now.
+_START = (
+    "UPDATE nuvom_queue SET started_at = ?1, ready_at = ?1 + max(?2, coalesce(timeout_secs, ?3) * ?4 + ?5) "
+    "WHERE id = ?6 AND claim_token = ?7"
 )
 
 
@@ -170,7 +178,8 @@ class SQLiteJobQueue(BaseJobQueue, SQLiteSchedules):
             if not rows:
                 return []
             conn.execute(
-                "UPDATE nuvom_queue SET state = 1, attempts = attempts + 1, claim_token = ?, claimed_by = ?, "
+                f"UPDATE nuvom_queue SET state = 1, attempts = attempts + 1 - {_UNSTARTED}, started_at = NULL, "
+                "claim_token = ?, claimed_by = ?, "
                 "ready_at = ? + max(?, coalesce(timeout_secs, ?) * ? + ?) "
                 f"WHERE seq IN ({_marks(len(rows))})",
                 (
@@ -368,6 +377,24 @@ class SQLiteJobQueue(BaseJobQueue, SQLiteSchedules):
                     for job_id, token in owned
                 ],
             )
+
+    def mark_started(self, job: Job) -> bool:
+        """One statement: the claim's start mark and a lease from now. A WAL
+        commit with ``synchronous=NORMAL`` is in the OS's hands when it returns,
+        so the mark survives a SIGKILL of this process (not a power cut)."""
+        with self._claims_lock:
+            token = self._claims.get(job.id)
+        if token is None:
+            return True  # not claimed through this object: nothing to fence
+        with self.db.write("marking a job started") as conn:
+            cur = conn.execute(
+                _START,
+                (time.time(), self.lease_secs, self.default_timeout, LEASE_FACTOR, LEASE_MARGIN_SECS, job.id, token),
+            )
+        if cur.rowcount:
+            return True
+        self._forget((job.id,))
+        return False
 
     # -- reading --------------------------------------------------------------
     def get(self, job_id: str) -> Job | None:

@@ -78,23 +78,26 @@ def test_an_expired_claim_that_never_started_is_handed_back_without_counting(db_
 
 def test_a_start_mark_renews_the_lease_from_the_start_and_is_fenced_by_the_claim(db_path, queue):
     other = SQLiteJobQueue(path=db_path)
-    queue.enqueue_many(make(2, timeout_secs=600))
-    first, second = queue.claim(2)
-    expire_leases(db_path)
+    queue.enqueue(make(1, timeout_secs=600)[0])
+    [waited] = queue.claim(1)
+    time.sleep(1.2)  # the job waits in this worker's buffer past the claim's first second
     before = time.time()
-    assert queue.mark_started(first)
+    assert queue.mark_started(waited)
     with sqlite3.connect(db_path) as conn:
         lease, started = conn.execute(
-            "SELECT ready_at, started_at FROM nuvom_queue WHERE id = ?", (first.id,)
+            "SELECT ready_at, started_at FROM nuvom_queue WHERE id = ?", (waited.id,)
         ).fetchone()
     conn.close()
-    assert started >= before and lease - before >= 600 * 1.1 + 2 - 1
-    # The second claim expired in this worker's buffer and another worker took it:
-    # the start mark fails, and the job must not run here.
-    [taken] = other.claim(10)
-    assert taken.id == second.id and taken.attempts == 1
-    assert not queue.mark_started(second)
-    assert other.mark_started(taken)
+    assert started >= before and lease - before >= 600 * 1.1 + 2  # the job's lease, from its start
+    # A claim that expired in this worker's buffer and was taken by another
+    # worker: the start mark fails, and the job must not run here.
+    queue.enqueue(make(1)[0])
+    [lost] = queue.claim(1)
+    expire_leases(db_path)  # (the first job's lease too: the other worker takes both)
+    taken = {j.id: j for j in other.claim(10)}
+    assert lost.id in taken and taken[lost.id].attempts == 1
+    assert not queue.mark_started(lost)
+    assert other.mark_started(taken[lost.id])
     other.close()
 
 

@@ -346,13 +346,23 @@ class SQLiteJobQueue(BaseJobQueue, SQLiteSchedules):
         results elsewhere: store, then acknowledge (a crash in between re-runs
         the job).
         """
+        self._complete(jobs, results, None)
+
+    def complete_and_start(self, jobs: Sequence[Job], results: BaseResultBackend, starting: Job) -> bool:
+        """:meth:`complete` and the start mark of ``starting`` in one transaction
+        (when the results share this file)."""
+        return self._complete(jobs, results, starting)
+
+    def _complete(self, jobs: Sequence[Job], results: BaseResultBackend, starting: Job | None) -> bool:
         if not self._shares_file(results):
             super().complete(jobs, results)
-            return
+            return True if starting is None else self.mark_started(starting)
         assert isinstance(results, SQLiteResultBackend)
         rows = [result_row(job) for job in jobs]
         ids = [job.id for job in jobs]
         tokens = self._tokens(ids)
+        start = None if starting is None else self._start_statement(starting)
+        started = True
         with self.db.write("completing jobs") as conn:
             kept = _delete_claimed(conn, jobs, tokens)
             if len(kept) == len(rows):
@@ -360,10 +370,16 @@ class SQLiteJobQueue(BaseJobQueue, SQLiteSchedules):
             else:
                 keep = set(kept)
                 conn.executemany(INSERT_RESULT, [row for row in rows if row[0] in keep])
+            if start is not None:
+                started = conn.execute(*start).rowcount > 0
         self._forget(ids)
         if len(kept) != len(rows):
             log.info("%d completion(s) ignored: their claim was taken over by another worker", len(rows) - len(kept))
+        if not started:
+            assert starting is not None
+            self._forget((starting.id,))
         results.maybe_prune()
+        return started
 
     def _shares_file(self, results: BaseResultBackend) -> bool:
         return isinstance(results, SQLiteResultBackend) and results.path == self.path
@@ -396,22 +412,27 @@ class SQLiteJobQueue(BaseJobQueue, SQLiteSchedules):
         """One statement: the claim's start mark and a lease from now. A WAL
         commit with ``synchronous=NORMAL`` is in the OS's hands when it returns,
         so the mark survives a SIGKILL of this process (not a power cut)."""
+        statement = self._start_statement(job)
+        if statement is None:
+            return True  # not claimed through this object: nothing to fence
+        if self._write_one(*statement, "marking a job started"):
+            return True
+        self._forget((job.id,))
+        return False
+
+    def _start_statement(self, job: Job) -> tuple[str, tuple[Any, ...]] | None:
+        """The start mark of ``job``'s claim as (SQL, parameters); ``None`` if
+        this object does not hold its claim."""
         with self._claims_lock:
             token = self._claims.get(job.id)
             claimed_at = None if token is None else self._claimed_at.get(token)
         if token is None:
-            return True  # not claimed through this object: nothing to fence
+            return None
         now = time.time()
         lease = lease_secs_for(job.timeout_secs, lease_secs=self.lease_secs, default_timeout_secs=self.default_timeout)
         if claimed_at is not None and now - claimed_at <= min(_FRESH_CLAIM_MAX_SECS, lease * _FRESH_CLAIM):
-            sql, params = _START_FRESH, (now, job.id, token)
-        else:
-            sql = _START
-            params = (now, self.lease_secs, self.default_timeout, LEASE_FACTOR, LEASE_MARGIN_SECS, job.id, token)
-        if self._write_one(sql, params, "marking a job started"):
-            return True
-        self._forget((job.id,))
-        return False
+            return _START_FRESH, (now, job.id, token)
+        return _START, (now, self.lease_secs, self.default_timeout, LEASE_FACTOR, LEASE_MARGIN_SECS, job.id, token)
 
     def _write_one(self, sql: str, params: Sequence[Any], what: str) -> int:
         """One statement in its own transaction (autocommit: no BEGIN/COMMIT

@@ -47,6 +47,10 @@ def test_a_claim_marks_running_and_counts_an_attempt(queue: FileJobQueue) -> Non
     assert claimed.status is JobStatus.RUNNING
     assert claimed.attempts == 1
     stored = queue.get(job.id)
+    # In storage the attempt counts once it starts (a claim that never starts is undone).
+    assert stored is not None and stored.status is JobStatus.RUNNING and stored.attempts == 0
+    assert queue.mark_started(claimed)
+    stored = queue.get(job.id)
     assert stored is not None and stored.status is JobStatus.RUNNING and stored.attempts == 1
 
 
@@ -111,12 +115,48 @@ def test_an_expired_claim_is_claimed_again_by_another_process(
     dead, alive = FileJobQueue(short), FileJobQueue(short)
     job = make()
     dead.enqueue(job)
-    assert len(dead.claim(1)) == 1  # and then its process "dies": no ack, no renewal
+    [claimed] = dead.claim(1)
+    assert dead.mark_started(claimed)  # and then its process "dies": no ack, no renewal
     assert alive.claim(1) == []  # the lease still holds
     with caplog.at_level(logging.WARNING, logger="nuvom.backends.file"):
         [again] = alive.pop_batch(1, timeout=5)
     assert again.id == job.id and again.attempts == 2
+    assert again.mark_lost_runs(time.time()) == 1
     assert "claim expired" in caplog.text
+
+
+def test_an_expired_claim_that_never_started_is_handed_back_without_counting(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(job_module, "LEASE_MARGIN_SECS", 0.0)
+    short = settings.model_copy(update={"lease_secs": 0.2, "job_timeout_secs": 0.2})
+    job = make()
+    FileJobQueue(short).enqueue(job)
+    for _ in range(5):  # five workers claim it and die before starting it
+        [claimed] = FileJobQueue(short).pop_batch(1, timeout=5)
+        assert claimed.id == job.id and claimed.attempts == 1
+    again = FileJobQueue(short)
+    [claimed] = again.pop_batch(1, timeout=5)
+    assert claimed.attempts == 1 and claimed.mark_lost_runs(time.time()) == 0 and claimed.history == []
+
+
+def test_a_start_mark_renews_the_lease_from_the_start_and_is_fenced_by_the_claim(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(job_module, "LEASE_MARGIN_SECS", 0.0)
+    short = settings.model_copy(update={"lease_secs": 0.2, "job_timeout_secs": 0.2})
+    mine, other = FileJobQueue(short), FileJobQueue(short)
+    mine.enqueue_many([make(timeout_secs=600), make()])
+    long_one, short_one = mine.claim(2)
+    time.sleep(0.3)  # the short claim's lease runs out while it waits in this worker
+    [taken] = other.claim(10)
+    assert taken.id == short_one.id and taken.attempts == 1
+    assert not mine.mark_started(short_one)  # lost: it must not run here
+    assert other.mark_started(taken)
+    before = time.time_ns()
+    assert mine.mark_started(long_one)
+    [name] = [n for n in os.listdir(mine.claimed_dir) if long_one.id in n]
+    assert int(name[:20]) - before >= 600 * 1.1 * 1e9 - 1e9  # the job's own lease, from its start
 
 
 def test_renewed_leases_keep_other_claimers_off(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -52,11 +52,52 @@ def test_a_job_whose_lease_expired_is_claimed_again_with_its_attempt_counted(db_
     other = SQLiteJobQueue(path=db_path)
     job = make(1)[0]
     queue.enqueue(job)
-    queue.claim(1)
+    [claimed] = queue.claim(1)
+    assert queue.mark_started(claimed)
     expire_leases(db_path)
     again = other.claim(1)
     assert [j.id for j in again] == [job.id]
     assert again[0].attempts == 2
+    assert again[0].mark_lost_runs(time.time()) == 1
+    other.close()
+
+
+def test_an_expired_claim_that_never_started_is_handed_back_without_counting(db_path, queue):
+    other = SQLiteJobQueue(path=db_path)
+    job = make(1)[0]
+    queue.enqueue(job)
+    for _ in range(5):  # claimed and lost five times, never started
+        assert [j.id for j in queue.claim(1)] == [job.id]
+        expire_leases(db_path)
+    [again] = other.claim(1)
+    assert again.attempts == 1
+    assert again.mark_lost_runs(time.time()) == 0 and again.history == []
+    assert other.get(job.id).attempts == 1
+    other.close()
+
+
+def test_a_start_mark_renews_the_lease_from_the_start_and_is_fenced_by_the_claim(db_path, queue):
+    other = SQLiteJobQueue(path=db_path)
+    queue.enqueue(make(1, timeout_secs=600)[0])
+    [waited] = queue.claim(1)
+    time.sleep(1.2)  # the job waits in this worker's buffer past the claim's first second
+    before = time.time()
+    assert queue.mark_started(waited)
+    with sqlite3.connect(db_path) as conn:
+        lease, started = conn.execute(
+            "SELECT ready_at, started_at FROM nuvom_queue WHERE id = ?", (waited.id,)
+        ).fetchone()
+    conn.close()
+    assert started >= before and lease - before >= 600 * 1.1 + 2  # the job's lease, from its start
+    # A claim that expired in this worker's buffer and was taken by another
+    # worker: the start mark fails, and the job must not run here.
+    queue.enqueue(make(1)[0])
+    [lost] = queue.claim(1)
+    expire_leases(db_path)  # (the first job's lease too: the other worker takes both)
+    taken = {j.id: j for j in other.claim(10)}
+    assert lost.id in taken and taken[lost.id].attempts == 1
+    assert not queue.mark_started(lost)
+    assert other.mark_started(taken[lost.id])
     other.close()
 
 
@@ -134,6 +175,7 @@ def test_requeue_of_a_claim_taken_over_leaves_the_new_claim_alone(db_path, queue
     other = SQLiteJobQueue(path=db_path)
     queue.enqueue(make(1)[0])
     stale = queue.claim(1)[0]
+    assert queue.mark_started(stale)
     expire_leases(db_path)
     current = other.claim(1)[0]
     stale.not_before = time.time() + 60
@@ -168,7 +210,9 @@ def test_complete_is_one_transaction_when_results_share_the_file(queue, results)
 def test_a_completion_whose_claim_was_taken_over_is_ignored(db_path, queue, results):
     other = SQLiteJobQueue(path=db_path)
     queue.enqueue(make(1)[0])
-    late = finish(queue.claim(1))
+    late = queue.claim(1)
+    assert queue.mark_started(late[0])  # it ran
+    finish(late)
     expire_leases(db_path)
     current = finish(other.claim(1))
     queue.complete(late, results)  # the first worker comes back after its lease ran out

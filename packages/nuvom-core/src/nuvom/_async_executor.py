@@ -205,6 +205,9 @@ class AsyncExecutor:
             self._done()
             return
         attempt = runner.start(job, task, "async")
+        if attempt is None:
+            self._done()
+            return
         timeout = effective_timeout(job.timeout_secs, self.default_timeout)
         policy = job.timeout_policy or self.default_policy
         try:

@@ -349,6 +349,8 @@ class ProcessPool:
         if task.path not in self._warm:
             self._warm[task.path] = _source_file(task)
         attempt = runner.start(job, task, "process")
+        if attempt is None:
+            return child
         timeout = effective_timeout(job.timeout_secs, self.default_timeout)
         policy = job.timeout_policy or self.default_policy
         try:

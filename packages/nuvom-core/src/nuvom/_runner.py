@@ -58,8 +58,12 @@ class JobRunner:
         finish: Callable[[Job], None],
         retry: Callable[[Job], None],
         may_import: Callable[[str], str | None] | None = None,
+        mark_started: Callable[[Job], bool] | None = None,
     ) -> None:
         self.registry = registry
+        # The queue's start mark (BaseJobQueue.mark_started); None: no queue (run_job).
+        self.mark_started = mark_started
+        self._start_mark_failing = False
         self.may_import = may_import
         self.hooks = hooks or Hooks()
         self.default_timeout_policy = settings.timeout_policy
@@ -107,13 +111,41 @@ class JobRunner:
         log.error("job %s (%s) failed without running: %s", job.id, job.func_name, error.message)
         self.finish(job)
 
-    def start(self, job: Job, task: Task[Any], executor: Executor = "thread") -> Attempt:
+    def start(self, job: Job, task: Task[Any], executor: Executor = "thread") -> Attempt | None:
+        """Begin an attempt: the queue's start mark first, then the hooks.
+        ``None``: the claim was lost while the job waited here (its lease ran
+        out and another worker claimed it), so it must not run here."""
+        if self.mark_started is not None and not self._claim_started(job):
+            log.warning(
+                "job %s (%s) not run here: its claim expired while it waited in this worker (a task holding "
+                "the GIL, or a stopped process?) and another worker has claimed it",
+                job.id,
+                job.func_name,
+            )
+            return None
         attempt = job.mark_started(self.worker_id, time.time(), executor)
         if self.hooks.before_job:
             call_hooks(self.hooks.before_job, job)
         if task.before_job is not None:
             call_hooks([task.before_job], job)
         return attempt
+
+    def _claim_started(self, job: Job) -> bool:
+        assert self.mark_started is not None
+        try:
+            started = self.mark_started(job)
+        except Exception as exc:
+            # The mark could not be written (a store failing for a moment): run the
+            # job anyway, as a backend without start marks does; its claim still
+            # holds it, and if this worker died now the claim would be handed back.
+            if not self._start_mark_failing:
+                self._start_mark_failing = True
+                log.error("writing start marks failed (%s); running jobs without them", exc)
+            return True
+        if self._start_mark_failing:
+            self._start_mark_failing = False
+            log.warning("writing start marks works again")
+        return started
 
     def call(self, job: Job, task: Task[Any]) -> tuple[bool, Any]:
         """Run the function; ``(True, result)`` or ``(False, exception)``.
@@ -196,6 +228,8 @@ class JobRunner:
         if task is None:
             return
         attempt = self.start(job, task)
+        if attempt is None:
+            return
         ok, value = self.call(job, task)
         self.settle(job, task, attempt, ok, value)
 

@@ -155,6 +155,11 @@ class Worker:
         # failed write): they hold claims, so they count against `capacity` and
         # their leases are renewed like those of running jobs.
         self._unstored: dict[str, Job] = {}
+        # Start marks written ahead, in the transaction that stored the outcomes a
+        # thread had just produced, for the next job of its inbox: job id -> what
+        # the mark returned. Read (and dropped) when that job starts.
+        self._premarked: dict[str, bool] = {}
+        self._local = threading.local()
         self._store_failing = False
         self._store_retry_at = 0.0
         self._store_backoff = _STORE_RETRY_FIRST
@@ -213,6 +218,7 @@ class Worker:
             may_import=self._may_import,
             finish=self._finish,
             retry=self._retry,
+            mark_started=self._mark_started,
         )
         for i in range(self.max_workers):
             self._spawn(_Slot(i))
@@ -535,6 +541,9 @@ class Worker:
             return True
         timeout = effective_timeout(job.timeout_secs, default_timeout)
         attempt = runner.start(job, task)
+        if attempt is None:
+            slot.job = None  # another worker holds it now
+            return True
         slot.task, slot.attempt = task, attempt
         slot.deadline = time.monotonic() + timeout
         ok, value = runner.call(job, task)
@@ -543,7 +552,16 @@ class Worker:
                 return False
             slot.job = slot.task = slot.attempt = slot.deadline = None
             slot.timed_out = False
-        runner.settle(job, task, attempt, ok, value)
+        # If this thread stores the outcome, the start mark of its next job goes
+        # in the same write (one transaction on SQLite instead of two).
+        try:
+            self._local.next_start = slot.inbox[0]
+        except IndexError:
+            self._local.next_start = None
+        try:
+            runner.settle(job, task, attempt, ok, value)
+        finally:
+            self._local.next_start = None
         return True
 
     def _crashed(self, slot: _Slot, job: Job, exc: BaseException) -> bool:
@@ -669,6 +687,7 @@ class Worker:
     def _flush(self) -> None:
         # Group commit: one thread writes everything finished so far; threads
         # that finish meanwhile just leave their job for it.
+        starting: Job | None = getattr(self._local, "next_start", None)
         while self._finished and self._flush_lock.acquire(blocking=False):
             try:
                 while not self._store_failing:
@@ -676,9 +695,21 @@ class Worker:
                         batch, self._finished = self._finished, []
                     if not batch:
                         break
-                    self._store(batch)
+                    self._store(batch, starting)
+                    starting = None
             finally:
                 self._flush_lock.release()
+
+    def _mark_started(self, job: Job) -> bool:
+        """The runner's start mark: written ahead with an outcome, or now."""
+        premarked = self._premarked.pop(job.id, None)
+        return self.queue.mark_started(job) if premarked is None else premarked
+
+    def _complete(self, batch: list[Job], starting: Job | None) -> None:
+        if starting is None:
+            self.queue.complete(batch, self.results)
+        else:
+            self._premarked[starting.id] = self.queue.complete_and_start(batch, self.results, starting)
 
     def _flush_retry(self, deadline: float | None = None) -> None:
         """Store the finished jobs kept after a failed write (from the watchdog,
@@ -695,15 +726,15 @@ class Worker:
             # The watchdog has stopped by now (its event is set): plain sleep for the backoff.
             time.sleep(min(self._store_backoff, max(0.0, deadline - time.monotonic())))
 
-    def _store(self, batch: list[Job]) -> None:
-        """Write one group of finished jobs. On failure they stay in memory,
-        their claims held and renewed, and are written again after a backoff:
-        never run again. Called with the flush lock held."""
+    def _store(self, batch: list[Job], starting: Job | None = None) -> None:
+        """Write one group of finished jobs (and ``starting``'s start mark). On
+        failure they stay in memory, their claims held and renewed, and are
+        written again after a backoff: never run again. Called with the flush lock held."""
         try:
             try:
-                self.queue.complete(batch, self.results)
+                self._complete(batch, starting)
             except SerializationError:
-                self.queue.complete(_fail_unencodable(batch), self.results)
+                self._complete(_fail_unencodable(batch), starting)
         except Exception as exc:
             if not self._store_failing:
                 self._store_failing = True
@@ -731,6 +762,8 @@ class Worker:
         self._handback([job])
 
     def _handback(self, jobs: Sequence[Job]) -> None:
+        for job in jobs:
+            self._premarked.pop(job.id, None)
         try:
             self.queue.requeue(jobs)
         except Exception:

@@ -22,10 +22,13 @@ How it holds together:
 * Names of waiting jobs sort by due time: FIFO order and "not yet due" are
   decided without opening a file. A worker lists ``queue/`` once and works
   through the sorted names until they run out.
-* A claimed file's name carries its lease expiry and the number of claims
-  not yet written into the job's ``attempts``. Finding expired claims and
-  renewing a lease (one more rename) never open a file, and a claim costs a
-  rename and a read, not a rewrite.
+* A claimed file's name carries its lease expiry and the number of runs
+  that started but are not yet written into the job's ``attempts``. Finding
+  expired claims and renewing a lease (one more rename) never open a file,
+  and a claim costs a rename and a read, not a rewrite.
+* The start mark (:meth:`FileJobQueue.mark_started`) is one rename of the
+  claimed file: the lease runs from the start, and the name counts the run.
+  A claim that expired before it started is taken over with nothing counted.
 * Finished jobs are found by id in ``jobs/``; the history (``list_jobs``)
   comes from an append-only index (:mod:`nuvom.backends._file_index`).
 
@@ -97,6 +100,7 @@ class _Claim:
     lease_ns: int
     # The lease ran out and another worker took the job: this worker's outcome is not stored.
     lost: bool = False
+    started: bool = False
 
 
 def _make_dirs(root: str, *names: str) -> list[str]:
@@ -260,8 +264,10 @@ class FileJobQueue(BaseJobQueue, FileSchedules):
 
     def _take(self, directory: str, name: str, job_id: str, claims: int, now_ns: int) -> Job | None:
         """Claim one file by renaming it into claimed/; ``None`` if another process
-        was first or the file is unreadable (then it is quarantined)."""
-        claims += 1
+        was first or the file is unreadable (then it is quarantined).
+
+        ``claims``: the runs the name counts (started, not yet in the file's
+        ``attempts``); this claim is counted in the name once it starts."""
         expiry = now_ns + self._default_lease_ns
         path = f"{self.claimed_dir}{os.sep}{expiry:020d}-{claims}-{job_id}{_SUFFIX}"
         try:
@@ -292,7 +298,7 @@ class FileJobQueue(BaseJobQueue, FileSchedules):
         if job.id != job_id:
             quarantine(path, self.corrupt_dir, f"queue-{name}", f"it holds job {job.id!r}", log)
             return None
-        job.mark_claimed(claims)
+        job.mark_claimed(claims + 1)
         claim = _Claim(path, expiry, claims, self._lease_ns(job))
         self._claims[job_id] = claim
         if claim.lease_ns != self._default_lease_ns:
@@ -328,6 +334,27 @@ class FileJobQueue(BaseJobQueue, FileSchedules):
             return False
         claim.path, claim.expiry_ns = path, expiry
         return True
+
+    def mark_started(self, job: Job) -> bool:
+        """One rename of the claimed file: its name counts the run, and its
+        lease runs from now. A rename is durable against a crash of this
+        process; it fails if another worker took the claim over."""
+        with self._lock:
+            claim = self._claims.get(job.id)
+            if claim is None or claim.started:
+                return True  # not claimed through this object: nothing to fence
+            if claim.lost:
+                del self._claims[job.id]
+                return False
+            expiry = time.time_ns() + claim.lease_ns
+            path = f"{self.claimed_dir}{os.sep}{expiry:020d}-{claim.claims + 1}-{job.id}{_SUFFIX}"
+            try:
+                replace(claim.path, path)
+            except FileNotFoundError:
+                del self._claims[job.id]  # its lease ran out and another worker has it
+                return False
+            claim.path, claim.expiry_ns, claim.claims, claim.started = path, expiry, claim.claims + 1, True
+            return True
 
     # -- settling claims ----------------------------------------------------
     def ack(self, job_ids: Sequence[str]) -> None:

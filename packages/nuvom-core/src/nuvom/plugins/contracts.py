@@ -146,9 +146,15 @@ class BaseJobQueue(abc.ABC):
     Delivery contract (at-least-once):
 
     * :meth:`pop_batch` *claims* jobs: each returned job is marked
-      ``RUNNING``, its ``attempts`` is incremented in storage (so a run lost
-      with a killed worker counts), and it is invisible to other claimers
-      until it is acknowledged, handed back, or its lease runs out.
+      ``RUNNING`` with its ``attempts`` incremented (``Job.mark_claimed``),
+      and it is invisible to other claimers until it is acknowledged, handed
+      back, or its lease runs out.
+    * :meth:`mark_started` is called right before a claimed job's code runs.
+      Only a claim that started counts as an attempt in storage: when an
+      expired claim is recovered, a run is recorded as lost only if that
+      claim had started; a claim that never started (its worker died with
+      the job still waiting in its buffer) is handed back as if never made.
+      A backend without a start mark counts every claim instead.
     * A claimed job leaves the queue only through :meth:`ack` (its outcome is
       stored) or :meth:`requeue` (it goes back, possibly with a not-before
       time). Nothing is ever deleted on claim.
@@ -228,6 +234,42 @@ class BaseJobQueue(abc.ABC):
 
     def extend_leases(self, job_ids: Sequence[str]) -> None:
         """Renew the leases of claimed jobs still being run (no-op without leases)."""
+
+    def mark_started(self, job: Job) -> bool:
+        """Record, before its code runs, that this worker starts the claimed ``job``.
+
+        Called by the worker in the thread (or event loop, or feeder of a child
+        process) about to run the job, after :meth:`pop_batch` returned it and
+        before any hook or user code. A backend that implements it must:
+
+        * write a *started* mark on the claim, fenced by the claim (nothing is
+          written if the claim is no longer this worker's), durable against a
+          crash of this process (an OS crash may lose it) before returning;
+        * renew the claim's lease to :func:`nuvom.job.lease_secs_for` of the
+          job's timeout from now, so the lease of a running job follows its
+          timeout however long the job waited in the worker's buffer;
+        * count the claim as an attempt in storage only from here on: when an
+          expired claim is claimed again, a claim with the mark counts as a run
+          lost with its worker (``Job.mark_lost_runs`` records it as a ``lost``
+          attempt); one without is handed back with its attempt undone;
+        * return ``False`` when the claim was lost (its lease ran out and
+          another worker claimed the job): the worker then does not run it.
+
+        It is on every job's path: keep it to one cheap write. The default
+        writes nothing and returns ``True``: every claim then counts as an
+        attempt, as before this method existed, and a claim that expired in a
+        worker's buffer may still run there as well as in its new holder.
+        """
+        return True
+
+    def complete_and_start(self, jobs: Sequence[Job], results: BaseResultBackend, starting: Job) -> bool:
+        """:meth:`complete` ``jobs``, then :meth:`mark_started` ``starting`` (the
+        next job of the thread that finished them); returns what the start mark
+        returned. A worker calls it instead of the two when it has both at hand;
+        a backend whose writes are transactions overrides it to write both in
+        one. The default makes the two calls."""
+        self.complete(jobs, results)
+        return self.mark_started(starting)
 
     # -- reading ------------------------------------------------------------
     @abc.abstractmethod

@@ -152,6 +152,10 @@ _MIGRATIONS: dict[int, tuple[str | Callable[[sqlite3.Connection], None], ...]] =
         END
         """,
     ),
+    # Start marks (BaseJobQueue.mark_started): when the claim holding a row
+    # started running it; NULL while it waits in a worker's buffer. An expired
+    # claim counts as a lost run only if it had started.
+    4: ("ALTER TABLE nuvom_queue ADD COLUMN started_at REAL",),
 }
 SCHEMA_VERSION = max(_MIGRATIONS)
 

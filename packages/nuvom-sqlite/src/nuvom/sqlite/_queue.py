@@ -13,6 +13,7 @@ import os
 import re
 import secrets
 import socket
+import sqlite3
 import threading
 import time
 from collections.abc import Sequence
@@ -20,7 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from nuvom.errors import BackendError, SerializationError
-from nuvom.job import LEASE_FACTOR, LEASE_MARGIN_SECS, Job, JobError, JobStatus
+from nuvom.job import LEASE_FACTOR, LEASE_MARGIN_SECS, Job, JobError, JobStatus, lease_secs_for
 from nuvom.plugins.contracts import BaseJobQueue, BaseResultBackend
 from nuvom.sqlite._db import Database
 from nuvom.sqlite._results import SQLiteResultBackend, insert_results, result_row
@@ -28,8 +29,6 @@ from nuvom.sqlite._schedules import SQLiteSchedules
 from nuvom.sqlite._settings import SQLiteSettings, load_sqlite_settings, resolve_paths
 
 if TYPE_CHECKING:
-    import sqlite3
-
     from nuvom._settings import Settings
 
 __all__ = ["SQLiteJobQueue"]
@@ -58,18 +57,34 @@ _INSERT = (
 _UPSERT = (
     _INSERT + " ON CONFLICT (id) DO UPDATE SET func_name = excluded.func_name, state = 0, "
     "ready_at = excluded.ready_at, attempts = excluded.attempts, timeout_secs = excluded.timeout_secs, "
-    "payload = excluded.payload, claim_token = NULL, claimed_by = NULL"
+    "payload = excluded.payload, claim_token = NULL, claimed_by = NULL, started_at = NULL"
 )
 _REQUEUE_CLAIMED = (
     "UPDATE nuvom_queue SET state = 0, ready_at = ?, attempts = ?, payload = ?, claim_token = NULL, "
-    "claimed_by = NULL WHERE id = ? AND claim_token = ?"
+    "claimed_by = NULL, started_at = NULL WHERE id = ? AND claim_token = ?"
 )
+# ``attempts`` counts the runs that started: a row claimed (state 1) whose claim
+# never started (no start mark) has that claim's attempt undone when it is claimed again.
+_UNSTARTED = "(state = 1 AND started_at IS NULL)"
 # Text columns are read as bytes and decoded here: one row whose text is not
 # valid UTF-8 must be quarantined, not make every claim fail.
 _SELECT_DUE = (
-    "SELECT seq, CAST(id AS BLOB), CAST(func_name AS BLOB), attempts, created_at, payload FROM nuvom_queue "
-    "WHERE ready_at <= ? ORDER BY ready_at, seq LIMIT ?"
+    f"SELECT seq, CAST(id AS BLOB), CAST(func_name AS BLOB), attempts - {_UNSTARTED}, created_at, payload "
+    "FROM nuvom_queue WHERE ready_at <= ? ORDER BY ready_at, seq LIMIT ?"
 )
+# The start mark: fenced by the claim token, and the lease starts again from now.
+_START = (
+    "UPDATE nuvom_queue SET started_at = ?1, ready_at = ?1 + max(?2, coalesce(timeout_secs, ?3) * ?4 + ?5) "
+    "WHERE id = ?6 AND claim_token = ?7"
+)
+# A job started within a tenth of its lease (and at most a second) after its
+# claim keeps the claim's lease, 90% of a full lease from the start or more:
+# not moving ready_at spares an index update, about half the mark's cost.
+_FRESH_CLAIM = 0.1
+_FRESH_CLAIM_MAX_SECS = 1.0
+_START_FRESH = "UPDATE nuvom_queue SET started_at = ? WHERE id = ? AND claim_token = ?"
+# Claim times kept by token, for _FRESH_CLAIM (older ones just get a full renewal).
+_CLAIM_TIMES_MAX = 256
 
 
 def _chunks(items: Sequence[Any], size: int = _CHUNK) -> list[Sequence[Any]]:
@@ -108,6 +123,8 @@ class SQLiteJobQueue(BaseJobQueue, SQLiteSchedules):
         # a claim taken over after its lease expired is not ours any more.
         self._claims: dict[str, int] = {}
         self._claims_lock = threading.Lock()
+        # claim token -> when that claim was made (time.time()), the newest claims only.
+        self._claimed_at: dict[int, float] = {}
         # Poll state: what the last empty look saw (thread, PRAGMA data_version of
         # that thread's connection, local write count) and when the next row is due.
         self._seen: tuple[int, int, int] | None = None
@@ -170,7 +187,8 @@ class SQLiteJobQueue(BaseJobQueue, SQLiteSchedules):
             if not rows:
                 return []
             conn.execute(
-                "UPDATE nuvom_queue SET state = 1, attempts = attempts + 1, claim_token = ?, claimed_by = ?, "
+                f"UPDATE nuvom_queue SET state = 1, attempts = attempts + 1 - {_UNSTARTED}, started_at = NULL, "
+                "claim_token = ?, claimed_by = ?, "
                 "ready_at = ? + max(?, coalesce(timeout_secs, ?) * ? + ?) "
                 f"WHERE seq IN ({_marks(len(rows))})",
                 (
@@ -204,6 +222,11 @@ class SQLiteJobQueue(BaseJobQueue, SQLiteSchedules):
             claims = self._claims
             for job in jobs:
                 claims[job.id] = token
+            claimed_at = self._claimed_at
+            claimed_at[token] = now
+            if len(claimed_at) > _CLAIM_TIMES_MAX:
+                for old in list(claimed_at)[: _CLAIM_TIMES_MAX // 2]:
+                    del claimed_at[old]
         return jobs
 
     def _quarantine(self, rows: list[tuple[int, Job]], token: int) -> None:
@@ -323,13 +346,23 @@ class SQLiteJobQueue(BaseJobQueue, SQLiteSchedules):
         results elsewhere: store, then acknowledge (a crash in between re-runs
         the job).
         """
+        self._complete(jobs, results, None)
+
+    def complete_and_start(self, jobs: Sequence[Job], results: BaseResultBackend, starting: Job) -> bool:
+        """:meth:`complete` and the start mark of ``starting`` in one transaction
+        (when the results share this file)."""
+        return self._complete(jobs, results, starting)
+
+    def _complete(self, jobs: Sequence[Job], results: BaseResultBackend, starting: Job | None) -> bool:
         if not self._shares_file(results):
             super().complete(jobs, results)
-            return
+            return True if starting is None else self.mark_started(starting)
         assert isinstance(results, SQLiteResultBackend)
         rows = [result_row(job) for job in jobs]
         ids = [job.id for job in jobs]
         tokens = self._tokens(ids)
+        start = None if starting is None else self._start_statement(starting)
+        started = True
         with self.db.write("completing jobs") as conn:
             kept = _delete_claimed(conn, jobs, tokens)
             if len(kept) == len(rows):
@@ -337,10 +370,16 @@ class SQLiteJobQueue(BaseJobQueue, SQLiteSchedules):
             else:
                 keep = set(kept)
                 insert_results(conn, [row for row in rows if row[0] in keep])
+            if start is not None:
+                started = conn.execute(*start).rowcount > 0
         self._forget(ids)
         if len(kept) != len(rows):
             log.info("%d completion(s) ignored: their claim was taken over by another worker", len(rows) - len(kept))
+        if not started:
+            assert starting is not None
+            self._forget((starting.id,))
         results.maybe_prune()
+        return started
 
     def _shares_file(self, results: BaseResultBackend) -> bool:
         return isinstance(results, SQLiteResultBackend) and results.path == self.path
@@ -368,6 +407,44 @@ class SQLiteJobQueue(BaseJobQueue, SQLiteSchedules):
                     for job_id, token in owned
                 ],
             )
+
+    def mark_started(self, job: Job) -> bool:
+        """One statement: the claim's start mark and a lease from now. A WAL
+        commit with ``synchronous=NORMAL`` is in the OS's hands when it returns,
+        so the mark survives a SIGKILL of this process (not a power cut)."""
+        statement = self._start_statement(job)
+        if statement is None:
+            return True  # not claimed through this object: nothing to fence
+        if self._write_one(*statement, "marking a job started"):
+            return True
+        self._forget((job.id,))
+        return False
+
+    def _start_statement(self, job: Job) -> tuple[str, tuple[Any, ...]] | None:
+        """The start mark of ``job``'s claim as (SQL, parameters); ``None`` if
+        this object does not hold its claim."""
+        with self._claims_lock:
+            token = self._claims.get(job.id)
+            claimed_at = None if token is None else self._claimed_at.get(token)
+        if token is None:
+            return None
+        now = time.time()
+        lease = lease_secs_for(job.timeout_secs, lease_secs=self.lease_secs, default_timeout_secs=self.default_timeout)
+        if claimed_at is not None and now - claimed_at <= min(_FRESH_CLAIM_MAX_SECS, lease * _FRESH_CLAIM):
+            return _START_FRESH, (now, job.id, token)
+        return _START, (now, self.lease_secs, self.default_timeout, LEASE_FACTOR, LEASE_MARGIN_SECS, job.id, token)
+
+    def _write_one(self, sql: str, params: Sequence[Any], what: str) -> int:
+        """One statement in its own transaction (autocommit: no BEGIN/COMMIT
+        round trips); returns the rows it changed."""
+        db = self.db
+        if db.readonly:
+            with db.write(what) as conn:  # reopens the file if it became writable, else says why not
+                return int(conn.execute(sql, params).rowcount)
+        try:
+            return int(db.connection().execute(sql, params).rowcount)
+        except sqlite3.Error as exc:
+            raise db.error(exc, what) from None
 
     # -- reading --------------------------------------------------------------
     def get(self, job_id: str) -> Job | None:

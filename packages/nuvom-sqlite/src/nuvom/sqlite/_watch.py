@@ -27,8 +27,9 @@ __all__ = ["ResultWatcher"]
 log = logging.getLogger("nuvom.sqlite")
 
 # While jobs are awaited the counter is read every _FIRST s after a change,
-# the pause doubling up to _MAX while nothing changes (an idle file).
-_FIRST = 0.0005
+# the pause doubling up to _MAX while nothing changes (an idle file). Not
+# faster: on 2 cores the watcher's looks take CPU from the worker it waits for.
+_FIRST = 0.001
 _MAX = 0.02
 # Ids per lookup: well under SQLite's limit of host parameters.
 _CHUNK = 500

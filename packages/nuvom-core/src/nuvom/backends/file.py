@@ -90,6 +90,9 @@ _MTIME_TRUST_NS = 50_000_000
 _LISTING_MAX = 16_384
 # Names of things in queue/ that are not files, remembered to warn once.
 _SKIPPED_MAX = 1024
+# A waiting get() looks for its record after this pause, doubling to the max.
+_WAIT_FIRST = 0.0005
+_WAIT_MAX = 0.02
 
 
 @dataclass
@@ -557,6 +560,38 @@ class FileResultBackend(BaseResultBackend):
             return None
         # On a case-insensitive file system ids that differ only in case share a file.
         return job if job.id == job_id else None
+
+    def wait(self, job_id: str, timeout: float | None = None) -> Job | None:
+        """Block until the job has a record. Another process cannot wake this
+        one, so it looks (one failed ``open`` while there is no record); the
+        pause between looks starts at 0.5 ms and doubles to 20 ms, back to
+        0.5 ms whenever ``jobs/`` changed (its mtime: something was stored),
+        so a ``get()`` behind a busy worker is not left sleeping 100 ms."""
+        validate_job_id(job_id)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        pause, seen = _WAIT_FIRST, self._jobs_mtime()
+        while True:
+            record = self.get_full(job_id)
+            if record is not None:
+                return record
+            if deadline is not None:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return None
+                time.sleep(min(pause, left))
+            else:
+                time.sleep(pause)
+            mtime = self._jobs_mtime()
+            if mtime != seen:
+                seen, pause = mtime, _WAIT_FIRST
+            else:
+                pause = min(pause * 2, _WAIT_MAX)
+
+    def _jobs_mtime(self) -> int | None:
+        try:
+            return os.stat(self.jobs_dir).st_mtime_ns
+        except OSError:
+            return None
 
     def list_jobs(self, status: JobStatus | str | None = None, limit: int = 100, task: str | None = None) -> list[Job]:
         wanted = None if status is None else JobStatus(str(getattr(status, "value", status)).upper())

@@ -6,6 +6,7 @@ Useful for tests and for apps that run their worker in the same process
 
 from __future__ import annotations
 
+import _thread
 import asyncio
 import heapq
 import itertools
@@ -30,7 +31,11 @@ class MemoryJobQueue(BaseJobQueue, BaseScheduleStore):
 
     def __init__(self, settings: Settings | None = None) -> None:
         super().__init__(settings)
-        self._cond = threading.Condition()
+        # The hot paths enter the lock itself (one C call) rather than the
+        # Condition (a Python frame around it); wait/notify go through the Condition.
+        self._lock = threading.RLock()
+        self._cond = threading.Condition(self._lock)
+        self._custom_enqueue_many = type(self).enqueue_many is not MemoryJobQueue.enqueue_many
         self._ready: deque[Job] = deque()
         # Jobs with a not-before time wait in a heap until due.
         self._delayed: list[tuple[float, int, Job]] = []
@@ -41,17 +46,30 @@ class MemoryJobQueue(BaseJobQueue, BaseScheduleStore):
         self._ticks: dict[str, set[int]] = {}
 
     def enqueue(self, job: Job) -> None:
-        self.enqueue_many((job,))
+        # .delay()'s path, kept to one lock and one wake-up: the clock is read
+        # only for a job with a not-before time. A subclass that changes
+        # enqueue_many (testing.EagerQueue) gets it for single jobs too.
+        if self._custom_enqueue_many:
+            self.enqueue_many((job,))
+            return
+        with self._lock:
+            not_before = job.not_before
+            if not_before is not None and not_before > time.time():
+                heapq.heappush(self._delayed, (not_before, next(self._seq), job))
+            else:
+                self._ready.append(job)
+            # One claimer woken per job, not every waiting one (notify_all).
+            self._cond.notify()
 
     def enqueue_many(self, jobs: Sequence[Job]) -> None:
         now = time.time()
-        with self._cond:
+        with self._lock:
             for job in jobs:
                 if job.not_before is not None and job.not_before > now:
                     heapq.heappush(self._delayed, (job.not_before, next(self._seq), job))
                 else:
                     self._ready.append(job)
-            self._cond.notify_all()
+            self._cond.notify(len(jobs))
 
     def _promote_due(self) -> float | None:
         """Move due delayed jobs to the ready deque; returns the next due time."""
@@ -62,7 +80,7 @@ class MemoryJobQueue(BaseJobQueue, BaseScheduleStore):
         return delayed[0][0] if delayed else None
 
     def claim(self, batch_size: int) -> list[Job]:
-        with self._cond:
+        with self._lock:
             return self._claim_locked(batch_size)
 
     def _claim_locked(self, batch_size: int) -> list[Job]:
@@ -79,10 +97,13 @@ class MemoryJobQueue(BaseJobQueue, BaseScheduleStore):
 
     def pop_batch(self, batch_size: int, timeout: float | None = 0.0) -> list[Job]:
         deadline = None if timeout is None else time.monotonic() + timeout
-        with self._cond:
+        with self._lock:
             while True:
                 jobs = self._claim_locked(batch_size)
                 if jobs or timeout == 0:
+                    if jobs and self._ready:
+                        # Jobs are left for another waiting claimer: pass the wake-up on.
+                        self._cond.notify()
                     return jobs
                 wait = None if deadline is None else deadline - time.monotonic()
                 if wait is not None and wait <= 0:
@@ -94,7 +115,7 @@ class MemoryJobQueue(BaseJobQueue, BaseScheduleStore):
                 self._cond.wait(wait)
 
     def ack(self, job_ids: Sequence[str]) -> None:
-        with self._cond:
+        with self._lock:
             for job_id in job_ids:
                 self._claimed.pop(job_id, None)
 
@@ -207,9 +228,11 @@ class MemoryResultBackend(BaseResultBackend):
         super().__init__(settings)
         self._lock = threading.Lock()
         self._records: dict[str, Job] = {}
-        # One event per awaited job: a store wakes only the waiters of the jobs it
-        # stores (a shared condition woke every waiter on every store).
-        self._waiting: dict[str, list[threading.Event]] = {}
+        # One held lock per waiting get(), released by the store of its job: a
+        # store wakes only the waiters of the jobs it stores (a shared condition
+        # woke every waiter on every store), and a bare lock is the cheapest
+        # hand-off CPython has (an Event is a Condition and two locks).
+        self._waiting: dict[str, list[_thread.LockType]] = {}
         # Async waiters: a callback per awaited job, called (from the storing
         # thread) with no lock held; it hands over to its loop thread-safely.
         self._callbacks: dict[str, list[Callable[[], None]]] = {}
@@ -221,8 +244,8 @@ class MemoryResultBackend(BaseResultBackend):
                 records.pop(job.id, None)  # keep insertion order = finish order
                 records[job.id] = job
                 if waiting:
-                    for event in waiting.pop(job.id, ()):
-                        event.set()
+                    for held in waiting.pop(job.id, ()):
+                        held.release()
             callbacks = [cb for job in jobs for cb in self._callbacks.pop(job.id, ())] if self._callbacks else []
         for callback in callbacks:
             callback()
@@ -231,18 +254,24 @@ class MemoryResultBackend(BaseResultBackend):
         return self._records.get(job_id)
 
     def wait(self, job_id: str, timeout: float | None = None) -> Job | None:
+        # A finished job is found without the lock (a dict read is atomic), the
+        # common case of a get() called after the job ran.
+        record = self._records.get(job_id)
+        if record is not None:
+            return record
         with self._lock:
             record = self._records.get(job_id)
             if record is not None:
                 return record
-            event = threading.Event()
-            self._waiting.setdefault(job_id, []).append(event)
-        if not event.wait(timeout):
+            held = _thread.allocate_lock()
+            held.acquire()
+            self._waiting.setdefault(job_id, []).append(held)
+        if not held.acquire(timeout=-1 if timeout is None else max(0.0, timeout)):
             with self._lock:
-                events = self._waiting.get(job_id, [])
-                if event in events:
-                    events.remove(event)
-                    if not events:
+                waiters = self._waiting.get(job_id, [])
+                if held in waiters:
+                    waiters.remove(held)
+                    if not waiters:
                         del self._waiting[job_id]
         return self._records.get(job_id)
 

@@ -141,7 +141,15 @@ class SQLiteJobQueue(BaseJobQueue, SQLiteSchedules):
 
     # -- producing ------------------------------------------------------------
     def enqueue(self, job: Job) -> None:
-        self.enqueue_many((job,))
+        """Insert one job (``.delay()``): a single autocommitted statement, so the
+        call costs one commit and no BEGIN/COMMIT round trips of its own; when
+        it returns the row is committed."""
+        row = (job.id, job.func_name, job.due_at, job.attempts, job.timeout_secs, job.created_at, job.to_bytes())
+        try:
+            self.db.write_one(_INSERT, row, "queueing a job")
+        except BackendError as exc:
+            raise _duplicate(exc, self.path) from None
+        self._local_writes += 1
 
     def enqueue_many(self, jobs: Sequence[Job]) -> None:
         """Insert every job in one transaction (``.map()``)."""
@@ -163,11 +171,7 @@ class SQLiteJobQueue(BaseJobQueue, SQLiteSchedules):
             with self.db.write("queueing jobs") as conn:
                 conn.executemany(_INSERT, rows)
         except BackendError as exc:
-            if "UNIQUE constraint failed" in str(exc):
-                raise BackendError(
-                    f"{self.path}: a job with one of these ids is already queued; job ids must be unique"
-                ) from None
-            raise
+            raise _duplicate(exc, self.path) from None
         self._local_writes += 1
 
     # -- claiming -------------------------------------------------------------
@@ -516,6 +520,13 @@ class SQLiteJobQueue(BaseJobQueue, SQLiteSchedules):
 
     def close(self) -> None:
         self.db.close()
+
+
+def _duplicate(exc: BackendError, path: Path) -> BackendError:
+    """The error of a failed insert: a clearer one for a duplicate id."""
+    if "UNIQUE constraint failed" in str(exc):
+        return BackendError(f"{path}: a job with one of these ids is already queued; job ids must be unique")
+    return exc
 
 
 def _delete_claimed(conn: sqlite3.Connection, jobs: Sequence[Job], tokens: Sequence[int | None]) -> list[str]:

@@ -12,10 +12,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from nuvom.job import Job, JobStatus
-from nuvom.plugins import Poller
 from nuvom.plugins.contracts import BaseResultBackend, Cursor
 from nuvom.sqlite._db import Database, tags_column
 from nuvom.sqlite._settings import SQLiteSettings, load_sqlite_settings, resolve_paths
+from nuvom.sqlite._watch import ResultWatcher
 
 if TYPE_CHECKING:
     from nuvom.config import Settings
@@ -126,6 +126,7 @@ class SQLiteResultBackend(BaseResultBackend):
         # connection's data_version; this count does (see counts()).
         self._local_writes = 0
         self._counts: tuple[tuple[int, int, int], dict[str, int]] | None = None
+        self._watcher = ResultWatcher(self.db)
 
     @property
     def path(self) -> Path:
@@ -319,20 +320,26 @@ class SQLiteResultBackend(BaseResultBackend):
         return [Job.from_bytes(row[0]) for row in rows]
 
     def wait(self, job_id: str, timeout: float | None = None) -> Job | None:
-        """Block until the job has a record. Looks at the table only when the
-        file changed (``PRAGMA data_version``), so waiting costs little."""
-        poller = Poller(0.001, 0.05)
-        seen: list[int | None] = [None]
-
-        def check() -> Job | None:
-            version = self.db.data_version()
-            if version == seen[0]:
+        """Block until the job has a record: one read if it has one already,
+        else wait for this backend's one watcher (:mod:`nuvom.sqlite._watch`),
+        which looks only when the file changed and serves every waiting
+        ``get()`` of the process with one query."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            record = self.get_full(job_id)
+            if record is not None:
+                return record
+            left = None if deadline is None else deadline - time.monotonic()
+            if left is not None and left <= 0:
                 return None
-            seen[0] = version
-            poller.reset()  # something changed: look again soon
-            return self.get_full(job_id)
-
-        return poller.until(check, timeout)
+            payload = self._watcher.wait_for(job_id, left)
+            if payload is not None:
+                return Job.from_bytes(payload)
+            # Timed out, or the watcher stopped on an error: the next read meets
+            # the error (or finds the job); a pause first, so as not to spin.
+            pause = 0.05 if deadline is None else min(0.05, deadline - time.monotonic())
+            if pause > 0:
+                time.sleep(pause)
 
     def close(self) -> None:
         self.db.close()

@@ -1,0 +1,165 @@
+"""The hot path's guarantees on a real file (issue 19): a `.delay()` that returned
+is committed, it waits out another writer rather than failing, and waiting
+`get()` calls are served by one watcher per process."""
+
+from __future__ import annotations
+
+import signal
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from nuvom.errors import BackendError
+from nuvom.job import Job, JobStatus
+from nuvom.sqlite import SQLiteJobQueue, SQLiteResultBackend
+
+from .conftest import Project, wait_until
+
+WATCHER = "nuvom-sqlite-results-watcher"
+
+
+def finished(job: Job, result: object) -> Job:
+    now = time.time()
+    job.mark_claimed()
+    job.mark_succeeded(job.mark_started("w", now), result, now)
+    return job
+
+
+def watchers() -> int:
+    return sum(1 for t in threading.enumerate() if t.name == WATCHER)
+
+
+def test_delay_waits_for_another_writer_then_commits(db_path: Path, queue: SQLiteJobQueue) -> None:
+    queue.enqueue(Job(func_name="record"))  # the file and its schema exist
+    blocker = sqlite3.connect(db_path, isolation_level=None)
+    blocker.execute("BEGIN IMMEDIATE")
+    job = Job(func_name="record", args=["held"])
+    done = threading.Event()
+    errors: list[BaseException] = []
+
+    def produce() -> None:
+        try:
+            queue.enqueue(job)
+        except BaseException as exc:
+            errors.append(exc)
+        done.set()
+
+    thread = threading.Thread(target=produce)
+    thread.start()
+    try:
+        assert not done.wait(0.3), "enqueue returned while another connection held the write lock"
+    finally:
+        blocker.execute("COMMIT")
+        blocker.close()
+    assert done.wait(10) and not errors
+    thread.join()
+    with sqlite3.connect(db_path) as other:
+        assert other.execute("SELECT count(*) FROM nuvom_queue WHERE id = ?", (job.id,)).fetchone()[0] == 1
+
+
+def test_delay_gives_up_after_the_busy_timeout_with_a_clear_error(db_path: Path, queue: SQLiteJobQueue) -> None:
+    queue.enqueue(Job(func_name="record"))
+    queue.db.busy_timeout = 0.3
+    blocker = sqlite3.connect(db_path, isolation_level=None)
+    blocker.execute("BEGIN IMMEDIATE")
+    try:
+        start = time.monotonic()
+        with pytest.raises(BackendError, match="stayed locked by another connection"):
+            queue.enqueue(Job(func_name="record"))
+        assert time.monotonic() - start >= 0.3
+    finally:
+        blocker.execute("ROLLBACK")
+        blocker.close()
+    assert queue.qsize() == 1
+
+
+def test_a_duplicate_id_is_refused_with_a_clear_error(queue: SQLiteJobQueue) -> None:
+    job = Job(func_name="record")
+    queue.enqueue(job)
+    with pytest.raises(BackendError, match="already queued; job ids must be unique"):
+        queue.enqueue(Job(id=job.id, func_name="record"))
+
+
+PRODUCER = """
+import sys
+import tasks
+
+for i in range(100000):
+    job = tasks.record.delay(f"p{i}")
+    sys.stdout.write(job.id + "\\n")
+    sys.stdout.flush()
+"""
+
+
+def test_every_delay_that_returned_survives_kill_9_of_the_producer(project: Project, db_path: Path) -> None:
+    proc = subprocess.Popen(
+        [sys.executable, "-c", PRODUCER], cwd=project.root, env=project.env(), stdout=subprocess.PIPE
+    )
+    assert proc.stdout is not None
+    returned = [proc.stdout.readline().decode().strip() for _ in range(300)]
+    proc.send_signal(signal.SIGKILL)
+    returned += [line.decode().strip() for line in proc.stdout.read().splitlines()]
+    proc.wait(30)
+    returned = [job_id for job_id in returned if job_id]
+    assert len(returned) >= 300
+    with sqlite3.connect(project.root / "data" / "nuvom.db") as conn:
+        stored = {row[0] for row in conn.execute("SELECT id FROM nuvom_queue")}
+    assert set(returned) <= stored
+
+
+def test_waiting_gets_are_woken_by_another_connection_through_one_watcher(
+    db_path: Path, results: SQLiteResultBackend
+) -> None:
+    jobs = [Job(func_name="record", args=[i]) for i in range(20)]
+    got: dict[str, object] = {}
+    started = threading.Barrier(len(jobs) + 1)
+
+    def wait_for(job: Job) -> None:
+        started.wait()
+        record = results.wait(job.id, timeout=30)
+        got[job.id] = None if record is None else record.result
+
+    threads = [threading.Thread(target=wait_for, args=(job,)) for job in jobs]
+    for t in threads:
+        t.start()
+    started.wait()
+    wait_until(lambda: watchers() == 1, 10, "the watcher started")
+    other = SQLiteResultBackend(path=db_path)  # another connection, as another process's
+    try:
+        for i, job in enumerate(jobs):
+            other.store([finished(job, i * 10)])
+            assert watchers() <= 1
+    finally:
+        other.close()
+    for t in threads:
+        t.join(30)
+    assert got == {job.id: i * 10 for i, job in enumerate(jobs)}
+    wait_until(lambda: watchers() == 0, 10, "the watcher gone with nobody waiting")
+
+
+def test_several_gets_of_one_job_all_get_it(db_path: Path, results: SQLiteResultBackend) -> None:
+    job = Job(func_name="record")
+    out: list[Job | None] = []
+    threads = [threading.Thread(target=lambda: out.append(results.wait(job.id, 30))) for _ in range(3)]
+    for t in threads:
+        t.start()
+    wait_until(lambda: watchers() == 1, 10, "the watcher started")
+    other = SQLiteResultBackend(path=db_path)
+    other.store([finished(job, "x")])
+    other.close()
+    for t in threads:
+        t.join(30)
+    assert [r.result if r else None for r in out] == ["x", "x", "x"]
+    assert all(r is not None and r.status is JobStatus.SUCCESS for r in out)
+
+
+def test_wait_returns_none_after_its_timeout(results: SQLiteResultBackend) -> None:
+    start = time.monotonic()
+    assert results.wait("nosuchjob", timeout=0.2) is None
+    assert 0.2 <= time.monotonic() - start < 5
+    assert results.wait("nosuchjob", timeout=0) is None
+    wait_until(lambda: watchers() == 0, 10, "the watcher gone with nobody waiting")

@@ -303,7 +303,7 @@ def test_a_file_of_schema_version_2_is_migrated_in_place_with_its_tags_indexed(d
 
     conn = results.db.connection()
     versions = [r[0] for r in conn.execute("SELECT version FROM nuvom_schema ORDER BY version")]
-    assert versions == list(range(1, SCHEMA_VERSION + 1)) and SCHEMA_VERSION == 3
+    assert versions == list(range(1, SCHEMA_VERSION + 1)) and 3 in versions
     # Every row kept, byte for byte; only the new column is filled.
     after = sorted(row[:-1] for row in conn.execute("SELECT * FROM nuvom_results").fetchall())
     assert after == results_before
@@ -339,7 +339,7 @@ def test_the_migration_runs_once_when_processes_open_the_old_file_together(db_pa
     outs = [p.communicate(timeout=60) for p in procs]
     assert [p.returncode for p in procs] == [0, 0, 0], [err.decode() for _, err in outs]
     assert [out.strip() for out, _ in outs] == [b"200"] * 3
-    assert dump(db_path, "nuvom_schema", "version") == [(1,), (2,), (3,)]
+    assert dump(db_path, "nuvom_schema", "version") == [(v,) for v in range(1, SCHEMA_VERSION + 1)]
     assert len(tag_rows(db_path)) == 200
 
 

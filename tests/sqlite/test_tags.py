@@ -291,7 +291,13 @@ def test_a_file_of_schema_version_2_is_migrated_in_place_with_its_tags_indexed(d
     # back-fill's fast path, either way.
     tricky_with = Job(func_name="t", args=[{"tags": []}], status=JobStatus.SUCCESS, finished_at=base, tags=["rare"])
     tricky_without = Job(func_name="t", args=[{"tags": ["rare"]}], status=JobStatus.SUCCESS, finished_at=base)
-    stored += [tricky_with, tricky_without]
+    # Bytes that look like a packed tags key inside an argument; tags longer
+    # than the fast path's window.
+    lookalike = Job(func_name="t", args=[b"\xa4tags\x91\xa3abc"], status=JobStatus.SUCCESS, finished_at=base)
+    many = Job(
+        func_name="t", status=JobStatus.SUCCESS, finished_at=base, tags=[f"tag-{i:04d}-" + "x" * 30 for i in range(200)]
+    )
+    stored += [tricky_with, tricky_without, lookalike, many]
     garbage = {"f" * 32: b"\xc1 not msgpack", "e" * 32: b"\x93\x01\x02\x03"}  # undecodable; not a map
     queued = [Job(func_name="t", args=[i], tags=["q"]) for i in range(5)]
     write_v2_file(db_path, stored, garbage, queued)
@@ -303,7 +309,7 @@ def test_a_file_of_schema_version_2_is_migrated_in_place_with_its_tags_indexed(d
 
     conn = results.db.connection()
     versions = [r[0] for r in conn.execute("SELECT version FROM nuvom_schema ORDER BY version")]
-    assert versions == list(range(1, SCHEMA_VERSION + 1)) and SCHEMA_VERSION == 3
+    assert versions == list(range(1, SCHEMA_VERSION + 1)) and 3 in versions
     # Every row kept, byte for byte; only the new column is filled.
     after = sorted(row[:-1] for row in conn.execute("SELECT * FROM nuvom_results").fetchall())
     assert after == results_before
@@ -313,6 +319,9 @@ def test_a_file_of_schema_version_2_is_migrated_in_place_with_its_tags_indexed(d
         expected = newest_first([j for j in stored if tag in j.tags])
         assert [j.id for j in page_all(results, 7, tag=tag)] == expected
     assert tricky_without.id not in {j.id for j in results.query(tag="rare", limit=1000)}
+    assert results.query(tag="abc") == []
+    assert [j.id for j in results.query(tag=many.tags[-1])] == [many.id]
+    assert len(tag_rows(db_path)) == sum(len(set(j.tags)) for j in stored)
 
     # The migrated file works as a new one: queued jobs complete into the index too.
     queue = SQLiteJobQueue(path=db_path)
@@ -339,7 +348,7 @@ def test_the_migration_runs_once_when_processes_open_the_old_file_together(db_pa
     outs = [p.communicate(timeout=60) for p in procs]
     assert [p.returncode for p in procs] == [0, 0, 0], [err.decode() for _, err in outs]
     assert [out.strip() for out, _ in outs] == [b"200"] * 3
-    assert dump(db_path, "nuvom_schema", "version") == [(1,), (2,), (3,)]
+    assert dump(db_path, "nuvom_schema", "version") == [(v,) for v in range(1, SCHEMA_VERSION + 1)]
     assert len(tag_rows(db_path)) == 200
 
 

@@ -194,6 +194,14 @@ def _backfill_tags(conn: sqlite3.Connection) -> None:
     has the cost at 1M results). A payload that cannot be decoded keeps NULL: its row
     is left exactly as it was, it only cannot be found by tag."""
     started = time.perf_counter()
+    total = conn.execute("SELECT count(*) FROM nuvom_results").fetchone()[0]
+    if total >= 100_000:
+        # Said before it starts: at a million results this takes tens of seconds, the write lock held.
+        log.warning(
+            "indexing the tags of %d stored results (nuvom-sqlite schema version 3); other processes using "
+            "this file wait until it is done",
+            total,
+        )
     updates: list[tuple[str, int]] = []
     index_rows: list[tuple[str, float, str, str, str]] = []
     unreadable = 0

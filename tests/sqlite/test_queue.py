@@ -101,6 +101,25 @@ def test_a_start_mark_renews_the_lease_from_the_start_and_is_fenced_by_the_claim
     other.close()
 
 
+def test_complete_and_start_stores_outcomes_and_marks_the_next_job_fenced_by_its_claim(db_path, queue, results):
+    other = SQLiteJobQueue(path=db_path)
+    queue.enqueue_many(make(3))
+    done, following, lost = queue.claim(3)
+    assert queue.mark_started(done)
+    assert queue.complete_and_start(finish([done]), results, following)
+    assert results.get_full(done.id).status is JobStatus.SUCCESS
+    with sqlite3.connect(db_path) as conn:
+        started = dict(conn.execute("SELECT id, started_at FROM nuvom_queue").fetchall())
+    conn.close()
+    assert started[following.id] is not None and started[lost.id] is None
+    assert queue.mark_started(following)  # marked again when it starts: harmless
+    # The next job's claim was taken over meanwhile: the outcome is stored, the mark is refused.
+    expire_leases(db_path)
+    other.claim(10)
+    assert not queue.complete_and_start(finish([following]), results, lost)
+    other.close()
+
+
 def test_the_lease_is_never_shorter_than_the_job_timeout_plus_a_margin(queue, db_path):
     queue.enqueue(Job(func_name="record", timeout_secs=600))
     queue.enqueue(Job(func_name="record"))

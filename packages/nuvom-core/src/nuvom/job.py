@@ -320,8 +320,9 @@ class Job(BaseModel):
 
     # -- the lifecycle: every state change of a job goes through these ---------
     def mark_claimed(self, claims: int = 1) -> None:
-        """A worker claimed it: the claim counts as an attempt in storage, so a
-        run lost with its worker is counted."""
+        """A worker claimed it: this claim is the job's next attempt. In storage
+        it counts once the job starts (``BaseJobQueue.mark_started``), so a run
+        lost with its worker is counted and a claim that never started is not."""
         self.__dict__.update(status=JobStatus.RUNNING, attempts=self.attempts + claims)
 
     def mark_handed_back(self) -> None:
@@ -331,8 +332,9 @@ class Job(BaseModel):
         )
 
     def mark_lost_runs(self, now: float) -> int:
-        """Record claims that never reached an outcome (their worker died) as
-        ``lost`` attempts; returns how many runs have been lost in all."""
+        """Record runs counted in storage that never reached an outcome (their
+        worker died after starting them) as ``lost`` attempts; returns how many
+        runs have been lost in all."""
         for _ in range(self.attempts - 1 - len(self.history)):
             self.history.append(
                 Attempt(number=len(self.history) + 1, started_at=self.started_at or now, outcome="lost")

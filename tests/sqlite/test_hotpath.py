@@ -163,3 +163,30 @@ def test_wait_returns_none_after_its_timeout(results: SQLiteResultBackend) -> No
     assert 0.2 <= time.monotonic() - start < 5
     assert results.wait("nosuchjob", timeout=0) is None
     wait_until(lambda: watchers() == 0, 10, "the watcher gone with nobody waiting")
+
+
+def test_gets_one_after_another_keep_one_watcher_and_its_connection(
+    db_path: Path, results: SQLiteResultBackend
+) -> None:
+    other = SQLiteResultBackend(path=db_path)
+    threads_seen: set[int] = set()
+    try:
+        for i in range(15):
+            job = Job(func_name="record", args=[i])
+
+            def store_when_awaited(job: Job = job, i: int = i) -> None:
+                wait_until(lambda: job.id in results._watcher._waiting, 10, "the get() waiting")
+                threads_seen.update(t.ident for t in threading.enumerate() if t.name == WATCHER and t.ident)
+                other.store([finished(job, i)])
+
+            storer = threading.Thread(target=store_when_awaited)
+            storer.start()
+            record = results.wait(job.id, timeout=30)
+            storer.join(30)
+            assert record is not None and record.result == i
+    finally:
+        other.close()
+    assert len(threads_seen) == 1  # one watcher served them all
+    assert len(results.db._connections) <= 3  # this thread's, and the watcher's: no connection per wait
+    wait_until(lambda: watchers() == 0, 10, "the watcher gone after its linger")
+    assert len(results.db._connections) <= 2  # the watcher closed its connection on the way out

@@ -388,7 +388,7 @@ class Job(BaseModel):
         outcome is stored within ``timeout`` seconds (``None`` waits forever).
         It waits on the results of the app the job was queued through.
         """
-        app = self._app or _default.current()
+        app = self._bound_app()
         record = app.results.wait(self.id, timeout)
         if record is None:
             raise TimeoutError(app.no_outcome_message(self, timeout))
@@ -397,11 +397,19 @@ class Job(BaseModel):
     async def aget(self, timeout: float | None = None) -> Any:
         """:meth:`get` for ``async`` code: waits without blocking the event loop
         (and without holding a thread per waiting job)."""
-        app = self._app or _default.current()
+        app = self._bound_app()
         record = await app.results.wait_async(self.id, timeout)
         if record is None:
             raise TimeoutError(app.no_outcome_message(self, timeout))
         return self._take_outcome(record)
+
+    def _bound_app(self) -> App:
+        # Read from pydantic's private dict directly: `self._app` goes through
+        # BaseModel.__getattr__, measured 2.6 of the 3.7 us of a get() of a
+        # finished job on the memory backend.
+        private = self.__pydantic_private__
+        app = private.get("_app") if private else None
+        return app or _default.current()
 
     def _take_outcome(self, record: Job) -> Any:
         """Make this job the stored record; its result, or JobFailed."""

@@ -433,6 +433,21 @@ class Database:
             with contextlib.suppress(sqlite3.Error):
                 conn.close()
 
+    def release_thread(self) -> None:
+        """Close this thread's connections: for a helper thread about to exit,
+        whose connections would otherwise stay open until :meth:`close`."""
+        local = self._local
+        for attr in ("conn", "nowait"):
+            conn: sqlite3.Connection | None = getattr(local, attr, None)
+            if conn is None:
+                continue
+            setattr(local, attr, None)
+            with self._lock:
+                if conn in self._connections:
+                    self._connections.remove(conn)
+            with contextlib.suppress(sqlite3.Error):
+                conn.close()
+
     # -- transactions ---------------------------------------------------------
     @contextlib.contextmanager
     def write(self, what: str = "writing") -> Iterator[sqlite3.Connection]:

@@ -5,7 +5,8 @@ poller per waiting job (the earlier way) made N waiters N readers of the same
 file. Here one thread reads ``PRAGMA data_version`` (a counter in shared
 memory: a few microseconds, no lock), and only when it moved looks up every
 waited id with one query, hands each waiter the stored bytes of its job
-through a held lock, and goes away when nobody waits.
+through a held lock, and goes away (closing its connection) once nobody has
+waited for a while.
 """
 
 from __future__ import annotations
@@ -13,7 +14,6 @@ from __future__ import annotations
 import _thread
 import logging
 import threading
-import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
@@ -33,6 +33,10 @@ _FIRST = 0.001
 _MAX = 0.02
 # Ids per lookup: well under SQLite's limit of host parameters.
 _CHUNK = 500
+# With nobody waiting the thread lingers this long for the next get() before
+# it exits (closing its connection): a producer reading results one by one
+# keeps one thread and one connection, not one per wait.
+_LINGER = 2.0
 
 
 class ResultWatcher:
@@ -40,6 +44,7 @@ class ResultWatcher:
         self.db = db
         self._select = f"SELECT id, payload FROM {table} WHERE id IN "
         self._lock = threading.Lock()
+        self._new_waiter = threading.Condition(self._lock)
         self._waiting: dict[str, list[_thread.LockType]] = {}
         # The payload found for each woken waiter, by its lock: several get()s
         # of one job each take their own.
@@ -58,7 +63,9 @@ class ResultWatcher:
         with self._lock:
             self._waiting.setdefault(job_id, []).append(held)
             self._fresh = True
-            if not self._running:
+            if self._running:
+                self._new_waiter.notify()
+            else:
                 self._running = True
                 threading.Thread(target=self._run, name="nuvom-sqlite-results-watcher", daemon=True).start()
         held.acquire(timeout=-1 if timeout is None else max(0.0, timeout))
@@ -77,8 +84,11 @@ class ResultWatcher:
             while True:
                 with self._lock:
                     if not self._waiting:
-                        self._running = False
-                        return
+                        self._new_waiter.wait(_LINGER)
+                        if not self._waiting:
+                            self._running = False
+                            return
+                        seen = None  # the file may have changed while idle
                     fresh, self._fresh = self._fresh, False
                     ids = list(self._waiting)
                 version = self.db.data_version()
@@ -88,7 +98,9 @@ class ResultWatcher:
                     self._hand_over(self._lookup(ids))
                 else:
                     pause = min(pause * 2, _MAX)
-                time.sleep(pause)
+                with self._lock:
+                    if not self._fresh:  # a new waiter cuts the pause short
+                        self._new_waiter.wait(pause)
         except BaseException as exc:
             # Every waiter reads the store itself and meets the error there.
             log.debug("result watcher of %s stopped: %s", self.db.path, exc)
@@ -98,6 +110,8 @@ class ResultWatcher:
             for waiters in waiting.values():
                 for held in waiters:
                     held.release()
+        finally:
+            self.db.release_thread()
 
     def _lookup(self, ids: Sequence[str]) -> list[tuple[str, bytes]]:
         def read(conn: sqlite3.Connection) -> list[tuple[str, bytes]]:

@@ -27,7 +27,7 @@ from nuvom.redis._results import RedisResultBackend, result_args
 from nuvom.redis._schedules import RedisSchedules
 from nuvom.redis._settings import RedisSettings, load_redis_settings
 
-from redis.exceptions import NoScriptError
+from redis.exceptions import NoScriptError, ResponseError
 
 if TYPE_CHECKING:
     from nuvom.config import Settings
@@ -408,12 +408,13 @@ class RedisJobQueue(BaseJobQueue, RedisSchedules):
             client = self.conn.own()
             if start is None:
                 return [self._complete(args=args, client=client), 1]
-            # Plain EVALSHAs: a pipeline of registered scripts would first ask the
-            # server whether it has them (SCRIPT EXISTS), one more round trip.
-            pipe = client.pipeline(transaction=False)
-            pipe.execute_command("EVALSHA", self._complete.sha, 0, *args)  # type: ignore[no-untyped-call]
-            pipe.execute_command("EVALSHA", self._start.sha, 0, *start)  # type: ignore[no-untyped-call]
-            replies: list[Any] = pipe.execute(raise_on_error=False)
+            # Plain EVALSHAs on this thread's connection: a redis-py pipeline of
+            # registered scripts would first ask whether the server has them
+            # (SCRIPT EXISTS, one more round trip) and check a pool connection out.
+            replies = _pipelined(
+                client,
+                [("EVALSHA", self._complete.sha, 0, *args), ("EVALSHA", self._start.sha, 0, *start)],
+            )
             # A server without a script (restarted, flushed) ran nothing of it:
             # that script is sent again, loading it.
             if isinstance(replies[0], NoScriptError):
@@ -486,6 +487,24 @@ class RedisJobQueue(BaseJobQueue, RedisSchedules):
         if not self._closed:
             self._closed = True
             release(self.conn)
+
+
+def _pipelined(client: Any, commands: list[tuple[Any, ...]]) -> list[Any]:
+    """Send ``commands`` at once on ``client``'s own connection and read every
+    reply; an error reply (e.g. a script the server lacks) is returned, not raised."""
+    conn: Any = client.connection  # redis-py's Connection is untyped
+    replies: list[Any] = []
+    try:
+        conn.send_packed_command(conn.pack_commands(commands))
+        for _ in commands:
+            try:
+                replies.append(conn.read_response())
+            except ResponseError as exc:
+                replies.append(exc)
+    except BaseException:
+        conn.disconnect()  # a reply may still be on its way: this connection is out of step
+        raise
+    return replies
 
 
 def _unreadable(job_id: str, attempts: int, exc: Exception, worker: str) -> Job:

@@ -6,6 +6,10 @@ due; a claim moves it to ``<prefix>:q:leases`` scored by the lease's end and
 gives it the claim's token. The claim script also moves jobs whose lease ran
 out back to the due set, so a dead worker's jobs are found by the same step,
 and delayed jobs become due without anyone polling them one by one.
+
+Only a claim that started counts as an attempt: :meth:`RedisJobQueue.mark_started`
+puts the job in ``<prefix>:q:started`` (fenced by its token), and the claim script
+undoes the attempt of an expired claim that is not there.
 """
 
 from __future__ import annotations

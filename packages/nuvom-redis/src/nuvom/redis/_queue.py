@@ -369,11 +369,19 @@ class RedisJobQueue(BaseJobQueue, RedisSchedules):
         args = self._start_args(job)
         if args is None:
             return True  # not claimed through this object: nothing to fence
-        started = self.conn.run(
-            "marking a job started",
-            lambda: self._start(args=args, client=self.conn.own()),
-            patience=self._worker_patience(),
-        )
+
+        def run() -> Any:
+            client = self.conn.own()
+            # A plain EVALSHA on this thread's connection: on every job's path,
+            # redis-py's command machinery costs about as much CPU as the trip.
+            [reply] = _pipelined(client, [("EVALSHA", self._start.sha, 0, *args)])
+            if isinstance(reply, NoScriptError):  # a restarted server: load the script
+                return self._start(args=args, client=client)
+            if isinstance(reply, Exception):
+                raise reply
+            return reply
+
+        started = self.conn.run("marking a job started", run, patience=self._worker_patience())
         if started:
             return True
         self._forget((job.id,))

@@ -1,4 +1,6 @@
-"""Start marks (issue 12, items 6 and 7), with real worker processes on both stores.
+"""Start marks (issue 12, items 6 and 7), with real worker processes on each durable store
+(SQLite, files, and Redis when ``redis-server`` and nuvom-redis are installed: a
+real server of this module's own on a free loopback port).
 
 * Only a claim that started counts: jobs a SIGKILLed worker held without
   starting them are handed back with nothing counted, never failed as
@@ -11,12 +13,16 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
+import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
+import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -94,8 +100,54 @@ print(json.dumps(out))
 """
 
 
+REDIS_SERVER = shutil.which("redis-server")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def redis_answers(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=1) as s:
+            s.sendall(b"PING\r\n")
+            return s.recv(64).startswith(b"+PONG")
+    except OSError:
+        return False
+
+
+@pytest.fixture(scope="module")
+def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A redis-server for this module's redis cases (started only if one runs)."""
+    if REDIS_SERVER is None or importlib.util.find_spec("nuvom.redis") is None:
+        pytest.skip("needs redis-server (apt-get install redis-server) and nuvom-redis installed")
+    folder = tmp_path_factory.mktemp("redis")
+    port = free_port()
+    proc = subprocess.Popen(
+        [REDIS_SERVER, "--bind", "127.0.0.1", "--port", str(port), "--dir", str(folder), "--save", ""],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while not redis_answers(port):
+            assert proc.poll() is None, f"redis-server exited with {proc.returncode}"
+            assert time.monotonic() < deadline, "redis-server did not answer within 30 s"
+            time.sleep(0.01)  # polling interval while the server starts
+        yield f"redis://127.0.0.1:{port}/0"
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
 class Run:
-    def __init__(self, root: Path, backend: str) -> None:
+    def __init__(self, root: Path, backend: str, redis_url: str | None = None) -> None:
         self.root = root
         (root / "tasks.py").write_text(TASKS)
         (root / "audit.py").write_text(AUDIT)
@@ -111,6 +163,9 @@ class Run:
             RUNS=str(root / "runs.txt"),
             PYTHONPATH=str(root),
         )
+        if redis_url is not None:
+            # A prefix of this test's own: the module's server is shared.
+            self.env.update(NUVOM_REDIS_URL=redis_url, NUVOM_REDIS_PREFIX=f"t{uuid.uuid4().hex[:12]}")
         self.procs: list[subprocess.Popen[bytes]] = []
 
     def python(self, code: str) -> str:
@@ -179,14 +234,15 @@ class Run:
 
 @pytest.fixture
 def run(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Run]:
-    r = Run(tmp_path, request.param)
+    url = request.getfixturevalue("redis_url") if request.param == "redis" else None
+    r = Run(tmp_path, request.param, url)
     try:
         yield r
     finally:
         r.stop()
 
 
-@pytest.mark.parametrize("run", ["sqlite", "file"], indirect=True)
+@pytest.mark.parametrize("run", ["sqlite", "file", "redis"], indirect=True)
 def test_jobs_a_killed_worker_never_started_are_handed_back_not_counted_as_lost(run: Run) -> None:
     ids = run.queue("jobs = tasks.stall_once.map([(i,) for i in range(9)])")
     assert len(ids) == 9
@@ -218,7 +274,7 @@ def test_jobs_a_killed_worker_never_started_are_handed_back_not_counted_as_lost(
     assert "WorkerLost" not in run.logs()
 
 
-@pytest.mark.parametrize("run", ["sqlite", "file"], indirect=True)
+@pytest.mark.parametrize("run", ["sqlite", "file", "redis"], indirect=True)
 def test_a_task_holding_the_gil_past_the_leases_behind_it_runs_nothing_twice(run: Run) -> None:
     ids = run.queue("jobs = [tasks.hog.delay(7.0)] + tasks.quick.map([(i,) for i in range(7)])")
     stalled = run.worker(threads=1)

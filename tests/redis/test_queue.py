@@ -66,12 +66,113 @@ def test_a_job_whose_lease_expired_is_claimed_again_with_its_attempt_counted(que
     other = other_view(queue)
     job = make(1)[0]
     queue.enqueue(job)
-    queue.claim(1)
+    [claimed] = queue.claim(1)
+    assert queue.mark_started(claimed)
     expire_leases(queue)
     again = other.claim(1)
     assert [j.id for j in again] == [job.id]
     assert again[0].attempts == 2
+    assert again[0].mark_lost_runs(time.time()) == 1
+    assert queue.client.hget(queue.key("started"), job.id) is None  # the new claim has not started
     other.close()
+
+
+def test_an_expired_claim_that_never_started_is_handed_back_without_counting(queue):
+    other = other_view(queue)
+    job = make(1)[0]
+    queue.enqueue(job)
+    for _ in range(5):  # claimed and lost five times, never started
+        assert [j.id for j in queue.claim(1)] == [job.id]
+        expire_leases(queue)
+    [again] = other.claim(1)
+    assert again.attempts == 1
+    assert again.mark_lost_runs(time.time()) == 0 and again.history == []
+    assert other.get(job.id).attempts == 1
+    # Started this time, then lost: that run counts, once.
+    assert other.mark_started(again)
+    expire_leases(queue)
+    [third] = queue.claim(1)
+    assert third.attempts == 2 and third.mark_lost_runs(time.time()) == 1
+    other.close()
+
+
+def server_time(queue: RedisJobQueue) -> float:
+    secs, micros = queue.client.time()
+    return float(secs) + float(micros) / 1e6
+
+
+def test_a_start_mark_renews_the_lease_from_the_start_and_is_fenced_by_the_claim(queue):
+    other = other_view(queue)
+    queue.enqueue(make(1, timeout_secs=600)[0])
+    [waited] = queue.claim(1)
+    claim_lease = queue.client.zscore(queue.key("leases"), waited.id)
+    time.sleep(1.2)  # the job waits in this worker's buffer past the claim's first second
+    before = server_time(queue)
+    assert queue.mark_started(waited)
+    lease = queue.client.zscore(queue.key("leases"), waited.id)
+    assert queue.client.hget(queue.key("started"), waited.id) is not None
+    assert lease > claim_lease and lease - before >= 600 * 1.1 + 2  # the job's lease, from its start
+    # A claim that expired in this worker's buffer and was taken by another
+    # worker: the start mark fails, and the job must not run here.
+    queue.enqueue(make(1)[0])
+    [lost] = queue.claim(1)
+    expire_leases(queue)  # (the first job's lease too: the other worker takes both)
+    taken = {j.id: j for j in other.claim(10)}
+    assert lost.id in taken and taken[lost.id].attempts == 1
+    assert taken[waited.id].attempts == 2  # it had started: a run lost with its worker
+    assert not queue.mark_started(lost)
+    assert lost.id not in queue._claims  # forgotten here: nothing of it is settled by this worker
+    assert other.mark_started(taken[lost.id])
+    other.close()
+
+
+def test_a_job_started_right_after_its_claim_keeps_the_claims_lease(queue):
+    queue.enqueue(make(1, timeout_secs=600)[0])
+    [job] = queue.claim(1)
+    claim_lease = queue.client.zscore(queue.key("leases"), job.id)
+    assert queue.mark_started(job)
+    assert queue.client.zscore(queue.key("leases"), job.id) == claim_lease
+    assert queue.client.hget(queue.key("started"), job.id) is not None
+
+
+def test_complete_and_start_stores_outcomes_and_marks_the_next_job_fenced_by_its_claim(queue, results):
+    other = other_view(queue)
+    queue.enqueue_many(make(3))
+    done, following, lost = queue.claim(3)
+    assert queue.mark_started(done)
+    assert queue.complete_and_start(finish([done]), results, following)
+    assert results.get_full(done.id).status is JobStatus.SUCCESS
+    started = queue.client.hgetall(queue.key("started"))
+    assert set(started) == {following.id.encode()}  # done's mark went with its claim
+    assert queue.mark_started(following)  # marked again when it starts: harmless
+    # The next job's claim was taken over meanwhile: the outcome is stored, the mark is refused.
+    expire_leases(queue)
+    retaken = {j.id: j for j in other.claim(10)}
+    assert retaken[lost.id].attempts == 1 and retaken[following.id].attempts == 2
+    assert not queue.complete_and_start(finish([following]), results, lost)
+    assert results.get_full(following.id) is None  # fenced too: its claim was taken over
+    assert lost.id not in queue._claims
+    other.close()
+
+
+def test_complete_and_start_reloads_scripts_a_restarted_server_lost(queue, results):
+    queue.enqueue_many(make(2))
+    done, following = queue.claim(2)
+    assert queue.mark_started(done)
+    queue.client.script_flush()
+    assert queue.complete_and_start(finish([done]), results, following)
+    assert results.get_full(done.id).status is JobStatus.SUCCESS
+    assert queue.client.hget(queue.key("started"), following.id) is not None
+
+
+def test_ack_and_requeue_drop_start_marks(queue):
+    queue.enqueue_many(make(2))
+    a, b = queue.claim(2)
+    assert queue.mark_started(a) and queue.mark_started(b)
+    queue.ack([a.id])
+    a.mark_handed_back()
+    queue.requeue([b.model_copy(update={"status": JobStatus.RETRYING})])
+    assert queue.client.hlen(queue.key("started")) == 0
 
 
 def test_the_lease_follows_the_one_rule_of_core(queue):
@@ -91,6 +192,7 @@ def test_a_zombie_whose_claim_was_taken_over_cannot_complete_or_hand_back(queue,
     job = make(1)[0]
     zombie.enqueue(job)
     (held,) = zombie.claim(1)
+    assert zombie.mark_started(held)  # it ran (and stalled): its run counts
     tokens = dict(zombie._claims)
     expire_leases(queue)
     (again,) = live.claim(1)

@@ -6,6 +6,10 @@ due; a claim moves it to ``<prefix>:q:leases`` scored by the lease's end and
 gives it the claim's token. The claim script also moves jobs whose lease ran
 out back to the due set, so a dead worker's jobs are found by the same step,
 and delayed jobs become due without anyone polling them one by one.
+
+Only a claim that started counts as an attempt: :meth:`RedisJobQueue.mark_started`
+puts the job in ``<prefix>:q:started`` (fenced by its token), and the claim script
+undoes the attempt of an expired claim that is not there.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from nuvom.errors import BackendError, SerializationError
-from nuvom.job import LEASE_FACTOR, LEASE_MARGIN_SECS, Job, JobError, JobStatus
+from nuvom.job import LEASE_FACTOR, LEASE_MARGIN_SECS, Job, JobError, JobStatus, lease_secs_for
 from nuvom.plugins.contracts import BaseJobQueue, BaseResultBackend
 from nuvom.redis import _scripts
 from nuvom.redis._connection import Connection, acquire, is_transient, release
@@ -27,7 +31,7 @@ from nuvom.redis._results import RedisResultBackend, result_args
 from nuvom.redis._schedules import RedisSchedules
 from nuvom.redis._settings import RedisSettings, load_redis_settings
 
-from redis.exceptions import NoScriptError
+from redis.exceptions import NoScriptError, ResponseError
 
 if TYPE_CHECKING:
     from nuvom.config import Settings
@@ -48,6 +52,13 @@ _BACKOFF_MAX = 1.0
 # and how often the last stretch before a due time is polled instead.
 _SERVER_TICK = 0.11
 _POLL = 0.005
+# A job started within a tenth of its lease (and at most a second) after its
+# claim keeps the claim's lease, 90% of a full lease from the start or more
+# (as the SQLite queue does): the start mark then writes only the mark.
+_FRESH_CLAIM = 0.1
+_FRESH_CLAIM_MAX_SECS = 1.0
+# Claim times kept by token, for _FRESH_CLAIM (older ones just get a full renewal).
+_CLAIM_TIMES_MAX = 256
 
 
 class RedisJobQueue(BaseJobQueue, RedisSchedules):
@@ -81,6 +92,7 @@ class RedisJobQueue(BaseJobQueue, RedisSchedules):
         self._extend = script(_scripts.EXTEND)
         self._clear = script(_scripts.CLEAR)
         self._complete = script(_scripts.COMPLETE)
+        self._start = script(_scripts.START)
         self._init_schedules()
         self.lease_secs = float(settings.lease_secs)
         self.default_timeout = float(settings.job_timeout_secs)
@@ -89,6 +101,8 @@ class RedisJobQueue(BaseJobQueue, RedisSchedules):
         # only applies while the job's token in Redis is still this one.
         self._claims: dict[str, bytes] = {}
         self._claims_lock = threading.Lock()
+        # token -> when (monotonic) its claim's lease began, at the latest.
+        self._claimed_at: dict[bytes, float] = {}
         self._lease_rule = self._lease_rule_args()
         self._wake_key = self.key("wake")
         # Whether this object's last claim took every due job, and when (monotonic)
@@ -149,7 +163,8 @@ class RedisJobQueue(BaseJobQueue, RedisSchedules):
 
     def _claim_once(self, batch_size: int) -> tuple[list[Job], float | None]:
         """Claimed jobs, and (when fewer than ``batch_size``) seconds until something may be due."""
-        return self._claimed(self._claim(args=self._claim_args(batch_size), client=self.conn.own()))
+        sent = time.monotonic()  # the server's claim (and its lease) comes after this
+        return self._claimed(self._claim(args=self._claim_args(batch_size), client=self.conn.own()), sent)
 
     def _wait_and_claim(self, batch_size: int, block: float) -> tuple[list[Job], float | None]:
         """Block on the wake-up list, then claim: both sent at once, so a job queued
@@ -160,15 +175,18 @@ class RedisJobQueue(BaseJobQueue, RedisSchedules):
         try:
             conn.send_packed_command(conn.pack_commands(commands))
             conn.read_response()
+            # The claim ran as BLPOP returned, before its reply arrived here: its
+            # lease began at most one trip from the server before this.
+            sent = time.monotonic()
             reply = conn.read_response()
         except NoScriptError:  # a restarted server without the script: load it, claim again
             return self._claim_once(batch_size)
         except BaseException:
             conn.disconnect()  # a reply may still be on its way: this connection is out of step
             raise
-        return self._claimed(reply)
+        return self._claimed(reply, sent)
 
-    def _claimed(self, reply: list[Any]) -> tuple[list[Job], float | None]:
+    def _claimed(self, reply: list[Any], sent: float) -> tuple[list[Job], float | None]:
         wait = reply[1]
         due_in = float(wait) if wait else None
         if reply[0] == 0:
@@ -183,10 +201,16 @@ class RedisJobQueue(BaseJobQueue, RedisSchedules):
             except SerializationError as exc:
                 unreadable.append(_unreadable(job_id, attempts, exc, self.claimer))
                 continue
-            job.attempts = attempts - 1  # the script counted the claim; so does mark_claimed
+            # The script counted the claim (undone if it expires unstarted); so does mark_claimed.
+            job.attempts = attempts - 1
             job.mark_claimed()
             jobs.append(job)
         with self._claims_lock:
+            claimed_at = self._claimed_at
+            claimed_at[token] = sent
+            if len(claimed_at) > _CLAIM_TIMES_MAX:
+                for old in list(claimed_at)[: _CLAIM_TIMES_MAX // 2]:
+                    del claimed_at[old]
             claims = self._claims
             for job in jobs:
                 claims[job.id] = token
@@ -324,7 +348,65 @@ class RedisJobQueue(BaseJobQueue, RedisSchedules):
         self._complete_here(jobs, results.ttl_ms)
         results.maybe_prune()
 
-    def _complete_here(self, jobs: Sequence[Job], ttl_ms: int | None = None) -> None:
+    def complete_and_start(self, jobs: Sequence[Job], results: BaseResultBackend, starting: Job) -> bool:
+        """:meth:`complete` and the start mark of ``starting`` in one round trip
+        (two scripts pipelined) when the results share this server and prefix."""
+        start = self._start_args(starting)
+        if start is None or not self._shares_store(results):
+            self.complete(jobs, results)
+            return self.mark_started(starting)
+        assert isinstance(results, RedisResultBackend)
+        started = self._complete_here(jobs, results.ttl_ms, start)
+        results.maybe_prune()
+        if not started:
+            self._forget((starting.id,))
+        return started
+
+    def mark_started(self, job: Job) -> bool:
+        """One script: the claim's start mark and a lease from now, fenced by the
+        claim's token. Redis has it when this returns; with the append-only file
+        (``appendfsync everysec``) a crash of the server may lose the last second."""
+        args = self._start_args(job)
+        if args is None:
+            return True  # not claimed through this object: nothing to fence
+
+        def run() -> Any:
+            client = self.conn.own()
+            # A plain EVALSHA on this thread's connection: on every job's path,
+            # redis-py's command machinery costs about as much CPU as the trip.
+            [reply] = _pipelined(client, [("EVALSHA", self._start.sha, 0, *args)])
+            if isinstance(reply, NoScriptError):  # a restarted server: load the script
+                return self._start(args=args, client=client)
+            if isinstance(reply, Exception):
+                raise reply
+            return reply
+
+        started = self.conn.run("marking a job started", run, patience=self._worker_patience())
+        if started:
+            return True
+        self._forget((job.id,))
+        return False
+
+    def _start_args(self, job: Job) -> list[Any] | None:
+        """The START script's arguments for ``job``'s claim; ``None`` if this
+        object does not hold its claim."""
+        with self._claims_lock:
+            token = self._claims.get(job.id)
+            claimed_at = None if token is None else self._claimed_at.get(token)
+        if token is None:
+            return None
+        keep = "0"
+        if claimed_at is not None:
+            lease = lease_secs_for(
+                job.timeout_secs, lease_secs=self.lease_secs, default_timeout_secs=self.default_timeout
+            )
+            if time.monotonic() - claimed_at <= min(_FRESH_CLAIM_MAX_SECS, lease * _FRESH_CLAIM):
+                keep = "1"
+        return [self.prefix, *self._lease_rule, job.id, token, keep]
+
+    def _complete_here(self, jobs: Sequence[Job], ttl_ms: int | None = None, start: list[Any] | None = None) -> bool:
+        """COMPLETE for ``jobs`` and, with ``start`` (START's arguments), a start
+        mark pipelined behind it; returns what START returned (True without one)."""
         if ttl_ms is None:
             ttl = self.redis_settings.result_ttl_secs
             ttl_ms = 0 if ttl is None else max(1, int(ttl * 1000))
@@ -333,14 +415,34 @@ class RedisJobQueue(BaseJobQueue, RedisSchedules):
         for job, token in zip(jobs, self._tokens(ids), strict=True):
             job_id, status, task, finished, payload = result_args(job)
             args += [job_id, token, job.attempts, status, task, finished, payload]
-        ignored = self.conn.run(
-            "storing finished jobs",
-            lambda: self._complete(args=args, client=self.conn.own()),
-            patience=self._worker_patience(),
-        )
+
+        def run() -> Any:
+            client = self.conn.own()
+            if start is None:
+                return [self._complete(args=args, client=client), 1]
+            # Plain EVALSHAs on this thread's connection: a redis-py pipeline of
+            # registered scripts would first ask whether the server has them
+            # (SCRIPT EXISTS, one more round trip) and check a pool connection out.
+            replies = _pipelined(
+                client,
+                [("EVALSHA", self._complete.sha, 0, *args), ("EVALSHA", self._start.sha, 0, *start)],
+            )
+            # A server without a script (restarted, flushed) ran nothing of it:
+            # that script is sent again, loading it.
+            if isinstance(replies[0], NoScriptError):
+                replies[0] = self._complete(args=args, client=client)
+            if isinstance(replies[1], NoScriptError):
+                replies[1] = self._start(args=start, client=client)
+            for reply in replies:
+                if isinstance(reply, Exception):
+                    raise reply
+            return replies
+
+        ignored, started = self.conn.run("storing finished jobs", run, patience=self._worker_patience())
         self._forget(ids)
         if ignored:
             log.info("%d completion(s) ignored: their claim was taken over by another worker", len(ignored))
+        return bool(started)
 
     def _shares_store(self, results: BaseResultBackend) -> bool:
         return isinstance(results, RedisResultBackend) and results.url == self.url and results.prefix == self.prefix
@@ -397,6 +499,24 @@ class RedisJobQueue(BaseJobQueue, RedisSchedules):
         if not self._closed:
             self._closed = True
             release(self.conn)
+
+
+def _pipelined(client: Any, commands: list[tuple[Any, ...]]) -> list[Any]:
+    """Send ``commands`` at once on ``client``'s own connection and read every
+    reply; an error reply (e.g. a script the server lacks) is returned, not raised."""
+    conn: Any = client.connection  # redis-py's Connection is untyped
+    replies: list[Any] = []
+    try:
+        conn.send_packed_command(conn.pack_commands(commands))
+        for _ in commands:
+            try:
+                replies.append(conn.read_response())
+            except ResponseError as exc:
+                replies.append(exc)
+    except BaseException:
+        conn.disconnect()  # a reply may still be on its way: this connection is out of step
+        raise
+    return replies
 
 
 def _unreadable(job_id: str, attempts: int, exc: Exception, worker: str) -> Job:

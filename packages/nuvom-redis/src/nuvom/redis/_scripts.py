@@ -21,6 +21,7 @@ __all__ = [
     "EXTEND",
     "PAUSE_SCHEDULE",
     "REQUEUE",
+    "START",
     "STORE",
     "UPSERT_SCHEDULE",
 ]
@@ -30,6 +31,8 @@ local P = ARGV[1]
 local DUE, LEASES = P .. ':q:due', P .. ':q:leases'
 local PAYLOAD, ATTEMPTS, TIMEOUT, TOKEN = P .. ':q:payload', P .. ':q:attempts', P .. ':q:timeout', P .. ':q:token'
 local SEQ, WAKE = P .. ':q:seq', P .. ':q:wake'
+-- Claims that started (BaseJobQueue.mark_started): only those count as attempts.
+local STARTED = P .. ':q:started'
 
 local function server_now()
   local t = redis.call('TIME')
@@ -87,6 +90,7 @@ local function forget_many(ids)
   many('HDEL', ATTEMPTS, ids)
   many('HDEL', TIMEOUT, ids)
   many('HDEL', TOKEN, ids)
+  many('HDEL', STARTED, ids)
 end
 
 local function forget(id)
@@ -215,12 +219,20 @@ local want = tonumber(ARGV[2])
 local expired = redis.call('ZRANGEBYSCORE', LEASES, '-inf', now, 'LIMIT', 0, tonumber(ARGV[3]))
 if #expired > 0 then
   local back = {}
-  for _, id in ipairs(expired) do
+  -- A claim that never started (its worker died, or stalled, with the job still
+  -- in its buffer) is handed back as if never made: its attempt is undone. One
+  -- that started counts, and the next claim records it as a run lost with its worker.
+  local started = hmget(STARTED, expired)
+  for k, id in ipairs(expired) do
     back[#back + 1] = now
     back[#back + 1] = id
+    if not started[k] then
+      redis.call('HINCRBY', ATTEMPTS, id, -1)
+    end
   end
   many('ZREM', LEASES, expired)
   many('HDEL', TOKEN, expired)
+  many('HDEL', STARTED, expired)
   many('ZADD', DUE, back)
 end
 local ids = redis.call('ZRANGEBYSCORE', DUE, '-inf', now, 'LIMIT', 0, want)
@@ -236,7 +248,8 @@ local leases, tokens, attempts, gone = {}, {}, {}, {}
 for k, id in ipairs(ids) do
   local payload = payloads[k]
   if payload then
-    -- The claim counts the attempt in storage, so a run lost with its worker counts.
+    -- The claim counts the attempt in storage (undone above if it expires
+    -- without a start mark), so a run lost with its worker counts.
     local n = (tonumber(counts[k]) or 0) + 1
     leases[#leases + 1] = now + lease_of(timeouts[k], rule[1], rule[2], rule[3], rule[4])
     leases[#leases + 1] = id
@@ -299,6 +312,7 @@ for i = 2, #ARGV, 6 do
   else
     redis.call('ZREM', LEASES, id)
     redis.call('HDEL', TOKEN, id)
+    redis.call('HDEL', STARTED, id)
     redis.call('HSET', PAYLOAD, id, ARGV[i + 3])
     redis.call('HSET', ATTEMPTS, id, ARGV[i + 4])
     redis.call('HSET', TIMEOUT, id, ARGV[i + 5])
@@ -324,6 +338,27 @@ for i = 6, #ARGV, 2 do
   end
 end
 return 0
+"""
+)
+
+# ARGV: prefix, the lease rule's four numbers (as CLAIM), id, token, keep ('1': the
+# job starts right after its claim, whose lease still stands).
+# The start mark: only while the claim is still this token's, the claim is marked
+# started (it counts as an attempt from now on) and its lease runs from now.
+# Returns 1, or 0 when the claim was lost (the job must not run).
+START = (
+    _COMMON
+    + """
+local id, tok = ARGV[6], ARGV[7]
+if redis.call('HGET', TOKEN, id) ~= tok then
+  return 0
+end
+redis.call('HSET', STARTED, id, 1)
+if ARGV[8] ~= '1' then
+  local rule = {tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])}
+  redis.call('ZADD', LEASES, 'XX', server_now() + lease_for(id, rule[1], rule[2], rule[3], rule[4]), id)
+end
+return 1
 """
 )
 

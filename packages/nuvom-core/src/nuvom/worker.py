@@ -40,6 +40,7 @@ from typing import Any, Literal
 from nuvom._hooks import Hooks
 from nuvom._registry import TaskRegistry
 from nuvom._runner import JobRunner, error_of
+from nuvom._scheduler import SchedulerLoop, register_declared
 from nuvom._settings import Settings
 from nuvom.app import App, default_app
 from nuvom.errors import SerializationError
@@ -367,7 +368,8 @@ class Worker:
 
     # -- schedules (nuvom._scheduler): every worker fires due ticks ------------
     def _start_scheduler(self) -> None:
-        from nuvom._scheduler import SchedulerLoop, register_declared
+        # The scheduler is imported with this module, not here: by now a task
+        # may hold every free descriptor, and an import needs one (test_emfile).
         from nuvom.plugins.contracts import BaseScheduleStore
 
         if not isinstance(self.queue, BaseScheduleStore):

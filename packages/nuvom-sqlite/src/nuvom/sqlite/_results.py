@@ -252,18 +252,7 @@ class SQLiteResultBackend(BaseResultBackend):
             return self._query_tag(status, task, tag, since, until, before, limit)
         where: list[str] = []
         params: list[Any] = []
-        if status is not None:
-            where.append("status = ?")
-            params.append(_status_value(status))
-        if task is not None:
-            where.append("func_name = ?")
-            params.append(task)
-        if since is not None:
-            where.append("finished_at >= ?")
-            params.append(since)
-        if until is not None:
-            where.append("finished_at < ?")
-            params.append(until)
+        _add_filters(where, params, "", status, task, since, until)
         if before is not None:
             # The range on finished_at uses the index; the tie on the same
             # instant is broken by id.
@@ -295,18 +284,11 @@ class SQLiteResultBackend(BaseResultBackend):
         # at the wrong place or under the wrong status.
         where = ["t.tag = ?", "r.id = t.job_id", "r.finished_at = t.finished_at"]
         params: list[Any] = [tag]
+        _add_filters(where, params, "t.", status, task, since, until)
         if status is not None:
-            where.append("t.status = ? AND r.status = t.status")
-            params.append(_status_value(status))
+            where.append("r.status = t.status")
         if task is not None:
-            where.append("t.func_name = ? AND r.func_name = t.func_name")
-            params.append(task)
-        if since is not None:
-            where.append("t.finished_at >= ?")
-            params.append(since)
-        if until is not None:
-            where.append("t.finished_at < ?")
-            params.append(until)
+            where.append("r.func_name = t.func_name")
         if before is not None:
             where.append("(t.finished_at, t.job_id) < (?, ?)")
             params.extend((before[0], before[1]))
@@ -354,3 +336,28 @@ def _fetch_all(sql: str, params: list[Any]) -> Callable[[sqlite3.Connection], li
         return conn.execute(sql, params).fetchall()
 
     return fetch
+
+
+def _add_filters(
+    where: list[str],
+    params: list[Any],
+    table: str,
+    status: JobStatus | str | None,
+    task: str | None,
+    since: float | None,
+    until: float | None,
+) -> None:
+    """The filters both listings share, on the columns of ``table`` (a prefix
+    such as ``"t."``, or ``""``): status, task and the finished_at range."""
+    if status is not None:
+        where.append(f"{table}status = ?")
+        params.append(_status_value(status))
+    if task is not None:
+        where.append(f"{table}func_name = ?")
+        params.append(task)
+    if since is not None:
+        where.append(f"{table}finished_at >= ?")
+        params.append(since)
+    if until is not None:
+        where.append(f"{table}finished_at < ?")
+        params.append(until)

@@ -51,3 +51,61 @@ def test_status_loads_backends_but_not_the_worker(tmp_path, env_for):
     assert "nuvom.backends" in probe["loaded"]
     assert "nuvom.worker" not in probe["loaded"]
     assert "rich.console" not in probe["loaded"]  # json output needs no rich
+
+
+STORE = """
+import time
+from nuvom.app import default_app
+from nuvom.job import Attempt, Job, JobError, JobStatus
+now = time.time()
+err = JobError(type="RuntimeError", message="it broke", traceback="Traceback (most recent call last):\\n  boom")
+job = Job(func_name="add", task_path="tasks:add", status=JobStatus.FAILED, error=err, attempts=1,
+          started_at=now - 0.01, finished_at=now,
+          history=[Attempt(number=1, started_at=now - 0.01, finished_at=now, outcome="error", error=err)])
+default_app().results.store([job])
+print(job.id)
+"""
+
+
+def test_read_commands_to_a_pipe_print_plain_text_without_rich(tmp_path, env_for):
+    # Output that is not a terminal is written without rich (nuvom.cli._render):
+    # the tables of status, inspect and history cost no rich import.
+    env = env_for(tmp_path, NUVOM_QUEUE_BACKEND="file", NUVOM_RESULT_BACKEND="file")
+    stored = subprocess.run([sys.executable, "-c", STORE], cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert stored.returncode == 0, stored.stderr
+    job_id = stored.stdout.strip()
+    for args in (["status", job_id], ["inspect", "job", job_id], ["history", "recent"]):
+        probe = imported_by(args, tmp_path, env)
+        assert probe["code"] == 0, (args, probe)
+        assert not {"rich.console", "rich.table"} & set(probe["loaded"]), (args, probe)
+        assert "nuvom.worker" not in probe["loaded"]
+
+
+def test_only_the_called_command_is_built(tmp_path, env_for):
+    # The command tree is converted one sub-command at a time (nuvom.cli._app._build).
+    code = """
+import sys
+from unittest import mock
+import typer.main
+from nuvom.cli import main
+built = []
+real = typer.main.get_command
+def spy(app):
+    command = real(app)
+    built.extend(getattr(command, "commands", {}))
+    return command
+with mock.patch.object(typer.main, "get_command", spy):
+    code = main(sys.argv[1:])
+print(sorted(set(built)), file=sys.stderr)
+sys.exit(code)
+"""
+    proc = subprocess.run(
+        [sys.executable, "-c", code, "status", "0" * 32, "-f", "json"],
+        cwd=tmp_path,
+        env=env_for(tmp_path, NUVOM_QUEUE_BACKEND="file", NUVOM_RESULT_BACKEND="file"),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 3, proc.stderr
+    assert proc.stderr.strip().splitlines()[-1] == "['status']", proc.stderr

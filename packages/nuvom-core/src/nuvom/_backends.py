@@ -42,9 +42,18 @@ DEFAULT_ORDER = ("sqlite", "file")
 
 
 def _entry_points(role: Role) -> dict[str, EntryPoint]:
-    found: dict[str, EntryPoint] = {}
-    for ep in entry_points(group=GROUPS[role]):
-        found.setdefault(ep.name.lower(), ep)
+    return _scan()[role]
+
+
+def _scan() -> dict[Role, dict[str, EntryPoint]]:
+    """Both roles' entry points from one read of the installed distributions'
+    metadata (each read opens every distribution: ~5-15 ms in a large environment)."""
+    every = entry_points()
+    found: dict[Role, dict[str, EntryPoint]] = {}
+    for role, group in GROUPS.items():
+        found[role] = {}
+        for ep in every.select(group=group):
+            found[role].setdefault(ep.name.lower(), ep)
     return found
 
 
@@ -59,6 +68,15 @@ class BackendTable:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._registered: dict[Role, dict[str, type[Any]]] = {"queue": {}, "result": {}}
+        # Read once per table: a command that opens a queue and a result backend
+        # would otherwise read the metadata of every installed distribution three times.
+        self._installed: dict[Role, dict[str, EntryPoint]] | None = None
+
+    def _entry_points(self, role: Role, *, fresh: bool = False) -> dict[str, EntryPoint]:
+        installed = self._installed
+        if installed is None or fresh:
+            installed = self._installed = _scan()
+        return installed[role]
 
     def register(self, role: Role, name: str, cls: Any, *, override: bool = True) -> None:
         """Make ``cls`` the ``role`` backend called ``name``. With ``override=False``
@@ -78,7 +96,7 @@ class BackendTable:
     def names(self, role: Role) -> list[str]:
         with self._lock:
             registered = set(self._registered[role])
-        return sorted(registered | set(_entry_points(role)))
+        return sorted(registered | set(self._entry_points(role)))
 
     def find(self, role: Role, name: str) -> type[Any] | None:
         """The class for ``name``, loading only its entry point; ``None`` if unknown."""
@@ -87,7 +105,10 @@ class BackendTable:
             cls = self._registered[role].get(key)
         if cls is not None:
             return cls
-        ep = _entry_points(role).get(key)
+        ep = self._entry_points(role).get(key)
+        if ep is None:
+            # Installed since the table read the metadata (a test, a notebook)?
+            ep = self._entry_points(role, fresh=True).get(key)
         if ep is None:
             return None
         try:

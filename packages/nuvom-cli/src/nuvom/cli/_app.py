@@ -10,6 +10,7 @@ imported by a command when it runs, and help pages are written without rich
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from typing import Annotated, Any
 
 import typer
@@ -53,12 +54,16 @@ class NuvomGroup(TyperGroup):
         format_command_help(self, ctx, formatter)
 
     def list_commands(self, ctx: Any) -> list[str]:
-        names = sorted(super().list_commands(ctx), key=lambda n: _ORDER.get(n, len(_ORDER)))
+        names = list(_SUBCOMMANDS)
+        names += sorted(n for n in super().list_commands(ctx) if n not in _SUBCOMMANDS)
         names += sorted(n for n in extension_entry_points() if n not in names)
         return names
 
     def get_command(self, ctx: Any, cmd_name: str) -> Any:
         command = super().get_command(ctx, cmd_name)
+        if command is None and cmd_name in _SUBCOMMANDS:
+            command = _build(cmd_name)
+            self.add_command(command, cmd_name)
         if command is None and cmd_name in extension_entry_points():
             command = load_extension(cmd_name)
         return command
@@ -115,28 +120,6 @@ class NuvomGroup(TyperGroup):
                 return report(KeyboardInterrupt(), debug=False)
             raise
         return rv if isinstance(rv, int) else 0
-
-
-# Help lists commands in this order (typer would put all groups after all commands).
-_ORDER = {
-    name: i
-    for i, name in enumerate(
-        [
-            "runworker",
-            "runscheduler",
-            "runtestworker",
-            "status",
-            "inspect",
-            "history",
-            "retry",
-            "schedule",
-            "list",
-            "discover",
-            "config",
-            "plugin",
-        ]
-    )
-}
 
 
 def versions() -> dict[str, str]:
@@ -208,18 +191,50 @@ def _root(
 
 _WORK, _JOBS, _TASKS, _SETUP = "Worker", "Jobs", "Tasks", "Configuration and plugins"
 
-app.command("runworker", rich_help_panel=_WORK, cls=NuvomCommand)(_cmd_worker.runworker)
-app.command("runscheduler", rich_help_panel=_WORK, cls=NuvomCommand)(_cmd_schedule.runscheduler)
-app.add_typer(_cmd_worker.runtestworker_app, name="runtestworker", rich_help_panel=_WORK)
-app.command("status", rich_help_panel=_JOBS, cls=NuvomCommand)(_cmd_jobs.status)
-app.add_typer(_cmd_jobs.inspect_app, name="inspect", rich_help_panel=_JOBS)
-app.add_typer(_cmd_jobs.history_app, name="history", rich_help_panel=_JOBS)
-app.add_typer(_cmd_jobs.retry_app, name="retry", rich_help_panel=_JOBS)
-app.add_typer(_cmd_schedule.schedule_app, name="schedule", rich_help_panel=_JOBS)
-app.add_typer(_cmd_tasks.list_app, name="list", rich_help_panel=_TASKS)
-app.add_typer(_cmd_tasks.discover_app, name="discover", rich_help_panel=_TASKS)
-app.command("config", rich_help_panel=_SETUP, cls=NuvomCommand)(_cmd_config.config)
-app.add_typer(_cmd_plugin.plugin_app, name="plugin", rich_help_panel=_SETUP)
+
+def _command(name: str, panel: str, fn: Callable[..., Any]) -> Callable[[typer.Typer], None]:
+    def register(holder: typer.Typer) -> None:
+        holder.command(name, rich_help_panel=panel, cls=NuvomCommand)(fn)
+
+    return register
+
+
+def _group(name: str, panel: str, sub: typer.Typer) -> Callable[[typer.Typer], None]:
+    def register(holder: typer.Typer) -> None:
+        holder.add_typer(sub, name=name, rich_help_panel=panel)
+
+    return register
+
+
+#: The sub-commands, in the order help lists them. Each is turned into a click
+#: command only when it is called (or help lists it): converting the whole tree
+#: at start-up cost every command ~30 ms on a 2-core machine (bench/bench_cli.py).
+_SUBCOMMANDS: dict[str, Callable[[typer.Typer], None]] = {
+    "runworker": _command("runworker", _WORK, _cmd_worker.runworker),
+    "runscheduler": _command("runscheduler", _WORK, _cmd_schedule.runscheduler),
+    "runtestworker": _group("runtestworker", _WORK, _cmd_worker.runtestworker_app),
+    "status": _command("status", _JOBS, _cmd_jobs.status),
+    "inspect": _group("inspect", _JOBS, _cmd_jobs.inspect_app),
+    "history": _group("history", _JOBS, _cmd_jobs.history_app),
+    "retry": _group("retry", _JOBS, _cmd_jobs.retry_app),
+    "schedule": _group("schedule", _JOBS, _cmd_schedule.schedule_app),
+    "list": _group("list", _TASKS, _cmd_tasks.list_app),
+    "discover": _group("discover", _TASKS, _cmd_tasks.discover_app),
+    "config": _command("config", _SETUP, _cmd_config.config),
+    "plugin": _group("plugin", _SETUP, _cmd_plugin.plugin_app),
+}
+
+
+def _noop() -> None:
+    """A callback, so that typer builds a group even around one command."""
+
+
+def _build(name: str) -> Any:
+    """The click command of sub-command ``name``, converted alone."""
+    holder = typer.Typer(rich_markup_mode=None, add_completion=False)
+    holder.callback()(_noop)
+    _SUBCOMMANDS[name](holder)
+    return typer.main.get_command(holder).commands[name]  # type: ignore[attr-defined]
 
 
 def main(argv: list[str] | None = None) -> int:

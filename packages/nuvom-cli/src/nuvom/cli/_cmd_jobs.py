@@ -73,38 +73,39 @@ def status(job_id: JobId, format: FormatOpt = Format.table) -> None:
 
         print_json(job_document(job))
         return
-    from nuvom.cli._output import (
-        console,
-        fmt_duration,
-        fmt_time,
-        is_whole,
-        last_attempt_secs,
-        short_repr,
-        styled_status,
-    )
-    from rich.markup import escape
-    from rich.table import Table
+    from nuvom.cli._output import fmt_duration, fmt_time, last_attempt_secs, short_repr, status_value
+    from nuvom.cli._render import Value, print_grid, styled
 
-    out = console()
-    whole = is_whole(out)
-    grid = Table.grid(padding=(0, 2))
-    grid.add_column(style="bold", no_wrap=True)
-    grid.add_column()
-    grid.add_row("job", f"{job.id}  ({escape(job.func_name)})")
-    grid.add_row("status", styled_status(job.status.value))
-    grid.add_row("attempts", f"{job.attempts} of at most {job.max_retries + 1}")
+    out, whole = _out()
+    rows: list[tuple[str, Value]] = [
+        ("job", f"{job.id}  ({job.func_name})"),
+        ("status", status_value(job.status.value)),
+        ("attempts", f"{job.attempts} of at most {job.max_retries + 1}"),
+    ]
     if job.finished_at is not None:
         took = fmt_duration(last_attempt_secs(job))
-        grid.add_row("finished", f"{fmt_time(job.finished_at)} (last attempt {took})")
+        rows.append(("finished", f"{fmt_time(job.finished_at)} (last attempt {took})"))
     elif job.not_before is not None:
-        grid.add_row("next attempt", fmt_time(job.not_before))
+        rows.append(("next attempt", fmt_time(job.not_before)))
     if job.status.value == "SUCCESS":
-        result = short_repr(job.result, None if whole else 200)
-        grid.add_row("result", escape(result) if job.store_result else "(not stored)")
+        rows.append(("result", short_repr(job.result, None if whole else 200) if job.store_result else "(not stored)"))
     if job.error is not None:
-        grid.add_row("error", f"[red]{escape(job.error.type)}: {escape(job.error.message)}[/]")
-        grid.add_row("", f"[dim]nuvom inspect job {job.id}  shows the traceback[/]")
-    out.print(grid)
+        rows.append(("error", styled(f"{job.error.type}: {job.error.message}", "red")))
+        rows.append(("", styled(f"nuvom inspect job {job.id}  shows the traceback", "dim")))
+    print_grid(out, rows)
+
+
+def _out() -> tuple[Any, bool]:
+    """``(rich console, False)`` on a terminal; ``(None, True)`` for plain text
+    with whole values (a file or a pipe), rich not imported."""
+    from nuvom.cli._render import to_terminal
+
+    if not to_terminal():
+        return None, True
+    from nuvom.cli._output import console, is_whole
+
+    out = console()
+    return out, is_whole(out)
 
 
 # -- inspect job --------------------------------------------------------------
@@ -132,107 +133,93 @@ def inspect_job(job_id: JobId, format: FormatOpt = Format.table) -> None:
 
 
 def _print_job(job: Job) -> None:
-    from nuvom.cli._output import (
-        attempt_secs,
-        console,
-        fmt_duration,
-        fmt_time,
-        is_whole,
-        last_attempt_secs,
-        short_repr,
-        styled_status,
-    )
-    from rich.markup import escape
-    from rich.padding import Padding
-    from rich.panel import Panel
-    from rich.table import Table
-    from rich.text import Text
+    from nuvom.cli._output import attempt_secs, fmt_duration, fmt_time, last_attempt_secs, short_repr, status_value
+    from nuvom.cli._render import Column, Value, print_block, print_grid, print_line, print_table, styled
 
-    out = console()
-    whole = is_whole(out)
-    grid = Table.grid(padding=(0, 2))
-    grid.add_column(style="bold", no_wrap=True)
-    grid.add_column(overflow="fold")
-    grid.add_row("id", Text(job.id, no_wrap=True))
-    grid.add_row("task", f"{escape(job.func_name)}  [dim]{escape(job.task_path or '')}[/]")
-    grid.add_row("status", styled_status(job.status.value))
-    grid.add_row("args", escape(short_repr(job.args, None if whole else 400)))
-    grid.add_row("kwargs", escape(short_repr(job.kwargs, None if whole else 400)))
+    out, whole = _out()
+    rows: list[tuple[str, Value]] = [
+        ("id", job.id),
+        ("task", [(job.func_name, ""), ("  " + (job.task_path or ""), "dim")]),
+        ("status", status_value(job.status.value)),
+        ("args", short_repr(job.args, None if whole else 400)),
+        ("kwargs", short_repr(job.kwargs, None if whole else 400)),
+    ]
     if job.status.value == "SUCCESS":
-        result = short_repr(job.result, None if whole else 2000)
-        grid.add_row("result", escape(result) if job.store_result else "(not stored)")
+        rows.append(("result", short_repr(job.result, None if whole else 2000) if job.store_result else "(not stored)"))
     if job.error is not None:
-        grid.add_row("error", f"[red]{escape(job.error.type)}: {escape(job.error.message)}[/]")
-    grid.add_row(
-        "attempts",
-        f"{job.attempts} of at most {job.max_retries + 1} (retries {job.max_retries}, "
-        f"delay {job.retry_delay_secs:g} s)",
+        rows.append(("error", styled(f"{job.error.type}: {job.error.message}", "red")))
+    rows.append(
+        (
+            "attempts",
+            f"{job.attempts} of at most {job.max_retries + 1} (retries {job.max_retries}, "
+            f"delay {job.retry_delay_secs:g} s)",
+        )
     )
     timeout = f"{job.timeout_secs:g} s" if job.timeout_secs else "worker default (NUVOM_JOB_TIMEOUT_SECS)"
-    grid.add_row("timeout", f"{timeout}, policy {job.timeout_policy or 'default'}")
-    grid.add_row("created", fmt_time(job.created_at))
+    rows.append(("timeout", f"{timeout}, policy {job.timeout_policy or 'default'}"))
+    rows.append(("created", fmt_time(job.created_at)))
     if job.not_before is not None and not job.done:
-        grid.add_row("not before", fmt_time(job.not_before))
-    grid.add_row("started", fmt_time(job.started_at))
-    grid.add_row("finished", fmt_time(job.finished_at))
+        rows.append(("not before", fmt_time(job.not_before)))
+    rows.append(("started", fmt_time(job.started_at)))
+    rows.append(("finished", fmt_time(job.finished_at)))
     if job.finished_at is not None and last_attempt_secs(job) is not None:
-        grid.add_row("duration", fmt_duration(last_attempt_secs(job)) + " (last attempt)")
+        rows.append(("duration", fmt_duration(last_attempt_secs(job)) + " (last attempt)"))
     if job.history and job.finished_at is not None:
-        grid.add_row("total", fmt_duration(job.finished_at - job.created_at) + " from queued to finished")
-    grid.add_row("worker", escape(job.worker_id or "-"))
+        rows.append(("total", fmt_duration(job.finished_at - job.created_at) + " from queued to finished"))
+    rows.append(("worker", job.worker_id or "-"))
     ran_in = job.history[-1].executor if job.history else None
-    grid.add_row("executor", f"{ran_in or '-'}  [dim](task asks for {job.executor or 'the worker default'})[/]")
+    rows.append(
+        ("executor", [(ran_in or "-", ""), (f"  (task asks for {job.executor or 'the worker default'})", "dim")])
+    )
     if job.tags:
-        grid.add_row("tags", escape(", ".join(job.tags)))
+        rows.append(("tags", ", ".join(job.tags)))
     if job.retry_of:
-        grid.add_row("retry of", Text(job.retry_of, no_wrap=True))
+        rows.append(("retry of", job.retry_of))
     if job.schedule_key:
-        grid.add_row("schedule", Text(job.schedule_key, no_wrap=True))
-    out.print(grid)
+        rows.append(("schedule", job.schedule_key))
+    print_grid(out, rows, fold=True)
     if job.history:
-        out.print()
+        print_line(out)
         styles = {"success": "green", "error": "red", "timeout": "red", "lost": "yellow"}
-        if not whole and out.width < WIDE_TABLE:
-            # Too narrow for a column of error text: each attempt on one line,
-            # its error below, wrapped at words across the whole width.
-            out.print("[bold]Attempts[/]")
-            for a in job.history:
-                style = styles.get(a.outcome, "")
-                line = (
-                    f"#{a.number}  [{style}]{a.outcome}[/]  {a.executor or '-'}  {fmt_time(a.started_at)}  "
-                    f"{fmt_duration(attempt_secs(a))}"
-                )
-                out.print(line, no_wrap=True, overflow="ellipsis")
-                if a.error:
-                    out.print(Padding(Text(f"{a.error.type}: {a.error.message}", style="red"), (0, 0, 0, 2)))
+        if out is not None and not whole and out.width < WIDE_TABLE:
+            _print_attempts_narrow(out, job, styles)
         else:
-            table = Table(title="Attempts", title_justify="left", title_style="bold")
-            for col in ("#", "outcome", "executor", "started", "duration"):
-                table.add_column(col, no_wrap=True)
-            table.add_column("error", no_wrap=whole)
-            for a in job.history:
-                err = f"{a.error.type}: {a.error.message}" if a.error else ""
-                style = styles.get(a.outcome, "")
-                table.add_row(
+            columns = [Column(c, options={"no_wrap": True}) for c in ("#", "outcome", "executor", "started")]
+            columns += [Column("duration", options={"no_wrap": True}), Column("error", options={"no_wrap": whole})]
+            attempts: list[list[Value]] = [
+                [
                     str(a.number),
-                    f"[{style}]{a.outcome}[/]",
+                    styled(a.outcome, styles.get(a.outcome, "")),
                     a.executor or "-",
                     fmt_time(a.started_at),
                     fmt_duration(attempt_secs(a)),
-                    escape(err),
-                )
-            out.print(table)
+                    f"{a.error.type}: {a.error.message}" if a.error else "",
+                ]
+                for a in job.history
+            ]
+            print_table(out, "Attempts", columns, attempts)
     tb = job.error.traceback if job.error is not None else None
     if tb:
-        out.print(
-            Panel(
-                Text(tb.rstrip()),
-                title="Traceback (last attempt)",
-                title_align="left",
-                border_style="red",
-                expand=not whole,
-            )
+        print_block(out, "Traceback (last attempt)", tb, style="red")
+
+
+def _print_attempts_narrow(out: Any, job: Job, styles: dict[str, str]) -> None:
+    """Attempts on a terminal too narrow for a column of error text: each attempt
+    on one line, its error below, wrapped at words across the whole width."""
+    from nuvom.cli._output import attempt_secs, fmt_duration, fmt_time
+    from rich.padding import Padding
+    from rich.text import Text
+
+    out.print("[bold]Attempts[/]")
+    for a in job.history:
+        style = styles.get(a.outcome, "")
+        line = (
+            f"#{a.number}  [{style}]{a.outcome}[/]  {a.executor or '-'}  {fmt_time(a.started_at)}  "
+            f"{fmt_duration(attempt_secs(a))}"
         )
+        out.print(line, no_wrap=True, overflow="ellipsis")
+        if a.error:
+            out.print(Padding(Text(f"{a.error.type}: {a.error.message}", style="red"), (0, 0, 0, 2)))
 
 
 # -- history recent -------------------------------------------------------------
@@ -278,69 +265,63 @@ def history_recent(
             }
         )
         return
-    from nuvom.cli._output import (
-        console,
-        fmt_duration,
-        fmt_time_short,
-        is_whole,
-        last_attempt_secs,
-        note,
-        short_repr,
-        styled_status,
-    )
-    from rich.markup import escape
-    from rich.table import Table
+    from nuvom.cli._output import fmt_duration, fmt_time_short, last_attempt_secs, note, short_repr, status_value
+    from nuvom.cli._render import Column, Value, print_table, styled
 
     if not jobs:
         note("no finished jobs" + (" match these filters" if status or task else " yet"))
         return
-    out = console()
-    whole = is_whole(out)
-    if not whole and out.width < WIDE_TABLE:
+    out, whole = _out()
+    if out is not None and not whole and out.width < WIDE_TABLE:
         _print_history_narrow(out, jobs)
         return
     # On a terminal the table fits its width: the id is never shortened (it is
     # what people copy), the task name is shortened, the result/error column
     # wraps at words. In a file or a pipe every value is whole, on one line.
-    table = Table(
-        title=f"Last {len(jobs)} finished job(s)",
-        title_justify="left",
-        title_style="bold",
-        box=None,
-        pad_edge=False,
-        header_style="bold underline",
-    )
-    table.add_column("id", no_wrap=True, min_width=max(len(j.id) for j in jobs))
-    if whole:
-        table.add_column("task", no_wrap=True)
-    else:
-        table.add_column("task", no_wrap=True, overflow="ellipsis", min_width=4, max_width=24)
-    table.add_column("status", no_wrap=True, min_width=7)
-    table.add_column("try", justify="right", no_wrap=True, min_width=3)
-    table.add_column("finished", no_wrap=True, min_width=8)
-    table.add_column("took", justify="right", no_wrap=True, min_width=6)
-    table.add_column("result / error", no_wrap=whole, overflow="fold", min_width=12)
+    columns = [
+        Column("id", options={"no_wrap": True, "min_width": max(len(j.id) for j in jobs)}),
+        Column(
+            "task",
+            options={"no_wrap": True}
+            if whole
+            else {"no_wrap": True, "overflow": "ellipsis", "min_width": 4, "max_width": 24},
+        ),
+        Column("status", options={"no_wrap": True, "min_width": 7}),
+        Column("try", right=True, options={"no_wrap": True, "min_width": 3}),
+        Column("finished", options={"no_wrap": True, "min_width": 8}),
+        Column("took", right=True, options={"no_wrap": True, "min_width": 6}),
+        Column("result / error", options={"no_wrap": whole, "overflow": "fold", "min_width": 12}),
+    ]
     scheduled = any(j.schedule_key for j in jobs)
     if scheduled:
-        table.add_column("schedule", no_wrap=True, overflow="fold")
+        columns.append(Column("schedule", options={"no_wrap": True, "overflow": "fold"}))
+    rows: list[list[Value]] = []
     for job in jobs:
         if job.error is not None:
-            outcome = f"[red]{escape(job.error.type)}: {escape(job.error.message)}[/]"
+            outcome: Value = styled(f"{job.error.type}: {job.error.message}", "red")
         else:
-            outcome = escape(short_repr(job.result, None if whole else 60))
-        cells = [
+            outcome = short_repr(job.result, None if whole else 60)
+        cells: list[Value] = [
             job.id,
-            escape(job.func_name),
-            styled_status(job.status.value),
+            job.func_name,
+            status_value(job.status.value),
             str(job.attempts),
             fmt_time_short(job.finished_at),
             fmt_duration(last_attempt_secs(job)),
             outcome,
         ]
         if scheduled:
-            cells.append(escape(job.schedule_key or "-"))
-        table.add_row(*cells)
-    out.print(table)
+            cells.append(job.schedule_key or "-")
+        rows.append(cells)
+    print_table(
+        out,
+        f"Last {len(jobs)} finished job(s)",
+        columns,
+        rows,
+        box=None,
+        pad_edge=False,
+        header_style="bold underline",
+    )
 
 
 def _print_history_narrow(out: Any, jobs: list[Job]) -> None:

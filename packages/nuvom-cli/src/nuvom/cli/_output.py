@@ -34,6 +34,9 @@ __all__ = [
     "last_attempt_secs",
     "note",
     "print_json",
+    "short_repr",
+    "status_value",
+    "styled_status",
 ]
 
 
@@ -214,7 +217,13 @@ STATUS_STYLE = {
 
 
 def styled_status(status: str) -> str:
+    """``status`` in rich markup, coloured by :data:`STATUS_STYLE`."""
     return f"[{STATUS_STYLE.get(status, 'bold')}]{status}[/]"
+
+
+def status_value(status: str) -> list[tuple[str, str]]:
+    """``status`` as a styled value for :mod:`nuvom.cli._render`."""
+    return [(status, STATUS_STYLE.get(status, "bold"))]
 
 
 def short_repr(value: Any, limit: int | None = 80) -> str:

@@ -37,10 +37,6 @@ from nuvom.plugins.contracts import API_VERSION, Plugin
 if TYPE_CHECKING:
     from nuvom._settings import Settings
 
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover - Python 3.10
-    import tomli as tomllib
 
 __all__ = [
     "BACKEND_ROLES",
@@ -88,6 +84,12 @@ class PluginRecord:
 def read_plugins_file(path: Path) -> list[tuple[str, str]]:
     """``(target, source)`` pairs from a ``.nuvom_plugins.toml``; a malformed
     file raises :class:`PluginError` naming the file and line."""
+    # Imported here: most processes have no such file, and the read commands of
+    # the CLI start faster without the parser (bench/bench_cli.py).
+    if sys.version_info >= (3, 11):
+        import tomllib
+    else:  # pragma: no cover - Python 3.10
+        import tomli as tomllib
     try:
         text = path.read_text(encoding="utf-8")
         data = tomllib.loads(text)

@@ -6,10 +6,14 @@ once this package is installed). See docs/sqlite.md.
 
 from __future__ import annotations
 
-from nuvom.sqlite._db import SCHEMA_VERSION, Database, SchemaTooNew
-from nuvom.sqlite._queue import SQLiteJobQueue
-from nuvom.sqlite._results import SQLiteResultBackend
-from nuvom.sqlite._settings import SQLiteSettings
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from nuvom.sqlite._db import SCHEMA_VERSION, Database, SchemaTooNew
+    from nuvom.sqlite._queue import SQLiteJobQueue
+    from nuvom.sqlite._results import SQLiteResultBackend
+    from nuvom.sqlite._settings import SQLiteSettings
 
 __all__ = [
     "SCHEMA_VERSION",
@@ -19,3 +23,27 @@ __all__ = [
     "SQLiteSettings",
     "SchemaTooNew",
 ]
+
+# Each name is imported from its module on first use: a command that reads
+# results (``nuvom status``) does not import the queue and the schedules.
+_HOMES = {
+    "SCHEMA_VERSION": "_db",
+    "Database": "_db",
+    "SchemaTooNew": "_db",
+    "SQLiteJobQueue": "_queue",
+    "SQLiteResultBackend": "_results",
+    "SQLiteSettings": "_settings",
+}
+
+
+def __getattr__(name: str) -> Any:
+    home = _HOMES.get(name)
+    if home is None:
+        raise AttributeError(f"module 'nuvom.sqlite' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"nuvom.sqlite.{home}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

@@ -1,23 +1,42 @@
 """Settings: ``NUVOM_*`` environment variables, then ``.env`` in the working
-directory, then defaults (pydantic-settings). Public through :mod:`nuvom.config`.
+directory, then defaults. Public through :mod:`nuvom.config`.
 
-Plugins that need settings of their own declare them on a
-``pydantic_settings.BaseSettings`` subclass with the same ``NUVOM_`` prefix
-and expose it as ``settings_class`` on their plugin; ``nuvom config`` shows
-those too.
+:class:`EnvSettings` reads them: a pydantic model whose constructor fills each
+field ``x`` not passed in from ``NUVOM_X`` (any case), then from the ``.env``
+file (read with python-dotenv), then its default, and validates the lot. It
+keeps the rules of pydantic-settings, which nuvom used before: the same
+precedence, names, ``.env`` parser and JSON for list and dict fields; it
+replaced it because importing pydantic-settings cost every process ~110 ms
+(asyncio, argparse and its cloud providers; docs/benchmarks.md, CLI start-up).
+
+Plugins that need settings of their own subclass :class:`EnvSettings` with the
+same ``NUVOM_`` prefix and expose the class as ``settings_class`` on their
+plugin; ``nuvom config`` shows those too. A ``pydantic_settings.BaseSettings``
+subclass (a plugin written for earlier releases) is read by its own rules.
 """
 
 from __future__ import annotations
 
+import json
 import os
+import types
+import typing
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Any, ClassVar, Literal, TypeVar
 
 from nuvom.errors import ConfigError
-from pydantic import Field, ValidationError
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-__all__ = ["ENV_PREFIX", "Settings", "load_settings", "read_settings", "setting_sources"]
+__all__ = [
+    "ENV_PREFIX",
+    "EnvSettings",
+    "Settings",
+    "env_file_of",
+    "env_prefix_of",
+    "load_settings",
+    "read_settings",
+    "setting_sources",
+]
 
 ENV_PREFIX = "NUVOM_"
 
@@ -27,10 +46,79 @@ _DAY = 86_400.0
 _WEEK = 7 * _DAY
 
 
-class Settings(BaseSettings):
-    """Every core setting. Each field ``x`` is read from ``NUVOM_X``."""
+class EnvSettings(BaseModel):
+    """Settings read from the environment: each field ``x`` not given to the
+    constructor comes from ``{env_prefix}X`` (any case), else from ``env_file``,
+    else its default. List, set, tuple and dict fields are read as JSON."""
 
-    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, env_file=".env", env_file_encoding="utf-8", extra="ignore")
+    model_config = ConfigDict(extra="ignore")
+
+    #: Prefix of the variables.
+    env_prefix: ClassVar[str] = ENV_PREFIX
+    #: The dotenv file read after the environment (relative to the working directory); ``None``: none.
+    env_file: ClassVar[str | None] = ".env"
+
+    def __init__(self, **values: Any) -> None:
+        super().__init__(**_from_environment(type(self), values))
+
+
+def _from_environment(cls: type[EnvSettings], given: dict[str, Any]) -> dict[str, Any]:
+    prefix = cls.env_prefix.upper()
+    environ = {k.upper(): v for k, v in os.environ.items()}
+    dotenv = _dotenv(cls.env_file)
+    values = dict(given)
+    for name, field in cls.model_fields.items():
+        if name in values:
+            continue
+        var = (prefix + name).upper()
+        raw = environ.get(var)
+        if raw is None:
+            raw = dotenv.get(var)
+        if raw is None:
+            continue
+        values[name] = _decode(var, field.annotation, raw)
+    return values
+
+
+def _dotenv(env_file: str | None) -> dict[str, str | None]:
+    if not env_file or not os.path.isfile(env_file):
+        return {}
+    from dotenv import dotenv_values  # pydantic-settings' parser, so a .env reads as it did
+
+    return {k.upper(): v for k, v in dotenv_values(env_file, encoding="utf-8").items()}
+
+
+_COMPLEX = (list, set, frozenset, tuple, dict)
+
+
+def _is_complex(annotation: Any) -> tuple[bool, bool]:
+    """``(complex, also_plain)``: whether a value of this type is read as JSON,
+    and whether the type also takes the plain string (a union such as ``list | str``)."""
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        kinds = [_is_complex(arg)[0] for arg in typing.get_args(annotation) if arg is not type(None)]
+        return any(kinds), not all(kinds)
+    kind = origin if origin is not None else annotation
+    complex_ = isinstance(kind, type) and (issubclass(kind, _COMPLEX) or issubclass(kind, BaseModel))
+    return complex_, False
+
+
+def _decode(var: str, annotation: Any, raw: str) -> Any:
+    complex_, also_plain = _is_complex(annotation)
+    if not complex_:
+        return raw
+    try:
+        return json.loads(raw)
+    except ValueError:
+        if also_plain:
+            return raw
+        raise ConfigError(
+            f"{var}={raw!r} is not valid: expected JSON, e.g. [1, 2]; fix it in the environment or .env"
+        ) from None
+
+
+class Settings(EnvSettings):
+    """Every core setting. Each field ``x`` is read from ``NUVOM_X``."""
 
     environment: Literal["dev", "prod", "test"] = Field("dev", description="Deployment flavour.")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = Field(
@@ -101,7 +189,22 @@ def load_settings(**overrides: Any) -> Settings:
     return read_settings(Settings, **overrides)
 
 
-S = TypeVar("S", bound=BaseSettings)
+S = TypeVar("S", bound=BaseModel)
+
+
+def env_prefix_of(cls: type[BaseModel]) -> str:
+    """The variable prefix of a settings class (:class:`EnvSettings` or pydantic-settings')."""
+    if isinstance(cls, type) and issubclass(cls, EnvSettings):
+        return cls.env_prefix
+    return str(cls.model_config.get("env_prefix", ENV_PREFIX))
+
+
+def env_file_of(cls: type[BaseModel]) -> str | None:
+    """The dotenv file of a settings class, or ``None``."""
+    if isinstance(cls, type) and issubclass(cls, EnvSettings):
+        return cls.env_file
+    found = cls.model_config.get("env_file")
+    return str(found) if isinstance(found, (str, Path)) else None
 
 
 def read_settings(cls: type[S], **overrides: Any) -> S:
@@ -110,13 +213,12 @@ def read_settings(cls: type[S], **overrides: Any) -> S:
     try:
         return cls(**overrides)
     except UnicodeDecodeError as exc:
-        # pydantic-settings reads .env as UTF-8 and lets the codec error through.
-        raise ConfigError(_not_utf8(Path(str(cls.model_config.get("env_file") or ".env")), exc)) from None
+        # The .env file is read as UTF-8; the codec error says neither file nor line.
+        raise ConfigError(_not_utf8(Path(env_file_of(cls) or ".env"), exc)) from None
     except ValidationError as exc:
         err = exc.errors()[0]
         field = str(err["loc"][0]) if err.get("loc") else "?"
-        prefix = str(cls.model_config.get("env_prefix", ENV_PREFIX))
-        var = (prefix + field).upper()
+        var = (env_prefix_of(cls) + field).upper()
         raise ConfigError(
             f"{var}={err.get('input')!r} is not valid: {err['msg']}; fix it in the environment or .env"
         ) from None
@@ -137,20 +239,16 @@ def _not_utf8(path: Path, exc: UnicodeDecodeError) -> str:
     return f"{path.resolve()}: byte 0x{byte}{where} is not UTF-8 text; save the file as UTF-8"
 
 
-def setting_sources(settings: BaseSettings) -> dict[str, tuple[Any, str]]:
+def setting_sources(settings: BaseModel) -> dict[str, tuple[Any, str]]:
     """Map each ``NUVOM_*`` variable to ``(value, source)``, source being
     ``"environment"``, ``".env"`` or ``"default"``."""
-    env_file = settings.model_config.get("env_file")
-    dotenv: dict[str, Any] = {}
-    if env_file and Path(str(env_file)).is_file():
-        from dotenv import dotenv_values  # a dependency of pydantic-settings
-
-        dotenv = {k.upper(): v for k, v in dotenv_values(str(env_file)).items()}
+    cls = type(settings)
+    dotenv = _dotenv(env_file_of(cls))
     environ = {k.upper() for k in os.environ}
     out: dict[str, tuple[Any, str]] = {}
-    prefix = str(settings.model_config.get("env_prefix", ENV_PREFIX))
-    for field in type(settings).model_fields:
+    prefix = env_prefix_of(cls)
+    for field in cls.model_fields:
         var = (prefix + field).upper()
-        source = "environment" if var in environ else ".env" if var in dotenv else "default"
+        source = "environment" if var in environ else ".env" if dotenv.get(var) is not None else "default"
         out[var] = (getattr(settings, field), source)
     return out

@@ -1,23 +1,33 @@
 """Settings: ``NUVOM_*`` environment variables, then ``.env`` in the working
-directory, then defaults (pydantic-settings).
+directory, then defaults (:class:`EnvSettings`).
 
 An :class:`~nuvom.app.App` owns its :class:`Settings`; :func:`get_settings`
 and :func:`reset_settings` read and replace the default app's.
 
-Plugins that need settings of their own declare them on a
-``pydantic_settings.BaseSettings`` subclass with the same ``NUVOM_`` prefix
-and expose it as ``settings_class`` on their plugin or backend class;
-``nuvom config`` shows those too.
+Plugins that need settings of their own declare them on an
+:class:`EnvSettings` subclass (the same ``NUVOM_`` prefix and ``.env``) and
+expose it as ``settings_class`` on their plugin or backend class; ``nuvom
+config`` shows those too.
 """
 
 from __future__ import annotations
 
-from nuvom._settings import ENV_PREFIX, Settings, load_settings, read_settings, setting_sources
+from nuvom._settings import (
+    ENV_PREFIX,
+    EnvSettings,
+    Settings,
+    env_prefix_of,
+    load_settings,
+    read_settings,
+    setting_sources,
+)
 from nuvom.app import default_app
 
 __all__ = [
     "ENV_PREFIX",
+    "EnvSettings",
     "Settings",
+    "env_prefix_of",
     "get_settings",
     "load_settings",
     "read_settings",

@@ -57,11 +57,11 @@ def plugin_settings(*, plugins: bool = True) -> list[tuple[str, Any]]:
 
 
 def _describe(settings: Any) -> list[dict[str, Any]]:
-    from nuvom.config import setting_sources
+    from nuvom.config import env_prefix_of, setting_sources
 
     fields = type(settings).model_fields
     sources = setting_sources(settings)
-    prefix = str(settings.model_config.get("env_prefix", "NUVOM_"))
+    prefix = env_prefix_of(type(settings))
     rows = []
     for field, info in fields.items():
         var = (prefix + field).upper()

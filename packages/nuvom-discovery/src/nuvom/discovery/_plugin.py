@@ -6,12 +6,11 @@ import logging
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from nuvom.config import read_settings
+from nuvom.config import EnvSettings, read_settings
 from nuvom.discovery._loader import add_import_roots, register_tasks
 from nuvom.discovery._manifest import ManifestError, load_manifest, manifest_path_for
 from nuvom.plugins.contracts import API_VERSION, Plugin
 from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
 
 if TYPE_CHECKING:
     from nuvom.config import Settings
@@ -23,10 +22,8 @@ __all__ = ["DiscoveryPlugin", "DiscoverySettings"]
 log = logging.getLogger("nuvom.discovery")
 
 
-class DiscoverySettings(BaseSettings):
+class DiscoverySettings(EnvSettings):
     """Settings of nuvom-discovery, read like core's (``NUVOM_*``, ``.env``)."""
-
-    model_config = SettingsConfigDict(env_prefix="NUVOM_", env_file=".env", env_file_encoding="utf-8", extra="ignore")
 
     discovery_poll_secs: float = Field(
         1.0, gt=0, le=60, description="How often `runworker --dev` checks the source for changed tasks."
@@ -50,7 +47,7 @@ class DiscoveryPlugin(Plugin):
     api_version: ClassVar[str] = API_VERSION
     name: ClassVar[str] = "discovery"
     provides: ClassVar[list[str]] = ["tasks"]
-    settings_class: ClassVar[type[BaseSettings]] = DiscoverySettings
+    settings_class: ClassVar[type[EnvSettings]] = DiscoverySettings
 
     def __init__(self) -> None:
         self.root: Path | None = None

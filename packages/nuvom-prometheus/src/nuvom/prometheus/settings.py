@@ -5,9 +5,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from nuvom.config import ENV_PREFIX, read_settings
+from nuvom.config import EnvSettings, read_settings
 from pydantic import Field, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
 
 __all__ = [
     "DEFAULT_DURATION_BUCKETS",
@@ -44,10 +43,8 @@ def parse_ports(value: int | str) -> tuple[int, int]:
     return first, last
 
 
-class PrometheusSettings(BaseSettings):
+class PrometheusSettings(EnvSettings):
     """Each field ``x`` is read from ``NUVOM_X``."""
-
-    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, env_file=".env", env_file_encoding="utf-8", extra="ignore")
 
     prometheus_enabled: bool = Field(
         False,

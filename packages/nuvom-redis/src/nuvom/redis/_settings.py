@@ -4,19 +4,16 @@ from __future__ import annotations
 
 from urllib.parse import urlsplit, urlunsplit
 
-from nuvom.config import ENV_PREFIX, read_settings
+from nuvom.config import EnvSettings, read_settings
 from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
 
 __all__ = ["DEFAULT_URL", "RedisSettings", "load_redis_settings", "redact_url"]
 
 DEFAULT_URL = "redis://127.0.0.1:6379/0"
 
 
-class RedisSettings(BaseSettings):
+class RedisSettings(EnvSettings):
     """Read from ``NUVOM_*`` variables, ``.env``, then defaults, like core's settings."""
-
-    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, env_file=".env", env_file_encoding="utf-8", extra="ignore")
 
     redis_url: str = Field(
         DEFAULT_URL,

@@ -4,19 +4,16 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from nuvom.config import ENV_PREFIX, Settings, get_settings, read_settings
+from nuvom.config import EnvSettings, Settings, get_settings, read_settings
 from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
 
 __all__ = ["DEFAULT_FILE_NAME", "SQLiteSettings", "load_sqlite_settings", "resolve_paths"]
 
 DEFAULT_FILE_NAME = "nuvom.db"
 
 
-class SQLiteSettings(BaseSettings):
+class SQLiteSettings(EnvSettings):
     """Read from ``NUVOM_*`` variables, ``.env``, then defaults, like core's settings."""
-
-    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, env_file=".env", env_file_encoding="utf-8", extra="ignore")
 
     sqlite_queue_path: Path | None = Field(
         None, description="SQLite file of the queue (default <NUVOM_DATA_DIR>/nuvom.db)."

@@ -6,7 +6,6 @@ The decorators are :meth:`nuvom.app.App.task` and :func:`nuvom.task.task`
 
 from __future__ import annotations
 
-import asyncio
 import datetime as dt
 import functools
 import inspect
@@ -234,10 +233,16 @@ class Task(Generic[R]):
     async def adelay(self, *args: Any, **kwargs: Any) -> Job:
         """:meth:`delay` for ``async`` code: the backend call runs in a thread, so
         the event loop is not blocked (``job = await task.adelay(1, 2)``)."""
+        # Imported here: a coroutine runs, so asyncio is loaded already; a process
+        # that never awaits (a CLI read command) is spared its import (~20 ms).
+        import asyncio
+
         return await asyncio.to_thread(self.delay, *args, **kwargs)
 
     async def amap(self, items: Iterable[Any]) -> list[Job]:
         """:meth:`map` for ``async`` code, in one backend round trip off the loop."""
+        import asyncio
+
         return await asyncio.to_thread(self.map, list(items))
 
     def make_job(self, args: list[Any], kwargs: dict[str, Any], app: App | None = None) -> Job:

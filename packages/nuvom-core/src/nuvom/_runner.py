@@ -41,6 +41,15 @@ def error_of(exc: BaseException) -> JobError:
     return err
 
 
+# Results that msgpack encodes in at most 9 bytes (an int only within 64 bits:
+# the check below): the size check's encoding of them is skipped.
+_SMALL_SCALARS = frozenset({type(None), bool, int, float})
+
+
+def _small_int(value: Any) -> bool:
+    return type(value) is not int or -(2**63) <= value < 2**64
+
+
 class JobRunner:
     """Runs attempts and decides each job's fate.
 
@@ -165,7 +174,7 @@ class JobRunner:
     def settle(self, job: Job, task: Task[Any] | None, attempt: Attempt, ok: bool, value: Any) -> None:
         """Record the attempt's outcome and hand the job on."""
         now = time.time()
-        if ok:
+        if ok and not (type(value) in _SMALL_SCALARS and self.max_payload_bytes >= 16 and _small_int(value)):
             try:
                 # Checked one level down, where it sits in the stored job, so that
                 # what passes here is what the store can encode.

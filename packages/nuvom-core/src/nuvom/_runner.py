@@ -19,7 +19,7 @@ from nuvom import serialization
 from nuvom._hooks import Hooks, call_hooks
 from nuvom._registry import TaskRegistry
 from nuvom._settings import Settings
-from nuvom._task import Task
+from nuvom._task import _SMALL_SCALARS, Task, _small_int
 from nuvom.errors import NuvomError, SerializationError, TaskNotFound, WorkerLost
 from nuvom.job import Attempt, Executor, Job, JobError, lease_secs_for
 
@@ -39,15 +39,6 @@ def error_of(exc: BaseException) -> JobError:
     err.message = err.message.encode("utf-8", "replace").decode("utf-8")
     err.traceback = tb.encode("utf-8", "replace").decode("utf-8")
     return err
-
-
-# Results that msgpack encodes in at most 9 bytes (an int only within 64 bits:
-# the check below): the size check's encoding of them is skipped.
-_SMALL_SCALARS = frozenset({type(None), bool, int, float})
-
-
-def _small_int(value: Any) -> bool:
-    return type(value) is not int or -(2**63) <= value < 2**64
 
 
 class JobRunner:
@@ -192,7 +183,8 @@ class JobRunner:
                 call_hooks(self.hooks.after_job, job, value)
             if task is not None and task.after_job is not None:
                 call_hooks([task.after_job], job, value)
-            self._report(job, "success", attempt)
+            if self.hooks.on_job_finished:
+                self._report(job, "success", attempt)
             self.finish(job)
             return
         attempt.finished_at = now

@@ -205,6 +205,8 @@ class Worker:
         self._direct = False
         # The queue writes a start mark with the outcomes before it (complete_and_start).
         self._starts_ahead = True
+        # The queue's start mark is the contract's default (writes nothing, returns True).
+        self._marks_nothing = False
         self._store_failing = False
         self._store_retry_at = 0.0
         self._store_backoff = _STORE_RETRY_FIRST
@@ -266,6 +268,7 @@ class Worker:
             mark_started=self._mark_started,
         )
         self._starts_ahead = type(queue).complete_and_start is not BaseJobQueue.complete_and_start
+        self._marks_nothing = type(queue).mark_started is BaseJobQueue.mark_started
         self._direct = (
             isinstance(queue, MemoryJobQueue) and queue.takes_directly() and self.default_executor == "thread"
         )
@@ -585,6 +588,7 @@ class Worker:
         default_timeout = self.settings.job_timeout_secs
         # The memory queue's direct claims (see `_take`); the same for the thread's life.
         take = getattr(self.queue, "take", None) if self._direct else None
+        on_threads: set[str] = set()
         while True:
             try:
                 job = inbox.popleft()
@@ -619,7 +623,13 @@ class Worker:
                     # so the queue must hand its next job to another thread.
                     self.queue.unpark(slot)  # type: ignore[attr-defined]
                 # A job claimed here, not by the dispatcher, has not been routed yet.
-                kind = self.executor_for(job)
+                # Tasks seen to run on threads are remembered (`executor_for` resolves the task).
+                if job.executor is None and job.func_name in on_threads:
+                    kind: Executor = "thread"
+                else:
+                    kind = self.executor_for(job)
+                    if kind == "thread" and job.executor is None:
+                        on_threads.add(job.func_name)
                 if kind != "thread":
                     self._route(job, kind)
                     continue
@@ -643,13 +653,12 @@ class Worker:
         if task is None:
             slot.job = None
             return True
-        timeout = effective_timeout(job.timeout_secs, default_timeout)
         attempt = runner.start(job, task)
         if attempt is None:
             slot.job = None  # another worker holds it now
             return True
         slot.task, slot.attempt = task, attempt
-        slot.deadline = time.monotonic() + timeout
+        slot.deadline = time.monotonic() + effective_timeout(job.timeout_secs, default_timeout)
         ok, value = runner.call(job, task)
         with slot.lock:
             if slot.abandoned:
@@ -810,7 +819,9 @@ class Worker:
     def _mark_started(self, job: Job) -> bool:
         """The runner's start mark: written ahead with an outcome, or now."""
         premarked = self._premarked.pop(job.id, None) if self._premarked else None
-        return self.queue.mark_started(job) if premarked is None else premarked
+        if premarked is not None:
+            return premarked
+        return True if self._marks_nothing else self.queue.mark_started(job)
 
     def _complete(self, batch: list[Job], starting: Job | None) -> None:
         if starting is None:
@@ -839,7 +850,10 @@ class Worker:
         written again after a backoff: never run again. Called with the flush lock held."""
         try:
             try:
-                self._complete(batch, starting)
+                if starting is None and self._queue is not None:
+                    self._queue.complete(batch, self.results)  # _complete's common case, a call fewer
+                else:
+                    self._complete(batch, starting)
             except SerializationError:
                 self._complete(_fail_unencodable(batch), starting)
         except Exception as exc:

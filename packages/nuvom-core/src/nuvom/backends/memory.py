@@ -209,6 +209,14 @@ class MemoryJobQueue(BaseJobQueue, BaseScheduleStore):
                 finally:
                     self._cond_waiters -= 1
 
+    def complete(self, jobs: Sequence[Job], results: BaseResultBackend) -> None:
+        # The contract's default (outcomes stored, then the claims dropped) without the list of ids.
+        results.store(jobs)
+        with self._lock:
+            claimed = self._claimed
+            for job in jobs:
+                claimed.pop(job.id, None)
+
     def ack(self, job_ids: Sequence[str]) -> None:
         with self._lock:
             for job_id in job_ids:

@@ -335,7 +335,9 @@ class Job(BaseModel):
         """A worker claimed it: this claim is the job's next attempt. In storage
         it counts once the job starts (``BaseJobQueue.mark_started``), so a run
         lost with its worker is counted and a claim that never started is not."""
-        self.__dict__.update(status=JobStatus.RUNNING, attempts=self.attempts + claims)
+        values = self.__dict__
+        values["status"] = JobStatus.RUNNING
+        values["attempts"] += claims
 
     def mark_handed_back(self) -> None:
         """Claimed but never started (a stopping worker): the claim is undone."""

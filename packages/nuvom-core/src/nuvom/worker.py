@@ -257,6 +257,8 @@ class Worker:
         }
         plugins = self.app.plugins
         plugins.start(self.settings, extras=extras)
+        self._starts_ahead = type(queue).complete_and_start is not BaseJobQueue.complete_and_start
+        self._marks_nothing = type(queue).mark_started is BaseJobQueue.mark_started
         self.runner = JobRunner(
             registry=self.registry,
             settings=self.settings,
@@ -265,10 +267,10 @@ class Worker:
             may_import=self._may_import,
             finish=self._finish,
             retry=self._retry,
-            mark_started=self._mark_started,
+            # A queue whose start mark writes nothing (the contract's default) is not
+            # asked: it would say True, as would a mark written ahead (complete_and_start).
+            mark_started=None if self._marks_nothing and not self._starts_ahead else self._mark_started,
         )
-        self._starts_ahead = type(queue).complete_and_start is not BaseJobQueue.complete_and_start
-        self._marks_nothing = type(queue).mark_started is BaseJobQueue.mark_started
         self._direct = (
             isinstance(queue, MemoryJobQueue) and queue.takes_directly() and self.default_executor == "thread"
         )
@@ -595,7 +597,9 @@ class Worker:
             except IndexError:
                 if slot.abandoned or self._stopping.is_set():
                     return
-                stolen = self._steal(slot)
+                # Threads that claim for themselves hold no more than the job they run:
+                # nothing to take over from another inbox.
+                stolen = None if self._direct else self._steal(slot)
                 if stolen is not None:
                     inbox.append(stolen)
                     continue
@@ -806,11 +810,11 @@ class Worker:
         starting: Job | None = getattr(self._local, "next_start", None) if self._starts_ahead else None
         while self._finished and self._flush_lock.acquire(blocking=False):
             try:
-                while not self._store_failing:
+                # A job appended after the unlocked look below is seen by the outer
+                # loop's look once the lock is released: its thread found the lock held.
+                while self._finished and not self._store_failing:
                     with self._finished_lock:
                         batch, self._finished = self._finished, []
-                    if not batch:
-                        break
                     self._store(batch, starting)
                     starting = None
             finally:

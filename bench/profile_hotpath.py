@@ -323,8 +323,30 @@ def cpu_split(n: int, rounds: int) -> None:
             pool.submit(work, 0).result()
             return measure(lambda: [pool.submit(work, i) for i in range(n)], lambda f: f.result())
 
+    def engine_alone() -> float:
+        """The worker's CPU per job with one thread and the collector off: N jobs
+        built beforehand, queued at once, the producer blocked on the last; the
+        Python the engine runs per job, without GIL hand-offs or collections."""
+        app = App(Settings(queue_backend="memory", result_backend="memory"))
+        noop = app.task(work, name="work")
+        jobs = [noop.make_job([i], {}, app) for i in range(n)]
+        with Worker(app=app, max_workers=1):
+            noop.delay(-1).get(timeout=60)
+            gc.collect()
+            gc.disable()
+            try:
+                p0, t0 = time.process_time(), time.thread_time()
+                app.queue.enqueue_many(jobs)
+                jobs[-1].get(timeout=60)
+                p1, t1 = time.process_time(), time.thread_time()
+            finally:
+                gc.enable()
+        app.close()
+        return ((p1 - p0) - (t1 - t0)) / n * 1e6
+
     nuvom("delay")
     executor()
+    alone = sorted(engine_alone() for _ in range(rounds))
     runs: dict[str, list[dict[str, float]]] = {"executor submit+result": [], "nuvom .delay()": [], "nuvom .map()": []}
     for _ in range(rounds):
         runs["executor submit+result"].append(executor())
@@ -335,6 +357,10 @@ def cpu_split(n: int, rounds: int) -> None:
     print(f"{'':24}" + "".join(f"{f:>20}" for f in fields))
     for name, rows in runs.items():
         print(f"{name:24}" + "".join(f"{statistics.median(r[f] for r in rows):20.1f}" for f in fields))
+    print(
+        f"engine alone (1 thread, collector off, jobs queued at once): {alone[0]:.1f} us a job at best, "
+        f"median {statistics.median(alone):.1f}"
+    )
 
 
 def main() -> None:

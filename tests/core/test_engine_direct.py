@@ -132,6 +132,20 @@ def test_a_delayed_job_wakes_a_parked_sink_without_handing_it_over() -> None:
     assert queue.take(sink) is None and list(sink.inbox) == [later]
 
 
+def test_a_claimer_blocked_in_pop_batch_still_hears_of_a_delayed_job_beside_a_parked_sink() -> None:
+    queue, sink = MemoryJobQueue(), Sink()
+    queue.take(sink)
+    got: list[list[Job]] = []
+    claimer = threading.Thread(target=lambda: got.append(queue.pop_batch(1, timeout=30)))
+    claimer.start()
+    wait_until(lambda: queue._cond_waiters == 1)
+    due = time.time() + 0.2
+    later = job(not_before=due)
+    queue.enqueue(later)  # the parked sink is woken too, but takes nothing until it takes again
+    claimer.join(5)  # told of the job, it waits until it is due, not the 30 s it began with
+    assert not claimer.is_alive() and got == [[later]] and time.time() >= due
+
+
 def test_a_subclass_that_claims_its_own_way_is_not_taken_from_directly() -> None:
     class Counting(MemoryJobQueue):
         def pop_batch(self, batch_size, timeout=0.0):

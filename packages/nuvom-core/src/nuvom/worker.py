@@ -588,7 +588,7 @@ class Worker:
         assert runner is not None
         inbox, wake = slot.inbox, slot.wake
         default_timeout = self.settings.job_timeout_secs
-        # The memory queue's direct claims (see `_take`); the same for the thread's life.
+        # The memory queue's direct claims (MemoryJobQueue.take), fixed for the thread's life.
         take = getattr(self.queue, "take", None) if self._direct else None
         on_threads: set[str] = set()
         while True:

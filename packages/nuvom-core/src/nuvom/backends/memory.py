@@ -71,6 +71,7 @@ class MemoryJobQueue(BaseJobQueue, BaseScheduleStore):
             return
         with self._lock:
             not_before = job.not_before
+            handed = False
             if not_before is not None and not_before > time.time():
                 heapq.heappush(self._delayed, (not_before, next(self._seq), job))
                 woken = self._parked.popleft() if self._parked else None  # to wait until it is due
@@ -81,13 +82,15 @@ class MemoryJobQueue(BaseJobQueue, BaseScheduleStore):
                 job.mark_claimed()
                 self._claimed[job.id] = job
                 woken.inbox.append(job)
+                handed = True
             else:
                 self._ready.append(job)
                 woken = None
             if woken is not None:
                 woken.parked = False
-            elif self._cond_waiters:
-                # One claimer woken per job, not every waiting one (notify_all).
+            if self._cond_waiters and not handed:
+                # One claimer woken per job, not every waiting one (notify_all); a
+                # delayed job may be due before what a waiting claimer waits for.
                 self._cond.notify()
         if woken is not None:
             woken.handoff()

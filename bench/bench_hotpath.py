@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import gc
 import importlib.util
 import json
 import os
@@ -159,6 +160,9 @@ def run_memory(n: int, mode: str) -> float:
     noop = app.task(work, name="work")
     with Worker(app=app, max_workers=4):
         noop.delay(-1).get(timeout=60)
+        # The previous round's jobs are garbage in cycles (job -> app -> results -> job):
+        # collected here, not inside this round's timing (the executor's rounds get the same).
+        gc.collect()
         start = time.perf_counter()
         jobs = [noop.delay(i) for i in range(n)] if mode == "delay" else noop.map(range(n))
         for i, job in enumerate(jobs):
@@ -171,6 +175,8 @@ def run_memory(n: int, mode: str) -> float:
 
 def run_executor(n: int) -> float:
     with ThreadPoolExecutor(max_workers=4) as pool:
+        pool.submit(work, 0).result()  # its first thread started, as the worker's are
+        gc.collect()
         start = time.perf_counter()
         futures = [pool.submit(work, i) for i in range(n)]
         for f in futures:
@@ -354,7 +360,15 @@ def main() -> None:
     parser.add_argument("--huey-jobs", type=int, default=1000)
     parser.add_argument("--write-docs", action="store_true", help="rewrite the hot-path table of docs/benchmarks.md")
     parser.add_argument("--json", type=Path, help="also write the medians (jobs/s, producer us/job) to this file")
+    parser.add_argument(
+        "--memory-only",
+        action="store_true",
+        help="only the in-process rows (memory vs the executor), with each round's ratios; for A/B runs",
+    )
     args = parser.parse_args()
+    if args.memory_only:
+        memory_only(args)
+        return
 
     have_huey = importlib.util.find_spec("huey") is not None
     have_sqlite = importlib.util.find_spec("nuvom.sqlite") is not None
@@ -425,6 +439,29 @@ def main() -> None:
     if args.write_docs:
         write_docs(rows)
         print(f"\nrewrote the hot-path section of {DOCS}")
+
+
+def memory_only(args: argparse.Namespace) -> None:
+    """The memory rows alone, interleaved, with the ratio of every round (the
+    executor of the same round as the base): the quick A/B of an engine change."""
+    run_memory(500, "delay")
+    run_executor(500)
+    rates: dict[str, list[float]] = {"executor": [], "memory delay": [], "memory map": []}
+    for r in range(args.rounds):
+        order = ["delay", "map"] if r % 2 == 0 else ["map", "delay"]
+        for mode in order:
+            rates[f"memory {mode}"].append(args.mem_jobs / run_memory(args.mem_jobs, mode))
+        rates["executor"].append(args.mem_jobs / run_executor(args.mem_jobs))
+    print(f"{machine()}; {args.rounds} rounds of {args.mem_jobs} jobs")
+    for key, values in rates.items():
+        line = f"{key:14} median {med(values):9,.0f} jobs/s"
+        if key != "executor":
+            ratios = [a / b for a, b in zip(values, rates["executor"])]
+            line += f"  {med(values) / med(rates['executor']):.2f}x of the median executor; per round: "
+            line += ", ".join(f"{x:.2f}" for x in ratios) + f" (median {med(ratios):.2f})"
+        print(line)
+    if args.json:
+        args.json.write_text(json.dumps(rates, indent=1))
 
 
 def render(

@@ -1,6 +1,7 @@
 """Where a job's time goes on the hot path, per phase, measured with yappi (all threads, CPU clock).
 
     python bench/profile_hotpath.py [--jobs 10000]   # needs `pip install yappi`; sqlite part needs nuvom-sqlite
+    python bench/profile_hotpath.py --jobs 5000 --cpu-split 5   # untraced CPU per job by thread (memory)
 
 Two runs, each under yappi:
 
@@ -275,11 +276,104 @@ def direct_timings(n: int) -> None:
         print(f"{label:58} {us:8.2f} us")
 
 
+def cpu_split(n: int, rounds: int) -> None:
+    """Untraced CPU per job of the memory path by thread, against the executor:
+    the process's CPU time (``time.process_time``) and the producer thread's
+    (``time.thread_time``) over N ``.delay()`` (or one ``.map()``) then ``get()``
+    of each; the worker's threads are the difference. Medians of interleaved
+    rounds; each round starts after a ``gc.collect()`` (see bench_hotpath)."""
+    import gc
+    import statistics
+    from concurrent.futures import ThreadPoolExecutor
+
+    from nuvom.app import App
+    from nuvom.config import Settings
+    from nuvom.worker import Worker
+
+    def measure(enqueue: Any, get: Any) -> dict[str, float]:
+        gc.collect()
+        p0, t0, w0 = time.process_time(), time.thread_time(), time.perf_counter()
+        handles = enqueue()
+        t1 = time.thread_time()
+        for handle in handles:
+            get(handle)
+        p2, t2, w2 = time.process_time(), time.thread_time(), time.perf_counter()
+        return {
+            "total": (p2 - p0) / n * 1e6,
+            "producer: enqueue": (t1 - t0) / n * 1e6,
+            "producer: get": (t2 - t1) / n * 1e6,
+            "worker threads": ((p2 - p0) - (t2 - t0)) / n * 1e6,
+            "jobs/s": n / (w2 - w0),
+        }
+
+    def nuvom(mode: str) -> dict[str, float]:
+        app = App(Settings(queue_backend="memory", result_backend="memory"))
+        noop = app.task(work, name="work")
+        with Worker(app=app, max_workers=4):
+            noop.delay(-1).get(timeout=60)
+            if mode == "delay":
+                out = measure(lambda: [noop.delay(i) for i in range(n)], lambda j: j.get(timeout=60))
+            else:
+                out = measure(lambda: noop.map(range(n)), lambda j: j.get(timeout=60))
+        app.close()
+        return out
+
+    def executor() -> dict[str, float]:
+        with ThreadPoolExecutor(4) as pool:
+            pool.submit(work, 0).result()
+            return measure(lambda: [pool.submit(work, i) for i in range(n)], lambda f: f.result())
+
+    def engine_alone() -> float:
+        """The worker's CPU per job with one thread and the collector off: N jobs
+        built beforehand, queued at once, the producer blocked on the last; the
+        Python the engine runs per job, without GIL hand-offs or collections."""
+        app = App(Settings(queue_backend="memory", result_backend="memory"))
+        noop = app.task(work, name="work")
+        jobs = [noop.make_job([i], {}, app) for i in range(n)]
+        with Worker(app=app, max_workers=1):
+            noop.delay(-1).get(timeout=60)
+            gc.collect()
+            gc.disable()
+            try:
+                p0, t0 = time.process_time(), time.thread_time()
+                app.queue.enqueue_many(jobs)
+                jobs[-1].get(timeout=60)
+                p1, t1 = time.process_time(), time.thread_time()
+            finally:
+                gc.enable()
+        app.close()
+        return ((p1 - p0) - (t1 - t0)) / n * 1e6
+
+    nuvom("delay")
+    executor()
+    alone = sorted(engine_alone() for _ in range(rounds))
+    runs: dict[str, list[dict[str, float]]] = {"executor submit+result": [], "nuvom .delay()": [], "nuvom .map()": []}
+    for _ in range(rounds):
+        runs["executor submit+result"].append(executor())
+        runs["nuvom .delay()"].append(nuvom("delay"))
+        runs["nuvom .map()"].append(nuvom("map"))
+    fields = list(runs["nuvom .delay()"][0])
+    print(f"\n== untraced CPU us per job by thread, memory, medians of {rounds} interleaved rounds of {n} jobs")
+    print(f"{'':24}" + "".join(f"{f:>20}" for f in fields))
+    for name, rows in runs.items():
+        print(f"{name:24}" + "".join(f"{statistics.median(r[f] for r in rows):20.1f}" for f in fields))
+    print(
+        f"engine alone (1 thread, collector off, jobs queued at once): {alone[0]:.1f} us a job at best, "
+        f"median {statistics.median(alone):.1f}"
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--jobs", type=int, default=10_000)
     parser.add_argument("--direct-only", action="store_true", help="only the untraced timings (no yappi runs)")
+    parser.add_argument(
+        "--cpu-split", type=int, metavar="ROUNDS", help="only the untraced CPU per job by thread (memory), in ROUNDS"
+    )
     args: Any = parser.parse_args()
+    if args.cpu_split:
+        cpu_split(args.jobs, args.cpu_split)
+        return
     direct_timings(min(args.jobs, 5000))
     if args.direct_only:
         return

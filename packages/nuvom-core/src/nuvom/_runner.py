@@ -19,7 +19,7 @@ from nuvom import serialization
 from nuvom._hooks import Hooks, call_hooks
 from nuvom._registry import TaskRegistry
 from nuvom._settings import Settings
-from nuvom._task import Task
+from nuvom._task import _SMALL_SCALARS, Task
 from nuvom.errors import NuvomError, SerializationError, TaskNotFound, WorkerLost
 from nuvom.job import Attempt, Executor, Job, JobError, lease_secs_for
 
@@ -77,7 +77,8 @@ class JobRunner:
     def prepare(self, job: Job) -> Task[Any] | None:
         """Resolve the task and account for lost runs; ``None`` if the job was
         settled without running (unknown task, lost too often)."""
-        lost_total = job.mark_lost_runs(time.time())
+        # A first attempt with no history has no lost run to record: the call is skipped.
+        lost_total = job.mark_lost_runs(time.time()) if job.history or job.attempts > 1 else 0
         if lost_total > MAX_LOST_RUNS:
             lease = lease_secs_for(
                 job.timeout_secs, lease_secs=self.lease_secs, default_timeout_secs=self.default_timeout_secs
@@ -165,7 +166,11 @@ class JobRunner:
     def settle(self, job: Job, task: Task[Any] | None, attempt: Attempt, ok: bool, value: Any) -> None:
         """Record the attempt's outcome and hand the job on."""
         now = time.time()
-        if ok:
+        if ok and not (
+            type(value) in _SMALL_SCALARS
+            and (type(value) is not int or -(2**63) <= value < 2**64)
+            and self.max_payload_bytes >= 16
+        ):
             try:
                 # Checked one level down, where it sits in the stored job, so that
                 # what passes here is what the store can encode.
@@ -183,7 +188,8 @@ class JobRunner:
                 call_hooks(self.hooks.after_job, job, value)
             if task is not None and task.after_job is not None:
                 call_hooks([task.after_job], job, value)
-            self._report(job, "success", attempt)
+            if self.hooks.on_job_finished:
+                self._report(job, "success", attempt)
             self.finish(job)
             return
         attempt.finished_at = now

@@ -109,6 +109,8 @@ class Task(Generic[R]):
             "retry_of": None,
             "schedule_key": None,
         }
+        # The private dict of the jobs made for one app, shared by them (Job._trusted_shared).
+        self._private: tuple[App, dict[str, Any]] | None = None
         functools.update_wrapper(self, fn)
 
     # The options, by their earlier names.
@@ -248,11 +250,14 @@ class Task(Generic[R]):
     def make_job(self, args: list[Any], kwargs: dict[str, Any], app: App | None = None) -> Job:
         """Build (and check) a job for this task without queueing it."""
         app = app or self._app()
-        try:
-            size = len(serialization.dumps([args, kwargs]))
-        except SerializationError as exc:
-            raise SerializationError(f"task {self.name!r}: {_which_argument(args, kwargs)} {exc}") from None
         limit = app.settings.max_payload_bytes
+        if kwargs or len(args) > 4 or limit < 64 or not all(type(a) in _SMALL_SCALARS and _small_int(a) for a in args):
+            try:
+                size = len(serialization.dumps([args, kwargs]))
+            except SerializationError as exc:
+                raise SerializationError(f"task {self.name!r}: {_which_argument(args, kwargs)} {exc}") from None
+        else:
+            size = 0  # a few scalars msgpack encodes in 9 bytes each at most: within any limit of 64 or more
         if size > limit:
             raise SerializationError(
                 f"task {self.name!r}: arguments are {size} bytes encoded, over the limit of {limit} "
@@ -267,7 +272,18 @@ class Task(Generic[R]):
         values["tags"] = list(self.options.tags)
         values["created_at"] = time.time()
         values["history"] = []
-        return Job.trusted(values, app)
+        shared = self._private
+        if shared is None or shared[0] is not app:
+            shared = self._private = (app, {"_app": app})
+        return Job._trusted_shared(values, shared[1])
+
+
+# Arguments msgpack encodes in at most 9 bytes each (an int only within 64 bits).
+_SMALL_SCALARS = frozenset({type(None), bool, int, float})
+
+
+def _small_int(value: Any) -> bool:
+    return type(value) is not int or -(2**63) <= value < 2**64
 
 
 def _which_argument(args: list[Any], kwargs: dict[str, Any]) -> str:

@@ -25,6 +25,7 @@
 
 from __future__ import annotations
 
+import _thread
 import logging
 import os
 import signal
@@ -43,6 +44,7 @@ from nuvom._runner import JobRunner, error_of
 from nuvom._scheduler import SchedulerLoop, register_declared
 from nuvom._settings import Settings
 from nuvom.app import App, default_app
+from nuvom.backends.memory import MemoryJobQueue
 from nuvom.errors import SerializationError
 from nuvom.job import Executor, Job, JobError, JobStatus, effective_timeout
 from nuvom.plugins.contracts import BaseJobQueue, BaseResultBackend
@@ -57,23 +59,56 @@ _DISPATCH_WAIT = 0.2
 _SIGNAL_POLL = 0.1
 # Longest the watchdog sleeps; bounds how late a timeout is noticed.
 _WATCHDOG_TICK = 0.1
+# Longest a thread parked in the memory queue sleeps before looking again for a delayed job.
+_MAX_PARK = 3600.0
 # Storing finished jobs failed: try again after this, doubling up to the maximum.
 _STORE_RETRY_FIRST = 0.2
 _STORE_RETRY_MAX = 5.0
 
 
+class _Wake:
+    """An auto-reset wake-up on one bare lock, held while not set: ``set()``
+    releases it, a ``wait()`` that returns took it back. The cheapest hand-off
+    between threads CPython has (an Event is a Condition and two locks, a
+    Python frame on each side); a wake-up may be spurious, so whoever waits
+    looks again at what it waits for."""
+
+    __slots__ = ("_lock",)
+
+    def __init__(self) -> None:
+        self._lock = _thread.allocate_lock()
+        self._lock.acquire()
+
+    def set(self) -> None:
+        try:
+            self._lock.release()
+        except RuntimeError:
+            pass  # set already
+
+    def clear(self) -> None:
+        self._lock.acquire(False)
+
+    def wait(self, timeout: float | None = None) -> bool:
+        return self._lock.acquire(True, -1 if timeout is None else max(0.0, timeout))
+
+
 class _Slot:
-    """One worker thread: its inbox and what it is running."""
+    """One worker thread: its inbox and what it is running. Also a sink of the
+    memory queue (:meth:`MemoryJobQueue.take`): while idle it may be parked
+    there, to have the next job queued claimed and put in its inbox directly."""
 
     __slots__ = (
         "abandoned",
         "attempt",
+        "closed",
         "deadline",
+        "handoff",
         "idle",
         "inbox",
         "index",
         "job",
         "lock",
+        "parked",
         "task",
         "thread",
         "timed_out",
@@ -83,7 +118,10 @@ class _Slot:
     def __init__(self, index: int) -> None:
         self.index = index
         self.inbox: deque[Job] = deque()
-        self.wake = threading.Event()
+        self.wake = _Wake()
+        self.handoff = self.wake.set
+        self.parked = False  # the memory queue's to change, under its lock
+        self.closed = False
         self.idle = False  # waiting on `wake`: only then does a new job need to set it
         self.lock = threading.Lock()
         self.job: Job | None = None
@@ -161,6 +199,14 @@ class Worker:
         # the mark returned. Read (and dropped) when that job starts.
         self._premarked: dict[str, bool] = {}
         self._local = threading.local()
+        # The dispatcher waits for room: only then must freeing some notify it.
+        self._room_waiting = False
+        # Threads claim for themselves from the memory queue (`_work`), set at start.
+        self._direct = False
+        # The queue writes a start mark with the outcomes before it (complete_and_start).
+        self._starts_ahead = True
+        # The queue's start mark is the contract's default (writes nothing, returns True).
+        self._marks_nothing = False
         self._store_failing = False
         self._store_retry_at = 0.0
         self._store_backoff = _STORE_RETRY_FIRST
@@ -211,6 +257,8 @@ class Worker:
         }
         plugins = self.app.plugins
         plugins.start(self.settings, extras=extras)
+        self._starts_ahead = type(queue).complete_and_start is not BaseJobQueue.complete_and_start
+        self._marks_nothing = type(queue).mark_started is BaseJobQueue.mark_started
         self.runner = JobRunner(
             registry=self.registry,
             settings=self.settings,
@@ -219,7 +267,12 @@ class Worker:
             may_import=self._may_import,
             finish=self._finish,
             retry=self._retry,
-            mark_started=self._mark_started,
+            # A queue whose start mark writes nothing (the contract's default) is not
+            # asked: it would say True, as would a mark written ahead (complete_and_start).
+            mark_started=None if self._marks_nothing and not self._starts_ahead else self._mark_started,
+        )
+        self._direct = (
+            isinstance(queue, MemoryJobQueue) and queue.takes_directly() and self.default_executor == "thread"
         )
         for i in range(self.max_workers):
             self._spawn(_Slot(i))
@@ -263,6 +316,10 @@ class Worker:
         executors = list(self._executors.values())
         for ex in executors:
             ex.begin_stop()
+        if isinstance(self.queue, MemoryJobQueue):
+            # No more jobs handed or taken (`_work`): whatever is in an inbox now goes back.
+            for slot in list(self._slots):
+                self.queue.unpark(slot, close=True)
         # Jobs claimed but not started go back untouched: undo the claim's attempt.
         unstarted: list[Job] = []
         for slot in self._slots:
@@ -435,15 +492,33 @@ class Worker:
                 ex.start()
                 self._executors[kind] = ex
                 log.info("worker %s: %s executor started", self.worker_id, kind)
+                if self._direct:
+                    self._end_direct()
         return ex
 
+    def _end_direct(self) -> None:
+        """Claim through the dispatcher from now on: it alone knows the room the
+        event loop and the process pool have (threads claiming for themselves
+        would take every waiting job of theirs)."""
+        self._direct = False
+        queue = self.queue
+        for slot in list(self._slots):
+            queue.unpark(slot)  # type: ignore[attr-defined]
+            slot.wake.set()
+        self._notify_room()
+
     def _notify_room(self) -> None:
-        with self._room:
-            self._room.notify()
+        if self._room_waiting:
+            with self._room:
+                self._room.notify()
 
     def _room_left(self) -> int:
-        # Finished jobs not yet stored still hold their claims: they count.
-        room = max(0, self.capacity - sum(map(_load, self._slots)) - len(self._unstored))
+        if self._direct and not self._store_failing:
+            # The threads claim for themselves (`_work`): nothing to claim for them here.
+            room = 0
+        else:
+            # Finished jobs not yet stored still hold their claims: they count.
+            room = max(0, self.capacity - sum(map(_load, self._slots)) - len(self._unstored))
         for ex in list(self._executors.values()):
             room += max(0, ex.room())
         return room
@@ -453,10 +528,14 @@ class Worker:
         failing: str | None = None  # the claim error being reported, logged once
         while not self._stopping.is_set():
             with self._room:
+                # Set before room is counted: whoever frees room after the count
+                # sees the flag and notifies (they skip the Condition otherwise).
+                self._room_waiting = True
                 room = self._room_left()
                 if room <= 0:
                     self._room.wait(_DISPATCH_WAIT)
                     continue
+                self._room_waiting = False
             want = min(batch_size, room)
             try:
                 jobs = queue.pop_batch(want, timeout=_DISPATCH_WAIT)
@@ -497,18 +576,37 @@ class Worker:
             if to_loop:
                 self._executor("async").submit_many(to_loop)
 
+    def _route(self, job: Job, kind: Executor) -> None:
+        """A job a thread claimed for itself that runs elsewhere (the event loop, a child process)."""
+        if kind == "async":
+            self._executor(kind).submit_many([job])
+        else:
+            self._executor(kind).submit(job)
+
     def _work(self, slot: _Slot) -> None:
         runner = self.runner
         assert runner is not None
         inbox, wake = slot.inbox, slot.wake
         default_timeout = self.settings.job_timeout_secs
+        # The memory queue's direct claims (MemoryJobQueue.take), fixed for the thread's life.
+        take = getattr(self.queue, "take", None) if self._direct else None
+        on_threads: set[str] = set()
         while True:
-            try:
-                job = inbox.popleft()
-            except IndexError:
+            job: Job | None = None
+            # Looked at first: an empty inbox is the common case between jobs, and
+            # popleft()'s IndexError costs more than the look (a stop may still
+            # empty it in between).
+            if inbox:
+                try:
+                    job = inbox.popleft()
+                except IndexError:
+                    pass
+            if job is None:
                 if slot.abandoned or self._stopping.is_set():
                     return
-                stolen = self._steal(slot)
+                # Threads that claim for themselves hold no more than the job they run:
+                # nothing to take over from another inbox.
+                stolen = None if self._direct else self._steal(slot)
                 if stolen is not None:
                     inbox.append(stolen)
                     continue
@@ -516,10 +614,36 @@ class Worker:
                 # after that look finds `idle` set and sets `wake`.
                 wake.clear()
                 slot.idle = True
-                if not inbox:
+                if take is not None and self._direct and not self._store_failing:
+                    # Claim the next job here, or park in the queue to be handed the
+                    # next one queued: no dispatcher thread between queue and runner.
+                    next_due = take(slot)
+                    if not inbox:
+                        if self._stopping.is_set():
+                            wake.wait(_DISPATCH_WAIT)
+                        else:
+                            # Woken by the job handed over, or when a delayed one is due.
+                            wake.wait(None if next_due is None else min(_MAX_PARK, next_due - time.time() + 0.001))
+                elif not inbox:
                     wake.wait(_DISPATCH_WAIT if self._stopping.is_set() else None)
                 slot.idle = False
                 continue
+            if take is not None:
+                if slot.parked:
+                    # Woken by the dispatcher or a stop, not by the queue: busy now,
+                    # so the queue must hand its next job to another thread.
+                    self.queue.unpark(slot)  # type: ignore[attr-defined]
+                # A job claimed here, not by the dispatcher, has not been routed yet.
+                # Tasks seen to run on threads are remembered (`executor_for` resolves the task).
+                if job.executor is None and job.func_name in on_threads:
+                    kind: Executor = "thread"
+                else:
+                    kind = self.executor_for(job)
+                    if kind == "thread" and job.executor is None:
+                        on_threads.add(job.func_name)
+                if kind != "thread":
+                    self._route(job, kind)
+                    continue
             slot.job = job
             try:
                 if not self._run(slot, job, runner, default_timeout):
@@ -532,28 +656,30 @@ class Worker:
 
     def _run(self, slot: _Slot, job: Job, runner: JobRunner, default_timeout: float) -> bool:
         """One job in this thread; ``False`` if the thread was abandoned meanwhile."""
-        if not slot.inbox:
+        if not slot.inbox and self._room_waiting and not self._direct:
             # Running the last job of this inbox: ask the dispatcher for more now,
             # so the thread does not go idle waiting for a claim.
-            with self._room:
-                self._room.notify()
+            self._notify_room()
         task = runner.prepare(job)
         if task is None:
             slot.job = None
             return True
-        timeout = effective_timeout(job.timeout_secs, default_timeout)
         attempt = runner.start(job, task)
         if attempt is None:
             slot.job = None  # another worker holds it now
             return True
         slot.task, slot.attempt = task, attempt
-        slot.deadline = time.monotonic() + timeout
+        # effective_timeout(), inline: this runs for every job.
+        slot.deadline = time.monotonic() + (job.timeout_secs or default_timeout)
         ok, value = runner.call(job, task)
         with slot.lock:
             if slot.abandoned:
                 return False
             slot.job = slot.task = slot.attempt = slot.deadline = None
             slot.timed_out = False
+        if not self._starts_ahead:
+            runner.settle(job, task, attempt, ok, value)
+            return True
         # If this thread stores the outcome, the start mark of its next job goes
         # in the same write (one transaction on SQLite instead of two).
         try:
@@ -689,14 +815,14 @@ class Worker:
     def _flush(self) -> None:
         # Group commit: one thread writes everything finished so far; threads
         # that finish meanwhile just leave their job for it.
-        starting: Job | None = getattr(self._local, "next_start", None)
+        starting: Job | None = getattr(self._local, "next_start", None) if self._starts_ahead else None
         while self._finished and self._flush_lock.acquire(blocking=False):
             try:
-                while not self._store_failing:
+                # A job appended after the unlocked look below is seen by the outer
+                # loop's look once the lock is released: its thread found the lock held.
+                while self._finished and not self._store_failing:
                     with self._finished_lock:
                         batch, self._finished = self._finished, []
-                    if not batch:
-                        break
                     self._store(batch, starting)
                     starting = None
             finally:
@@ -704,8 +830,10 @@ class Worker:
 
     def _mark_started(self, job: Job) -> bool:
         """The runner's start mark: written ahead with an outcome, or now."""
-        premarked = self._premarked.pop(job.id, None)
-        return self.queue.mark_started(job) if premarked is None else premarked
+        premarked = self._premarked.pop(job.id, None) if self._premarked else None
+        if premarked is not None:
+            return premarked
+        return True if self._marks_nothing else self.queue.mark_started(job)
 
     def _complete(self, batch: list[Job], starting: Job | None) -> None:
         if starting is None:
@@ -734,7 +862,10 @@ class Worker:
         written again after a backoff: never run again. Called with the flush lock held."""
         try:
             try:
-                self._complete(batch, starting)
+                if starting is None and self._queue is not None:
+                    self._queue.complete(batch, self.results)  # _complete's common case, a call fewer
+                else:
+                    self._complete(batch, starting)
             except SerializationError:
                 self._complete(_fail_unencodable(batch), starting)
         except Exception as exc:
@@ -757,8 +888,14 @@ class Worker:
             self._store_failing = False
             self._store_backoff = _STORE_RETRY_FIRST
             _safe_log(log.warning, "storing finished jobs works again; %d job(s) stored", len(batch))
-        with self._room:
-            self._room.notify()
+            if self._direct:
+                # Threads that stopped claiming while storing failed claim again.
+                for slot in list(self._slots):
+                    if slot.idle:
+                        slot.wake.set()
+        elif self._direct:
+            return  # the room freed here is the threads', who claim for themselves
+        self._notify_room()
 
     def _retry(self, job: Job) -> None:
         self._handback([job])

@@ -14,7 +14,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from nuvom.job import TERMINAL_STATUSES, Job, JobStatus
 from nuvom.plugins.contracts import BaseJobQueue, BaseResultBackend, BaseScheduleStore
@@ -23,7 +23,20 @@ from nuvom.schedule import Schedule, tick_ms
 if TYPE_CHECKING:
     from nuvom._settings import Settings
 
-__all__ = ["MemoryJobQueue", "MemoryResultBackend"]
+__all__ = ["MemoryJobQueue", "MemoryResultBackend", "Sink"]
+
+
+class Sink(Protocol):
+    """An idle claimer :meth:`MemoryJobQueue.take` can hand jobs to. ``parked``
+    and ``closed`` are the queue's to change, under its lock (``parked``: the
+    sink waits in the queue; ``closed``: it takes no more jobs)."""
+
+    inbox: deque[Job]
+    parked: bool
+    closed: bool
+
+    def handoff(self) -> None:
+        """A job was put in ``inbox`` (or one is due later): wake up. Called with no lock held."""
 
 
 class MemoryJobQueue(BaseJobQueue, BaseScheduleStore):
@@ -41,6 +54,10 @@ class MemoryJobQueue(BaseJobQueue, BaseScheduleStore):
         self._delayed: list[tuple[float, int, Job]] = []
         self._seq = itertools.count()
         self._claimed: dict[str, Job] = {}
+        # Idle claimers waiting for a job handed to them directly (see `take`).
+        self._parked: deque[Sink] = deque()
+        # Claimers blocked in pop_batch: enqueue notifies the Condition only for them.
+        self._cond_waiters = 0
         self._schedules: dict[str, Schedule] = {}
         # Claimed ticks per schedule (ms); older ones are pruned, the next_run_at check covers them.
         self._ticks: dict[str, set[int]] = {}
@@ -54,22 +71,99 @@ class MemoryJobQueue(BaseJobQueue, BaseScheduleStore):
             return
         with self._lock:
             not_before = job.not_before
+            handed = False
             if not_before is not None and not_before > time.time():
                 heapq.heappush(self._delayed, (not_before, next(self._seq), job))
+                woken = self._parked.popleft() if self._parked else None  # to wait until it is due
+            elif self._parked:
+                # An idle claimer is waiting: the job is claimed for it and handed
+                # over, with no claimer thread in between.
+                woken = self._parked.popleft()
+                job.mark_claimed()
+                self._claimed[job.id] = job
+                woken.inbox.append(job)
+                handed = True
             else:
                 self._ready.append(job)
-            # One claimer woken per job, not every waiting one (notify_all).
-            self._cond.notify()
+                woken = None
+            if woken is not None:
+                woken.parked = False
+            if self._cond_waiters and not handed:
+                # One claimer woken per job, not every waiting one (notify_all); a
+                # delayed job may be due before what a waiting claimer waits for.
+                self._cond.notify()
+        if woken is not None:
+            woken.handoff()
 
     def enqueue_many(self, jobs: Sequence[Job]) -> None:
         now = time.time()
+        woken: list[Sink] = []
         with self._lock:
+            parked = self._parked
             for job in jobs:
                 if job.not_before is not None and job.not_before > now:
                     heapq.heappush(self._delayed, (job.not_before, next(self._seq), job))
+                    if parked:
+                        woken.append(parked.popleft())  # to wait until it is due
+                elif parked:
+                    sink = parked.popleft()
+                    job.mark_claimed()
+                    self._claimed[job.id] = job
+                    sink.inbox.append(job)
+                    woken.append(sink)
                 else:
                     self._ready.append(job)
-            self._cond.notify(len(jobs))
+            for sink in woken:
+                sink.parked = False
+            if self._cond_waiters:
+                self._cond.notify(len(jobs))
+        for sink in woken:
+            sink.handoff()
+
+    # -- direct hand-off to idle claimers (the in-process worker's threads) ----
+    def take(self, sink: Sink) -> float | None:
+        """Claim one due job into ``sink.inbox``, or park ``sink`` so that the
+        next job queued is claimed for it and put there directly, and
+        ``sink.handoff()`` called (with no lock held) to wake it.
+
+        A parked sink is also woken, with nothing handed, when a job with a
+        not-before time is queued: it then takes again, to wait until that job
+        is due. Returns when the next delayed job is due (``None``: no delayed
+        job), so that the caller waits until then at most. A sink whose
+        ``closed`` is true is neither given a job nor parked."""
+        with self._lock:
+            if sink.closed:
+                return None
+            if self._delayed:
+                self._promote_due()
+            if self._ready:
+                job = self._ready.popleft()
+                job.mark_claimed()
+                self._claimed[job.id] = job
+                sink.inbox.append(job)
+            elif not sink.parked:
+                sink.parked = True
+                self._parked.append(sink)
+            return self._delayed[0][0] if self._delayed else None
+
+    def unpark(self, sink: Sink, *, close: bool = False) -> None:
+        """Stop handing jobs to ``sink``; ``close``: for good (it takes none either)."""
+        with self._lock:
+            if close:
+                sink.closed = True
+            if sink.parked:
+                sink.parked = False
+                self._parked.remove(sink)
+
+    def takes_directly(self) -> bool:
+        """Whether a worker may claim through :meth:`take`: not when a subclass
+        changes how jobs are claimed (its claims would be bypassed)."""
+        cls = type(self)
+        return (
+            cls.pop_batch is MemoryJobQueue.pop_batch
+            and cls.claim is MemoryJobQueue.claim
+            and cls._claim_locked is MemoryJobQueue._claim_locked
+        )
 
     def _promote_due(self) -> float | None:
         """Move due delayed jobs to the ready deque; returns the next due time."""
@@ -112,7 +206,19 @@ class MemoryJobQueue(BaseJobQueue, BaseScheduleStore):
                 if next_due is not None:
                     until_due = max(0.0, next_due - time.time())
                     wait = until_due if wait is None else min(wait, until_due)
-                self._cond.wait(wait)
+                self._cond_waiters += 1
+                try:
+                    self._cond.wait(wait)
+                finally:
+                    self._cond_waiters -= 1
+
+    def complete(self, jobs: Sequence[Job], results: BaseResultBackend) -> None:
+        # The contract's default (outcomes stored, then the claims dropped) without the list of ids.
+        results.store(jobs)
+        with self._lock:
+            claimed = self._claimed
+            for job in jobs:
+                claimed.pop(job.id, None)
 
     def ack(self, job_ids: Sequence[str]) -> None:
         with self._lock:

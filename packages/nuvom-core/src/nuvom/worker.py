@@ -458,8 +458,11 @@ class Worker:
                     self._room.wait(_DISPATCH_WAIT)
                     continue
             want = min(batch_size, room)
+            # Threads waiting with nothing queued run what they get at once: those
+            # jobs' start marks go with the claim (BaseJobQueue.pop_batch_starting).
+            idle = [s for s in self._slots if s.idle and not s.inbox and s.job is None]
             try:
-                jobs = queue.pop_batch(want, timeout=_DISPATCH_WAIT)
+                jobs = queue.pop_batch_starting(want, timeout=_DISPATCH_WAIT, start=min(len(idle), want))
             except Exception as exc:
                 # One line per change of state, not one a second: a store that is
                 # read-only or corrupt says so once, and once more when it recovers.
@@ -482,7 +485,10 @@ class Worker:
                 return
             slots = self._slots
             to_loop: list[Job] = []
-            for job in jobs:
+            premarked = min(len(idle), len(jobs))
+            for i, job in enumerate(jobs):
+                if i < premarked:
+                    self._premarked[job.id] = True  # before a thread can see the job
                 kind = self.executor_for(job)
                 if kind == "async":
                     to_loop.append(job)
@@ -490,7 +496,7 @@ class Worker:
                 if kind == "process":
                     self._executor(kind).submit(job)
                     continue
-                slot = min(slots, key=_load)
+                slot = idle.pop() if i < premarked and idle else min(slots, key=_load)
                 slot.inbox.append(job)
                 if slot.idle:
                     slot.wake.set()

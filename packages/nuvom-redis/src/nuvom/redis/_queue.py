@@ -14,6 +14,7 @@ undoes the attempt of an expired claim that is not there.
 
 from __future__ import annotations
 
+import importlib
 import logging
 import os
 import socket
@@ -32,6 +33,16 @@ from nuvom.redis._schedules import RedisSchedules
 from nuvom.redis._settings import RedisSettings, load_redis_settings
 
 from redis.exceptions import NoScriptError, ResponseError
+
+
+def _hiredis_packer() -> Any:
+    try:
+        return importlib.import_module("hiredis").pack_command
+    except (ImportError, AttributeError):  # the optional extra is not installed: redis-py packs
+        return None
+
+
+_pack_command = _hiredis_packer()
 
 if TYPE_CHECKING:
     from nuvom.config import Settings
@@ -144,7 +155,7 @@ class RedisJobQueue(BaseJobQueue, RedisSchedules):
 
         def run() -> Any:
             tries[0] += 1
-            return self._enqueue(args=args, client=self.conn.own())
+            return _evalsha(self.conn.own(), self._enqueue, args)
 
         dup = self.conn.run("queueing jobs", run)
         # A retry after a lost reply finds its own jobs already queued: that is success.
@@ -165,7 +176,7 @@ class RedisJobQueue(BaseJobQueue, RedisSchedules):
         """Claimed jobs (the first ``start`` start-marked), and (when fewer than
         ``batch_size``) seconds until something may be due."""
         sent = time.monotonic()  # the server's claim (and its lease) comes after this
-        reply = self._claim(args=self._claim_args(batch_size, start), client=self.conn.own())
+        reply = _evalsha(self.conn.own(), self._claim, self._claim_args(batch_size, start))
         return self._claimed(reply, sent, start)
 
     def _wait_and_claim(self, batch_size: int, block: float, start: int) -> tuple[list[Job], float | None]:
@@ -178,7 +189,7 @@ class RedisJobQueue(BaseJobQueue, RedisSchedules):
             ("EVALSHA", self._claim.sha, 0, *self._claim_args(batch_size, start)),
         ]
         try:
-            conn.send_packed_command(conn.pack_commands(commands))
+            conn.send_packed_command(_pack(conn, commands))
             conn.read_response()
             # The claim ran as BLPOP returned, before its reply arrived here: its
             # lease began at most one trip from the server before this.
@@ -398,15 +409,7 @@ class RedisJobQueue(BaseJobQueue, RedisSchedules):
             return True  # not claimed through this object: nothing to fence
 
         def run() -> Any:
-            client = self.conn.own()
-            # A plain EVALSHA on this thread's connection: on every job's path,
-            # redis-py's command machinery costs about as much CPU as the trip.
-            [reply] = _pipelined(client, [("EVALSHA", self._start.sha, 0, *args)])
-            if isinstance(reply, NoScriptError):  # a restarted server: load the script
-                return self._start(args=args, client=client)
-            if isinstance(reply, Exception):
-                raise reply
-            return reply
+            return _evalsha(self.conn.own(), self._start, args)
 
         started = self.conn.run("marking a job started", run, patience=self._worker_patience())
         if started:
@@ -446,7 +449,7 @@ class RedisJobQueue(BaseJobQueue, RedisSchedules):
         def run() -> Any:
             client = self.conn.own()
             if start is None:
-                return [self._complete(args=args, client=client), 1]
+                return [_evalsha(client, self._complete, args), 1]
             # Plain EVALSHAs on this thread's connection: a redis-py pipeline of
             # registered scripts would first ask whether the server has them
             # (SCRIPT EXISTS, one more round trip) and check a pool connection out.
@@ -528,13 +531,34 @@ class RedisJobQueue(BaseJobQueue, RedisSchedules):
             release(self.conn)
 
 
+def _evalsha(client: Any, script: Any, args: list[Any]) -> Any:
+    """One registered script's EVALSHA on ``client``'s own connection. On every
+    job's path: redis-py's command machinery (and its Script's) costs about as
+    much CPU as the trip. A server without the script (restarted, flushed) ran
+    nothing: the script is sent again, loading it."""
+    [reply] = _pipelined(client, [("EVALSHA", script.sha, 0, *args)])
+    if isinstance(reply, NoScriptError):
+        return script(args=args, client=client)
+    if isinstance(reply, Exception):
+        raise reply
+    return reply
+
+
+def _pack(conn: Any, commands: list[tuple[Any, ...]]) -> Any:
+    """The commands in Redis's protocol: hiredis's packer when installed (redis-py's
+    own converts each argument in Python first), else redis-py's."""
+    if _pack_command is None:
+        return conn.pack_commands(commands)
+    return [b"".join([_pack_command(command) for command in commands])]
+
+
 def _pipelined(client: Any, commands: list[tuple[Any, ...]]) -> list[Any]:
     """Send ``commands`` at once on ``client``'s own connection and read every
     reply; an error reply (e.g. a script the server lacks) is returned, not raised."""
     conn: Any = client.connection  # redis-py's Connection is untyped
     replies: list[Any] = []
     try:
-        conn.send_packed_command(conn.pack_commands(commands))
+        conn.send_packed_command(_pack(conn, commands))
         for _ in commands:
             try:
                 replies.append(conn.read_response())

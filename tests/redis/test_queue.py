@@ -478,12 +478,16 @@ def test_an_idle_worker_starts_jobs_with_their_claim_and_writes_no_separate_star
     q = CountingQueue(settings, redis=rsettings)
     results = RedisResultBackend(settings, redis=rsettings)
     with Worker(app=app, queue=q, results=results, max_workers=2):
-        for n in range(5):  # one at a time: each reaches an idle thread
+        for n in range(6):  # one at a time: each reaches an idle thread
             job = note.make_job([n], {})
             q.enqueue(job)
             done = results.wait(job.id, 10)
             assert done is not None and done.status is JobStatus.SUCCESS and done.attempts == 1
-    assert seen == list(range(5))
+            if n == 0:
+                # The first claim may have been sent before the new threads were
+                # waiting (the count of idle threads goes with the claim): not counted.
+                CountingQueue.marks = 0
+    assert seen == list(range(6))
     assert CountingQueue.marks == 0  # every start mark went with its claim
     assert q.client.hlen(q.key("started")) == 0 and q.running() == 0  # completions cleared them
     results.close()

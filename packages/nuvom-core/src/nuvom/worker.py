@@ -458,9 +458,10 @@ class Worker:
                     self._room.wait(_DISPATCH_WAIT)
                     continue
             want = min(batch_size, room)
-            # Threads waiting with nothing queued run what they get at once: those
-            # jobs' start marks go with the claim (BaseJobQueue.pop_batch_starting).
-            idle = [s for s in self._slots if s.idle and not s.inbox and s.job is None]
+            # Threads between jobs with nothing queued (waiting, or storing what they
+            # just ran) run what they get at once: those jobs' start marks go with
+            # the claim (BaseJobQueue.pop_batch_starting).
+            idle = [s for s in self._slots if s.job is None and not s.inbox and not s.abandoned]
             try:
                 jobs = queue.pop_batch_starting(want, timeout=_DISPATCH_WAIT, start=min(len(idle), want))
             except Exception as exc:
@@ -714,7 +715,7 @@ class Worker:
         return self.queue.mark_started(job) if premarked is None else premarked
 
     def _complete(self, batch: list[Job], starting: Job | None) -> None:
-        if starting is None:
+        if starting is None or starting.id in self._premarked:  # marked already (with its claim)
             self.queue.complete(batch, self.results)
         else:
             self._premarked[starting.id] = self.queue.complete_and_start(batch, self.results, starting)

@@ -142,7 +142,11 @@ def test_a_worker_marks_each_job_once_whether_with_its_claim_or_when_it_starts(s
         return n
 
     queue, results = CountingFileQueue(settings), FileResultBackend(settings)
-    with Worker(app=app, queue=queue, results=results, max_workers=2):
+    with Worker(app=app, queue=queue, results=results, max_workers=2) as worker:
+        unknown = Job(func_name="no_such_task")  # marked with its claim, settled without running
+        queue.enqueue(unknown)
+        failed = results.wait(unknown.id, 10)
+        assert failed is not None and failed.status is JobStatus.FAILED
         for n in range(3):  # one at a time: each reaches an idle thread
             job = note.make_job([n], {})
             queue.enqueue(job)
@@ -153,8 +157,9 @@ def test_a_worker_marks_each_job_once_whether_with_its_claim_or_when_it_starts(s
         for job in many:
             done = results.wait(job.id, 10)
             assert done is not None and done.status is JobStatus.SUCCESS and done.attempts == 1
+        assert worker._premarked == {}  # nothing kept for jobs that are done
     assert sorted(ran) == list(range(40))
     assert CountingFileQueue.claims_started >= 3  # the trickle went straight to idle threads
     # The default marks through mark_started: one mark per job, never two.
-    assert CountingFileQueue.marks == 40
+    assert CountingFileQueue.marks == 41
     app.close()

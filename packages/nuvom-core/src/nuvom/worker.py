@@ -715,6 +715,8 @@ class Worker:
         return self.queue.mark_started(job) if premarked is None else premarked
 
     def _complete(self, batch: list[Job], starting: Job | None) -> None:
+        for job in batch:  # settled without starting (unknown task, lost too often): its mark is moot
+            self._premarked.pop(job.id, None)
         if starting is None or starting.id in self._premarked:  # marked already (with its claim)
             self.queue.complete(batch, self.results)
         else:

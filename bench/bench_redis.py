@@ -12,6 +12,10 @@ Parts:
   thread consumer (4 threads; one and two consumers), ``task()`` one at a time
   and ``task.map()``; RQ's SimpleWorker (one and two processes), ``enqueue()``
   one at a time and ``enqueue_many()``. Rounds are interleaved; medians reported.
+  For nuvom it also reports CPU per job (producer: ``time.process_time``; workers:
+  ``/proc/<pid>/stat``; Redis: ``INFO cpu``), requests and each command's calls
+  and usec per call per job (``INFO commandstats``; nested script commands
+  included). ``--systems nuvom`` and ``--setups 1`` pick cases.
 * ``latency``: enqueue -> start at 50 jobs/s on an idle nuvom worker (p50, p99).
 * ``memory``: ``used_memory`` (INFO memory) per stored result, with 1,000,000
   trivial results, and ``list_jobs`` times at that size.

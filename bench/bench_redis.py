@@ -13,7 +13,7 @@ Parts:
   and ``task.map()``; RQ's SimpleWorker (one and two processes), ``enqueue()``
   one at a time and ``enqueue_many()``. Rounds are interleaved; medians reported.
   For nuvom it also reports CPU per job (producer: ``time.process_time``; workers:
-  ``/proc/<pid>/stat``; Redis: ``INFO cpu``), requests and each command's calls
+  ``/proc/<pid>/stat``; Redis: ``INFO cpu``), commands and each command's calls
   and usec per call per job (``INFO commandstats``; nested script commands
   included). ``--systems nuvom`` and ``--setups 1`` pick cases.
 * ``latency``: enqueue -> start at 50 jobs/s on an idle nuvom worker (p50, p99).
@@ -179,7 +179,8 @@ def server_stats(url: str) -> dict[str, Any]:
 
 
 def cost_per_job(before: dict[str, Any], after: dict[str, Any], jobs: int) -> dict[str, Any]:
-    """Redis's CPU per job, requests per job and each command's calls and usec per call."""
+    """Redis's CPU per job, commands per job (nested script commands included) and each command's
+    calls and usec per call."""
     cmds: dict[str, Any] = {}
     calls_total = 0
     for name, (calls, usec) in after["cmd"].items():
@@ -193,7 +194,7 @@ def cost_per_job(before: dict[str, Any], after: dict[str, Any], jobs: int) -> di
         }
     return {
         "server_us_per_job": round((after["cpu"] - before["cpu"]) / jobs * 1e6),
-        "requests_per_job": round(calls_total / jobs, 2),
+        "commands_per_job": round(calls_total / jobs, 2),
         "commands": cmds,
     }
 
@@ -390,7 +391,7 @@ def run_e2e(
         best["enqueue_secs"] = round(statistics.median(o["enqueue_secs"] for o in outs), 3)
         best["complete"] = all(o["complete"] for o in outs)
         best["rounds"] = len(outs)
-        for key in ("producer_us_per_job", "worker_us_per_job", "server_us_per_job", "requests_per_job"):
+        for key in ("producer_us_per_job", "worker_us_per_job", "server_us_per_job", "commands_per_job"):
             if key in best:
                 best[key] = statistics.median(o[key] for o in outs)
         summary.append(best)

@@ -12,6 +12,10 @@ Parts:
   thread consumer (4 threads; one and two consumers), ``task()`` one at a time
   and ``task.map()``; RQ's SimpleWorker (one and two processes), ``enqueue()``
   one at a time and ``enqueue_many()``. Rounds are interleaved; medians reported.
+  For nuvom it also reports CPU per job (producer: ``time.process_time``; workers:
+  ``/proc/<pid>/stat``; Redis: ``INFO cpu``), commands and each command's calls
+  and usec per call per job (``INFO commandstats``; nested script commands
+  included). ``--systems nuvom`` and ``--setups 1`` pick cases.
 * ``latency``: enqueue -> start at 50 jobs/s on an idle nuvom worker (p50, p99).
 * ``memory``: ``used_memory`` (INFO memory) per stored result, with 1,000,000
   trivial results, and ``list_jobs`` times at that size.
@@ -154,6 +158,47 @@ def stop_processes(procs: list[subprocess.Popen[bytes]], sig: int = signal.SIGTE
             p.wait()
 
 
+def proc_cpu(pid: int) -> float:
+    """CPU seconds (user + system) a process has used so far; 0.0 where /proc is missing."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def server_stats(url: str) -> dict[str, Any]:
+    import redis
+
+    client = redis.Redis.from_url(url)
+    info = client.info("cpu")
+    return {
+        "cpu": float(info["used_cpu_sys"]) + float(info["used_cpu_user"]),
+        "cmd": {k: (int(v["calls"]), int(v["usec"])) for k, v in client.info("commandstats").items()},
+    }
+
+
+def cost_per_job(before: dict[str, Any], after: dict[str, Any], jobs: int) -> dict[str, Any]:
+    """Redis's CPU per job, commands per job (nested script commands included) and each command's
+    calls and usec per call."""
+    cmds: dict[str, Any] = {}
+    calls_total = 0
+    for name, (calls, usec) in after["cmd"].items():
+        c0, u0 = before["cmd"].get(name, (0, 0))
+        if calls - c0 <= 0 or name in ("cmdstat_info", "cmdstat_ping", "cmdstat_flushall"):
+            continue
+        calls_total += calls - c0
+        cmds[name.removeprefix("cmdstat_")] = {
+            "per_job": round((calls - c0) / jobs, 2),
+            "usec_per_call": round((usec - u0) / (calls - c0), 1),
+        }
+    return {
+        "server_us_per_job": round((after["cpu"] - before["cpu"]) / jobs * 1e6),
+        "commands_per_job": round(calls_total / jobs, 2),
+        "commands": cmds,
+    }
+
+
 def wait_for_count(count: Any, jobs: int, stall_secs: float = 30.0) -> int:
     last, last_change = -1, time.monotonic()
     while True:
@@ -222,15 +267,18 @@ def e2e_nuvom(base: Path, url: str, jobs: int, workers: int, use_map: bool) -> d
     results = get_result_backend()
     procs = start_processes(NUVOM_WORKER.format(threads=4), workers, workdir, nuvom_env(workdir, url, prefix))
     try:
-        t0 = time.perf_counter()
+        stats0, cpu0 = server_stats(url), [proc_cpu(p.pid) for p in procs]
+        t0, p0 = time.perf_counter(), time.process_time()
         if use_map:
             tasks.noop.map(range(jobs))
         else:
             for i in range(jobs):
                 tasks.noop.delay(i)
-        t_enq = time.perf_counter() - t0
+        t_enq, p_enq = time.perf_counter() - t0, time.process_time() - p0
         done = wait_for_count(results.count, jobs)
         elapsed = time.perf_counter() - t0
+        worker_cpu = sum(proc_cpu(p.pid) for p in procs) - sum(cpu0)
+        cost = cost_per_job(stats0, server_stats(url), jobs)
     finally:
         stop_processes(procs)
     ok = len(results.list_jobs(status="SUCCESS", limit=jobs + 1))
@@ -242,6 +290,9 @@ def e2e_nuvom(base: Path, url: str, jobs: int, workers: int, use_map: bool) -> d
         "complete": done == jobs,
         "enqueue_secs": round(t_enq, 3),
         "jobs_per_sec": round(jobs / elapsed),
+        "producer_us_per_job": round(p_enq / jobs * 1e6),
+        "worker_us_per_job": round(worker_cpu / jobs * 1e6),
+        **cost,
     }
 
 
@@ -309,11 +360,14 @@ def e2e_rq(base: Path, url: str, jobs: int, workers: int, use_map: bool) -> dict
     }
 
 
-def run_e2e(base: Path, url: str, jobs: int, rounds: int, rq_jobs: int) -> list[dict[str, Any]]:
+def run_e2e(
+    base: Path, url: str, jobs: int, rounds: int, rq_jobs: int, systems: list[str], setups: list[int]
+) -> list[dict[str, Any]]:
     cases = [
         (system, workers, use_map)
         for system in ("nuvom", "huey", "rq")
-        for workers in (1, 2)
+        if system in systems
+        for workers in setups
         for use_map in (False, True)
     ]
     runs: dict[tuple[str, int, bool], list[dict[str, Any]]] = {c: [] for c in cases}
@@ -337,10 +391,13 @@ def run_e2e(base: Path, url: str, jobs: int, rounds: int, rq_jobs: int) -> list[
         best["enqueue_secs"] = round(statistics.median(o["enqueue_secs"] for o in outs), 3)
         best["complete"] = all(o["complete"] for o in outs)
         best["rounds"] = len(outs)
+        for key in ("producer_us_per_job", "worker_us_per_job", "server_us_per_job", "commands_per_job"):
+            if key in best:
+                best[key] = statistics.median(o[key] for o in outs)
         summary.append(best)
     by = {(s["system"], s["workers"].split()[0], s["enqueue"]): s for s in summary}
     for s in summary:
-        if s["system"] == "nuvom-redis":
+        if s["system"] == "nuvom-redis" and len(systems) == 3:
             w = s["workers"].split()[0]
             mapped = s["enqueue"] == ".map()"
             huey = by[("huey RedisHuey", w, "task.map()" if mapped else "task() loop")]
@@ -473,6 +530,8 @@ def main() -> None:
     parser.add_argument("--rq-jobs", type=int, default=None, help="jobs per RQ run (default: --jobs)")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--rows", type=int, default=1_000_000)
+    parser.add_argument("--systems", default="nuvom,huey,rq", help="e2e: which systems (comma-separated)")
+    parser.add_argument("--setups", default="1,2", help="e2e: worker process counts (comma-separated)")
     args = parser.parse_args()
     parts = args.only or ["e2e", "latency", "memory"]
     out: dict[str, Any] = {"machine": machine(), "command": " ".join(sys.argv)}
@@ -482,7 +541,15 @@ def main() -> None:
         try:
             if "e2e" in parts:
                 print("e2e:", flush=True)
-                out["e2e"] = run_e2e(base, url, args.jobs, args.rounds, args.rq_jobs or args.jobs)
+                out["e2e"] = run_e2e(
+                    base,
+                    url,
+                    args.jobs,
+                    args.rounds,
+                    args.rq_jobs or args.jobs,
+                    args.systems.split(","),
+                    [int(n) for n in args.setups.split(",")],
+                )
                 for row in out["e2e"]:
                     print(row)
             if "latency" in parts:

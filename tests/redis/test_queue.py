@@ -407,3 +407,89 @@ def test_prefixes_keep_apps_apart(queue, rsettings):
     other_app.enqueue(make(1)[0])
     assert queue.qsize() == 3
     other_app.close()
+
+
+def test_a_claim_that_starts_jobs_marks_the_first_ones_in_the_same_step(queue):
+    other = other_view(queue)
+    jobs = make(3, timeout_secs=600)
+    queue.enqueue_many(jobs)
+    before = server_time(queue)
+    claimed = queue.pop_batch_starting(3, start=2)
+    assert [j.id for j in claimed] == [j.id for j in jobs]
+    started = queue.client.hgetall(queue.key("started"))
+    assert set(started) == {jobs[0].id.encode(), jobs[1].id.encode()}
+    for job in jobs[:2]:  # the job's own lease, from the claim that started it
+        assert queue.client.zscore(queue.key("leases"), job.id) - before >= 600 * 1.1 + 2
+    # The worker dies holding all three: the two that started count as lost runs,
+    # the one still waiting in its buffer is handed back with its attempt undone.
+    expire_leases(queue)
+    again = {j.id: j for j in other.claim(10)}
+    assert [again[j.id].attempts for j in jobs] == [2, 2, 1]
+    assert [again[j.id].mark_lost_runs(time.time()) for j in jobs] == [1, 1, 0]
+    other.close()
+
+
+def test_a_claim_asked_to_start_more_than_it_finds_marks_what_it_claimed(queue):
+    jobs = make(2)
+    queue.enqueue_many(jobs)
+    assert [j.id for j in queue.pop_batch_starting(10, start=5)] == [j.id for j in jobs]
+    assert len(queue.client.hgetall(queue.key("started"))) == 2
+    assert queue.pop_batch_starting(10, start=5) == []
+    queue.enqueue(make(1)[0])
+    assert len(queue.pop_batch(10)) == 1  # the plain claim marks nothing
+    assert len(queue.client.hgetall(queue.key("started"))) == 2
+
+
+def test_a_corrupt_payload_among_the_started_jobs_leaves_the_first_returned_marked(queue, results):
+    jobs = make(3)
+    queue.enqueue_many(jobs)
+    queue.client.hset(queue.key("payload"), jobs[0].id, b"\xc1\xc1 not msgpack")
+    claimed = queue.pop_batch_starting(3, start=2)
+    assert [j.id for j in claimed] == [jobs[1].id, jobs[2].id]
+    # The script marked jobs 0 and 1; job 0 failed as unreadable, so job 2 is marked too.
+    assert set(queue.client.hgetall(queue.key("started"))) == {jobs[1].id.encode(), jobs[2].id.encode()}
+    assert results.get_full(jobs[0].id).status is JobStatus.FAILED
+
+
+class CountingQueue(RedisJobQueue):
+    """Counts the start marks written one by one (not with a claim)."""
+
+    marks = 0
+
+    def mark_started(self, job: Job) -> bool:
+        type(self).marks += 1
+        return super().mark_started(job)
+
+
+def test_an_idle_worker_starts_jobs_with_their_claim_and_writes_no_separate_start_mark(rsettings, tmp_path):
+    from nuvom.app import App
+    from nuvom.config import Settings
+    from nuvom.worker import Worker
+
+    settings = Settings(data_dir=tmp_path / "data")
+    app = App(settings)
+    seen: list[int] = []
+
+    @app.task(name="note")
+    def note(n: int) -> int:
+        seen.append(n)
+        return n
+
+    q = CountingQueue(settings, redis=rsettings)
+    results = RedisResultBackend(settings, redis=rsettings)
+    with Worker(app=app, queue=q, results=results, max_workers=2):
+        for n in range(6):  # one at a time: each reaches an idle thread
+            job = note.make_job([n], {})
+            q.enqueue(job)
+            done = results.wait(job.id, 10)
+            assert done is not None and done.status is JobStatus.SUCCESS and done.attempts == 1
+            if n == 0:
+                # The first claim may have been sent before the new threads were
+                # waiting (the count of idle threads goes with the claim): not counted.
+                CountingQueue.marks = 0
+    assert seen == list(range(6))
+    assert CountingQueue.marks == 0  # every start mark went with its claim
+    assert q.client.hlen(q.key("started")) == 0 and q.running() == 0  # completions cleared them
+    results.close()
+    q.close()
+    app.close()

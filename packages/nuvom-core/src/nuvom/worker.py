@@ -537,8 +537,12 @@ class Worker:
                     continue
                 self._room_waiting = False
             want = min(batch_size, room)
+            # Threads between jobs with nothing queued (waiting, or storing what they
+            # just ran) run what they get at once: those jobs' start marks go with
+            # the claim (BaseJobQueue.pop_batch_starting).
+            idle = [s for s in self._slots if s.job is None and not s.inbox and not s.abandoned]
             try:
-                jobs = queue.pop_batch(want, timeout=_DISPATCH_WAIT)
+                jobs = queue.pop_batch_starting(want, timeout=_DISPATCH_WAIT, start=min(len(idle), want))
             except Exception as exc:
                 # One line per change of state, not one a second: a store that is
                 # read-only or corrupt says so once, and once more when it recovers.
@@ -561,7 +565,10 @@ class Worker:
                 return
             slots = self._slots
             to_loop: list[Job] = []
-            for job in jobs:
+            premarked = min(len(idle), len(jobs))
+            for i, job in enumerate(jobs):
+                if i < premarked:
+                    self._premarked[job.id] = True  # before a thread can see the job
                 kind = self.executor_for(job)
                 if kind == "async":
                     to_loop.append(job)
@@ -569,7 +576,7 @@ class Worker:
                 if kind == "process":
                     self._executor(kind).submit(job)
                     continue
-                slot = min(slots, key=_load)
+                slot = idle.pop() if i < premarked and idle else min(slots, key=_load)
                 slot.inbox.append(job)
                 if slot.idle:
                     slot.wake.set()
@@ -836,7 +843,9 @@ class Worker:
         return True if self._marks_nothing else self.queue.mark_started(job)
 
     def _complete(self, batch: list[Job], starting: Job | None) -> None:
-        if starting is None:
+        for job in batch:  # settled without starting (unknown task, lost too often): its mark is moot
+            self._premarked.pop(job.id, None)
+        if starting is None or starting.id in self._premarked:  # marked already (with its claim)
             self.queue.complete(batch, self.results)
         else:
             self._premarked[starting.id] = self.queue.complete_and_start(batch, self.results, starting)

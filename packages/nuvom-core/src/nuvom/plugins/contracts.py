@@ -149,7 +149,9 @@ class BaseJobQueue(abc.ABC):
       ``RUNNING`` with its ``attempts`` incremented (``Job.mark_claimed``),
       and it is invisible to other claimers until it is acknowledged, handed
       back, or its lease runs out.
-    * :meth:`mark_started` is called right before a claimed job's code runs.
+    * :meth:`mark_started` is called right before a claimed job's code runs
+      (or, for jobs claimed for threads already idle, with the claim:
+      :meth:`pop_batch_starting`).
       Only a claim that started counts as an attempt in storage: when an
       expired claim is recovered, a run is recorded as lost only if that
       claim had started; a claim that never started (its worker died with
@@ -199,6 +201,36 @@ class BaseJobQueue(abc.ABC):
         can be woken (in-process queues) override it to block instead.
         """
         return self._poller().until(lambda: self.claim(batch_size) or None, timeout) or []
+
+    def pop_batch_starting(self, batch_size: int, timeout: float | None = 0.0, *, start: int = 0) -> list[Job]:
+        """:meth:`pop_batch`, with the first ``start`` jobs also start-marked.
+
+        The worker calls it with ``start`` = how many of its threads wait with
+        nothing queued: the jobs those threads get start as soon as they arrive,
+        so their start marks go with the claim instead of one write each later.
+        Of the jobs returned, the first ``min(start, len(jobs))`` are marked as
+        by :meth:`mark_started` (fenced by the claim, lease renewed to
+        :func:`nuvom.job.lease_secs_for` of each job's timeout from now); the
+        worker does not mark them again. A worker that dies between this claim
+        and the jobs' first instruction (microseconds, on an idle thread) counts
+        one lost run for each, as it would just after :meth:`mark_started`.
+
+        The default claims with :meth:`pop_batch`, then calls :meth:`mark_started`
+        in order, dropping a job whose mark returns ``False`` (taken over) until
+        ``start`` are marked. A backend that can mark in the claim's own atomic
+        step overrides it (a separate method, not an argument of :meth:`pop_batch`,
+        so that backends overriding :meth:`pop_batch` keep working unchanged).
+        """
+        jobs = self.pop_batch(batch_size, timeout)
+        if start <= 0 or not jobs:
+            return jobs
+        marked: list[Job] = []
+        for k, job in enumerate(jobs):
+            if len(marked) == start:
+                return marked + jobs[k:]
+            if self.mark_started(job):
+                marked.append(job)
+        return marked
 
     def _poller(self) -> Poller:
         return Poller()

@@ -14,6 +14,7 @@ undoes the attempt of an expired claim that is not there.
 
 from __future__ import annotations
 
+import importlib
 import logging
 import os
 import socket
@@ -32,6 +33,16 @@ from nuvom.redis._schedules import RedisSchedules
 from nuvom.redis._settings import RedisSettings, load_redis_settings
 
 from redis.exceptions import NoScriptError, ResponseError
+
+
+def _hiredis_packer() -> Any:
+    try:
+        return importlib.import_module("hiredis").pack_command
+    except (ImportError, AttributeError):  # the optional extra is not installed: redis-py packs
+        return None
+
+
+_pack_command = _hiredis_packer()
 
 if TYPE_CHECKING:
     from nuvom.config import Settings
@@ -144,7 +155,7 @@ class RedisJobQueue(BaseJobQueue, RedisSchedules):
 
         def run() -> Any:
             tries[0] += 1
-            return self._enqueue(args=args, client=self.conn.own())
+            return _evalsha(self.conn.own(), self._enqueue, args)
 
         dup = self.conn.run("queueing jobs", run)
         # A retry after a lost reply finds its own jobs already queued: that is success.
@@ -158,41 +169,47 @@ class RedisJobQueue(BaseJobQueue, RedisSchedules):
     def claim(self, batch_size: int) -> list[Job]:
         return self.conn.run("claiming jobs", lambda: self._claim_once(batch_size)[0])
 
-    def _claim_args(self, batch_size: int) -> list[Any]:
-        return [self.prefix, batch_size, _RECLAIM_PER_CLAIM, *self._lease_rule]
+    def _claim_args(self, batch_size: int, start: int) -> list[Any]:
+        return [self.prefix, batch_size, _RECLAIM_PER_CLAIM, *self._lease_rule, start]
 
-    def _claim_once(self, batch_size: int) -> tuple[list[Job], float | None]:
-        """Claimed jobs, and (when fewer than ``batch_size``) seconds until something may be due."""
+    def _claim_once(self, batch_size: int, start: int = 0) -> tuple[list[Job], float | None]:
+        """Claimed jobs (the first ``start`` start-marked), and (when fewer than
+        ``batch_size``) seconds until something may be due."""
         sent = time.monotonic()  # the server's claim (and its lease) comes after this
-        return self._claimed(self._claim(args=self._claim_args(batch_size), client=self.conn.own()), sent)
+        reply = _evalsha(self.conn.own(), self._claim, self._claim_args(batch_size, start))
+        return self._claimed(reply, sent, start)
 
-    def _wait_and_claim(self, batch_size: int, block: float) -> tuple[list[Job], float | None]:
+    def _wait_and_claim(self, batch_size: int, block: float, start: int) -> tuple[list[Job], float | None]:
         """Block on the wake-up list, then claim: both sent at once, so a job queued
         while this waits is claimed one network trip after its enqueue, not two.
         Redis runs a blocked client's next pipelined command as soon as it unblocks."""
         conn: Any = self.conn.own().connection  # redis-py's Connection is untyped
-        commands = [("BLPOP", self._wake_key, block), ("EVALSHA", self._claim.sha, 0, *self._claim_args(batch_size))]
+        commands = [
+            ("BLPOP", self._wake_key, block),
+            ("EVALSHA", self._claim.sha, 0, *self._claim_args(batch_size, start)),
+        ]
         try:
-            conn.send_packed_command(conn.pack_commands(commands))
+            conn.send_packed_command(_pack(conn, commands))
             conn.read_response()
             # The claim ran as BLPOP returned, before its reply arrived here: its
             # lease began at most one trip from the server before this.
             sent = time.monotonic()
             reply = conn.read_response()
         except NoScriptError:  # a restarted server without the script: load it, claim again
-            return self._claim_once(batch_size)
+            return self._claim_once(batch_size, start)
         except BaseException:
             conn.disconnect()  # a reply may still be on its way: this connection is out of step
             raise
-        return self._claimed(reply, sent)
+        return self._claimed(reply, sent, start)
 
-    def _claimed(self, reply: list[Any], sent: float) -> tuple[list[Job], float | None]:
+    def _claimed(self, reply: list[Any], sent: float, start: int = 0) -> tuple[list[Job], float | None]:
         wait = reply[1]
         due_in = float(wait) if wait else None
         if reply[0] == 0:
             return [], due_in
         token = str(reply[0]).encode()
         jobs: list[Job] = []
+        unmarked: list[Job] = []  # claimed past the first `start`: not start-marked by the script
         unreadable: list[Job] = []
         for i in range(2, len(reply), 3):
             job_id, attempts, payload = reply[i].decode(), int(reply[i + 1]), reply[i + 2]
@@ -204,7 +221,10 @@ class RedisJobQueue(BaseJobQueue, RedisSchedules):
             # The script counted the claim (undone if it expires unstarted); so does mark_claimed.
             job.attempts = attempts - 1
             job.mark_claimed()
-            jobs.append(job)
+            (jobs if (i - 2) // 3 < start else unmarked).append(job)
+        marked = len(jobs)
+        missing = min(start, marked + len(unmarked)) - marked
+        jobs += unmarked
         with self._claims_lock:
             claimed_at = self._claimed_at
             claimed_at[token] = sent
@@ -220,7 +240,22 @@ class RedisJobQueue(BaseJobQueue, RedisSchedules):
             for job in unreadable:
                 log.error("job %s: %s", job.id, job.error.message if job.error else "")
             self._complete_here(unreadable)
+        if missing > 0:
+            # A corrupt payload among the marked ones: mark as many others, so that
+            # the first min(start, len(jobs)) returned are marked (pop_batch_starting).
+            rest, extra = jobs[marked:], list[Job]()
+            while rest and len(extra) < missing:
+                job = rest.pop(0)
+                if self.mark_started(job):
+                    extra.append(job)
+            jobs = jobs[:marked] + extra + rest
         return jobs, due_in
+
+    def pop_batch_starting(self, batch_size: int, timeout: float | None = 0.0, *, start: int = 0) -> list[Job]:
+        """:meth:`pop_batch` whose claim script also writes the start marks of the
+        first ``start`` jobs it claims (the claim's lease already runs from now):
+        no START round trip for the jobs an idle worker thread runs at once."""
+        return self._pop(batch_size, timeout, max(0, start))
 
     def pop_batch(self, batch_size: int, timeout: float | None = 0.0) -> list[Job]:
         """Claim up to ``batch_size`` due jobs, waiting up to ``timeout`` s.
@@ -235,6 +270,9 @@ class RedisJobQueue(BaseJobQueue, RedisSchedules):
         returns ``[]`` after backing off (the connection logs one line when it
         goes and one when it is back): the worker keeps running what it holds.
         """
+        return self._pop(batch_size, timeout, 0)
+
+    def _pop(self, batch_size: int, timeout: float | None, start: int) -> list[Job]:
         deadline = None if timeout is None else time.monotonic() + timeout
         pause = _BACKOFF_FIRST
         wait_first = self._drained and timeout != 0
@@ -242,9 +280,9 @@ class RedisJobQueue(BaseJobQueue, RedisSchedules):
         while True:
             try:
                 if wait_first:
-                    jobs, due_in = self._wait_then_claim(batch_size, deadline)
+                    jobs, due_in = self._wait_then_claim(batch_size, deadline, start)
                 else:
-                    jobs, due_in = self._claim_once(batch_size)
+                    jobs, due_in = self._claim_once(batch_size, start)
                 self.conn.mark_up()
                 now = time.monotonic()
                 self._drained = len(jobs) < batch_size
@@ -273,7 +311,7 @@ class RedisJobQueue(BaseJobQueue, RedisSchedules):
                 if deadline is not None and time.monotonic() >= deadline:
                     return []
 
-    def _wait_then_claim(self, batch_size: int, deadline: float | None) -> tuple[list[Job], float | None]:
+    def _wait_then_claim(self, batch_size: int, deadline: float | None, start: int) -> tuple[list[Job], float | None]:
         now = time.monotonic()
         # An idle server notices blocking timeouts on its cron tick (10 per second
         # by default), so BLPOP may return up to ~100 ms late: it waits until
@@ -287,8 +325,8 @@ class RedisJobQueue(BaseJobQueue, RedisSchedules):
             if deadline is not None:
                 nap = min(nap, max(0.0, deadline - now))
             time.sleep(max(0.001, nap))
-            return self._claim_once(batch_size)
-        return self._wait_and_claim(batch_size, block)
+            return self._claim_once(batch_size, start)
+        return self._wait_and_claim(batch_size, block, start)
 
     # -- settling claims ------------------------------------------------------
     def _tokens(self, job_ids: Sequence[str]) -> list[bytes]:
@@ -371,15 +409,7 @@ class RedisJobQueue(BaseJobQueue, RedisSchedules):
             return True  # not claimed through this object: nothing to fence
 
         def run() -> Any:
-            client = self.conn.own()
-            # A plain EVALSHA on this thread's connection: on every job's path,
-            # redis-py's command machinery costs about as much CPU as the trip.
-            [reply] = _pipelined(client, [("EVALSHA", self._start.sha, 0, *args)])
-            if isinstance(reply, NoScriptError):  # a restarted server: load the script
-                return self._start(args=args, client=client)
-            if isinstance(reply, Exception):
-                raise reply
-            return reply
+            return _evalsha(self.conn.own(), self._start, args)
 
         started = self.conn.run("marking a job started", run, patience=self._worker_patience())
         if started:
@@ -419,7 +449,7 @@ class RedisJobQueue(BaseJobQueue, RedisSchedules):
         def run() -> Any:
             client = self.conn.own()
             if start is None:
-                return [self._complete(args=args, client=client), 1]
+                return [_evalsha(client, self._complete, args), 1]
             # Plain EVALSHAs on this thread's connection: a redis-py pipeline of
             # registered scripts would first ask whether the server has them
             # (SCRIPT EXISTS, one more round trip) and check a pool connection out.
@@ -501,13 +531,34 @@ class RedisJobQueue(BaseJobQueue, RedisSchedules):
             release(self.conn)
 
 
+def _evalsha(client: Any, script: Any, args: list[Any]) -> Any:
+    """One registered script's EVALSHA on ``client``'s own connection. On every
+    job's path: redis-py's command machinery (and its Script's) costs about as
+    much CPU as the trip. A server without the script (restarted, flushed) ran
+    nothing: the script is sent again, loading it."""
+    [reply] = _pipelined(client, [("EVALSHA", script.sha, 0, *args)])
+    if isinstance(reply, NoScriptError):
+        return script(args=args, client=client)
+    if isinstance(reply, Exception):
+        raise reply
+    return reply
+
+
+def _pack(conn: Any, commands: list[tuple[Any, ...]]) -> Any:
+    """The commands in Redis's protocol: hiredis's packer when installed (redis-py's
+    own converts each argument in Python first), else redis-py's."""
+    if _pack_command is None:
+        return conn.pack_commands(commands)
+    return [b"".join([_pack_command(command) for command in commands])]
+
+
 def _pipelined(client: Any, commands: list[tuple[Any, ...]]) -> list[Any]:
     """Send ``commands`` at once on ``client``'s own connection and read every
     reply; an error reply (e.g. a script the server lacks) is returned, not raised."""
     conn: Any = client.connection  # redis-py's Connection is untyped
     replies: list[Any] = []
     try:
-        conn.send_packed_command(conn.pack_commands(commands))
+        conn.send_packed_command(_pack(conn, commands))
         for _ in commands:
             try:
                 replies.append(conn.read_response())

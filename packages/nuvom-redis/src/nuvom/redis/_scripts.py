@@ -205,7 +205,8 @@ return dup
 )
 
 # ARGV: prefix, batch size, how many expired leases to reclaim, then the lease
-# rule's lease_secs, default timeout, factor, margin.
+# rule's lease_secs, default timeout, factor, margin, then how many of the jobs
+# claimed start now (their start marks, as START's: BaseJobQueue.pop_batch_starting).
 # Returns {token, wait, id, attempts, payload, ...}: token 0 when nothing was
 # claimed; wait (when fewer than the batch were claimed) the seconds until
 # something may be due next, '' if nothing waits.
@@ -244,7 +245,8 @@ local tok = redis.call('INCR', SEQ)
 many('ZREM', DUE, ids)
 local payloads, timeouts, counts = hmget(PAYLOAD, ids), hmget(TIMEOUT, ids), hmget(ATTEMPTS, ids)
 local out = {tok, ''}
-local leases, tokens, attempts, gone = {}, {}, {}, {}
+local leases, tokens, attempts, gone, started = {}, {}, {}, {}, {}
+local start = tonumber(ARGV[8] or 0)
 for k, id in ipairs(ids) do
   local payload = payloads[k]
   if payload then
@@ -260,6 +262,11 @@ for k, id in ipairs(ids) do
     out[#out + 1] = id
     out[#out + 1] = n
     out[#out + 1] = payload
+    -- The lease set here runs from now, as the start mark's would.
+    if #started < start * 2 then
+      started[#started + 1] = id
+      started[#started + 1] = 1
+    end
   else
     gone[#gone + 1] = id
   end
@@ -267,6 +274,7 @@ end
 many('ZADD', LEASES, leases)
 many('HSET', TOKEN, tokens)
 many('HSET', ATTEMPTS, attempts)
+many('HSET', STARTED, started)
 forget_many(gone)
 if #ids < want then
   out[2] = next_wait(now)

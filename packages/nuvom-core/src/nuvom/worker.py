@@ -566,8 +566,11 @@ class Worker:
             slots = self._slots
             to_loop: list[Job] = []
             premarked = min(len(idle), len(jobs))
+            # A queue whose start mark writes nothing is never asked for one (the
+            # runner skips it): recording its marks would only fill the dict.
+            record = not self._marks_nothing
             for i, job in enumerate(jobs):
-                if i < premarked:
+                if i < premarked and record:
                     self._premarked[job.id] = True  # before a thread can see the job
                 kind = self.executor_for(job)
                 if kind == "async":
@@ -871,7 +874,7 @@ class Worker:
         written again after a backoff: never run again. Called with the flush lock held."""
         try:
             try:
-                if starting is None and self._queue is not None:
+                if starting is None and self._queue is not None and not self._premarked:
                     self._queue.complete(batch, self.results)  # _complete's common case, a call fewer
                 else:
                     self._complete(batch, starting)

@@ -323,3 +323,60 @@ def test_threads_and_connections_contending_never_see_database_is_locked(db_path
     assert results.count() == total, (results.count(), producers[0].qsize(), producers[0].running())
     for q in producers + consumers:
         q.close()
+
+
+# -- claims that start jobs (pop_batch_starting) ---------------------------------------
+def started_at(db_path, ids):
+    with sqlite3.connect(db_path) as conn:
+        rows = dict(conn.execute("SELECT id, started_at FROM nuvom_queue").fetchall())
+    conn.close()
+    return [rows[i] for i in ids]
+
+
+def test_a_claim_that_starts_jobs_marks_the_first_ones_in_its_own_transaction(db_path, queue):
+    jobs = make(5)
+    queue.enqueue_many(jobs)
+    writes = []
+    queue.db.connection().set_trace_callback(writes.append)  # the autocommit path of mark_started
+    got = queue.pop_batch_starting(5, timeout=0, start=2)
+    queue.db.connection().set_trace_callback(None)
+    assert [j.id for j in got] == [j.id for j in jobs]
+    marks = started_at(db_path, [j.id for j in got])
+    assert marks[0] is not None and marks[1] is not None
+    assert marks[2:] == [None, None, None]
+    # One transaction, no start mark of its own (those go by id and claim token).
+    assert sum(w.startswith("BEGIN") for w in writes) == 1, writes
+    assert not [w for w in writes if "started_at =" in w and "WHERE id" in w], writes
+
+
+def test_started_by_the_claim_counts_as_a_lost_run_the_rest_is_handed_back(db_path, queue):
+    other = SQLiteJobQueue(path=db_path)
+    jobs = make(3)
+    queue.enqueue_many(jobs)
+    got = queue.pop_batch_starting(3, timeout=0, start=1)
+    assert len(got) == 3
+    expire_leases(db_path)  # the worker died right after its claim
+    again = {j.id: j for j in other.claim(10)}
+    assert again[got[0].id].attempts == 2 and again[got[0].id].mark_lost_runs(time.time()) == 1
+    for job in got[1:]:
+        assert again[job.id].attempts == 1 and again[job.id].mark_lost_runs(time.time()) == 0
+    other.close()
+
+
+def test_start_beyond_the_jobs_claimed_marks_them_all(db_path, queue):
+    jobs = make(2)
+    queue.enqueue_many(jobs)
+    got = queue.pop_batch_starting(10, timeout=0, start=4)
+    assert len(got) == 2 and None not in started_at(db_path, [j.id for j in got])
+
+
+def test_an_unreadable_marked_row_leaves_the_next_job_marked_in_its_place(db_path, queue):
+    jobs = make(3)
+    queue.enqueue_many(jobs)
+    with sqlite3.connect(db_path, isolation_level=None) as conn:
+        conn.execute("UPDATE nuvom_queue SET payload = x'c1c1' WHERE id = ?", (jobs[0].id,))
+    conn.close()
+    got = queue.pop_batch_starting(3, timeout=0, start=1)
+    assert [j.id for j in got] == [jobs[1].id, jobs[2].id]  # the first was quarantined
+    assert started_at(db_path, [jobs[1].id])[0] is not None
+    assert started_at(db_path, [jobs[2].id]) == [None]

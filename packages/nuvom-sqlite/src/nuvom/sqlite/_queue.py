@@ -176,15 +176,18 @@ class SQLiteJobQueue(BaseJobQueue, SQLiteSchedules):
 
     # -- claiming -------------------------------------------------------------
     def claim(self, batch_size: int) -> list[Job]:
+        return self._look_and_claim(batch_size, 0)
+
+    def _look_and_claim(self, batch_size: int, start: int) -> list[Job]:
         now = time.time()
         # A read first: finding nothing due must not take the write lock.
         row = self.db.read(lambda c: c.execute("SELECT min(ready_at) FROM nuvom_queue").fetchone())
         if row[0] is None or row[0] > now:
             self._next_ready = row[0]
             return []
-        return self._claim(batch_size, now)
+        return self._claim(batch_size, now, start)
 
-    def _claim(self, batch_size: int, now: float) -> list[Job]:
+    def _claim(self, batch_size: int, now: float, start: int = 0) -> list[Job]:
         token = secrets.randbits(62)
         with self.db.write("claiming jobs") as conn:
             rows = conn.execute(_SELECT_DUE, (now, batch_size)).fetchall()
@@ -206,7 +209,17 @@ class SQLiteJobQueue(BaseJobQueue, SQLiteSchedules):
                     *(r[0] for r in rows),
                 ),
             )
+            started = rows[: max(0, start)]
+            if started:
+                # The start marks of the jobs for idle threads, in the claim's own
+                # transaction (pop_batch_starting); the lease just set runs from now.
+                conn.execute(
+                    f"UPDATE nuvom_queue SET started_at = ? WHERE seq IN ({_marks(len(started))})",
+                    (now, *(r[0] for r in started)),
+                )
+        marked_seqs = {r[0] for r in rows[: max(0, start)]}
         # Decoded after the commit: the write lock is held for SQL only.
+        marked: list[Job] = []
         jobs: list[Job] = []
         unreadable: list[tuple[int, Job]] = []
         for seq, raw_id, raw_name, attempts, created_at, payload in rows:
@@ -219,19 +232,28 @@ class SQLiteJobQueue(BaseJobQueue, SQLiteSchedules):
                 continue
             job.attempts = attempts
             job.mark_claimed()
-            jobs.append(job)
+            (marked if seq in marked_seqs else jobs).append(job)
         if unreadable:
             self._quarantine(unreadable, token)
         with self._claims_lock:
             claims = self._claims
             for job in jobs:
                 claims[job.id] = token
+            for job in marked:
+                claims[job.id] = token
             claimed_at = self._claimed_at
             claimed_at[token] = now
             if len(claimed_at) > _CLAIM_TIMES_MAX:
                 for old in list(claimed_at)[: _CLAIM_TIMES_MAX // 2]:
                     del claimed_at[old]
-        return jobs
+        # The marked jobs come first. A marked row that could not be decoded was
+        # quarantined: the next ones are marked on their own, so that the first
+        # min(start, len) jobs returned are exactly the started ones.
+        while len(marked) < min(start, len(marked) + len(jobs)):
+            job = jobs.pop(0)
+            if self.mark_started(job):
+                marked.append(job)
+        return marked + jobs
 
     def _quarantine(self, rows: list[tuple[int, Job]], token: int) -> None:
         """Move rows that cannot be decoded out of the queue, into this file's
@@ -250,6 +272,14 @@ class SQLiteJobQueue(BaseJobQueue, SQLiteSchedules):
                     insert_results(conn, [result_row(job)])
 
     def pop_batch(self, batch_size: int, timeout: float | None = 0.0) -> list[Job]:
+        return self._pop(batch_size, timeout, 0)
+
+    def pop_batch_starting(self, batch_size: int, timeout: float | None = 0.0, *, start: int = 0) -> list[Job]:
+        """:meth:`pop_batch` whose first ``start`` jobs are start-marked by the
+        claim's own transaction (one statement more in it, not one commit each)."""
+        return self._pop(batch_size, timeout, start)
+
+    def _pop(self, batch_size: int, timeout: float | None, start: int) -> list[Job]:
         """Claim up to ``batch_size`` due jobs, waiting up to ``timeout`` s.
 
         Polls, because another process cannot wake this one; but a poll that
@@ -257,7 +287,7 @@ class SQLiteJobQueue(BaseJobQueue, SQLiteSchedules):
         yet, reads one counter and returns, so polling every millisecond
         while busy costs little and an idle worker backs off to 20 looks a second.
         """
-        jobs = self._poll(batch_size)
+        jobs = self._poll(batch_size, start)
         if jobs or timeout == 0:
             return jobs
         deadline = None if timeout is None else time.monotonic() + timeout
@@ -276,16 +306,16 @@ class SQLiteJobQueue(BaseJobQueue, SQLiteSchedules):
             if deadline is not None:
                 pause = min(pause, deadline - now)
             time.sleep(pause)
-            jobs = self._poll(batch_size)
+            jobs = self._poll(batch_size, start)
             if jobs:
                 return jobs
 
-    def _poll(self, batch_size: int) -> list[Job]:
+    def _poll(self, batch_size: int, start: int = 0) -> list[Job]:
         seen = (threading.get_ident(), self.db.data_version(), self._local_writes)
         next_ready = self._next_ready
         if seen == self._seen and (next_ready is None or next_ready > time.time()):
             return []
-        jobs = self.claim(batch_size)
+        jobs = self._look_and_claim(batch_size, start)
         if jobs:
             self._last_work = time.monotonic()
         else:

@@ -203,15 +203,16 @@ def test_gauges_are_read_at_scrape_time(start_worker, enabled, prom) -> None:
     url = running.url
     jobs = [prom_wait_gate.delay() for _ in range(5)]
     try:
-        # One job runs, one waits in the thread's inbox, three stay in the queue.
+        # One job runs on the one thread; the memory queue hands a thread its next
+        # job only when it asks (no prefetch into a busy thread), so four wait in it.
         samples = wait_for(
             lambda: (
                 s
                 if prom.value(s := prom.scrape(url)[1], "nuvom_inflight_jobs") == 1
-                and prom.value(s, "nuvom_queue_size") == 3
+                and prom.value(s, "nuvom_queue_size") == 4
                 else None
             ),
-            what="one job in flight and three queued",
+            what="one job in flight and four queued",
         )
         assert prom.value(samples, "nuvom_worker_count") == 1
     finally:

@@ -24,17 +24,9 @@ from nuvom.worker import Worker, _Wake
 
 sys.path.insert(0, str(Path(__file__).parent))
 import _exec_tasks as t
+from _waiting import wait_until
 
 GATES: dict[str, threading.Event] = {}
-
-
-def wait_until(predicate, timeout=10.0, interval=0.005):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        threading.Event().wait(interval)
-    raise AssertionError("condition not met before the deadline")
 
 
 @task

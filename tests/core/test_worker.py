@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import sys
 import threading
 import time
+from pathlib import Path
 
 import pytest
 from nuvom.backends import set_backends
@@ -14,18 +16,12 @@ from nuvom.job import JobStatus
 from nuvom.task import task
 from nuvom.worker import Worker
 
+sys.path.insert(0, str(Path(__file__).parent))
+from _waiting import wait_until
+
 # Events shared between tests and tasks, keyed by test so parallel tests never share one.
 GATES: dict[str, threading.Event] = {}
 RUNS: dict[str, list] = {}
-
-
-def wait_until(predicate, timeout=10.0, interval=0.005):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        threading.Event().wait(interval)
-    raise AssertionError("condition not met before the deadline")
 
 
 @task

@@ -82,12 +82,12 @@ def report(title: str, n: int, wall: float) -> None:
         print(f"  {s.tsub / n * 1e6:7.1f}  {s.name}  ({Path(s.module).name}:{s.lineno})")
 
 
-def profile_memory(n: int) -> None:
+def _profile_delay_get(settings: Any, label: str, n: int) -> None:
+    """yappi over all threads: an in-process Worker(max_workers=4), N `.delay()`, then `get()` of each."""
     from nuvom.app import App
-    from nuvom.config import Settings
     from nuvom.worker import Worker
 
-    app = App(Settings(queue_backend="memory", result_backend="memory"))
+    app = App(settings)
     noop = app.task(work, name="work")
     with Worker(app=app, max_workers=4):
         noop.delay(-1).get(timeout=60)
@@ -99,31 +99,24 @@ def profile_memory(n: int) -> None:
             job.get(timeout=120)
         wall = time.perf_counter() - t0
         yappi.stop()
-    report("memory: .delay() x N then job.get() each (all threads)", n, wall)
+    report(label, n, wall)
     app.close()
+
+
+def profile_memory(n: int) -> None:
+    from nuvom.config import Settings
+
+    settings = Settings(queue_backend="memory", result_backend="memory")
+    _profile_delay_get(settings, "memory: .delay() x N then job.get() each (all threads)", n)
 
 
 def profile_sqlite_e2e(n: int) -> None:
     """Producer, worker threads and the result watcher in one process, on one file."""
-    from nuvom.app import App
     from nuvom.config import Settings
-    from nuvom.worker import Worker
 
     with tempfile.TemporaryDirectory() as tmp:
-        app = App(Settings(queue_backend="sqlite", result_backend="sqlite", data_dir=Path(tmp)))
-        noop = app.task(work, name="work")
-        with Worker(app=app, max_workers=4):
-            noop.delay(-1).get(timeout=60)
-            yappi.clear_stats()
-            yappi.start(builtins=True, profile_threads=True)
-            t0 = time.perf_counter()
-            jobs = [noop.delay(i) for i in range(n)]
-            for job in jobs:
-                job.get(timeout=120)
-            wall = time.perf_counter() - t0
-            yappi.stop()
-        report("sqlite in one process: .delay() x N then job.get() each (all threads)", n, wall)
-        app.close()
+        settings = Settings(queue_backend="sqlite", result_backend="sqlite", data_dir=Path(tmp))
+        _profile_delay_get(settings, "sqlite in one process: .delay() x N then job.get() each (all threads)", n)
 
 
 def profile_sqlite_delay(n: int) -> None:

@@ -19,7 +19,7 @@ from nuvom import serialization
 from nuvom._hooks import Hooks, call_hooks
 from nuvom._registry import TaskRegistry
 from nuvom._settings import Settings
-from nuvom._task import _SMALL_SCALARS, Task
+from nuvom._task import Task
 from nuvom.errors import NuvomError, SerializationError, TaskNotFound, WorkerLost
 from nuvom.job import Attempt, Executor, Job, JobError, lease_secs_for
 
@@ -166,11 +166,7 @@ class JobRunner:
     def settle(self, job: Job, task: Task[Any] | None, attempt: Attempt, ok: bool, value: Any) -> None:
         """Record the attempt's outcome and hand the job on."""
         now = time.time()
-        if ok and not (
-            type(value) in _SMALL_SCALARS
-            and (type(value) is not int or -(2**63) <= value < 2**64)
-            and self.max_payload_bytes >= 16
-        ):
+        if ok and not (serialization.is_small_scalar(value) and self.max_payload_bytes >= 16):
             try:
                 # Checked one level down, where it sits in the stored job, so that
                 # what passes here is what the store can encode.

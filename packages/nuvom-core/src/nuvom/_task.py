@@ -251,7 +251,7 @@ class Task(Generic[R]):
         """Build (and check) a job for this task without queueing it."""
         app = app or self._app()
         limit = app.settings.max_payload_bytes
-        if kwargs or len(args) > 4 or limit < 64 or not all(type(a) in _SMALL_SCALARS and _small_int(a) for a in args):
+        if kwargs or len(args) > 4 or limit < 64 or not all(map(serialization.is_small_scalar, args)):
             try:
                 size = len(serialization.dumps([args, kwargs]))
             except SerializationError as exc:
@@ -276,14 +276,6 @@ class Task(Generic[R]):
         if shared is None or shared[0] is not app:
             shared = self._private = (app, {"_app": app})
         return Job._trusted_shared(values, shared[1])
-
-
-# Arguments msgpack encodes in at most 9 bytes each (an int only within 64 bits).
-_SMALL_SCALARS = frozenset({type(None), bool, int, float})
-
-
-def _small_int(value: Any) -> bool:
-    return type(value) is not int or -(2**63) <= value < 2**64
 
 
 def _which_argument(args: list[Any], kwargs: dict[str, Any]) -> str:

@@ -14,7 +14,20 @@ from typing import Any
 import msgpack  # type: ignore[import-untyped]
 from nuvom.errors import SerializationError
 
-__all__ = ["dumps", "loads"]
+__all__ = ["SMALL_SCALAR_BYTES", "dumps", "is_small_scalar", "loads"]
+
+
+#: The most bytes msgpack takes for a value :func:`is_small_scalar` accepts.
+SMALL_SCALAR_BYTES = 9
+_SMALL_SCALARS = frozenset({type(None), bool, int, float})
+
+
+def is_small_scalar(value: Any) -> bool:
+    """Whether ``value`` is None, a bool, a float or an int within 64 bits: what
+    msgpack encodes in :data:`SMALL_SCALAR_BYTES` at most. The size checks of
+    arguments and results skip encoding such values (the common trivial job)."""
+    kind = type(value)
+    return kind in _SMALL_SCALARS and (kind is not int or -(2**63) <= value < 2**64)
 
 
 def _refuse(obj: object) -> Any:

@@ -679,8 +679,7 @@ class Worker:
             slot.job = None  # another worker holds it now
             return True
         slot.task, slot.attempt = task, attempt
-        # effective_timeout(), inline: this runs for every job.
-        slot.deadline = time.monotonic() + (job.timeout_secs or default_timeout)
+        slot.deadline = time.monotonic() + effective_timeout(job.timeout_secs, default_timeout)
         ok, value = runner.call(job, task)
         with slot.lock:
             if slot.abandoned:

@@ -20,7 +20,17 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from rich.console import Console
 
-__all__ = ["Column", "Value", "print_block", "print_grid", "print_table", "styled", "text_of", "to_terminal"]
+__all__ = [
+    "Column",
+    "Value",
+    "print_block",
+    "print_grid",
+    "print_line",
+    "print_table",
+    "styled",
+    "text_of",
+    "to_terminal",
+]
 
 #: ``(text, rich style)``; the style is ignored in plain text.
 Segment = tuple[str, str]
@@ -81,7 +91,7 @@ def print_grid(out: Console | None, rows: Sequence[tuple[str, Value]], *, fold: 
 
         grid = Table.grid(padding=(0, 2))
         grid.add_column(style="bold", no_wrap=True)
-        grid.add_column(overflow="fold") if fold else grid.add_column()
+        grid.add_column(overflow="fold" if fold else "ellipsis")  # rich's default: ellipsis
         for label, value in rows:
             grid.add_row(label, _rich_text(value))
         out.print(grid)

@@ -49,6 +49,7 @@ from collections import deque
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
+from nuvom._polling import Poller
 from nuvom._settings import Settings, load_settings
 from nuvom.backends._file_index import ResultIndex
 from nuvom.backends._file_io import (
@@ -568,24 +569,19 @@ class FileResultBackend(BaseResultBackend):
         0.5 ms whenever ``jobs/`` changed (its mtime: something was stored),
         so a ``get()`` behind a busy worker is not left sleeping 100 ms."""
         validate_job_id(job_id)
-        deadline = None if timeout is None else time.monotonic() + timeout
-        pause, seen = _WAIT_FIRST, self._jobs_mtime()
-        while True:
+        poller = Poller(_WAIT_FIRST, _WAIT_MAX)
+        seen = [self._jobs_mtime()]
+
+        def look() -> Job | None:
             record = self.get_full(job_id)
-            if record is not None:
-                return record
-            if deadline is not None:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    return None
-                time.sleep(min(pause, left))
-            else:
-                time.sleep(pause)
-            mtime = self._jobs_mtime()
-            if mtime != seen:
-                seen, pause = mtime, _WAIT_FIRST
-            else:
-                pause = min(pause * 2, _WAIT_MAX)
+            if record is None:
+                mtime = self._jobs_mtime()
+                if mtime != seen[0]:
+                    seen[0] = mtime
+                    poller.reset()
+            return record
+
+        return poller.until(look, timeout)
 
     def _jobs_mtime(self) -> int | None:
         try:

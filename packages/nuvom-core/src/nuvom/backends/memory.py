@@ -70,24 +70,7 @@ class MemoryJobQueue(BaseJobQueue, BaseScheduleStore):
             self.enqueue_many((job,))
             return
         with self._lock:
-            not_before = job.not_before
-            handed = False
-            if not_before is not None and not_before > time.time():
-                heapq.heappush(self._delayed, (not_before, next(self._seq), job))
-                woken = self._parked.popleft() if self._parked else None  # to wait until it is due
-            elif self._parked:
-                # An idle claimer is waiting: the job is claimed for it and handed
-                # over, with no claimer thread in between.
-                woken = self._parked.popleft()
-                job.mark_claimed()
-                self._claimed[job.id] = job
-                woken.inbox.append(job)
-                handed = True
-            else:
-                self._ready.append(job)
-                woken = None
-            if woken is not None:
-                woken.parked = False
+            woken, handed = self._place_locked(job, None)
             if self._cond_waiters and not handed:
                 # One claimer woken per job, not every waiting one (notify_all); a
                 # delayed job may be due before what a waiting claimer waits for.
@@ -99,26 +82,40 @@ class MemoryJobQueue(BaseJobQueue, BaseScheduleStore):
         now = time.time()
         woken: list[Sink] = []
         with self._lock:
-            parked = self._parked
             for job in jobs:
-                if job.not_before is not None and job.not_before > now:
-                    heapq.heappush(self._delayed, (job.not_before, next(self._seq), job))
-                    if parked:
-                        woken.append(parked.popleft())  # to wait until it is due
-                elif parked:
-                    sink = parked.popleft()
-                    job.mark_claimed()
-                    self._claimed[job.id] = job
-                    sink.inbox.append(job)
+                sink, _ = self._place_locked(job, now)
+                if sink is not None:
                     woken.append(sink)
-                else:
-                    self._ready.append(job)
-            for sink in woken:
-                sink.parked = False
             if self._cond_waiters:
                 self._cond.notify(len(jobs))
         for sink in woken:
             sink.handoff()
+
+    def _place_locked(self, job: Job, now: float | None) -> tuple[Sink | None, bool]:
+        """Put one queued job where it goes, the lock held: the delayed heap, the
+        inbox of a parked claimer (claimed for it: no claimer thread in between),
+        or the ready deque. Returns the parked claimer to wake (after the lock is
+        released; woken for a delayed job too, to wait until it is due) and whether
+        the job was handed to it. ``now`` ``None``: the clock is read only for a
+        job with a not-before time."""
+        not_before = job.not_before
+        parked = self._parked
+        handed = False
+        if not_before is not None and not_before > (time.time() if now is None else now):
+            heapq.heappush(self._delayed, (not_before, next(self._seq), job))
+            sink = parked.popleft() if parked else None
+        elif parked:
+            sink = parked.popleft()
+            job.mark_claimed()
+            self._claimed[job.id] = job
+            sink.inbox.append(job)
+            handed = True
+        else:
+            self._ready.append(job)
+            return None, False
+        if sink is not None:
+            sink.parked = False
+        return sink, handed
 
     # -- direct hand-off to idle claimers (the in-process worker's threads) ----
     def take(self, sink: Sink) -> float | None:

@@ -224,10 +224,19 @@ class BaseJobQueue(abc.ABC):
         jobs = self.pop_batch(batch_size, timeout)
         if start <= 0 or not jobs:
             return jobs
-        marked: list[Job] = []
-        for k, job in enumerate(jobs):
-            if len(marked) == start:
-                return marked + jobs[k:]
+        return self._started_first([], jobs, start)
+
+    def _started_first(self, marked: list[Job], rest: list[Job], start: int) -> list[Job]:
+        """The jobs of a claim for :meth:`pop_batch_starting`: ``marked`` (start-marked
+        already), then ``rest``, of which jobs are marked in order with
+        :meth:`mark_started` (one whose mark returns ``False``, taken over, is
+        dropped) until the first ``start`` returned are marked, or none is left.
+        A backend that marks in its claim calls it for what its claim could not
+        mark (a payload that could not be decoded among the marked ones)."""
+        marked = list(marked)
+        for k, job in enumerate(rest):
+            if len(marked) >= start:
+                return marked + rest[k:]
             if self.mark_started(job):
                 marked.append(job)
         return marked

@@ -208,8 +208,8 @@ class RedisJobQueue(BaseJobQueue, RedisSchedules):
         if reply[0] == 0:
             return [], due_in
         token = str(reply[0]).encode()
+        marked: list[Job] = []  # among the first `start` claimed: start-marked by the script
         jobs: list[Job] = []
-        unmarked: list[Job] = []  # claimed past the first `start`: not start-marked by the script
         unreadable: list[Job] = []
         for i in range(2, len(reply), 3):
             job_id, attempts, payload = reply[i].decode(), int(reply[i + 1]), reply[i + 2]
@@ -221,10 +221,7 @@ class RedisJobQueue(BaseJobQueue, RedisSchedules):
             # The script counted the claim (undone if it expires unstarted); so does mark_claimed.
             job.attempts = attempts - 1
             job.mark_claimed()
-            (jobs if (i - 2) // 3 < start else unmarked).append(job)
-        marked = len(jobs)
-        missing = min(start, marked + len(unmarked)) - marked
-        jobs += unmarked
+            (marked if (i - 2) // 3 < start else jobs).append(job)
         with self._claims_lock:
             claimed_at = self._claimed_at
             claimed_at[token] = sent
@@ -232,24 +229,15 @@ class RedisJobQueue(BaseJobQueue, RedisSchedules):
                 for old in list(claimed_at)[: _CLAIM_TIMES_MAX // 2]:
                     del claimed_at[old]
             claims = self._claims
-            for job in jobs:
-                claims[job.id] = token
-            for job in unreadable:
+            for job in (*marked, *jobs, *unreadable):
                 claims[job.id] = token
         if unreadable:
             for job in unreadable:
                 log.error("job %s: %s", job.id, job.error.message if job.error else "")
             self._complete_here(unreadable)
-        if missing > 0:
-            # A corrupt payload among the marked ones: mark as many others, so that
-            # the first min(start, len(jobs)) returned are marked (pop_batch_starting).
-            rest, extra = jobs[marked:], list[Job]()
-            while rest and len(extra) < missing:
-                job = rest.pop(0)
-                if self.mark_started(job):
-                    extra.append(job)
-            jobs = jobs[:marked] + extra + rest
-        return jobs, due_in
+        # A corrupt payload among the marked ones: others are marked in its place, so
+        # that the first min(start, len(jobs)) returned are marked (pop_batch_starting).
+        return self._started_first(marked, jobs, start), due_in
 
     def pop_batch_starting(self, batch_size: int, timeout: float | None = 0.0, *, start: int = 0) -> list[Job]:
         """:meth:`pop_batch` whose claim script also writes the start marks of the

@@ -209,20 +209,19 @@ class SQLiteJobQueue(BaseJobQueue, SQLiteSchedules):
                     *(r[0] for r in rows),
                 ),
             )
-            started = rows[: max(0, start)]
+            started = min(max(0, start), len(rows))  # the first rows are the ones marked
             if started:
                 # The start marks of the jobs for idle threads, in the claim's own
                 # transaction (pop_batch_starting); the lease just set runs from now.
                 conn.execute(
-                    f"UPDATE nuvom_queue SET started_at = ? WHERE seq IN ({_marks(len(started))})",
-                    (now, *(r[0] for r in started)),
+                    f"UPDATE nuvom_queue SET started_at = ? WHERE seq IN ({_marks(started)})",
+                    (now, *(r[0] for r in rows[:started])),
                 )
-        marked_seqs = {r[0] for r in rows[: max(0, start)]}
         # Decoded after the commit: the write lock is held for SQL only.
         marked: list[Job] = []
         jobs: list[Job] = []
         unreadable: list[tuple[int, Job]] = []
-        for seq, raw_id, raw_name, attempts, created_at, payload in rows:
+        for i, (seq, raw_id, raw_name, attempts, created_at, payload) in enumerate(rows):
             try:
                 job = _decode_row(raw_id, raw_name, payload)
             except SerializationError as exc:
@@ -232,14 +231,12 @@ class SQLiteJobQueue(BaseJobQueue, SQLiteSchedules):
                 continue
             job.attempts = attempts
             job.mark_claimed()
-            (marked if seq in marked_seqs else jobs).append(job)
+            (marked if i < started else jobs).append(job)
         if unreadable:
             self._quarantine(unreadable, token)
         with self._claims_lock:
             claims = self._claims
-            for job in jobs:
-                claims[job.id] = token
-            for job in marked:
+            for job in (*marked, *jobs):
                 claims[job.id] = token
             claimed_at = self._claimed_at
             claimed_at[token] = now
@@ -249,11 +246,7 @@ class SQLiteJobQueue(BaseJobQueue, SQLiteSchedules):
         # The marked jobs come first. A marked row that could not be decoded was
         # quarantined: the next ones are marked on their own, so that the first
         # min(start, len) jobs returned are exactly the started ones.
-        while len(marked) < min(start, len(marked) + len(jobs)):
-            job = jobs.pop(0)
-            if self.mark_started(job):
-                marked.append(job)
-        return marked + jobs
+        return self._started_first(marked, jobs, start)
 
     def _quarantine(self, rows: list[tuple[int, Job]], token: int) -> None:
         """Move rows that cannot be decoded out of the queue, into this file's

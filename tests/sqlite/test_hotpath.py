@@ -10,12 +10,14 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 from nuvom.errors import BackendError
 from nuvom.job import Job, JobStatus
 from nuvom.sqlite import SQLiteJobQueue, SQLiteResultBackend
+from nuvom.sqlite._db import Database
 
 from .conftest import Project, wait_until
 
@@ -190,3 +192,89 @@ def test_gets_one_after_another_keep_one_watcher_and_its_connection(
     assert len(results.db._connections) <= 3  # this thread's, and the watcher's: no connection per wait
     wait_until(lambda: watchers() == 0, 10, "the watcher gone after its linger")
     assert len(results.db._connections) <= 2  # the watcher closed its connection on the way out
+
+
+# -- group commit (Database.combined) -------------------------------------------
+def _table(db_path: Path) -> Database:
+    db = Database(db_path)
+    db.connection().execute("CREATE TABLE IF NOT EXISTS t (k TEXT PRIMARY KEY, v INTEGER)")
+    return db
+
+
+def test_writes_queued_while_one_commits_share_the_next_transaction(tmp_path: Path) -> None:
+    db = _table(tmp_path / "g.db")
+    first_in, release = threading.Event(), threading.Event()
+    seen: dict[str, tuple[int, bool, int]] = {}  # key -> (committing thread, in a transaction, rows visible)
+
+    def insert(key: str, block: bool = False) -> Callable[[sqlite3.Connection], str]:
+        def fn(conn: sqlite3.Connection) -> str:
+            conn.execute("INSERT INTO t VALUES (?, 1)", (key,))
+            count = conn.execute("SELECT count(*) FROM t").fetchone()[0]
+            seen[key] = (threading.get_ident(), conn.in_transaction, count)
+            if block:
+                first_in.set()
+                assert release.wait(10)
+            return key
+
+        return fn
+
+    results: dict[str, object] = {}
+
+    def call(key: str, block: bool = False) -> None:
+        results[key] = db.combined(insert(key, block), f"writing {key}")
+
+    holder = threading.Thread(target=call, args=("a", True))
+    holder.start()
+    assert first_in.wait(10)
+    # Queued while "a" holds the combining lock: committed together, by one thread.
+    waiters = [threading.Thread(target=call, args=(key,)) for key in ("b", "c")]
+    for t in waiters:
+        t.start()
+    wait_until(lambda: len(db._pending) == 2, timeout=10)
+    release.set()
+    for t in (holder, *waiters):
+        t.join(10)
+    assert results == {"a": "a", "b": "b", "c": "c"}
+    assert seen["b"][0] == seen["c"][0], "b and c were committed by different threads"
+    assert seen["b"][1] and seen["c"][1]
+    # One transaction: the second of the two saw the first's uncommitted row.
+    assert sorted((seen["b"][2], seen["c"][2])) == [2, 3]
+    with sqlite3.connect(tmp_path / "g.db") as other:
+        assert other.execute("SELECT count(*) FROM t").fetchone()[0] == 3
+
+
+def test_an_error_in_one_combined_write_reaches_only_its_caller(tmp_path: Path) -> None:
+    db = _table(tmp_path / "g.db")
+    db.connection().execute("INSERT INTO t VALUES ('taken', 0)")
+    first_in, release = threading.Event(), threading.Event()
+
+    def hold(conn: sqlite3.Connection) -> None:
+        first_in.set()
+        assert release.wait(10)
+
+    outcomes: dict[str, object] = {}
+
+    def call(name: str, fn: Callable[[sqlite3.Connection], object]) -> None:
+        try:
+            outcomes[name] = db.combined(fn, f"writing {name}")
+        except BackendError as exc:
+            outcomes[name] = exc
+
+    holder = threading.Thread(target=call, args=("hold", hold))
+    holder.start()
+    assert first_in.wait(10)
+    threads = [
+        threading.Thread(target=call, args=("bad", lambda c: c.execute("INSERT INTO t VALUES ('taken', 1)"))),
+        threading.Thread(target=call, args=("good", lambda c: c.execute("INSERT INTO t VALUES ('new', 2)").rowcount)),
+    ]
+    for t in threads:
+        t.start()
+    wait_until(lambda: len(db._pending) == 2, timeout=10)
+    release.set()
+    for t in (holder, *threads):
+        t.join(10)
+    assert isinstance(outcomes["bad"], BackendError) and "UNIQUE" in str(outcomes["bad"])
+    assert "writing bad" in str(outcomes["bad"])
+    assert outcomes["good"] == 1
+    with sqlite3.connect(tmp_path / "g.db") as other:
+        assert dict(other.execute("SELECT k, v FROM t").fetchall()) == {"taken": 0, "new": 2}

@@ -14,7 +14,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Generic, TypeVar
 
 import msgpack  # type: ignore[import-untyped]
 from nuvom import serialization
@@ -311,6 +311,18 @@ class SchemaTooNew(BackendError):
     """The file was written by a newer nuvom-sqlite."""
 
 
+class _Write(Generic[T]):
+    """One write queued for :meth:`Database.combined`."""
+
+    __slots__ = ("done", "error", "fn", "one_statement", "value", "what")
+
+    def __init__(self, fn: Callable[[sqlite3.Connection], T], what: str, one_statement: bool) -> None:
+        self.fn, self.what, self.one_statement = fn, what, one_statement
+        self.done = False
+        self.value: T | None = None
+        self.error: Exception | None = None
+
+
 class Database:
     """A SQLite file shared by threads of this process and by other processes.
 
@@ -328,6 +340,11 @@ class Database:
         self.readonly = False
         self._local = threading.local()
         self._lock = threading.Lock()
+        # Group commit (combined): the writes waiting to be committed, and the
+        # lock held by the thread committing them.
+        self._pending: list[_Write[Any]] = []
+        self._pending_lock = threading.Lock()
+        self._combine_lock = threading.Lock()
         self._connections: list[sqlite3.Connection] = []
         self._generation = 0
         self._ready = False
@@ -458,9 +475,10 @@ class Database:
             if not self._writable_again():
                 raise self.readonly_error(what)
             conn = self.connection()
-        # No lock of our own around this: measured, letting threads of this
-        # process wait in SQLite's busy handler was faster (its sleeps let
-        # finished jobs pile up into larger completion groups).
+        # No lock of our own around this: the writes of a worker's hot path
+        # (claims, start marks, completions) go through combined(), which
+        # commits one at a time by construction; the rare others wait in
+        # SQLite's busy handler.
         try:
             conn.execute("BEGIN IMMEDIATE")
         except sqlite3.Error as exc:
@@ -474,6 +492,86 @@ class Database:
             if isinstance(exc, sqlite3.Error):
                 raise self.error(exc, what) from None
             raise
+
+    def combined(
+        self, fn: Callable[[sqlite3.Connection], T], what: str = "writing", *, one_statement: bool = False
+    ) -> T:
+        """``fn(conn)`` in a write transaction committed when this returns, shared
+        with the other threads of this process writing through here at the
+        same moment (group commit).
+
+        A worker's threads each mark a job started, claim and complete, every
+        one of which must be committed before the thread goes on. One commit
+        costs far more than the statements in it (the WAL frames of every page
+        touched, a write lock, syscalls), and threads that each commit their
+        own contend for the lock and sleep in SQLite's busy handler. Here a
+        thread queues its write and whoever holds the combining lock commits
+        everything queued in one transaction; the others find theirs done.
+
+        ``fn`` must only run SQL and return what the caller needs: it runs
+        inside a transaction it does not own, and runs again alone (its own
+        transaction) if the shared one fails, so that an error reaches only
+        the write that caused it. ``one_statement``: ``fn`` runs a single
+        statement, which alone needs no ``BEGIN``/``COMMIT`` (autocommit).
+        """
+        write = _Write(fn, what, one_statement)
+        with self._pending_lock:
+            self._pending.append(write)
+        with self._combine_lock:
+            if not write.done:
+                with self._pending_lock:
+                    batch, self._pending = self._pending, []
+                self._commit(batch)
+        if write.error is not None:
+            raise write.error
+        return write.value  # type: ignore[return-value]  # set when done without error
+
+    def _commit(self, batch: list[_Write[Any]]) -> None:
+        """Commit ``batch`` (every write in it done, with its value or error, when this returns)."""
+        try:
+            if len(batch) > 1:
+                failed: _Write[Any] | None = None
+                try:
+                    with self.write(batch[0].what) as conn:
+                        values = []
+                        for w in batch:
+                            failed = w
+                            values.append(w.fn(conn))
+                        failed = None
+                except Exception as exc:
+                    if failed is None:
+                        # BEGIN or COMMIT failed (locked past the busy timeout, disk
+                        # full, read-only, corrupt): every write would fail alike.
+                        for w in batch:
+                            w.error, w.done = exc, True
+                        return
+                    # One write's SQL failed and the transaction was rolled back:
+                    # each alone below, so that only that write's caller gets its error.
+                else:
+                    for w, value in zip(batch, values, strict=True):
+                        w.value, w.done = value, True
+                    return
+            for w in batch:
+                try:
+                    w.value = self._alone(w)
+                except Exception as exc:
+                    w.error = exc
+                w.done = True
+        finally:
+            for w in batch:
+                if not w.done:  # interrupted (BaseException): never leave a caller without an answer
+                    w.error = BackendError(f"{self.path}: {w.what} was interrupted")
+                    w.done = True
+
+    def _alone(self, w: _Write[T]) -> T:
+        if w.one_statement and not self.readonly:
+            self._refuse_if_corrupt()
+            try:
+                return w.fn(self.connection())
+            except sqlite3.Error as exc:
+                raise self.error(exc, w.what) from None
+        with self.write(w.what) as conn:  # reopens a file become writable, else says why not
+            return w.fn(conn)
 
     def write_one(self, sql: str, params: Sequence[Any], what: str = "writing") -> None:
         """One statement as its own transaction (autocommit): the cheapest durable

@@ -189,10 +189,11 @@ class SQLiteJobQueue(BaseJobQueue, SQLiteSchedules):
 
     def _claim(self, batch_size: int, now: float, start: int = 0) -> list[Job]:
         token = secrets.randbits(62)
-        with self.db.write("claiming jobs") as conn:
+
+        def claim(conn: sqlite3.Connection) -> list[Any]:
             rows = conn.execute(_SELECT_DUE, (now, batch_size)).fetchall()
             if not rows:
-                return []
+                return rows
             conn.execute(
                 f"UPDATE nuvom_queue SET state = 1, attempts = attempts + 1 - {_UNSTARTED}, started_at = NULL, "
                 "claim_token = ?, claimed_by = ?, "
@@ -217,6 +218,12 @@ class SQLiteJobQueue(BaseJobQueue, SQLiteSchedules):
                     f"UPDATE nuvom_queue SET started_at = ? WHERE seq IN ({_marks(started)})",
                     (now, *(r[0] for r in rows[:started])),
                 )
+            return rows
+
+        rows = self.db.combined(claim, "claiming jobs")
+        if not rows:
+            return []
+        started = min(max(0, start), len(rows))
         # Decoded after the commit: the write lock is held for SQL only.
         marked: list[Job] = []
         jobs: list[Job] = []
@@ -389,16 +396,17 @@ class SQLiteJobQueue(BaseJobQueue, SQLiteSchedules):
         ids = [job.id for job in jobs]
         tokens = self._tokens(ids)
         start = None if starting is None else self._start_statement(starting)
-        started = True
-        with self.db.write("completing jobs") as conn:
+
+        def complete(conn: sqlite3.Connection) -> tuple[list[str], bool]:
             kept = _delete_claimed(conn, jobs, tokens)
             if len(kept) == len(rows):
                 insert_results(conn, rows)
             else:
                 keep = set(kept)
                 insert_results(conn, [row for row in rows if row[0] in keep])
-            if start is not None:
-                started = conn.execute(*start).rowcount > 0
+            return kept, start is None or conn.execute(*start).rowcount > 0
+
+        kept, started = self.db.combined(complete, "completing jobs")
         self._forget(ids)
         if len(kept) != len(rows):
             log.info("%d completion(s) ignored: their claim was taken over by another worker", len(rows) - len(kept))
@@ -462,16 +470,9 @@ class SQLiteJobQueue(BaseJobQueue, SQLiteSchedules):
         return _START, (now, self.lease_secs, self.default_timeout, LEASE_FACTOR, LEASE_MARGIN_SECS, job.id, token)
 
     def _write_one(self, sql: str, params: Sequence[Any], what: str) -> int:
-        """One statement in its own transaction (autocommit: no BEGIN/COMMIT
-        round trips); returns the rows it changed."""
-        db = self.db
-        if db.readonly:
-            with db.write(what) as conn:  # reopens the file if it became writable, else says why not
-                return int(conn.execute(sql, params).rowcount)
-        try:
-            return int(db.connection().execute(sql, params).rowcount)
-        except sqlite3.Error as exc:
-            raise db.error(exc, what) from None
+        """One statement, committed with whatever else this process's threads
+        write at the moment (Database.combined); returns the rows it changed."""
+        return self.db.combined(lambda conn: int(conn.execute(sql, params).rowcount), what, one_statement=True)
 
     # -- reading --------------------------------------------------------------
     def get(self, job_id: str) -> Job | None:

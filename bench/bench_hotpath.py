@@ -16,14 +16,24 @@ of N. Rounds are interleaved (every path once per round, the order of
   ``python -m nuvom.worker tasks --threads 4`` process; each round gets a fresh
   data directory (redis: ``FLUSHALL``). redis only when a ``redis-server``
   binary is on PATH (one is started on a free loopback port and stopped by PID).
-* huey: SqliteHuey (``synchronous=NORMAL``, as nuvom-sqlite) and FileHuey with
-  a 4-thread consumer, the same loop with ``result.get(blocking=True)``; only
-  when huey is importable.
-* floors: bare ``sqlite3`` (WAL, ``synchronous=NORMAL``), one committed
-  ``INSERT`` of a job-sized row per call into a table of the queue's shape
-  (mean, and median: one commit without the automatic checkpoints); bare
-  files, create + write + close + rename of one job-sized file: what a
-  durable ``.delay()`` cannot beat.
+* huey: SqliteHuey (``synchronous=NORMAL``, as nuvom-sqlite), FileHuey and
+  (with Redis) RedisHuey with a 4-thread consumer, the same loop with
+  ``result.get(blocking=True)``; only when huey is importable.
+* RQ (with Redis, when rq is importable): one ``SimpleWorker`` process, the
+  same loop with ``enqueue()`` and ``job.latest_result(timeout=...)``; fewer
+  jobs (``--rq-jobs``), RQ runs a few hundred a second.
+* floors, what each path cannot beat on this machine:
+  - memory: the bare executor above;
+  - a durable one-at-a-time ``.delay()``: bare ``sqlite3`` (WAL,
+    ``synchronous=NORMAL``), one committed ``INSERT`` of a job-sized row per
+    call into a table of the queue's shape (mean, and median: one commit
+    without the automatic checkpoints); bare files, create + write + close +
+    rename of one job-sized file; bare redis-py, one ``LPUSH`` round trip of a
+    job-sized value per call;
+  - a SQLite worker (the ceiling of ``.map()``, which the worker bounds):
+    bare ``sqlite3`` on nuvom-sqlite's schema, draining a full queue in batches
+    of 64 with no task run: one transaction claims 64 rows (``SELECT`` +
+    ``UPDATE``), one deletes them and inserts their 64 results.
 """
 
 from __future__ import annotations
@@ -96,6 +106,10 @@ class NormalSyncStorage(SqliteStorage):
 
 if os.environ["HUEY_KIND"] == "sqlite":
     huey = SqliteHuey(filename=os.environ["HUEY_PATH"], storage_class=NormalSyncStorage)
+elif os.environ["HUEY_KIND"] == "redis":
+    from huey import RedisHuey
+
+    huey = RedisHuey("bench", url=os.environ["HUEY_PATH"])
 else:
     huey = FileHuey("bench", path=os.environ["HUEY_PATH"])
 
@@ -123,6 +137,36 @@ print(json.dumps({"delay": {"total": time.perf_counter() - t0, "enqueue": t1 - t
 HUEY_CONSUMER = (
     "import hueytasks; hueytasks.huey.create_consumer(workers=4, worker_type='thread', periodic=False, "
     "max_delay=0.05).run()"
+)
+
+
+RQ_TASKS = """
+def noop(i):
+    return i
+"""
+
+RQ_PRODUCER = """
+import json, os, sys, time
+import redis, rq
+
+n = int(sys.argv[1])
+conn = redis.Redis.from_url(os.environ["RQ_URL"])
+queue = rq.Queue("bench", connection=conn)
+warm = queue.enqueue("rqtasks.noop", -1)
+assert warm.latest_result(timeout=60).return_value == -1
+t0 = time.perf_counter()
+jobs = [queue.enqueue("rqtasks.noop", i) for i in range(n)]
+t1 = time.perf_counter()
+for i, job in enumerate(jobs):
+    result = job.latest_result(timeout=120)
+    if result is None or result.return_value != i:
+        raise SystemExit(f"wrong result for job {i}")
+print(json.dumps({"delay": {"total": time.perf_counter() - t0, "enqueue": t1 - t0}}))
+"""
+
+RQ_WORKER = (
+    "import os, redis, rq; conn = redis.Redis.from_url(os.environ['RQ_URL']); "
+    "rq.SimpleWorker([rq.Queue('bench', connection=conn)], connection=conn).work(logging_level='WARNING')"
 )
 
 
@@ -232,11 +276,11 @@ def run_nuvom_e2e(base: Path, backend: str, n: int, order: list[str], redis_url:
         shutil.rmtree(workdir, ignore_errors=True)
 
 
-def run_huey_e2e(base: Path, kind: str, n: int) -> dict[str, Any]:
+def run_huey_e2e(base: Path, kind: str, n: int, redis_url: str | None = None) -> dict[str, Any]:
     workdir = Path(tempfile.mkdtemp(prefix=f"huey-{kind}-", dir=base))
     (workdir / "hueytasks.py").write_text(HUEY_TASKS)
-    path = workdir / ("huey.db" if kind == "sqlite" else "hueydata")
-    env = clean_env(PYTHONPATH=str(workdir), HUEY_KIND=kind, HUEY_PATH=str(path))
+    path = redis_url or str(workdir / ("huey.db" if kind == "sqlite" else "hueydata"))
+    env = clean_env(PYTHONPATH=str(workdir), HUEY_KIND=kind, HUEY_PATH=path)
     consumer = subprocess.Popen(
         [sys.executable, "-c", HUEY_CONSUMER],
         cwd=workdir,
@@ -249,6 +293,25 @@ def run_huey_e2e(base: Path, kind: str, n: int) -> dict[str, Any]:
     finally:
         stop(consumer)
     shutil.rmtree(workdir, ignore_errors=True)  # kept, with consumer.log, when the run failed
+    return result
+
+
+def run_rq_e2e(base: Path, n: int, redis_url: str) -> dict[str, Any]:
+    workdir = Path(tempfile.mkdtemp(prefix="rq-", dir=base))
+    (workdir / "rqtasks.py").write_text(RQ_TASKS)
+    env = clean_env(PYTHONPATH=str(workdir), RQ_URL=redis_url)
+    worker = subprocess.Popen(
+        [sys.executable, "-c", RQ_WORKER],
+        cwd=workdir,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=open(workdir / "worker.log", "ab"),  # noqa: SIM115
+    )
+    try:
+        result = run_producer(workdir, RQ_PRODUCER, [str(n)], env)
+    finally:
+        stop(worker)
+    shutil.rmtree(workdir, ignore_errors=True)
     return result
 
 
@@ -328,6 +391,78 @@ def sqlite_floor(base: Path, n: int) -> tuple[float, float]:
     return statistics.mean(each), statistics.median(each)
 
 
+def sqlite_worker_floor(base: Path, n: int, batch: int = 64) -> float:
+    """Seconds per job for bare ``sqlite3`` to drain ``n`` queued jobs from a file
+    with nuvom-sqlite's schema, ``batch`` at a time, no task run: one transaction
+    claims a batch (``SELECT`` + ``UPDATE``), one deletes its rows and inserts
+    its results. Everything a SQLite worker must write for a job, at the best
+    batching and with no Python of its own: the ceiling of ``.map()``."""
+    from nuvom.sqlite._db import Database
+
+    path = base / f"drain-{uuid.uuid4().hex}.db"
+    Database(path).connection()  # creates nuvom-sqlite's schema (tables, indexes, triggers)
+    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    conn.execute("PRAGMA synchronous=NORMAL")
+    now = time.time()
+    payload, result = os.urandom(250), os.urandom(300)
+    conn.execute("BEGIN IMMEDIATE")
+    conn.executemany(
+        "INSERT INTO nuvom_queue (id, func_name, state, ready_at, attempts, created_at, payload) "
+        "VALUES (?, 'noop', 0, ?, 0, ?, ?)",
+        [(uuid.uuid4().hex, now + i * 1e-6, now, payload) for i in range(n)],
+    )
+    conn.execute("COMMIT")
+    conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    done = 0
+    start = time.perf_counter()
+    while done < n:
+        t = time.time()
+        conn.execute("BEGIN IMMEDIATE")
+        rows = conn.execute(
+            "SELECT seq, id FROM nuvom_queue WHERE ready_at <= ? ORDER BY ready_at, seq LIMIT ?", (t, batch)
+        ).fetchall()
+        marks = ",".join("?" * len(rows))
+        conn.execute(
+            f"UPDATE nuvom_queue SET state = 1, attempts = attempts + 1, claim_token = 1, claimed_by = 'w', "
+            f"started_at = ?, ready_at = ? WHERE seq IN ({marks})",
+            (t, t + 300, *(r[0] for r in rows)),
+        )
+        conn.execute("COMMIT")
+        t = time.time()
+        conn.execute("BEGIN IMMEDIATE")
+        conn.execute(f"DELETE FROM nuvom_queue WHERE seq IN ({marks}) AND claim_token = 1", [r[0] for r in rows])
+        conn.executemany(
+            "INSERT OR REPLACE INTO nuvom_results (id, func_name, status, attempts, worker_id, created_at, "
+            "started_at, finished_at, error_type, error_message, payload, tags) "
+            "VALUES (?, 'noop', 'SUCCESS', 1, 'w', ?, ?, ?, NULL, NULL, ?, NULL)",
+            [(r[1], now, t, t, result) for r in rows],
+        )
+        conn.execute("COMMIT")
+        done += len(rows)
+    elapsed = time.perf_counter() - start
+    conn.close()
+    for suffix in ("", "-wal", "-shm"):
+        Path(f"{path}{suffix}").unlink(missing_ok=True)
+    return elapsed / n
+
+
+def redis_floor(url: str, n: int) -> float:
+    """Seconds per ``LPUSH`` of a ~300-byte value with bare redis-py, one round
+    trip per call: what a one-at-a-time Redis ``.delay()`` cannot beat."""
+    import redis as redis_py
+
+    client = redis_py.Redis.from_url(url)
+    payload = os.urandom(300)
+    client.ping()
+    start = time.perf_counter()
+    for _ in range(n):
+        client.lpush("bench:floor", payload)
+    elapsed = time.perf_counter() - start
+    client.delete("bench:floor")
+    client.close()
+    return elapsed / n
+
+
 def file_floor(base: Path, n: int) -> float:
     """Seconds per job file: create, write ~300 bytes, close, rename into a queue
     folder (what a durable file .delay() cannot do with less)."""
@@ -358,6 +493,7 @@ def main() -> None:
     parser.add_argument("--mem-jobs", type=int, default=10000)
     parser.add_argument("--e2e-jobs", type=int, default=3000)
     parser.add_argument("--huey-jobs", type=int, default=1000)
+    parser.add_argument("--rq-jobs", type=int, default=300, help="jobs per RQ round (RQ runs a few hundred a second)")
     parser.add_argument("--write-docs", action="store_true", help="rewrite the hot-path table of docs/benchmarks.md")
     parser.add_argument("--json", type=Path, help="also write the medians (jobs/s, producer us/job) to this file")
     parser.add_argument(
@@ -373,6 +509,7 @@ def main() -> None:
     have_huey = importlib.util.find_spec("huey") is not None
     have_sqlite = importlib.util.find_spec("nuvom.sqlite") is not None
     have_redis = shutil.which("redis-server") is not None and importlib.util.find_spec("nuvom.redis") is not None
+    have_rq = have_redis and importlib.util.find_spec("rq") is not None
     skipped = []
     if not have_huey:
         skipped.append("huey (not importable)")
@@ -380,6 +517,8 @@ def main() -> None:
         skipped.append("nuvom-sqlite (not installed)")
     if not have_redis:
         skipped.append("nuvom-redis (no redis-server binary or nuvom-redis not installed)")
+    elif not have_rq:
+        skipped.append("RQ (not importable)")
 
     base = Path(tempfile.mkdtemp(prefix="bench-hotpath-"))
     redis = RedisServer(base) if have_redis else None
@@ -408,9 +547,12 @@ def main() -> None:
                 for mode, fig in res.items():
                     add(f"{backend} {mode}", fig["total"], args.e2e_jobs, fig["enqueue"])
             if have_huey:
-                for kind in ("sqlite", "file"):
+                for kind in ("sqlite", "file", *(["redis"] if redis else [])):
+                    if redis and kind == "redis":
+                        redis.flush()
                     try:
-                        fig = run_huey_e2e(base, kind, args.huey_jobs)["delay"]
+                        url = redis.url if redis and kind == "redis" else None
+                        fig = run_huey_e2e(base, kind, args.huey_jobs, url)["delay"]
                     except RuntimeError as exc:
                         # A comparison that fails (FileHuey's consumer has stalled here) costs its
                         # round, not the run; the count of failed rounds is printed with the table.
@@ -418,6 +560,14 @@ def main() -> None:
                         print(f"warning: {exc}", file=sys.stderr)
                         continue
                     add(f"huey-{kind} delay", fig["total"], args.huey_jobs, fig["enqueue"])
+            if redis and have_rq:
+                redis.flush()
+                fig = run_rq_e2e(base, args.rq_jobs, redis.url)["delay"]
+                add("rq delay", fig["total"], args.rq_jobs, fig["enqueue"])
+            if redis:
+                times.setdefault("redis floor", []).append(1.0 / redis_floor(redis.url, args.e2e_jobs))
+            if have_sqlite:
+                times.setdefault("sqlite worker floor", []).append(1.0 / sqlite_worker_floor(base, args.e2e_jobs * 2))
             mean, median = sqlite_floor(base, args.e2e_jobs)
             times.setdefault("sqlite floor", []).append(1.0 / mean)
             times.setdefault("sqlite floor median", []).append(1.0 / median)
@@ -477,10 +627,14 @@ def render(
     def enq(key: str) -> str:
         return f"{med(enqueue[key]) * 1e6:.0f}" if key in enqueue else "-"
 
+    def per(key: str, floor_key: str, name: str) -> str:
+        return f"{m[key] / m[floor_key]:.2f} of {name}" if key in m and floor_key in m else ""
+
     rows = [
         f"Machine: {machine()}; {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC.",
         f"Command: `python bench/bench_hotpath.py --rounds {args.rounds} --mem-jobs {args.mem_jobs} "
-        f"--e2e-jobs {args.e2e_jobs} --huey-jobs {args.huey_jobs}`; medians of {args.rounds} interleaved rounds.",
+        f"--e2e-jobs {args.e2e_jobs} --huey-jobs {args.huey_jobs} --rq-jobs {args.rq_jobs}`; "
+        f"medians of {args.rounds} interleaved rounds.",
         "",
         "| path (N `.delay()`/`.map()`, then `job.get()` of each) | jobs/s (median) "
         "| producer us per job (enqueue only) | ratio |",
@@ -490,26 +644,40 @@ def render(
         f"| {ratio('memory delay', 'executor')} of the executor |",
         f"| nuvom memory, `.map()` | {m['memory map']:,.0f} | - | {ratio('memory map', 'executor')} of the executor |",
     ]
+    notes = {
+        "sqlite delay": f"{ratio('sqlite delay', 'huey-sqlite delay')} of SqliteHuey; "
+        + per("sqlite delay", "sqlite floor", "the SQLite `.delay()` floor"),
+        "sqlite map": per("sqlite map", "sqlite worker floor", "the SQLite worker floor"),
+        "file delay": f"{ratio('file delay', 'huey-file delay')} of FileHuey; "
+        + per("file delay", "file floor", "the file floor"),
+        "redis delay": f"{ratio('redis delay', 'huey-redis delay')} of RedisHuey; {ratio('redis delay', 'rq delay')} "
+        f"of RQ; " + per("redis delay", "redis floor", "the Redis floor"),
+        "redis map": f"{ratio('redis map', 'huey-redis delay')} of RedisHuey's loop",
+    }
     for backend in ("sqlite", "file", "redis"):
         for mode in ("delay", "map"):
             key = f"{backend} {mode}"
             if key not in m:
                 continue
-            note = ""
-            if backend == "sqlite" and mode == "delay":
-                note = f"{ratio(key, 'huey-sqlite delay')} of SqliteHuey; {m[key] / floor:.2f} of the SQLite floor"
-            elif backend == "file" and mode == "delay":
-                note = f"{ratio(key, 'huey-file delay')} of FileHuey; {m[key] / m['file floor']:.2f} of the file floor"
             rows.append(
                 f"| nuvom {backend} e2e (1 worker process, 4 threads), `.{mode}()` | {m[key]:,.0f} | {enq(key)} "
-                f"| {note} |"
+                f"| {notes.get(key, '')} |"
             )
-    for kind, name in (("sqlite", "SqliteHuey (synchronous=NORMAL)"), ("file", "FileHuey")):
+    for kind, name in (
+        ("sqlite", "SqliteHuey (synchronous=NORMAL)"),
+        ("file", "FileHuey"),
+        ("redis", "RedisHuey"),
+    ):
         key = f"huey-{kind} delay"
         if key in m:
             rows.append(
                 f"| huey {name}, 4-thread consumer, call + `get(blocking=True)` | {m[key]:,.0f} | {enq(key)} | |"
             )
+    if "rq delay" in m:
+        rows.append(
+            f"| RQ `SimpleWorker` (1 process), `enqueue()` + `latest_result(timeout=...)` | {m['rq delay']:,.0f} "
+            f"| {enq('rq delay')} | |"
+        )
     rows.append(
         f"| SQLite floor: bare `sqlite3` committed INSERT per call into the queue table's shape (WAL, "
         f"synchronous=NORMAL), mean with SQLite's automatic checkpoints | {floor:,.0f} | {floor_us:.0f} "
@@ -523,6 +691,17 @@ def render(
         f"| file floor: bare create + write + close + rename of one ~300-byte file | {m['file floor']:,.0f} "
         f"| {1e6 / m['file floor']:.0f} | the ceiling of a file `.delay()` |"
     )
+    if "sqlite worker floor" in m:
+        rows.append(
+            f"| SQLite worker floor: bare `sqlite3` on nuvom-sqlite's schema draining a full queue, 64 jobs per "
+            f"claim transaction and per completion transaction, no task run | {m['sqlite worker floor']:,.0f} | - "
+            "| the ceiling of a SQLite worker, so of `.map()` |"
+        )
+    if "redis floor" in m:
+        rows.append(
+            f"| Redis floor: bare redis-py, one `LPUSH` round trip of ~300 bytes per call | {m['redis floor']:,.0f} "
+            f"| {1e6 / m['redis floor']:.0f} | the ceiling of a one-at-a-time Redis `.delay()` |"
+        )
     if skipped:
         rows += ["", "Skipped or failed: " + "; ".join(skipped) + "."]
     return rows

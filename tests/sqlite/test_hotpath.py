@@ -278,3 +278,11 @@ def test_an_error_in_one_combined_write_reaches_only_its_caller(tmp_path: Path) 
     assert outcomes["good"] == 1
     with sqlite3.connect(tmp_path / "g.db") as other:
         assert dict(other.execute("SELECT k, v FROM t").fetchall()) == {"taken": 0, "new": 2}
+
+
+def test_every_writing_connection_checkpoints_past_ten_thousand_pages(queue: SQLiteJobQueue) -> None:
+    queue.enqueue(Job(func_name="record"))  # opens .delay()'s own connection too
+    db = queue.db
+    worker_side = db.connection().execute("PRAGMA wal_autocheckpoint").fetchone()[0]
+    producer_side = db._nowait_connection().execute("PRAGMA wal_autocheckpoint").fetchone()[0]
+    assert worker_side == producer_side == 10_000

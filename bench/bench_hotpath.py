@@ -32,7 +32,7 @@ of N. Rounds are interleaved (every path once per round, the order of
     job-sized value per call;
   - a SQLite worker (the ceiling of ``.map()``, which the worker bounds):
     bare ``sqlite3`` on nuvom-sqlite's schema, draining a full queue in batches
-    of 64 with no task run: one transaction claims 64 rows (``SELECT`` +
+    of 256 with no task run: one transaction claims 256 rows (``SELECT`` +
     ``UPDATE``), one deletes them and inserts their 64 results.
 """
 
@@ -391,7 +391,7 @@ def sqlite_floor(base: Path, n: int) -> tuple[float, float]:
     return statistics.mean(each), statistics.median(each)
 
 
-def sqlite_worker_floor(base: Path, n: int, batch: int = 64) -> float:
+def sqlite_worker_floor(base: Path, n: int, batch: int = 256) -> float:
     """Seconds per job for bare ``sqlite3`` to drain ``n`` queued jobs from a file
     with nuvom-sqlite's schema, ``batch`` at a time, no task run: one transaction
     claims a batch (``SELECT`` + ``UPDATE``), one deletes its rows and inserts
@@ -693,7 +693,7 @@ def render(
     )
     if "sqlite worker floor" in m:
         rows.append(
-            f"| SQLite worker floor: bare `sqlite3` on nuvom-sqlite's schema draining a full queue, 64 jobs per "
+            f"| SQLite worker floor: bare `sqlite3` on nuvom-sqlite's schema draining a full queue, 256 jobs per "
             f"claim transaction and per completion transaction, no task run | {m['sqlite worker floor']:,.0f} | - "
             "| the ceiling of a SQLite worker, so of `.map()` |"
         )

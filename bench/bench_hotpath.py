@@ -33,7 +33,7 @@ of N. Rounds are interleaved (every path once per round, the order of
   - a SQLite worker (the ceiling of ``.map()``, which the worker bounds):
     bare ``sqlite3`` on nuvom-sqlite's schema, draining a full queue in batches
     of 256 with no task run: one transaction claims 256 rows (``SELECT`` +
-    ``UPDATE``), one deletes them and inserts their 64 results.
+    ``UPDATE``), one deletes them and inserts their 256 results.
 """
 
 from __future__ import annotations

@@ -15,7 +15,9 @@ Parts:
   For nuvom it also reports CPU per job (producer: ``time.process_time``; workers:
   ``/proc/<pid>/stat``; Redis: ``INFO cpu``), commands and each command's calls
   and usec per call per job (``INFO commandstats``; nested script commands
-  included). ``--systems nuvom`` and ``--setups 1`` pick cases.
+  included), ``EVALSHA``s per job, and round trips per job (the server's
+  ``total_reads_processed``: one per batch of commands a client sent, all
+  clients). ``--systems nuvom`` and ``--setups 1`` pick cases.
 * ``latency``: enqueue -> start at 50 jobs/s on an idle nuvom worker (p50, p99).
 * ``memory``: ``used_memory`` (INFO memory) per stored result, with 1,000,000
   trivial results, and ``list_jobs`` times at that size.
@@ -172,8 +174,11 @@ def server_stats(url: str) -> dict[str, Any]:
 
     client = redis.Redis.from_url(url)
     info = client.info("cpu")
+    stats = client.info("stats")
     return {
         "cpu": float(info["used_cpu_sys"]) + float(info["used_cpu_user"]),
+        # Reads the server processed (one per batch of commands a client sent): round trips.
+        "reads": int(stats.get("total_reads_processed", 0)),
         "cmd": {k: (int(v["calls"]), int(v["usec"])) for k, v in client.info("commandstats").items()},
     }
 
@@ -195,6 +200,8 @@ def cost_per_job(before: dict[str, Any], after: dict[str, Any], jobs: int) -> di
     return {
         "server_us_per_job": round((after["cpu"] - before["cpu"]) / jobs * 1e6),
         "commands_per_job": round(calls_total / jobs, 2),
+        "evalsha_per_job": cmds.get("evalsha", {}).get("per_job", 0.0),
+        "round_trips_per_job": round((after["reads"] - before["reads"]) / jobs, 2),
         "commands": cmds,
     }
 
@@ -391,7 +398,14 @@ def run_e2e(
         best["enqueue_secs"] = round(statistics.median(o["enqueue_secs"] for o in outs), 3)
         best["complete"] = all(o["complete"] for o in outs)
         best["rounds"] = len(outs)
-        for key in ("producer_us_per_job", "worker_us_per_job", "server_us_per_job", "commands_per_job"):
+        for key in (
+            "producer_us_per_job",
+            "worker_us_per_job",
+            "server_us_per_job",
+            "commands_per_job",
+            "evalsha_per_job",
+            "round_trips_per_job",
+        ):
             if key in best:
                 best[key] = statistics.median(o[key] for o in outs)
         summary.append(best)

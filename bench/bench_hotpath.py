@@ -255,6 +255,22 @@ def run_producer(workdir: Path, code: str, args: list[str], env: dict[str, str])
     return result
 
 
+def run_beside(workdir: Path, worker_args: list[str], producer: str, args: list[str], env: dict[str, str]) -> Any:
+    """The producer's figures, run while a worker (``python <worker_args>``) runs
+    beside it in ``workdir``, its stderr in ``worker.log``; the worker stopped by PID."""
+    worker = subprocess.Popen(
+        [sys.executable, *worker_args],
+        cwd=workdir,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=open(workdir / "worker.log", "ab"),  # noqa: SIM115
+    )
+    try:
+        return run_producer(workdir, producer, args, env)
+    finally:
+        stop(worker)
+
+
 def run_nuvom_e2e(base: Path, backend: str, n: int, order: list[str], redis_url: str | None) -> dict[str, Any]:
     workdir = Path(tempfile.mkdtemp(prefix=f"{backend}-", dir=base))
     (workdir / "tasks.py").write_text(NUVOM_TASKS)
@@ -262,17 +278,11 @@ def run_nuvom_e2e(base: Path, backend: str, n: int, order: list[str], redis_url:
     if redis_url:
         extra["NUVOM_REDIS_URL"] = redis_url
     env = clean_env(PYTHONPATH=str(workdir), **extra)
-    worker = subprocess.Popen(
-        [sys.executable, "-m", "nuvom.worker", "tasks", "--threads", "4"],
-        cwd=workdir,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=open(workdir / "worker.log", "ab"),  # noqa: SIM115
-    )
     try:
-        return run_producer(workdir, NUVOM_PRODUCER, [str(n), ",".join(order)], env)
+        return run_beside(
+            workdir, ["-m", "nuvom.worker", "tasks", "--threads", "4"], NUVOM_PRODUCER, [str(n), ",".join(order)], env
+        )
     finally:
-        stop(worker)
         shutil.rmtree(workdir, ignore_errors=True)
 
 
@@ -281,18 +291,8 @@ def run_huey_e2e(base: Path, kind: str, n: int, redis_url: str | None = None) ->
     (workdir / "hueytasks.py").write_text(HUEY_TASKS)
     path = redis_url or str(workdir / ("huey.db" if kind == "sqlite" else "hueydata"))
     env = clean_env(PYTHONPATH=str(workdir), HUEY_KIND=kind, HUEY_PATH=path)
-    consumer = subprocess.Popen(
-        [sys.executable, "-c", HUEY_CONSUMER],
-        cwd=workdir,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=open(workdir / "consumer.log", "ab"),  # noqa: SIM115
-    )
-    try:
-        result = run_producer(workdir, HUEY_PRODUCER, [str(n)], env)
-    finally:
-        stop(consumer)
-    shutil.rmtree(workdir, ignore_errors=True)  # kept, with consumer.log, when the run failed
+    result = run_beside(workdir, ["-c", HUEY_CONSUMER], HUEY_PRODUCER, [str(n)], env)
+    shutil.rmtree(workdir, ignore_errors=True)  # kept, with worker.log, when the run failed
     return result
 
 
@@ -300,18 +300,8 @@ def run_rq_e2e(base: Path, n: int, redis_url: str) -> dict[str, Any]:
     workdir = Path(tempfile.mkdtemp(prefix="rq-", dir=base))
     (workdir / "rqtasks.py").write_text(RQ_TASKS)
     env = clean_env(PYTHONPATH=str(workdir), RQ_URL=redis_url)
-    worker = subprocess.Popen(
-        [sys.executable, "-c", RQ_WORKER],
-        cwd=workdir,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=open(workdir / "worker.log", "ab"),  # noqa: SIM115
-    )
-    try:
-        result = run_producer(workdir, RQ_PRODUCER, [str(n)], env)
-    finally:
-        stop(worker)
-    shutil.rmtree(workdir, ignore_errors=True)
+    result = run_beside(workdir, ["-c", RQ_WORKER], RQ_PRODUCER, [str(n)], env)
+    shutil.rmtree(workdir, ignore_errors=True)  # kept, with worker.log, when the run failed
     return result
 
 

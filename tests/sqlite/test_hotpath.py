@@ -201,51 +201,12 @@ def _table(db_path: Path) -> Database:
     return db
 
 
-def test_writes_queued_while_one_commits_share_the_next_transaction(tmp_path: Path) -> None:
-    db = _table(tmp_path / "g.db")
-    first_in, release = threading.Event(), threading.Event()
-    seen: dict[str, tuple[int, bool, int]] = {}  # key -> (committing thread, in a transaction, rows visible)
-
-    def insert(key: str, block: bool = False) -> Callable[[sqlite3.Connection], str]:
-        def fn(conn: sqlite3.Connection) -> str:
-            conn.execute("INSERT INTO t VALUES (?, 1)", (key,))
-            count = conn.execute("SELECT count(*) FROM t").fetchone()[0]
-            seen[key] = (threading.get_ident(), conn.in_transaction, count)
-            if block:
-                first_in.set()
-                assert release.wait(10)
-            return key
-
-        return fn
-
-    results: dict[str, object] = {}
-
-    def call(key: str, block: bool = False) -> None:
-        results[key] = db.combined(insert(key, block), f"writing {key}")
-
-    holder = threading.Thread(target=call, args=("a", True))
-    holder.start()
-    assert first_in.wait(10)
-    # Queued while "a" holds the combining lock: committed together, by one thread.
-    waiters = [threading.Thread(target=call, args=(key,)) for key in ("b", "c")]
-    for t in waiters:
-        t.start()
-    wait_until(lambda: len(db._pending) == 2, timeout=10)
-    release.set()
-    for t in (holder, *waiters):
-        t.join(10)
-    assert results == {"a": "a", "b": "b", "c": "c"}
-    assert seen["b"][0] == seen["c"][0], "b and c were committed by different threads"
-    assert seen["b"][1] and seen["c"][1]
-    # One transaction: the second of the two saw the first's uncommitted row.
-    assert sorted((seen["b"][2], seen["c"][2])) == [2, 3]
-    with sqlite3.connect(tmp_path / "g.db") as other:
-        assert other.execute("SELECT count(*) FROM t").fetchone()[0] == 3
-
-
-def test_an_error_in_one_combined_write_reaches_only_its_caller(tmp_path: Path) -> None:
-    db = _table(tmp_path / "g.db")
-    db.connection().execute("INSERT INTO t VALUES ('taken', 0)")
+def _queued_behind_one_commit(
+    db: Database, writes: dict[str, Callable[[sqlite3.Connection], object]]
+) -> dict[str, object]:
+    """Run each of ``writes`` (name -> fn) through ``db.combined`` from a thread of
+    its own, all queued while another thread's write holds the combining lock;
+    returns each name's value, or the BackendError it raised."""
     first_in, release = threading.Event(), threading.Event()
 
     def hold(conn: sqlite3.Connection) -> None:
@@ -260,19 +221,53 @@ def test_an_error_in_one_combined_write_reaches_only_its_caller(tmp_path: Path) 
         except BackendError as exc:
             outcomes[name] = exc
 
-    holder = threading.Thread(target=call, args=("hold", hold))
+    holder = threading.Thread(target=call, args=("holder", hold))
     holder.start()
     assert first_in.wait(10)
-    threads = [
-        threading.Thread(target=call, args=("bad", lambda c: c.execute("INSERT INTO t VALUES ('taken', 1)"))),
-        threading.Thread(target=call, args=("good", lambda c: c.execute("INSERT INTO t VALUES ('new', 2)").rowcount)),
-    ]
+    threads = [threading.Thread(target=call, args=item) for item in writes.items()]
     for t in threads:
         t.start()
-    wait_until(lambda: len(db._pending) == 2, timeout=10)
+    wait_until(lambda: len(db._pending) == len(writes), timeout=10)
     release.set()
     for t in (holder, *threads):
         t.join(10)
+    del outcomes["holder"]
+    return outcomes
+
+
+def test_writes_queued_while_one_commits_share_the_next_transaction(tmp_path: Path) -> None:
+    db = _table(tmp_path / "g.db")
+    seen: dict[str, tuple[int, bool, int]] = {}  # key -> (committing thread, in a transaction, rows visible)
+
+    def insert(key: str) -> Callable[[sqlite3.Connection], str]:
+        def fn(conn: sqlite3.Connection) -> str:
+            conn.execute("INSERT INTO t VALUES (?, 1)", (key,))
+            count = conn.execute("SELECT count(*) FROM t").fetchone()[0]
+            seen[key] = (threading.get_ident(), conn.in_transaction, count)
+            return key
+
+        return fn
+
+    outcomes = _queued_behind_one_commit(db, {"b": insert("b"), "c": insert("c")})
+    assert outcomes == {"b": "b", "c": "c"}
+    assert seen["b"][0] == seen["c"][0], "b and c were committed by different threads"
+    assert seen["b"][1] and seen["c"][1]
+    # One transaction: the second of the two saw the first's uncommitted row.
+    assert sorted((seen["b"][2], seen["c"][2])) == [1, 2]
+    with sqlite3.connect(tmp_path / "g.db") as other:
+        assert other.execute("SELECT count(*) FROM t").fetchone()[0] == 2
+
+
+def test_an_error_in_one_combined_write_reaches_only_its_caller(tmp_path: Path) -> None:
+    db = _table(tmp_path / "g.db")
+    db.connection().execute("INSERT INTO t VALUES ('taken', 0)")
+    outcomes = _queued_behind_one_commit(
+        db,
+        {
+            "bad": lambda c: c.execute("INSERT INTO t VALUES ('taken', 1)"),
+            "good": lambda c: c.execute("INSERT INTO t VALUES ('new', 2)").rowcount,
+        },
+    )
     assert isinstance(outcomes["bad"], BackendError) and "UNIQUE" in str(outcomes["bad"])
     assert "writing bad" in str(outcomes["bad"])
     assert outcomes["good"] == 1

@@ -387,10 +387,12 @@ def sqlite_worker_floor(base: Path, n: int, batch: int = 256) -> float:
     claims a batch (``SELECT`` + ``UPDATE``), one deletes its rows and inserts
     its results. Everything a SQLite worker must write for a job, at the best
     batching and with no Python of its own: the ceiling of ``.map()``."""
-    from nuvom.sqlite._db import Database
+    from nuvom.sqlite import SQLiteJobQueue
 
     path = base / f"drain-{uuid.uuid4().hex}.db"
-    Database(path).connection()  # creates nuvom-sqlite's schema (tables, indexes, triggers)
+    schema = SQLiteJobQueue(path=path)
+    schema.qsize()  # opening the file creates nuvom-sqlite's schema (tables, indexes, triggers)
+    schema.close()
     conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
     conn.execute("PRAGMA synchronous=NORMAL")
     now = time.time()

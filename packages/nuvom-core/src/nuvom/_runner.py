@@ -166,7 +166,9 @@ class JobRunner:
     def settle(self, job: Job, task: Task[Any] | None, attempt: Attempt, ok: bool, value: Any) -> None:
         """Record the attempt's outcome and hand the job on."""
         now = time.time()
-        if ok and not (serialization.is_small_scalar(value) and self.max_payload_bytes >= 16):
+        if ok and not (
+            serialization.is_small_scalar(value) and self.max_payload_bytes >= serialization.SMALL_SCALAR_BYTES
+        ):
             try:
                 # Checked one level down, where it sits in the stored job, so that
                 # what passes here is what the store can encode.

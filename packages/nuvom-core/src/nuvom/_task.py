@@ -27,6 +27,13 @@ __all__ = ["Task"]
 R = TypeVar("R")
 
 
+# Up to this many small scalars (serialization.is_small_scalar) and no keyword
+# arguments encode as [args, {}] in at most _FEW_ARGS_BYTES (two array headers,
+# an empty map): .delay() skips encoding them for the size check when the limit allows.
+_FEW_ARGS = 4
+_FEW_ARGS_BYTES = 3 + _FEW_ARGS * serialization.SMALL_SCALAR_BYTES
+
+
 class Task(Generic[R]):
     """A decorated function. Calling it runs the function here and now;
     ``.delay()`` and ``.map()`` queue jobs for a worker."""
@@ -251,13 +258,18 @@ class Task(Generic[R]):
         """Build (and check) a job for this task without queueing it."""
         app = app or self._app()
         limit = app.settings.max_payload_bytes
-        if kwargs or len(args) > 4 or limit < 64 or not all(map(serialization.is_small_scalar, args)):
+        if (
+            kwargs
+            or len(args) > _FEW_ARGS
+            or limit < _FEW_ARGS_BYTES
+            or not all(map(serialization.is_small_scalar, args))
+        ):
             try:
                 size = len(serialization.dumps([args, kwargs]))
             except SerializationError as exc:
                 raise SerializationError(f"task {self.name!r}: {_which_argument(args, kwargs)} {exc}") from None
         else:
-            size = 0  # a few scalars msgpack encodes in 9 bytes each at most: within any limit of 64 or more
+            size = 0  # within _FEW_ARGS_BYTES, so within the limit
         if size > limit:
             raise SerializationError(
                 f"task {self.name!r}: arguments are {size} bytes encoded, over the limit of {limit} "

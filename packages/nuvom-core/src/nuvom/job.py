@@ -347,8 +347,7 @@ class Job(BaseModel):
         history = self.history
         for _ in range(self.attempts - 1 - len(history)):
             history.append(Attempt(number=len(history) + 1, started_at=self.started_at or now, outcome="lost"))
-        # Every job passes here before it runs; a first attempt has no history to count.
-        return sum(1 for a in history if a.outcome == "lost") if history else 0
+        return sum(1 for a in history if a.outcome == "lost")
 
     def mark_started(self, worker_id: str | None, now: float, executor: Executor | None = None) -> Attempt:
         """An attempt begins; returns it (recorded in ``history`` when it ends)."""

@@ -845,9 +845,11 @@ class Worker:
         return True if self._marks_nothing else self.queue.mark_started(job)
 
     def _complete(self, batch: list[Job], starting: Job | None) -> None:
-        for job in batch:  # settled without starting (unknown task, lost too often): its mark is moot
-            self._premarked.pop(job.id, None)
-        if starting is None or starting.id in self._premarked:  # marked already (with its claim)
+        premarked = self._premarked
+        if premarked:
+            for job in batch:  # settled without starting (unknown task, lost too often): its mark is moot
+                premarked.pop(job.id, None)
+        if starting is None or starting.id in premarked:  # none to mark, or marked already (with its claim)
             self.queue.complete(batch, self.results)
         else:
             self._premarked[starting.id] = self.queue.complete_and_start(batch, self.results, starting)
@@ -873,10 +875,7 @@ class Worker:
         written again after a backoff: never run again. Called with the flush lock held."""
         try:
             try:
-                if starting is None and self._queue is not None and not self._premarked:
-                    self._queue.complete(batch, self.results)  # _complete's common case, a call fewer
-                else:
-                    self._complete(batch, starting)
+                self._complete(batch, starting)
             except SerializationError:
                 self._complete(_fail_unencodable(batch), starting)
         except Exception as exc:

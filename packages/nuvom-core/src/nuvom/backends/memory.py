@@ -106,9 +106,7 @@ class MemoryJobQueue(BaseJobQueue, BaseScheduleStore):
             sink = parked.popleft() if parked else None
         elif parked:
             sink = parked.popleft()
-            job.mark_claimed()
-            self._claimed[job.id] = job
-            sink.inbox.append(job)
+            self._hand_locked(job, sink)
             handed = True
         else:
             self._ready.append(job)
@@ -134,14 +132,17 @@ class MemoryJobQueue(BaseJobQueue, BaseScheduleStore):
             if self._delayed:
                 self._promote_due()
             if self._ready:
-                job = self._ready.popleft()
-                job.mark_claimed()
-                self._claimed[job.id] = job
-                sink.inbox.append(job)
+                self._hand_locked(self._ready.popleft(), sink)
             elif not sink.parked:
                 sink.parked = True
                 self._parked.append(sink)
             return self._delayed[0][0] if self._delayed else None
+
+    def _hand_locked(self, job: Job, sink: Sink) -> None:
+        """Claim ``job`` for ``sink`` and put it in its inbox, the lock held."""
+        job.mark_claimed()
+        self._claimed[job.id] = job
+        sink.inbox.append(job)
 
     def unpark(self, sink: Sink, *, close: bool = False) -> None:
         """Stop handing jobs to ``sink``; ``close``: for good (it takes none either)."""

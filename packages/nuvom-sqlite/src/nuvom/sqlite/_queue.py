@@ -190,10 +190,10 @@ class SQLiteJobQueue(BaseJobQueue, SQLiteSchedules):
     def _claim(self, batch_size: int, now: float, start: int = 0) -> list[Job]:
         token = secrets.randbits(62)
 
-        def claim(conn: sqlite3.Connection) -> list[Any]:
+        def claim(conn: sqlite3.Connection) -> tuple[list[Any], int]:
             rows = conn.execute(_SELECT_DUE, (now, batch_size)).fetchall()
             if not rows:
-                return rows
+                return rows, 0
             conn.execute(
                 f"UPDATE nuvom_queue SET state = 1, attempts = attempts + 1 - {_UNSTARTED}, started_at = NULL, "
                 "claim_token = ?, claimed_by = ?, "
@@ -218,12 +218,11 @@ class SQLiteJobQueue(BaseJobQueue, SQLiteSchedules):
                     f"UPDATE nuvom_queue SET started_at = ? WHERE seq IN ({_marks(started)})",
                     (now, *(r[0] for r in rows[:started])),
                 )
-            return rows
+            return rows, started
 
-        rows = self.db.combined(claim, "claiming jobs")
+        rows, started = self.db.combined(claim, "claiming jobs")
         if not rows:
             return []
-        started = min(max(0, start), len(rows))
         # Decoded after the commit: the write lock is held for SQL only.
         marked: list[Job] = []
         jobs: list[Job] = []

@@ -11,7 +11,11 @@ Parts:
   ``.delay()`` one call at a time and with ``.map()``; huey's RedisHuey with its
   thread consumer (4 threads; one and two consumers), ``task()`` one at a time
   and ``task.map()``; RQ's SimpleWorker (one and two processes), ``enqueue()``
-  one at a time and ``enqueue_many()``. Rounds are interleaved; medians reported.
+  one at a time and ``enqueue_many()``; and the floor (``floor``): bare redis-py,
+  ``RPUSH`` one job at a time or 1,000 per call, consumer processes of one
+  thread popping up to 64 jobs (``BLMPOP``) and storing each result with one
+  ``SET``, a batch in one round trip: no lease, fencing or history, the least
+  any Python queue on Redis does. Rounds are interleaved; medians reported.
   For nuvom it also reports CPU per job (producer: ``time.process_time``; workers:
   ``/proc/<pid>/stat``; Redis: ``INFO cpu``), commands and each command's calls
   and usec per call per job (``INFO commandstats``; nested script commands
@@ -90,6 +94,22 @@ RQ_WORKER = (
     "conn = redis.Redis.from_url(os.environ['BENCH_REDIS_URL']); "
     "w = rq.SimpleWorker([rq.Queue('bench', connection=conn)], connection=conn); "
     "pathlib.Path('ready-%d' % os.getpid()).touch(); w.work(logging_level='WARNING')"
+)
+
+# The floor: the least any Python queue on Redis does for a job (no lease, no
+# fencing, no history index): one LPUSH to queue it, a consumer popping up to 64
+# at a time and storing each result with one SET, a batch's SETs in one round trip.
+FLOOR_CONSUMER = (
+    "import os, pathlib, redis; "
+    "r = redis.Redis.from_url(os.environ['BENCH_REDIS_URL']); "
+    "pathlib.Path('ready-%d' % os.getpid()).touch()\n"
+    "while True:\n"
+    "    got = r.blmpop(1, 1, 'floor:q', direction='LEFT', count=64)\n"
+    "    if not got: continue\n"
+    "    pipe = r.pipeline(transaction=False)\n"
+    "    for payload in got[1]: pipe.set(b'floor:res:' + payload[:12], payload[12:])\n"
+    "    pipe.incrby('floor:done', len(got[1]))\n"
+    "    pipe.execute()\n"
 )
 
 
@@ -311,13 +331,13 @@ def e2e_huey(base: Path, url: str, jobs: int, workers: int, use_map: bool) -> di
     mod = import_fresh("hueytasks", workdir)
     procs = start_processes(HUEY_CONSUMER.format(threads=4), workers, workdir, env)
     try:
-        t0 = time.perf_counter()
+        t0, p0 = time.perf_counter(), time.process_time()
         if use_map:
             mod.noop.map(range(jobs))
         else:
             for i in range(jobs):
                 mod.noop(i)
-        t_enq = time.perf_counter() - t0
+        t_enq, p_enq = time.perf_counter() - t0, time.process_time() - p0
         done = wait_for_count(mod.huey.result_count, jobs)
         elapsed = time.perf_counter() - t0
     finally:
@@ -330,6 +350,7 @@ def e2e_huey(base: Path, url: str, jobs: int, workers: int, use_map: bool) -> di
         "complete": done == jobs,
         "enqueue_secs": round(t_enq, 3),
         "jobs_per_sec": round(jobs / elapsed),
+        "producer_us_per_job": round(p_enq / jobs * 1e6),
     }
 
 
@@ -367,12 +388,52 @@ def e2e_rq(base: Path, url: str, jobs: int, workers: int, use_map: bool) -> dict
     }
 
 
+def e2e_floor(base: Path, url: str, jobs: int, workers: int, use_map: bool) -> dict[str, Any]:
+    import redis
+
+    workdir = Path(tempfile.mkdtemp(prefix="floor-", dir=base))
+    env = {**os.environ, "BENCH_REDIS_URL": url}
+    client = redis.Redis.from_url(url)
+    # ~200 bytes, like a small job's encoded record; the first 12 name the job.
+    payloads = [b"%012d" % i + b"x" * 188 for i in range(jobs)]
+    procs = start_processes(FLOOR_CONSUMER, workers, workdir, env)
+    try:
+        stats0, cpu0 = server_stats(url), [proc_cpu(p.pid) for p in procs]
+        t0, p0 = time.perf_counter(), time.process_time()
+        if use_map:
+            for k in range(0, jobs, 1000):
+                client.rpush("floor:q", *payloads[k : k + 1000])
+        else:
+            for payload in payloads:
+                client.rpush("floor:q", payload)
+        t_enq, p_enq = time.perf_counter() - t0, time.process_time() - p0
+        done = wait_for_count(lambda: int(client.get("floor:done") or 0), jobs)
+        elapsed = time.perf_counter() - t0
+        worker_cpu = sum(proc_cpu(p.pid) for p in procs) - sum(cpu0)
+        cost = cost_per_job(stats0, server_stats(url), jobs)
+    finally:
+        stop_processes(procs)
+    return {
+        "system": "floor: bare redis-py",
+        "workers": f"{workers} process(es), 1 thread",
+        "enqueue": "RPUSH of 1,000" if use_map else "RPUSH loop",
+        "succeeded": int(client.get("floor:done") or 0),
+        "complete": done == jobs,
+        "enqueue_secs": round(t_enq, 3),
+        "jobs_per_sec": round(jobs / elapsed),
+        "producer_us_per_job": round(p_enq / jobs * 1e6),
+        "worker_us_per_job": round(worker_cpu / jobs * 1e6),
+        "server_us_per_job": cost["server_us_per_job"],
+        "round_trips_per_job": cost["round_trips_per_job"],
+    }
+
+
 def run_e2e(
     base: Path, url: str, jobs: int, rounds: int, rq_jobs: int, systems: list[str], setups: list[int]
 ) -> list[dict[str, Any]]:
     cases = [
         (system, workers, use_map)
-        for system in ("nuvom", "huey", "rq")
+        for system in ("nuvom", "huey", "rq", "floor")
         if system in systems
         for workers in setups
         for use_map in (False, True)
@@ -386,6 +447,8 @@ def run_e2e(
                 out = e2e_nuvom(base, url, jobs, workers, use_map)
             elif system == "huey":
                 out = e2e_huey(base, url, jobs, workers, use_map)
+            elif system == "floor":
+                out = e2e_floor(base, url, jobs, workers, use_map)
             else:
                 out = e2e_rq(base, url, rq_jobs, workers, use_map)
             print(f"  round {r + 1}: {out}", flush=True)
@@ -410,14 +473,20 @@ def run_e2e(
                 best[key] = statistics.median(o[key] for o in outs)
         summary.append(best)
     by = {(s["system"], s["workers"].split()[0], s["enqueue"]): s for s in summary}
+    peers = {
+        "x_huey": ("huey RedisHuey", "task.map()", "task() loop"),
+        "x_rq": ("RQ SimpleWorker", "enqueue_many()", "enqueue() loop"),
+        "of_floor": ("floor: bare redis-py", "RPUSH of 1,000", "RPUSH loop"),
+    }
     for s in summary:
-        if s["system"] == "nuvom-redis" and len(systems) == 3:
-            w = s["workers"].split()[0]
-            mapped = s["enqueue"] == ".map()"
-            huey = by[("huey RedisHuey", w, "task.map()" if mapped else "task() loop")]
-            rqs = by[("RQ SimpleWorker", w, "enqueue_many()" if mapped else "enqueue() loop")]
-            s["x_huey"] = round(s["jobs_per_sec"] / huey["jobs_per_sec"], 1)
-            s["x_rq"] = round(s["jobs_per_sec"] / rqs["jobs_per_sec"], 1)
+        if s["system"] != "nuvom-redis":
+            continue
+        w = s["workers"].split()[0]
+        mapped = s["enqueue"] == ".map()"
+        for field, (system, batch, loop) in peers.items():
+            peer = by.get((system, w, batch if mapped else loop))
+            if peer is not None:
+                s[field] = round(s["jobs_per_sec"] / peer["jobs_per_sec"], 2)
     return summary
 
 
@@ -544,7 +613,7 @@ def main() -> None:
     parser.add_argument("--rq-jobs", type=int, default=None, help="jobs per RQ run (default: --jobs)")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--rows", type=int, default=1_000_000)
-    parser.add_argument("--systems", default="nuvom,huey,rq", help="e2e: which systems (comma-separated)")
+    parser.add_argument("--systems", default="nuvom,huey,rq,floor", help="e2e: which systems (comma-separated)")
     parser.add_argument("--setups", default="1,2", help="e2e: worker process counts (comma-separated)")
     args = parser.parse_args()
     parts = args.only or ["e2e", "latency", "memory"]

@@ -283,6 +283,21 @@ def flush(url: str) -> None:
     redis.Redis.from_url(url).flushall(asynchronous=True)
 
 
+def e2e_row(
+    names: tuple[str, str, str], succeeded: int, jobs: int, done: int, t_enq: float, elapsed: float
+) -> dict[str, Any]:
+    """The fields every system's end-to-end run reports; ``names``: system, workers, enqueue."""
+    return {
+        "system": names[0],
+        "workers": names[1],
+        "enqueue": names[2],
+        "succeeded": succeeded,
+        "complete": done == jobs,
+        "enqueue_secs": round(t_enq, 3),
+        "jobs_per_sec": round(jobs / elapsed),
+    }
+
+
 # -- end to end -----------------------------------------------------------------
 def e2e_nuvom(base: Path, url: str, jobs: int, workers: int, use_map: bool) -> dict[str, Any]:
     workdir = Path(tempfile.mkdtemp(prefix="nuvom-", dir=base))
@@ -309,14 +324,9 @@ def e2e_nuvom(base: Path, url: str, jobs: int, workers: int, use_map: bool) -> d
     finally:
         stop_processes(procs)
     ok = len(results.list_jobs(status="SUCCESS", limit=jobs + 1))
+    names = ("nuvom-redis", f"{workers} x 4 threads", ".map()" if use_map else ".delay() loop")
     return {
-        "system": "nuvom-redis",
-        "workers": f"{workers} x 4 threads",
-        "enqueue": ".map()" if use_map else ".delay() loop",
-        "succeeded": ok,
-        "complete": done == jobs,
-        "enqueue_secs": round(t_enq, 3),
-        "jobs_per_sec": round(jobs / elapsed),
+        **e2e_row(names, ok, jobs, done, t_enq, elapsed),
         "producer_us_per_job": round(p_enq / jobs * 1e6),
         "worker_us_per_job": round(worker_cpu / jobs * 1e6),
         **cost,
@@ -342,14 +352,9 @@ def e2e_huey(base: Path, url: str, jobs: int, workers: int, use_map: bool) -> di
         elapsed = time.perf_counter() - t0
     finally:
         stop_processes(procs, signal.SIGINT)
+    names = ("huey RedisHuey", f"{workers} x 4 threads", "task.map()" if use_map else "task() loop")
     return {
-        "system": "huey RedisHuey",
-        "workers": f"{workers} x 4 threads",
-        "enqueue": "task.map()" if use_map else "task() loop",
-        "succeeded": mod.huey.result_count(),
-        "complete": done == jobs,
-        "enqueue_secs": round(t_enq, 3),
-        "jobs_per_sec": round(jobs / elapsed),
+        **e2e_row(names, mod.huey.result_count(), jobs, done, t_enq, elapsed),
         "producer_us_per_job": round(p_enq / jobs * 1e6),
     }
 
@@ -377,15 +382,8 @@ def e2e_rq(base: Path, url: str, jobs: int, workers: int, use_map: bool) -> dict
         elapsed = time.perf_counter() - t0
     finally:
         stop_processes(procs)
-    return {
-        "system": "RQ SimpleWorker",
-        "workers": f"{workers} process(es)",
-        "enqueue": "enqueue_many()" if use_map else "enqueue() loop",
-        "succeeded": registry.get_job_count(),
-        "complete": done == jobs,
-        "enqueue_secs": round(t_enq, 3),
-        "jobs_per_sec": round(jobs / elapsed),
-    }
+    names = ("RQ SimpleWorker", f"{workers} process(es)", "enqueue_many()" if use_map else "enqueue() loop")
+    return e2e_row(names, registry.get_job_count(), jobs, done, t_enq, elapsed)
 
 
 def e2e_floor(base: Path, url: str, jobs: int, workers: int, use_map: bool) -> dict[str, Any]:
@@ -413,14 +411,9 @@ def e2e_floor(base: Path, url: str, jobs: int, workers: int, use_map: bool) -> d
         cost = cost_per_job(stats0, server_stats(url), jobs)
     finally:
         stop_processes(procs)
+    names = ("floor: bare redis-py", f"{workers} process(es), 1 thread", "RPUSH of 1,000" if use_map else "RPUSH loop")
     return {
-        "system": "floor: bare redis-py",
-        "workers": f"{workers} process(es), 1 thread",
-        "enqueue": "RPUSH of 1,000" if use_map else "RPUSH loop",
-        "succeeded": int(client.get("floor:done") or 0),
-        "complete": done == jobs,
-        "enqueue_secs": round(t_enq, 3),
-        "jobs_per_sec": round(jobs / elapsed),
+        **e2e_row(names, int(client.get("floor:done") or 0), jobs, done, t_enq, elapsed),
         "producer_us_per_job": round(p_enq / jobs * 1e6),
         "worker_us_per_job": round(worker_cpu / jobs * 1e6),
         "server_us_per_job": cost["server_us_per_job"],

@@ -97,7 +97,7 @@ RQ_WORKER = (
 )
 
 # The floor: the least any Python queue on Redis does for a job (no lease, no
-# fencing, no history index): one LPUSH to queue it, a consumer popping up to 64
+# fencing, no history index): one RPUSH to queue it, a consumer popping up to 64
 # at a time and storing each result with one SET, a batch's SETs in one round trip.
 FLOOR_CONSUMER = (
     "import os, pathlib, redis; "

@@ -852,7 +852,7 @@ class Worker:
         if starting is None or starting.id in premarked:  # none to mark, or marked already (with its claim)
             self.queue.complete(batch, self.results)
         else:
-            self._premarked[starting.id] = self.queue.complete_and_start(batch, self.results, starting)
+            premarked[starting.id] = self.queue.complete_and_start(batch, self.results, starting)
 
     def _flush_retry(self, deadline: float | None = None) -> None:
         """Store the finished jobs kept after a failed write (from the watchdog,

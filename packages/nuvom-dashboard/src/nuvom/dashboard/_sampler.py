@@ -123,13 +123,15 @@ class Sampler:
                 log.warning("sampling the job counts failed: %s", exc)
                 counts, error = (dict(self.samples[-1].counts) if self.samples else {}), f"{type(exc).__name__}: {exc}"
             sample = Sample(time.time(), counts, (time.perf_counter() - started) * 1000, error)
-            self.samples.append(sample)
             stats = self.stats
             if error is None and (sample.finished != stats.finished or sample.at - stats.at > STATS_MAX_AGE_SECS):
                 try:
                     self.stats = compute_stats(sample.finished, self.app)
                 except Exception as exc:
                     log.warning("reading recent jobs failed: %s", exc)
+            # Published after its stats: latest() reads samples without the lock, and a
+            # page showing this sample's counts must not show the stats of an older one.
+            self.samples.append(sample)
             return sample
 
     def latest(self, max_age: float | None = None) -> Sample:

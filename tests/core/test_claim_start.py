@@ -6,7 +6,7 @@ such jobs to its idle threads without marking them twice."""
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import pytest
@@ -121,18 +121,26 @@ def test_on_files_the_started_claims_count_as_lost_runs_and_the_others_do_not(
 class CountingFileQueue(FileJobQueue):
     claims_started = 0
     marks = 0
+    marked: list[str] = []
 
-    def pop_batch_starting(self, batch_size: int, timeout: float | None = 0.0, *, start: int = 0) -> list[Job]:
-        jobs = super().pop_batch_starting(batch_size, timeout, start=start)
-        type(self).claims_started += min(start, len(jobs))
+    def claim_batch(self, limit: int, timeout: float | None, idle: Callable[[], int]) -> list[Job]:
+        asked: list[int] = []
+
+        def counted() -> int:
+            asked.append(idle())
+            return asked[-1]
+
+        jobs = super().claim_batch(limit, timeout, counted)
+        type(self).claims_started += min(sum(asked), len(jobs))
         return jobs
 
     def mark_started(self, job: Job) -> bool:
         type(self).marks += 1
+        type(self).marked.append(job.id)
         return super().mark_started(job)
 
 
-def test_a_worker_marks_each_job_once_whether_with_its_claim_or_when_it_starts(settings: Settings) -> None:
+def test_a_worker_marks_each_job_at_most_once_whether_with_its_claim_or_when_it_starts(settings: Settings) -> None:
     app = App(settings)
     ran: list[int] = []
 
@@ -157,9 +165,11 @@ def test_a_worker_marks_each_job_once_whether_with_its_claim_or_when_it_starts(s
         for job in many:
             done = results.wait(job.id, 10)
             assert done is not None and done.status is JobStatus.SUCCESS and done.attempts == 1
-        assert worker._premarked == {}  # nothing kept for jobs that are done
+        assert worker._writer is not None and worker._writer.premarked == set()  # nothing kept for jobs that are done
     assert sorted(ran) == list(range(40))
     assert CountingFileQueue.claims_started >= 3  # the trickle went straight to idle threads
-    # The default marks through mark_started: one mark per job, never two.
-    assert CountingFileQueue.marks == 41
+    # The default marks through mark_started: never twice for one job. A job
+    # that started from the prefetch and ended before the next group write
+    # needs no mark at all: its outcome, written in that group, supersedes it.
+    assert len(CountingFileQueue.marked) == len(set(CountingFileQueue.marked)) <= 41
     app.close()

@@ -109,7 +109,7 @@ def test_many_timeouts_in_a_row_leave_no_orphan_and_no_leaked_fd() -> None:
                     job.get(timeout=120)
                 seen.update(children_of(me) - children_before)
             assert t.ex_whoami.delay(1).get(timeout=60)[1] == 1
-            pool = worker._executors["process"]
+            pool = worker.executor("process")
             assert pool.children_started >= KILLS + 2
             # Never more children than the pool's size at a time.
             assert len(children_of(me) - children_before) <= 2
@@ -212,7 +212,7 @@ def test_stop_gives_running_children_the_grace_period() -> None:
         record = app.queue.get(long.id)
         assert record is not None and record.status is JobStatus.RETRYING  # handed back
         assert [a.executor for a in record.history] == []  # interrupted: the claim counts, no outcome yet
-        assert not worker._executors["process"].child_pids()
+        assert not worker.executor("process").child_pids()
 
 
 @linux_only

@@ -103,7 +103,7 @@ def test_the_signal_handler_takes_no_lock_the_main_thread_may_hold(mem):
 
         def deliver():
             # Every lock run_forever() and stop() might be holding when a signal lands.
-            with worker._stopping._cond, worker._room:
+            with worker._stopping._cond:
                 handler(signal.SIGINT, None)
             done.set()
 

@@ -42,6 +42,7 @@ class Project:
             self.env["NUVOM_QUEUE_BACKEND"] = backend
             self.env["NUVOM_RESULT_BACKEND"] = backend
         self.workers: list[subprocess.Popen[str]] = []
+        self._logs: dict[int, Path] = {}
 
     def write(self, name: str, text: str) -> Path:
         path = self.root / name
@@ -76,23 +77,33 @@ class Project:
         return proc
 
     def start_worker(self, *args: str) -> subprocess.Popen[str]:
-        proc = subprocess.Popen(
-            [*_nuvom_command(), "runworker", *args],
-            cwd=self.root,
-            env=self.env,
-            text=True,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-        )
+        # Its output goes to a file, read when it stops: a pipe nobody reads
+        # while it runs fills up, and a worker that logs (every retry does)
+        # would then block on its next line.
+        log = self.root / f"worker-{len(self.workers)}.log"
+        with open(log, "w", encoding="utf-8") as out:
+            proc = subprocess.Popen(
+                [*_nuvom_command(), "runworker", *args],
+                cwd=self.root,
+                env=self.env,
+                text=True,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
         self.workers.append(proc)
+        self._logs[proc.pid] = log
         return proc
+
+    def output(self, proc: subprocess.Popen[str]) -> str:
+        """What a worker started here has written so far."""
+        return self._logs[proc.pid].read_text(encoding="utf-8", errors="replace")
 
     def stop_worker(
         self, proc: subprocess.Popen[str], sig: int = signal.SIGINT, timeout: float = 60
     ) -> tuple[int, str]:
         proc.send_signal(sig)
-        out, _ = proc.communicate(timeout=timeout)
-        return proc.returncode, out
+        proc.wait(timeout=timeout)
+        return proc.returncode, self.output(proc)
 
     def records(self, ids: list[str]) -> dict[str, dict[str, Any]]:
         """Each job's current record (finished or queued), read by a separate process."""
@@ -111,9 +122,9 @@ class Project:
         for proc in self.workers:
             if proc.poll() is None:
                 proc.kill()
-                out, _ = proc.communicate(timeout=30)
+                proc.wait(timeout=30)
                 # Shown by pytest for a failed test: what the worker said.
-                print(f"--- worker {proc.pid} output ---\n{out}")
+                print(f"--- worker {proc.pid} output ---\n{self.output(proc)}")
 
 
 def _nuvom_command() -> list[str]:

@@ -90,7 +90,7 @@ def test_sigkill_mid_batch_loses_no_job(make_project, wait_for, backend):
     victim = p.start_worker("--workers", "4", "--batch-size", "16")
     wait_for(lambda: len(_executions(p)) >= 40, what="the first worker to be busy")
     victim.send_signal(signal.SIGKILL)
-    victim.communicate(timeout=30)
+    victim.wait(timeout=30)
     victim_pid = str(victim.pid)
     p.start_worker("--workers", "4")
     wait_for(lambda: set(_statuses(p, ids).values()) == {"SUCCESS"}, timeout=90, what="every job to succeed")

@@ -135,32 +135,34 @@ def test_a_job_started_right_after_its_claim_keeps_the_claims_lease(queue):
     assert queue.client.hget(queue.key("started"), job.id) is not None
 
 
-def test_complete_and_start_stores_outcomes_and_marks_the_next_job_fenced_by_its_claim(queue, results):
+def test_settle_writes_outcomes_retries_and_start_marks_in_one_round_trip_each_fenced_by_its_claim(queue, results):
     other = other_view(queue)
-    queue.enqueue_many(make(3))
-    done, following, lost = queue.claim(3)
-    assert queue.mark_started(done)
-    assert queue.complete_and_start(finish([done]), results, following)
+    queue.enqueue_many(make(4))
+    done, again, following, lost = queue.claim(4)
+    assert queue.mark_started(done) and queue.mark_started(again)
+    again.mark_retrying(time.time() + 60)
+    assert queue.settle(finish([done]), [again], [following], results) == [True]
     assert results.get_full(done.id).status is JobStatus.SUCCESS
     started = queue.client.hgetall(queue.key("started"))
-    assert set(started) == {following.id.encode()}  # done's mark went with its claim
+    assert set(started) == {following.id.encode()}  # done's mark went with it, again's with its hand-back
+    assert queue.client.zscore(queue.key("due"), again.id) is not None  # waiting for its retry
     assert queue.mark_started(following)  # marked again when it starts: harmless
     # The next job's claim was taken over meanwhile: the outcome is stored, the mark is refused.
     expire_leases(queue)
     retaken = {j.id: j for j in other.claim(10)}
     assert retaken[lost.id].attempts == 1 and retaken[following.id].attempts == 2
-    assert not queue.complete_and_start(finish([following]), results, lost)
+    assert queue.settle(finish([following]), [], [lost], results) == [False]
     assert results.get_full(following.id) is None  # fenced too: its claim was taken over
     assert lost.id not in queue._claims
     other.close()
 
 
-def test_complete_and_start_reloads_scripts_a_restarted_server_lost(queue, results):
+def test_settle_reloads_scripts_a_restarted_server_lost(queue, results):
     queue.enqueue_many(make(2))
     done, following = queue.claim(2)
     assert queue.mark_started(done)
     queue.client.script_flush()
-    assert queue.complete_and_start(finish([done]), results, following)
+    assert queue.settle(finish([done]), [], [following], results) == [True]
     assert results.get_full(done.id).status is JobStatus.SUCCESS
     assert queue.client.hget(queue.key("started"), following.id) is not None
 
@@ -300,7 +302,7 @@ def test_extend_leases_renews_only_held_claims(queue):
     claimed = queue.claim(2)
     key = queue.key("leases")
     queue.client.zadd(key, {claimed[0].id: 1, claimed[1].id: 1})
-    queue._forget([claimed[1].id])  # not ours any more
+    queue._forget([claimed[1].id], queue._tokens([claimed[1].id]))  # not ours any more
     queue.extend_leases([j.id for j in claimed])
     scores = dict(queue.client.zrange(key, 0, -1, withscores=True))
     assert scores[claimed[0].id.encode()] > time.time() + 10

@@ -2,18 +2,41 @@
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 import threading
 import time
+from collections.abc import Callable, Iterator
 
 from nuvom.job import Job, JobStatus
 from nuvom.sqlite import SQLiteJobQueue, SQLiteResultBackend
+from nuvom.sqlite._db import Database
 
 from .conftest import expire_leases
 
 
 def make(n: int, **fields) -> list[Job]:
     return [Job(func_name="record", args=[f"k{i}"], **fields) for i in range(n)]
+
+
+@contextlib.contextmanager
+def count_transactions(db: Database) -> Iterator[Callable[[], int]]:
+    """Count the write transactions ``db`` opens meanwhile (its ``write()``)."""
+    opened = 0
+    original = db.write
+
+    @contextlib.contextmanager
+    def counted(what: str = "writing") -> Iterator[sqlite3.Connection]:
+        nonlocal opened
+        opened += 1
+        with original(what) as conn:
+            yield conn
+
+    db.write = counted  # type: ignore[method-assign]
+    try:
+        yield lambda: opened
+    finally:
+        del db.write
 
 
 def finish(jobs: list[Job]) -> list[Job]:
@@ -101,22 +124,29 @@ def test_a_start_mark_renews_the_lease_from_the_start_and_is_fenced_by_the_claim
     other.close()
 
 
-def test_complete_and_start_stores_outcomes_and_marks_the_next_job_fenced_by_its_claim(db_path, queue, results):
+def test_settle_writes_outcomes_retries_and_start_marks_in_one_transaction_each_fenced_by_its_claim(
+    db_path, queue, results
+):
     other = SQLiteJobQueue(path=db_path)
-    queue.enqueue_many(make(3))
-    done, following, lost = queue.claim(3)
-    assert queue.mark_started(done)
-    assert queue.complete_and_start(finish([done]), results, following)
+    queue.enqueue_many(make(4))
+    done, again, following, lost = queue.claim(4)
+    assert queue.mark_started(done) and queue.mark_started(again)
+    again.mark_retrying(time.time() + 60)
+    with count_transactions(queue.db) as transactions:
+        assert queue.settle(finish([done]), [again], [following], results) == [True]
+    assert transactions() == 1
     assert results.get_full(done.id).status is JobStatus.SUCCESS
     with sqlite3.connect(db_path) as conn:
-        started = dict(conn.execute("SELECT id, started_at FROM nuvom_queue").fetchall())
+        rows = {r[0]: r[1:] for r in conn.execute("SELECT id, started_at, state FROM nuvom_queue").fetchall()}
     conn.close()
-    assert started[following.id] is not None and started[lost.id] is None
+    assert done.id not in rows
+    assert rows[again.id] == (None, 0)  # back in the queue, waiting for its retry
+    assert rows[following.id][0] is not None and rows[lost.id][0] is None
     assert queue.mark_started(following)  # marked again when it starts: harmless
     # The next job's claim was taken over meanwhile: the outcome is stored, the mark is refused.
     expire_leases(db_path)
     other.claim(10)
-    assert not queue.complete_and_start(finish([following]), results, lost)
+    assert queue.settle(finish([following]), [], [lost], results) == [False]
     other.close()
 
 

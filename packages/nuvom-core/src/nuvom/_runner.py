@@ -1,7 +1,11 @@
-"""The job runner: one attempt of one job, with hooks, retries and outcome.
+"""The job runner: one attempt of one job, with its hooks, reported to the engine.
 
-The worker owns threads and the queue; this module owns what happens to a
-job once a thread has it, through the job's ``mark_*`` lifecycle methods.
+Every executor (threads, the event loop, the process pool) drives an attempt
+through the same steps: :meth:`JobRunner.prepare` (resolve the task, account
+for lost runs), :meth:`JobRunner.start`, the call, then :meth:`JobRunner.settle`
+or :meth:`JobRunner.fail_attempt`. What an outcome means for the job is
+decided by :mod:`nuvom._fate`; the runner hands the job on through
+``finish(job)`` (terminal: to be stored) or ``retry(job)`` (back to the queue).
 ``run_job()`` runs a job synchronously with no worker at all
 (``nuvom runtestworker``, eager apps in tests).
 """
@@ -9,43 +13,31 @@ job once a thread has it, through the job's ``mark_*`` lifecycle methods.
 from __future__ import annotations
 
 import asyncio
+import copy
 import logging
 import time
-import traceback
 from collections.abc import Callable
 from typing import Any
 
-from nuvom import serialization
+from nuvom import _fate, serialization
 from nuvom._hooks import Hooks, call_hooks
 from nuvom._registry import TaskRegistry
 from nuvom._settings import Settings
 from nuvom._task import Task
-from nuvom.errors import NuvomError, SerializationError, TaskNotFound, WorkerLost
-from nuvom.job import Attempt, Executor, Job, JobError, lease_secs_for
+from nuvom.errors import NuvomError, SerializationError, TaskNotFound
+from nuvom.job import Attempt, Executor, Job, JobError
 
-__all__ = ["MAX_LOST_RUNS", "JobRunner", "error_of", "run_job"]
+__all__ = ["JobRunner", "run_job"]
 
 log = logging.getLogger("nuvom.runner")
 
-#: A job whose worker vanished this many times more than it may fail is
-#: failed instead of being claimed forever (a task that kills its process).
-MAX_LOST_RUNS = 3
-
-
-def error_of(exc: BaseException) -> JobError:
-    tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
-    err = JobError.from_exception(exc, tb)
-    # Lone surrogates and the like cannot be encoded as UTF-8 by msgpack.
-    err.message = err.message.encode("utf-8", "replace").decode("utf-8")
-    err.traceback = tb.encode("utf-8", "replace").decode("utf-8")
-    return err
-
 
 class JobRunner:
-    """Runs attempts and decides each job's fate.
+    """Runs attempts and reports each job's fate.
 
     ``finish(job)`` is called with a terminal job (to be stored), ``retry(job)``
-    with a job that must go back to the queue with a not-before time.
+    with a job that must go back to the queue with a not-before time. The
+    claim's start mark is the executor's to write before :meth:`start`.
     """
 
     def __init__(
@@ -58,39 +50,36 @@ class JobRunner:
         finish: Callable[[Job], None],
         retry: Callable[[Job], None],
         may_import: Callable[[str], str | None] | None = None,
-        mark_started: Callable[[Job], bool] | None = None,
     ) -> None:
         self.registry = registry
-        # The queue's start mark (BaseJobQueue.mark_started); None: no queue (run_job).
-        self.mark_started = mark_started
-        self._start_mark_failing = False
         self.may_import = may_import
         self.hooks = hooks or Hooks()
         self.default_timeout_policy = settings.timeout_policy
         self.max_payload_bytes = settings.max_payload_bytes
         self.lease_secs = settings.lease_secs
         self.default_timeout_secs = settings.job_timeout_secs
+        self.traceback_in_log = settings.log_level.upper() == "DEBUG"
         self.worker_id = worker_id
         self.finish = finish
         self.retry = retry
+        # Only a hook-less, size-unbounded success may skip the result check below.
+        self._small_results_fit = self.max_payload_bytes >= serialization.SMALL_SCALAR_BYTES
+
+    def with_handlers(self, *, finish: Callable[[Job], None], retry: Callable[[Job], None]) -> JobRunner:
+        """This runner, handing jobs on to other callables."""
+        runner = copy.copy(self)
+        runner.finish, runner.retry = finish, retry
+        return runner
 
     def prepare(self, job: Job) -> Task[Any] | None:
         """Resolve the task and account for lost runs; ``None`` if the job was
-        settled without running (unknown task, lost too often)."""
-        # A first attempt with no history has no lost run to record: the call is skipped.
-        lost_total = job.mark_lost_runs(time.time()) if job.history or job.attempts > 1 else 0
-        if lost_total > MAX_LOST_RUNS:
-            lease = lease_secs_for(
-                job.timeout_secs, lease_secs=self.lease_secs, default_timeout_secs=self.default_timeout_secs
-            )
-            self.fail_without_running(
-                job,
-                WorkerLost(
-                    f"job {job.id} was lost with its worker {lost_total} times: each time its claim's lease "
-                    f"({lease:g} s) ran out before an outcome was stored, because the worker died or stalled "
-                    "(stopped, or a task holding the GIL) for longer than that; not run again"
-                ),
-            )
+        settled without running (unknown task, a task module that failed to
+        import, lost too often)."""
+        lost = _fate.lost_too_often(
+            job, time.time(), lease_secs=self.lease_secs, default_timeout_secs=self.default_timeout_secs
+        )
+        if lost is not None:
+            self.fail_without_running(job, lost)
             return None
         try:
             return self.registry.resolve(job.func_name, job.task_path, may_import=self.may_import)
@@ -106,47 +95,36 @@ class JobRunner:
             return None
 
     def fail_without_running(self, job: Job, exc: BaseException) -> None:
-        error = error_of(exc)
+        error = _fate.error_of(exc)
         error.traceback = None if isinstance(exc, NuvomError) else error.traceback
         job.mark_failed(error, time.time(), self.worker_id)
-        log.error("job %s (%s) failed without running: %s", job.id, job.func_name, error.message)
+        log.error(
+            "job %s (%s) failed without running: %s",
+            job.id,
+            job.func_name,
+            error.message,
+            extra=self._extra(job),
+        )
         self.finish(job)
 
-    def start(self, job: Job, task: Task[Any], executor: Executor = "thread") -> Attempt | None:
-        """Begin an attempt: the queue's start mark first, then the hooks.
-        ``None``: the claim was lost while the job waited here (its lease ran
-        out and another worker claimed it), so it must not run here."""
-        if self.mark_started is not None and not self._claim_started(job):
-            log.warning(
-                "job %s (%s) not run here: its claim expired while it waited in this worker (a task holding "
-                "the GIL, or a stopped process?) and another worker has claimed it",
-                job.id,
-                job.func_name,
-            )
-            return None
+    def claim_lost(self, job: Job) -> None:
+        """The start mark found the claim taken over: the job is not run here."""
+        log.warning(
+            "job %s (%s) not run here: its claim expired while it waited in this worker (a task holding "
+            "the GIL, or a stopped process?) and another worker has claimed it",
+            job.id,
+            job.func_name,
+            extra=self._extra(job),
+        )
+
+    def start(self, job: Job, task: Task[Any], executor: Executor = "thread") -> Attempt:
+        """Begin an attempt (its start mark written): the hooks, then the attempt to run."""
         attempt = job.mark_started(self.worker_id, time.time(), executor)
         if self.hooks.before_job:
             call_hooks(self.hooks.before_job, job)
         if task.before_job is not None:
             call_hooks([task.before_job], job)
         return attempt
-
-    def _claim_started(self, job: Job) -> bool:
-        assert self.mark_started is not None
-        try:
-            started = self.mark_started(job)
-        except Exception as exc:
-            # The mark could not be written (a store failing for a moment): run the
-            # job anyway, as a backend without start marks does; its claim still
-            # holds it, and if this worker died now the claim would be handed back.
-            if not self._start_mark_failing:
-                self._start_mark_failing = True
-                log.error("writing start marks failed (%s); running jobs without them", exc)
-            return True
-        if self._start_mark_failing:
-            self._start_mark_failing = False
-            log.warning("writing start marks works again")
-        return started
 
     def call(self, job: Job, task: Task[Any]) -> tuple[bool, Any]:
         """Run the function; ``(True, result)`` or ``(False, exception)``.
@@ -166,32 +144,38 @@ class JobRunner:
     def settle(self, job: Job, task: Task[Any] | None, attempt: Attempt, ok: bool, value: Any) -> None:
         """Record the attempt's outcome and hand the job on."""
         now = time.time()
-        if ok and not (
-            serialization.is_small_scalar(value) and self.max_payload_bytes >= serialization.SMALL_SCALAR_BYTES
-        ):
-            try:
-                # Checked one level down, where it sits in the stored job, so that
-                # what passes here is what the store can encode.
-                size = len(serialization.dumps([value], what=f"the result of task {job.func_name!r}")) - 1
-                if size > self.max_payload_bytes:
-                    raise SerializationError(
-                        f"the result of task {job.func_name!r} is {size} bytes encoded, over "
-                        f"the limit of {self.max_payload_bytes} (NUVOM_MAX_PAYLOAD_BYTES)"
-                    )
-            except SerializationError as exc:
-                ok, value = False, exc
-        if ok:
-            job.mark_succeeded(attempt, value, now)
-            if self.hooks.after_job:
-                call_hooks(self.hooks.after_job, job, value)
-            if task is not None and task.after_job is not None:
-                call_hooks([task.after_job], job, value)
-            if self.hooks.on_job_finished:
-                self._report(job, "success", attempt)
-            self.finish(job)
+        if ok and not (self._small_results_fit and serialization.is_small_scalar(value)):
+            error = self._oversized(job, value)
+            if error is not None:
+                ok, value = False, error
+        if not ok:
+            attempt.finished_at = now
+            self.fail_attempt(job, task, attempt, value, timed_out=False)
             return
-        attempt.finished_at = now
-        self.fail_attempt(job, task, attempt, value, timed_out=False)
+        job.mark_succeeded(attempt, value, now)
+        hooks = self.hooks
+        if hooks.after_job:
+            call_hooks(hooks.after_job, job, value)
+        if task is not None and task.after_job is not None:
+            call_hooks([task.after_job], job, value)
+        if hooks.on_job_finished:
+            self._report(job, "success", attempt)
+        self.finish(job)
+
+    def _oversized(self, job: Job, value: Any) -> SerializationError | None:
+        """Why the result cannot be stored, or ``None``. Checked one level down,
+        where it sits in the stored job, so that what passes here is what the
+        store can encode."""
+        try:
+            size = len(serialization.dumps([value], what=f"the result of task {job.func_name!r}")) - 1
+        except SerializationError as exc:
+            return exc
+        if size > self.max_payload_bytes:
+            return SerializationError(
+                f"the result of task {job.func_name!r} is {size} bytes encoded, over "
+                f"the limit of {self.max_payload_bytes} (NUVOM_MAX_PAYLOAD_BYTES)"
+            )
+        return None
 
     def fail_attempt(
         self,
@@ -205,21 +189,55 @@ class JobRunner:
     ) -> None:
         """``error``: the error as recorded, when ``exc`` stands in for one raised
         elsewhere (a pool child's exception, with the child's traceback)."""
-        now = time.time()
-        failures = job.mark_attempt_failed(attempt, error or error_of(exc), timed_out=timed_out, now=now)
+        recorded = error or _fate.error_of(exc)
+        verdict = _fate.fail_attempt(
+            job, attempt, recorded, timed_out=timed_out, now=time.time(), default_policy=self.default_timeout_policy
+        )
         if self.hooks.on_error:
             call_hooks(self.hooks.on_error, job, exc)
         if task is not None and task.on_error is not None:
             call_hooks([task.on_error], job, exc)
-        policy = job.timeout_policy or self.default_timeout_policy
-        if failures <= job.max_retries and (not timed_out or policy == "retry"):
-            job.mark_retrying(time.time())
+        self._log_failure(job, attempt, recorded, verdict)
+        if verdict == "retry":
             self._report(job, "retry", attempt)
             self.retry(job)
         else:
-            job.mark_failed(None, time.time())
             self._report(job, "timeout" if timed_out else "failure", attempt)
             self.finish(job)
+
+    def _log_failure(self, job: Job, attempt: Attempt, error: JobError, verdict: _fate.Verdict) -> None:
+        # One line per attempt: a retry is a WARNING, the final failure an ERROR.
+        # The traceback is stored with the job; the log carries it at DEBUG only.
+        tb = f"\n{error.traceback}" if self.traceback_in_log and error.traceback else ""
+        if verdict == "retry":
+            log.warning(
+                "job %s (%s) attempt %d failed: %s: %s; retrying in %g s (%d retr%s left)%s",
+                job.id,
+                job.func_name,
+                attempt.number,
+                error.type,
+                error.message,
+                job.retry_delay_secs,
+                job.retries_left,
+                "y" if job.retries_left == 1 else "ies",
+                tb,
+                extra=self._extra(job),
+            )
+        else:
+            log.error(
+                "job %s (%s) failed after %d attempt%s: %s: %s%s",
+                job.id,
+                job.func_name,
+                attempt.number,
+                "" if attempt.number == 1 else "s",
+                error.type,
+                error.message,
+                tb,
+                extra=self._extra(job),
+            )
+
+    def _extra(self, job: Job) -> dict[str, Any]:
+        return {"job_id": job.id, "task": job.func_name, "worker": self.worker_id}
 
     def _report(self, job: Job, outcome: str, attempt: Attempt) -> None:
         if self.hooks.on_job_finished:
@@ -232,8 +250,6 @@ class JobRunner:
         if task is None:
             return
         attempt = self.start(job, task)
-        if attempt is None:
-            return
         ok, value = self.call(job, task)
         self.settle(job, task, attempt, ok, value)
 

@@ -168,6 +168,13 @@ class Settings(EnvSettings):
     async_concurrency: int = Field(
         256, ge=1, le=100_000, description="Async jobs a worker runs at once on its event loop."
     )
+    async_blocked_warn_secs: float = Field(
+        1.0,
+        gt=0,
+        le=_DAY,
+        allow_inf_nan=False,
+        description="An async job holding the event loop this long (blocking code) is logged at WARNING.",
+    )
     processes: int | None = Field(
         None, ge=1, le=1024, description="Child processes of the process pool; unset: one per CPU core."
     )

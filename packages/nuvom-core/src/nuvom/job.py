@@ -12,10 +12,28 @@ from __future__ import annotations
 import os
 import re
 import time
-from enum import Enum
-from typing import TYPE_CHECKING, Any, Literal, TypeVar
+from typing import TYPE_CHECKING, Any
 
 from nuvom import _default, serialization
+from nuvom._records import (
+    _ATTEMPT_FIELDS_SET,
+    _EXECUTORS,
+    _SET_PRIVATE,
+    _STATUS_BY_VALUE,
+    _TIMEOUT_POLICIES,
+    TERMINAL_STATUSES,
+    Attempt,
+    Executor,
+    JobError,
+    JobStatus,
+    TimeoutPolicy,
+    _attempt_dict,
+    _built,
+    _error_dict,
+    _exact_attempt,
+    _exact_error,
+    _one_of,
+)
 from nuvom.errors import InvalidJobId, JobFailed, SerializationError
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationInfo, field_validator, model_validator
 
@@ -39,41 +57,10 @@ __all__ = [
     "validate_job_id",
 ]
 
-TimeoutPolicy = Literal["fail", "retry", "ignore"]
-#: Where a job runs: a worker thread, the worker's event loop (``async def``
-#: tasks) or a child process (hard timeouts, no shared GIL).
-Executor = Literal["thread", "async", "process"]
 
 # Ids are generated as 32 hex digits, but ids given by users or other tools are
 # accepted as long as they cannot name a path: letters, digits, '-' and '_'.
 _JOB_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
-
-
-class JobStatus(str, Enum):
-    PENDING = "PENDING"  # queued, waiting to be claimed (possibly not yet due)
-    RUNNING = "RUNNING"  # claimed by a worker
-    RETRYING = "RETRYING"  # an attempt failed; queued again for a later attempt
-    SUCCESS = "SUCCESS"
-    FAILED = "FAILED"
-
-
-TERMINAL_STATUSES = frozenset({JobStatus.SUCCESS, JobStatus.FAILED})
-
-
-class JobError(BaseModel):
-    """An exception as it can travel between processes: names and text only."""
-
-    type: str
-    message: str
-    traceback: str | None = None
-
-    @classmethod
-    def from_exception(cls, exc: BaseException, tb: str | None = None) -> JobError:
-        try:
-            message = str(exc)
-        except Exception as inner:  # a broken __str__ must not break the worker
-            message = f"<exception message could not be rendered: {type(inner).__name__}>"
-        return cls(type=type(exc).__qualname__, message=message, traceback=tb)
 
 
 class TaskOptions(BaseModel):
@@ -129,20 +116,6 @@ class TaskOptions(BaseModel):
         }
 
 
-class Attempt(BaseModel):
-    """One run of a job: when it ran and how it ended."""
-
-    number: int
-    started_at: float
-    finished_at: float | None = None
-    outcome: Literal["success", "error", "timeout", "lost"] = "success"
-    error: JobError | None = None
-    #: Which executor ran it (``None`` in records written before executors existed).
-    executor: Executor | None = None
-    #: The worker that ran it (``None`` for a run lost before it started, and in older records).
-    worker_id: str | None = None
-
-
 #: A claim's lease covers the job's timeout times this factor plus this margin:
 #: the time a worker needs between noticing a timeout and storing its outcome,
 #: with room for a loaded machine. Every backend with leases uses
@@ -166,8 +139,14 @@ def lease_secs_for(timeout_secs: float | None, *, lease_secs: float, default_tim
 
 
 def new_job_id() -> str:
-    # 128 random bits as 32 hex digits; measured 3x cheaper than uuid4().hex.
-    return os.urandom(16).hex()
+    """32 hex digits: the time in microseconds (13 digits), then 76 random bits.
+
+    Ids that grow with time are appended at the end of every index keyed by
+    id (SQLite's and PostgreSQL's B-trees): random ids land on a different
+    page each, and a transaction storing many jobs wrote one page per job
+    (bench/NOTES.md has the measurement). 76 random bits per microsecond keep
+    ids unguessable and unique across processes and hosts."""
+    return f"{time.time_ns() // 1000:013x}{os.urandom(10).hex()[:19]}"
 
 
 def validate_job_id(job_id: object) -> str:
@@ -448,107 +427,9 @@ class Job(BaseModel):
         return record.result
 
 
-# pydantic keeps these in slots of BaseModel: setting them through the slots'
-# descriptors skips BaseModel.__setattr__ (measured 0.8 against 1.0 us a model).
-_SET_FIELDS_SET = BaseModel.__dict__["__pydantic_fields_set__"].__set__
-_SET_EXTRA = BaseModel.__dict__["__pydantic_extra__"].__set__
-_SET_PRIVATE = BaseModel.__dict__["__pydantic_private__"].__set__
 _ALL_FIELDS = frozenset(Job.model_fields)
 _ALL_FIELDS_ORDER = tuple(Job.model_fields)
 _ALL_FIELDS_SET = set(_ALL_FIELDS)
-_ATTEMPT_FIELDS_SET = set(Attempt.model_fields)
-
-
-def _error_dict(error: JobError | dict[str, Any]) -> dict[str, Any]:
-    if isinstance(error, dict):
-        return error
-    return {"type": error.type, "message": error.message, "traceback": error.traceback}
-
-
-def _attempt_dict(attempt: Attempt | dict[str, Any]) -> dict[str, Any]:
-    if isinstance(attempt, dict):
-        return attempt
-    return {
-        "number": attempt.number,
-        "started_at": attempt.started_at,
-        "finished_at": attempt.finished_at,
-        "outcome": attempt.outcome,
-        "error": None if attempt.error is None else _error_dict(attempt.error),
-        "executor": attempt.executor,
-        "worker_id": attempt.worker_id,
-    }
-
-
-# -- the fast decoding of a record as to_bytes writes it ----------------------
-# Every check below accepts only what model_validate accepts and turns it into
-# the same values; anything else makes _exact_record say no, and the caller
-# validates. Types are compared exactly (type(v) is int, not isinstance), so
-# bool never passes for int nor int for float: those cases are pydantic's.
-_M = TypeVar("_M", bound=BaseModel)
-_STATUS_BY_VALUE = {status.value: status for status in JobStatus}
-_TIMEOUT_POLICIES: frozenset[str | None] = frozenset({None, "fail", "retry", "ignore"})
-_EXECUTORS: frozenset[str | None] = frozenset({None, "thread", "async", "process"})
-_OUTCOMES: frozenset[str | None] = frozenset({"success", "error", "timeout", "lost"})
-_ERROR_FIELDS = frozenset(JobError.model_fields)
-_ATTEMPT_FIELDS = frozenset(Attempt.model_fields)
-
-
-def _built(
-    cls: type[_M], values: dict[str, Any], fields_set: set[str] | None = None, private: dict[str, Any] | None = None
-) -> _M:
-    """A model instance holding ``values`` (already checked), built as pydantic
-    would, without validation; ``fields_set`` defaults to a set of its own."""
-    obj = object.__new__(cls)
-    object.__setattr__(obj, "__dict__", values)
-    _SET_FIELDS_SET(obj, set(values) if fields_set is None else fields_set)
-    _SET_EXTRA(obj, None)
-    _SET_PRIVATE(obj, private)
-    return obj
-
-
-def _opt_str(value: Any) -> bool:
-    return value is None or type(value) is str
-
-
-def _opt_float(value: Any) -> bool:
-    return value is None or type(value) is float
-
-
-def _one_of(value: Any, allowed: frozenset[str | None]) -> bool:
-    # The type first: an unhashable value (a list) must not reach `in`.
-    return (value is None or type(value) is str) and value in allowed
-
-
-def _exact_error(raw: Any) -> JobError | None:
-    if (
-        type(raw) is dict
-        and raw.keys() == _ERROR_FIELDS
-        and type(raw["type"]) is str
-        and type(raw["message"]) is str
-        and _opt_str(raw["traceback"])
-    ):
-        return _built(JobError, raw)
-    return None
-
-
-def _exact_attempt(raw: Any) -> Attempt | None:
-    if not (
-        type(raw) is dict
-        and raw.keys() == _ATTEMPT_FIELDS
-        and type(raw["number"]) is int
-        and type(raw["started_at"]) is float
-        and _opt_float(raw["finished_at"])
-        and _one_of(raw["outcome"], _OUTCOMES)
-        and _one_of(raw["executor"], _EXECUTORS)
-        and _opt_str(raw["worker_id"])
-    ):
-        return None
-    if raw["error"] is not None:
-        error = _exact_error(raw["error"])
-        if error is None:
-            return None
-        raw["error"] = error
-    return _built(Attempt, raw)
 
 
 def _exact_record(raw: dict[Any, Any]) -> bool:

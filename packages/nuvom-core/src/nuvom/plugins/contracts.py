@@ -37,7 +37,7 @@ from __future__ import annotations
 import abc
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol, runtime_checkable
 
 from nuvom._polling import Poller
@@ -149,14 +149,16 @@ class BaseJobQueue(abc.ABC):
       ``RUNNING`` with its ``attempts`` incremented (``Job.mark_claimed``),
       and it is invisible to other claimers until it is acknowledged, handed
       back, or its lease runs out.
-    * :meth:`mark_started` is called right before a claimed job's code runs
-      (or, for jobs claimed for threads already idle, with the claim:
-      :meth:`pop_batch_starting`).
-      Only a claim that started counts as an attempt in storage: when an
-      expired claim is recovered, a run is recorded as lost only if that
-      claim had started; a claim that never started (its worker died with
-      the job still waiting in its buffer) is handed back as if never made.
-      A backend without a start mark counts every claim instead.
+    * Each claimed job gets a *start mark* (:meth:`mark_started`) before its
+      code runs: with its claim, for jobs claimed for slots already idle
+      (:meth:`pop_batch_starting`); otherwise in the worker's next group write
+      (:meth:`settle`), together with the outcomes of the jobs that ran before
+      it, and the job waits for that write. Only a claim that started counts
+      as an attempt in storage: when an expired claim is recovered, a run is
+      recorded as lost only if that claim had started; a claim that never
+      started (its worker died with the job still waiting in its buffer) is
+      handed back as if never made. A backend without a start mark counts
+      every claim instead.
     * A claimed job leaves the queue only through :meth:`ack` (its outcome is
       stored) or :meth:`requeue` (it goes back, possibly with a not-before
       time). Nothing is ever deleted on claim.
@@ -225,6 +227,27 @@ class BaseJobQueue(abc.ABC):
         if start <= 0 or not jobs:
             return jobs
         return self._started_first([], jobs, start)
+
+    def claim_batch(self, limit: int, timeout: float | None, idle: Callable[[], int]) -> list[Job]:
+        """The worker's claim step: up to ``limit`` due jobs, waiting up to
+        ``timeout`` seconds for at least one, the first of them start-marked
+        for the worker's idle slots, as :meth:`pop_batch_starting` does.
+
+        ``idle()`` says how many slots would start a job the moment it
+        arrived. A backend asks it when its claim takes the jobs, not when the
+        call begins: a wait in the queue may last while slots become idle.
+
+        The default claims with :meth:`pop_batch`, asks ``idle()`` and marks
+        those jobs with :meth:`mark_started`; a backend that overrides
+        :meth:`pop_batch_starting` (marks in its claim's atomic step) is asked
+        ``idle()`` first and called with it. A backend that claims in steps of
+        its own overrides this method.
+        """
+        if type(self).pop_batch_starting is not BaseJobQueue.pop_batch_starting:
+            return self.pop_batch_starting(limit, timeout, start=idle())
+        jobs = self.pop_batch(limit, timeout)
+        start = idle() if jobs else 0
+        return self._started_first([], jobs, start) if start > 0 else jobs
 
     def _started_first(self, marked: list[Job], rest: list[Job], start: int) -> list[Job]:
         """The jobs of a claim for :meth:`pop_batch_starting`: ``marked`` (start-marked
@@ -303,14 +326,36 @@ class BaseJobQueue(abc.ABC):
         """
         return True
 
-    def complete_and_start(self, jobs: Sequence[Job], results: BaseResultBackend, starting: Job) -> bool:
-        """:meth:`complete` ``jobs``, then :meth:`mark_started` ``starting`` (the
-        next job of the thread that finished them); returns what the start mark
-        returned. A worker calls it instead of the two when it has both at hand;
-        a backend whose writes are transactions overrides it to write both in
-        one. The default makes the two calls."""
-        self.complete(jobs, results)
-        return self.mark_started(starting)
+    def settle(
+        self,
+        finished: Sequence[Job],
+        requeued: Sequence[Job],
+        starting: Sequence[Job],
+        results: BaseResultBackend,
+    ) -> list[bool]:
+        """Write one group of a worker's changes in one step, and return for each
+        job of ``starting`` what its start mark returned.
+
+        The worker's outcome writer calls it with everything its executors
+        produced since the last call: ``finished`` jobs (terminal: as
+        :meth:`complete`), ``requeued`` jobs (retries with a not-before time and
+        hand-backs: as :meth:`requeue`) and the start marks of claimed jobs in
+        ``starting`` (as :meth:`mark_started`). A job appears in at most one of
+        the three. A backend whose writes are transactions or pipelines
+        overrides it to write the whole group in one (one commit, one round
+        trip), which is what lets a worker settle many jobs a second; each part
+        keeps its own method's promises (fencing by the claim, outcomes stored
+        before the claim is released). If it raises, the worker writes the
+        whole group again later: every part must be safe to write twice.
+
+        The default makes the calls one after another: :meth:`complete`, then
+        :meth:`requeue`, then :meth:`mark_started` for each starting job.
+        """
+        if finished:
+            self.complete(finished, results)
+        if requeued:
+            self.requeue(requeued)
+        return [self.mark_started(job) for job in starting]
 
     # -- reading ------------------------------------------------------------
     @abc.abstractmethod

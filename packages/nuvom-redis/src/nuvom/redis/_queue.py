@@ -20,7 +20,7 @@ import os
 import socket
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from nuvom.errors import BackendError, SerializationError
@@ -234,7 +234,7 @@ class RedisJobQueue(BaseJobQueue, RedisSchedules):
         if unreadable:
             for job in unreadable:
                 log.error("job %s: %s", job.id, job.error.message if job.error else "")
-            self._complete_here(unreadable)
+            self._quarantine(unreadable)
         # A corrupt payload among the marked ones: others are marked in its place, so
         # that the first min(start, len(jobs)) returned are marked (pop_batch_starting).
         return self._started_first(marked, jobs, start), due_in
@@ -243,7 +243,12 @@ class RedisJobQueue(BaseJobQueue, RedisSchedules):
         """:meth:`pop_batch` whose claim script also writes the start marks of the
         first ``start`` jobs it claims (the claim's lease already runs from now):
         no START round trip for the jobs an idle worker thread runs at once."""
-        return self._pop(batch_size, timeout, max(0, start))
+        return self._pop(batch_size, timeout, lambda: max(0, start))
+
+    def claim_batch(self, limit: int, timeout: float | None, idle: Callable[[], int]) -> list[Job]:
+        """:meth:`pop_batch_starting`, asking ``idle()`` as each claim script is sent
+        (a claim pipelined behind a wait is sent before the wait)."""
+        return self._pop(limit, timeout, idle)
 
     def pop_batch(self, batch_size: int, timeout: float | None = 0.0) -> list[Job]:
         """Claim up to ``batch_size`` due jobs, waiting up to ``timeout`` s.
@@ -258,15 +263,16 @@ class RedisJobQueue(BaseJobQueue, RedisSchedules):
         returns ``[]`` after backing off (the connection logs one line when it
         goes and one when it is back): the worker keeps running what it holds.
         """
-        return self._pop(batch_size, timeout, 0)
+        return self._pop(batch_size, timeout, _NO_START)
 
-    def _pop(self, batch_size: int, timeout: float | None, start: int) -> list[Job]:
+    def _pop(self, batch_size: int, timeout: float | None, idle: Callable[[], int]) -> list[Job]:
         deadline = None if timeout is None else time.monotonic() + timeout
         pause = _BACKOFF_FIRST
         wait_first = self._drained and timeout != 0
         stale_retried = False
         while True:
             try:
+                start = idle()
                 if wait_first:
                     jobs, due_in = self._wait_then_claim(batch_size, deadline, start)
                 else:
@@ -322,11 +328,14 @@ class RedisJobQueue(BaseJobQueue, RedisSchedules):
             get = self._claims.get
             return [get(job_id, b"") for job_id in job_ids]
 
-    def _forget(self, job_ids: Sequence[str]) -> None:
+    def _forget(self, job_ids: Sequence[str], tokens: Sequence[bytes]) -> None:
+        """Drop the claims settled with these tokens. A job handed back may be
+        claimed again (here, under a new token) before this runs: that claim stays."""
         with self._claims_lock:
-            pop = self._claims.pop
-            for job_id in job_ids:
-                pop(job_id, None)
+            claims = self._claims
+            for job_id, token in zip(job_ids, tokens, strict=True):
+                if claims.get(job_id, b"") == token:
+                    claims.pop(job_id, None)
 
     def _worker_patience(self) -> float:
         return self.redis_settings.redis_worker_retry_secs
@@ -335,12 +344,13 @@ class RedisJobQueue(BaseJobQueue, RedisSchedules):
         if not job_ids:
             return
         args: list[Any] = [self.prefix]
-        for job_id, token in zip(job_ids, self._tokens(job_ids), strict=True):
+        tokens = self._tokens(job_ids)
+        for job_id, token in zip(job_ids, tokens, strict=True):
             args += [job_id, token]
         self.conn.run(
             "acknowledging jobs", lambda: self._ack(args=args, client=self.conn.own()), patience=self._worker_patience()
         )
-        self._forget(job_ids)
+        self._forget(job_ids, tokens)
 
     def requeue(self, jobs: Sequence[Job]) -> None:
         """Put jobs back as given, in one script. A job whose claim was taken
@@ -349,14 +359,34 @@ class RedisJobQueue(BaseJobQueue, RedisSchedules):
         if not jobs:
             return
         ids = [job.id for job in jobs]
+        tokens = self._tokens(ids)
+        args = self._requeue_args(jobs, tokens)
+        skipped = self.conn.run("handing jobs back", lambda: self._requeue(args=args), patience=self._worker_patience())
+        self._forget(ids, tokens)
+        _log_skipped(skipped)
+
+    def _complete_args(self, jobs: Sequence[Job], tokens: Sequence[bytes], ttl_ms: int) -> list[Any]:
+        args: list[Any] = [self.prefix, ttl_ms]
+        for job, token in zip(jobs, tokens, strict=True):
+            job_id, status, task, when, payload = result_args(job)
+            args += [job_id, token, job.attempts, status, task, when, payload]
+        return args
+
+    def _quarantine(self, jobs: Sequence[Job]) -> None:
+        """Store unreadable jobs as their failed records (COMPLETE, their claims' tokens)."""
+        ttl = self.redis_settings.result_ttl_secs
+        ids = [job.id for job in jobs]
+        tokens = self._tokens(ids)
+        args = self._complete_args(jobs, tokens, 0 if ttl is None else max(1, int(ttl * 1000)))
+        self._run_scripts([(self._complete, args)], "quarantining unreadable jobs")
+        self._forget(ids, tokens)
+
+    def _requeue_args(self, jobs: Sequence[Job], tokens: Sequence[bytes]) -> list[Any]:
         now = time.time()
         args: list[Any] = [self.prefix]
-        for job, token in zip(jobs, self._tokens(ids), strict=True):
+        for job, token in zip(jobs, tokens, strict=True):
             args += [job.id, token, repr(job.due_at - now), job.to_bytes(), job.attempts, repr(job.timeout_secs or 0)]
-        skipped = self.conn.run("handing jobs back", lambda: self._requeue(args=args), patience=self._worker_patience())
-        self._forget(ids)
-        for job_id in skipped:
-            log.info("job %s was claimed by another worker meanwhile; not requeued", job_id.decode())
+        return args
 
     def complete(self, jobs: Sequence[Job], results: BaseResultBackend) -> None:
         """Store outcomes and remove the jobs from the queue.
@@ -367,26 +397,77 @@ class RedisJobQueue(BaseJobQueue, RedisSchedules):
         (its lease ran out and another worker claimed the job) is dropped, and
         the other run records the outcome. Otherwise: store, then acknowledge.
         """
-        if not self._shares_store(results):
-            super().complete(jobs, results)
-            return
-        assert isinstance(results, RedisResultBackend)
-        self._complete_here(jobs, results.ttl_ms)
-        results.maybe_prune()
+        self.settle(jobs, (), (), results)
 
-    def complete_and_start(self, jobs: Sequence[Job], results: BaseResultBackend, starting: Job) -> bool:
-        """:meth:`complete` and the start mark of ``starting`` in one round trip
-        (two scripts pipelined) when the results share this server and prefix."""
-        start = self._start_args(starting)
-        if start is None or not self._shares_store(results):
-            self.complete(jobs, results)
-            return self.mark_started(starting)
+    def settle(
+        self,
+        finished: Sequence[Job],
+        requeued: Sequence[Job],
+        starting: Sequence[Job],
+        results: BaseResultBackend,
+    ) -> list[bool]:
+        """A worker's group write in one round trip (when the results share this
+        server and prefix): COMPLETE for ``finished``, REQUEUE for ``requeued``
+        and START for each of ``starting``, pipelined; each script is atomic
+        and fenced by the claims' tokens, as :meth:`complete`, :meth:`requeue`
+        and :meth:`mark_started` are. Running it twice (a retry after a lost
+        reply) settles nothing twice: the first run spent the tokens."""
+        if not self._shares_store(results):
+            if finished:
+                results.store(finished)
+                self.ack([job.id for job in finished])
+            if requeued:
+                self.requeue(requeued)
+            return [self.mark_started(job) for job in starting]
         assert isinstance(results, RedisResultBackend)
-        started = self._complete_here(jobs, results.ttl_ms, start)
-        results.maybe_prune()
-        if not started:
-            self._forget((starting.id,))
-        return started
+        commands: list[tuple[Any, list[Any]]] = []
+        ids = [job.id for job in finished]
+        tokens = self._tokens(ids)
+        if finished:
+            commands.append((self._complete, self._complete_args(finished, tokens, results.ttl_ms)))
+        back_ids = [job.id for job in requeued]
+        back_tokens = self._tokens(back_ids)
+        if requeued:
+            commands.append((self._requeue, self._requeue_args(requeued, back_tokens)))
+        marks = [(job, self._start_args(job)) for job in starting]
+        commands += [(self._start, args) for _, args in marks if args is not None]
+        replies = self._run_scripts(commands, "settling jobs") if commands else []
+        if finished:
+            ignored = replies.pop(0)
+            self._forget(ids, tokens)
+            if ignored:
+                log.info("%d completion(s) ignored: their claim was taken over by another worker", len(ignored))
+            results.maybe_prune()
+        if requeued:
+            _log_skipped(replies.pop(0))
+            self._forget(back_ids, back_tokens)
+        # A job not claimed through this object has nothing to fence: it starts.
+        return [True if args is None else self._started(job, args, replies.pop(0)) for job, args in marks]
+
+    def _run_scripts(self, commands: list[tuple[Any, list[Any]]], what: str) -> list[Any]:
+        """Scripts with their arguments, pipelined in one round trip on this
+        thread's connection; their replies, in order."""
+
+        def run() -> list[Any]:
+            client = self.conn.own()
+            if len(commands) == 1:
+                script, args = commands[0]
+                return [_evalsha(client, script, args)]
+            # Plain EVALSHAs on this thread's connection: a redis-py pipeline of
+            # registered scripts would first ask whether the server has them
+            # (SCRIPT EXISTS, one more round trip) and check a pool connection out.
+            replies = _pipelined(client, [("EVALSHA", script.sha, 0, *args) for script, args in commands])
+            for k, reply in enumerate(replies):
+                # A server without a script (restarted, flushed) ran nothing of it:
+                # that script is sent again, loading it.
+                if isinstance(reply, NoScriptError):
+                    script, args = commands[k]
+                    replies[k] = script(args=args, client=client)
+                elif isinstance(reply, Exception):
+                    raise reply
+            return replies
+
+        return self.conn.run(what, run, patience=self._worker_patience())
 
     def mark_started(self, job: Job) -> bool:
         """One script: the claim's start mark and a lease from now, fenced by the
@@ -395,19 +476,18 @@ class RedisJobQueue(BaseJobQueue, RedisSchedules):
         args = self._start_args(job)
         if args is None:
             return True  # not claimed through this object: nothing to fence
+        return self._started(job, args, self._run_scripts([(self._start, args)], "marking a job started")[0])
 
-        def run() -> Any:
-            return _evalsha(self.conn.own(), self._start, args)
-
-        started = self.conn.run("marking a job started", run, patience=self._worker_patience())
-        if started:
+    def _started(self, job: Job, args: list[Any], reply: Any) -> bool:
+        """What START (called with ``args``) replied for ``job``; a claim taken over is forgotten."""
+        if reply:
             return True
-        self._forget((job.id,))
+        self._forget([job.id], [args[-2]])
         return False
 
     def _start_args(self, job: Job) -> list[Any] | None:
-        """The START script's arguments for ``job``'s claim; ``None`` if this
-        object does not hold its claim."""
+        """The START script's arguments for ``job``'s claim (its token second to
+        last); ``None`` if this object does not hold its claim."""
         with self._claims_lock:
             token = self._claims.get(job.id)
             claimed_at = None if token is None else self._claimed_at.get(token)
@@ -421,46 +501,6 @@ class RedisJobQueue(BaseJobQueue, RedisSchedules):
             if time.monotonic() - claimed_at <= min(_FRESH_CLAIM_MAX_SECS, lease * _FRESH_CLAIM):
                 keep = "1"
         return [self.prefix, *self._lease_rule, job.id, token, keep]
-
-    def _complete_here(self, jobs: Sequence[Job], ttl_ms: int | None = None, start: list[Any] | None = None) -> bool:
-        """COMPLETE for ``jobs`` and, with ``start`` (START's arguments), a start
-        mark pipelined behind it; returns what START returned (True without one)."""
-        if ttl_ms is None:
-            ttl = self.redis_settings.result_ttl_secs
-            ttl_ms = 0 if ttl is None else max(1, int(ttl * 1000))
-        ids = [job.id for job in jobs]
-        args: list[Any] = [self.prefix, ttl_ms]
-        for job, token in zip(jobs, self._tokens(ids), strict=True):
-            job_id, status, task, finished, payload = result_args(job)
-            args += [job_id, token, job.attempts, status, task, finished, payload]
-
-        def run() -> Any:
-            client = self.conn.own()
-            if start is None:
-                return [_evalsha(client, self._complete, args), 1]
-            # Plain EVALSHAs on this thread's connection: a redis-py pipeline of
-            # registered scripts would first ask whether the server has them
-            # (SCRIPT EXISTS, one more round trip) and check a pool connection out.
-            replies = _pipelined(
-                client,
-                [("EVALSHA", self._complete.sha, 0, *args), ("EVALSHA", self._start.sha, 0, *start)],
-            )
-            # A server without a script (restarted, flushed) ran nothing of it:
-            # that script is sent again, loading it.
-            if isinstance(replies[0], NoScriptError):
-                replies[0] = self._complete(args=args, client=client)
-            if isinstance(replies[1], NoScriptError):
-                replies[1] = self._start(args=start, client=client)
-            for reply in replies:
-                if isinstance(reply, Exception):
-                    raise reply
-            return replies
-
-        ignored, started = self.conn.run("storing finished jobs", run, patience=self._worker_patience())
-        self._forget(ids)
-        if ignored:
-            log.info("%d completion(s) ignored: their claim was taken over by another worker", len(ignored))
-        return bool(started)
 
     def _shares_store(self, results: BaseResultBackend) -> bool:
         return isinstance(results, RedisResultBackend) and results.url == self.url and results.prefix == self.prefix
@@ -517,6 +557,15 @@ class RedisJobQueue(BaseJobQueue, RedisSchedules):
         if not self._closed:
             self._closed = True
             release(self.conn)
+
+
+def _NO_START() -> int:
+    return 0
+
+
+def _log_skipped(skipped: Sequence[bytes]) -> None:
+    for job_id in skipped:
+        log.info("job %s was claimed by another worker meanwhile; not requeued", job_id.decode())
 
 
 def _evalsha(client: Any, script: Any, args: list[Any]) -> Any:

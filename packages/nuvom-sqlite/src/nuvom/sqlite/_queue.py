@@ -16,7 +16,7 @@ import socket
 import sqlite3
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -72,19 +72,17 @@ _SELECT_DUE = (
     f"SELECT seq, CAST(id AS BLOB), CAST(func_name AS BLOB), attempts - {_UNSTARTED}, created_at, payload "
     "FROM nuvom_queue WHERE ready_at <= ? ORDER BY ready_at, seq LIMIT ?"
 )
-# The start mark: fenced by the claim token, and the lease starts again from now.
-_START = (
-    "UPDATE nuvom_queue SET started_at = ?1, ready_at = ?1 + max(?2, coalesce(timeout_secs, ?3) * ?4 + ?5) "
-    "WHERE id = ?6 AND claim_token = ?7"
-)
-# A job started within a tenth of its lease (and at most a second) after its
-# claim keeps the claim's lease, 90% of a full lease from the start or more:
-# not moving ready_at spares an index update, about half the mark's cost.
+# A start mark is fenced by the claim token and renews the lease from now; a job
+# started within a tenth of its lease (and at most a second) after its claim
+# keeps the claim's lease, 90% of a full lease from the start or more.
 _FRESH_CLAIM = 0.1
 _FRESH_CLAIM_MAX_SECS = 1.0
-_START_FRESH = "UPDATE nuvom_queue SET started_at = ? WHERE id = ? AND claim_token = ?"
 # Claim times kept by token, for _FRESH_CLAIM (older ones just get a full renewal).
 _CLAIM_TIMES_MAX = 256
+
+
+def _NO_START() -> int:
+    return 0
 
 
 def _chunks(items: Sequence[Any], size: int = _CHUNK) -> list[Sequence[Any]]:
@@ -176,16 +174,16 @@ class SQLiteJobQueue(BaseJobQueue, SQLiteSchedules):
 
     # -- claiming -------------------------------------------------------------
     def claim(self, batch_size: int) -> list[Job]:
-        return self._look_and_claim(batch_size, 0)
+        return self._look_and_claim(batch_size, _NO_START)
 
-    def _look_and_claim(self, batch_size: int, start: int) -> list[Job]:
+    def _look_and_claim(self, batch_size: int, idle: Callable[[], int]) -> list[Job]:
         now = time.time()
         # A read first: finding nothing due must not take the write lock.
         row = self.db.read(lambda c: c.execute("SELECT min(ready_at) FROM nuvom_queue").fetchone())
         if row[0] is None or row[0] > now:
             self._next_ready = row[0]
             return []
-        return self._claim(batch_size, now, start)
+        return self._claim(batch_size, now, idle())
 
     def _claim(self, batch_size: int, now: float, start: int = 0) -> list[Job]:
         token = secrets.randbits(62)
@@ -271,14 +269,18 @@ class SQLiteJobQueue(BaseJobQueue, SQLiteSchedules):
                     insert_results(conn, [result_row(job)])
 
     def pop_batch(self, batch_size: int, timeout: float | None = 0.0) -> list[Job]:
-        return self._pop(batch_size, timeout, 0)
+        return self._pop(batch_size, timeout, _NO_START)
 
     def pop_batch_starting(self, batch_size: int, timeout: float | None = 0.0, *, start: int = 0) -> list[Job]:
         """:meth:`pop_batch` whose first ``start`` jobs are start-marked by the
         claim's own transaction (one statement more in it, not one commit each)."""
-        return self._pop(batch_size, timeout, start)
+        return self._pop(batch_size, timeout, lambda: start)
 
-    def _pop(self, batch_size: int, timeout: float | None, start: int) -> list[Job]:
+    def claim_batch(self, limit: int, timeout: float | None, idle: Callable[[], int]) -> list[Job]:
+        """:meth:`pop_batch_starting`, asking ``idle()`` right before each claim transaction."""
+        return self._pop(limit, timeout, idle)
+
+    def _pop(self, batch_size: int, timeout: float | None, idle: Callable[[], int]) -> list[Job]:
         """Claim up to ``batch_size`` due jobs, waiting up to ``timeout`` s.
 
         Polls, because another process cannot wake this one; but a poll that
@@ -286,7 +288,7 @@ class SQLiteJobQueue(BaseJobQueue, SQLiteSchedules):
         yet, reads one counter and returns, so polling every millisecond
         while busy costs little and an idle worker backs off to 20 looks a second.
         """
-        jobs = self._poll(batch_size, start)
+        jobs = self._poll(batch_size, idle)
         if jobs or timeout == 0:
             return jobs
         deadline = None if timeout is None else time.monotonic() + timeout
@@ -305,16 +307,16 @@ class SQLiteJobQueue(BaseJobQueue, SQLiteSchedules):
             if deadline is not None:
                 pause = min(pause, deadline - now)
             time.sleep(pause)
-            jobs = self._poll(batch_size, start)
+            jobs = self._poll(batch_size, idle)
             if jobs:
                 return jobs
 
-    def _poll(self, batch_size: int, start: int = 0) -> list[Job]:
+    def _poll(self, batch_size: int, idle: Callable[[], int]) -> list[Job]:
         seen = (threading.get_ident(), self.db.data_version(), self._local_writes)
         next_ready = self._next_ready
         if seen == self._seen and (next_ready is None or next_ready > time.time()):
             return []
-        jobs = self._look_and_claim(batch_size, start)
+        jobs = self._look_and_claim(batch_size, idle)
         if jobs:
             self._last_work = time.monotonic()
         else:
@@ -329,11 +331,14 @@ class SQLiteJobQueue(BaseJobQueue, SQLiteSchedules):
             get = self._claims.get
             return [get(job_id) for job_id in job_ids]
 
-    def _forget(self, job_ids: Sequence[str]) -> None:
+    def _forget(self, job_ids: Sequence[str], tokens: Sequence[int | None]) -> None:
+        """Drop the claims settled with these tokens. A job handed back may be
+        claimed again (here, under a new token) before this runs: that claim stays."""
         with self._claims_lock:
-            pop = self._claims.pop
-            for job_id in job_ids:
-                pop(job_id, None)
+            claims = self._claims
+            for job_id, token in zip(job_ids, tokens, strict=True):
+                if token is not None and claims.get(job_id) == token:
+                    del claims[job_id]
 
     def ack(self, job_ids: Sequence[str]) -> None:
         tokens = self._tokens(job_ids)
@@ -343,29 +348,17 @@ class SQLiteJobQueue(BaseJobQueue, SQLiteSchedules):
             # A claim taken over since is left alone: its new holder settles it.
             conn.executemany("DELETE FROM nuvom_queue WHERE id = ? AND claim_token = ?", pairs)
             conn.executemany("DELETE FROM nuvom_queue WHERE id = ?", [(job_id,) for job_id in plain])
-        self._forget(job_ids)
+        self._forget(job_ids, tokens)
 
     def requeue(self, jobs: Sequence[Job]) -> None:
         """Put jobs back as given. A job whose claim was taken over meanwhile
         is left to its new claimer."""
         ids = [job.id for job in jobs]
         tokens = self._tokens(ids)
-        guarded, free = [], []
-        for job, token in zip(jobs, tokens, strict=True):
-            if token is None:
-                free.append(
-                    (job.id, job.func_name, job.due_at, job.attempts, job.timeout_secs, job.created_at, job.to_bytes())
-                )
-            else:
-                guarded.append((job.due_at, job.attempts, job.to_bytes(), job.id, token))
+        rows = self._requeue_rows(jobs, tokens)
         with self.db.write("requeueing jobs") as conn:
-            for row in guarded:
-                cur = conn.execute(_REQUEUE_CLAIMED, row)
-                if cur.rowcount == 0:
-                    log.info("job %s was claimed by another worker meanwhile; not requeued", row[3])
-            if free:
-                conn.executemany(_UPSERT, free)
-        self._forget(ids)
+            _requeue(conn, *rows)
+        self._forget(ids, tokens)
         self._local_writes += 1
 
     def complete(self, jobs: Sequence[Job], results: BaseResultBackend) -> None:
@@ -379,41 +372,98 @@ class SQLiteJobQueue(BaseJobQueue, SQLiteSchedules):
         results elsewhere: store, then acknowledge (a crash in between re-runs
         the job).
         """
-        self._complete(jobs, results, None)
+        self.settle(jobs, (), (), results)
 
-    def complete_and_start(self, jobs: Sequence[Job], results: BaseResultBackend, starting: Job) -> bool:
-        """:meth:`complete` and the start mark of ``starting`` in one transaction
-        (when the results share this file)."""
-        return self._complete(jobs, results, starting)
-
-    def _complete(self, jobs: Sequence[Job], results: BaseResultBackend, starting: Job | None) -> bool:
+    def settle(
+        self,
+        finished: Sequence[Job],
+        requeued: Sequence[Job],
+        starting: Sequence[Job],
+        results: BaseResultBackend,
+    ) -> list[bool]:
+        """A worker's group write in one transaction (when the results share
+        this file): the outcomes of ``finished`` as :meth:`complete`, the
+        hand-backs of ``requeued`` as :meth:`requeue` and the start marks of
+        ``starting`` as :meth:`mark_started`, each fenced by its claim. A
+        handful of statements for the whole group, not a few per job."""
         if not self._shares_file(results):
-            super().complete(jobs, results)
-            return True if starting is None else self.mark_started(starting)
+            # Results elsewhere: stored first, acknowledged second (the contract's default order).
+            if finished:
+                results.store(finished)
+                self.ack([job.id for job in finished])
+            if requeued:
+                self.requeue(requeued)
+            return [self.mark_started(job) for job in starting]
         assert isinstance(results, SQLiteResultBackend)
-        rows = [result_row(job) for job in jobs]
-        ids = [job.id for job in jobs]
+        rows = [result_row(job) for job in finished]
+        ids = [job.id for job in finished]
         tokens = self._tokens(ids)
-        start = None if starting is None else self._start_statement(starting)
+        back_ids = [job.id for job in requeued]
+        back_tokens = self._tokens(back_ids)
+        back = self._requeue_rows(requeued, back_tokens) if requeued else None
+        marks = self._mark_groups(starting) if starting else None
 
-        def complete(conn: sqlite3.Connection) -> tuple[list[str], bool]:
-            kept = _delete_claimed(conn, jobs, tokens)
-            if len(kept) == len(rows):
-                insert_results(conn, rows)
-            else:
-                keep = set(kept)
-                insert_results(conn, [row for row in rows if row[0] in keep])
-            return kept, start is None or conn.execute(*start).rowcount > 0
+        def write(conn: sqlite3.Connection) -> tuple[list[str], set[str]]:
+            kept: list[str] = []
+            if finished:
+                kept = _delete_claimed(conn, finished, tokens)
+                insert_results(conn, rows if len(kept) == len(rows) else [r for r in rows if r[0] in set(kept)])
+            if back is not None:
+                _requeue(conn, *back)
+            return kept, set() if marks is None else _write_marks(conn, marks)
 
-        kept, started = self.db.combined(complete, "completing jobs")
-        self._forget(ids)
-        if len(kept) != len(rows):
-            log.info("%d completion(s) ignored: their claim was taken over by another worker", len(rows) - len(kept))
-        if not started:
-            assert starting is not None
-            self._forget((starting.id,))
-        results.maybe_prune()
+        kept, marked = self.db.combined(write, "settling jobs")
+        if finished:
+            self._forget(ids, tokens)
+            if len(kept) != len(rows):
+                log.info(
+                    "%d completion(s) ignored: their claim was taken over by another worker", len(rows) - len(kept)
+                )
+        if requeued:
+            self._forget(back_ids, back_tokens)
+            self._local_writes += 1
+        started = [job.id in marked for job in starting]
+        if not all(started) and marks:
+            lost = {job_id: token for (_, token, _), ids in marks.items() for job_id in ids if job_id not in marked}
+            self._forget(list(lost), list(lost.values()))
+        if finished:
+            results.maybe_prune()
         return started
+
+    def _requeue_rows(
+        self, jobs: Sequence[Job], tokens: Sequence[int | None]
+    ) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]:
+        """Rows for :func:`_requeue`: jobs still claimed here (guarded by their
+        claim's token), and jobs this object never claimed (written as given)."""
+        guarded, free = [], []
+        for job, token in zip(jobs, tokens, strict=True):
+            if token is None:
+                free.append(
+                    (job.id, job.func_name, job.due_at, job.attempts, job.timeout_secs, job.created_at, job.to_bytes())
+                )
+            else:
+                guarded.append((job.due_at, job.attempts, job.to_bytes(), job.id, token))
+        return guarded, free
+
+    def _mark_groups(self, jobs: Sequence[Job]) -> dict[tuple[str, int, float], list[str]]:
+        """The start marks of ``jobs`` grouped into statements: (statement kind,
+        claim token, lease seconds) -> ids; jobs this object does not hold are left out."""
+        now = time.time()
+        groups: dict[tuple[str, int, float], list[str]] = {}
+        with self._claims_lock:
+            claims, claimed_at = self._claims, self._claimed_at
+            held = [(job, claims.get(job.id)) for job in jobs]
+            times = {token: claimed_at.get(token) for _, token in held if token is not None}
+        for job, token in held:
+            if token is None:
+                continue
+            lease = lease_secs_for(
+                job.timeout_secs, lease_secs=self.lease_secs, default_timeout_secs=self.default_timeout
+            )
+            since = times.get(token)
+            fresh = since is not None and now - since <= min(_FRESH_CLAIM_MAX_SECS, lease * _FRESH_CLAIM)
+            groups.setdefault(("fresh" if fresh else "renew", token, 0.0 if fresh else lease), []).append(job.id)
+        return groups
 
     def _shares_file(self, results: BaseResultBackend) -> bool:
         return isinstance(results, SQLiteResultBackend) and results.path == self.path
@@ -446,32 +496,14 @@ class SQLiteJobQueue(BaseJobQueue, SQLiteSchedules):
         """One statement: the claim's start mark and a lease from now. A WAL
         commit with ``synchronous=NORMAL`` is in the OS's hands when it returns,
         so the mark survives a SIGKILL of this process (not a power cut)."""
-        statement = self._start_statement(job)
-        if statement is None:
+        groups = self._mark_groups([job])
+        if not groups:
             return True  # not claimed through this object: nothing to fence
-        if self._write_one(*statement, "marking a job started"):
+        marked = self.db.combined(lambda conn: _write_marks(conn, groups), "marking a job started", one_statement=True)
+        if job.id in marked:
             return True
-        self._forget((job.id,))
+        self._forget([job.id], [token for (_, token, _), ids in groups.items() if job.id in ids])
         return False
-
-    def _start_statement(self, job: Job) -> tuple[str, tuple[Any, ...]] | None:
-        """The start mark of ``job``'s claim as (SQL, parameters); ``None`` if
-        this object does not hold its claim."""
-        with self._claims_lock:
-            token = self._claims.get(job.id)
-            claimed_at = None if token is None else self._claimed_at.get(token)
-        if token is None:
-            return None
-        now = time.time()
-        lease = lease_secs_for(job.timeout_secs, lease_secs=self.lease_secs, default_timeout_secs=self.default_timeout)
-        if claimed_at is not None and now - claimed_at <= min(_FRESH_CLAIM_MAX_SECS, lease * _FRESH_CLAIM):
-            return _START_FRESH, (now, job.id, token)
-        return _START, (now, self.lease_secs, self.default_timeout, LEASE_FACTOR, LEASE_MARGIN_SECS, job.id, token)
-
-    def _write_one(self, sql: str, params: Sequence[Any], what: str) -> int:
-        """One statement, committed with whatever else this process's threads
-        write at the moment (Database.combined); returns the rows it changed."""
-        return self.db.combined(lambda conn: int(conn.execute(sql, params).rowcount), what, one_statement=True)
 
     # -- reading --------------------------------------------------------------
     def get(self, job_id: str) -> Job | None:
@@ -550,6 +582,33 @@ def _duplicate(exc: BackendError, path: Path) -> BackendError:
     if "UNIQUE constraint failed" in str(exc):
         return BackendError(f"{path}: a job with one of these ids is already queued; job ids must be unique")
     return exc
+
+
+def _requeue(conn: sqlite3.Connection, guarded: list[tuple[Any, ...]], free: list[tuple[Any, ...]]) -> None:
+    for row in guarded:
+        if conn.execute(_REQUEUE_CLAIMED, row).rowcount == 0:
+            log.info("job %s was claimed by another worker meanwhile; not requeued", row[3])
+    if free:
+        conn.executemany(_UPSERT, free)
+
+
+def _write_marks(conn: sqlite3.Connection, groups: dict[tuple[str, int, float], list[str]]) -> set[str]:
+    """Write start marks, one statement per claim and lease; returns the ids
+    whose claim still held (the others were taken over)."""
+    now = time.time()
+    marked: set[str] = set()
+    for (kind, token, lease), ids in groups.items():
+        for chunk in _chunks(ids):
+            # A fresh claim keeps its lease (it has 90 % of it or more left): not
+            # moving ready_at spares an index update, about half the mark's cost.
+            sets = "started_at = ?" if kind == "fresh" else "started_at = ?, ready_at = ? + ?"
+            params = (now,) if kind == "fresh" else (now, now, lease)
+            cur = conn.execute(
+                f"UPDATE nuvom_queue SET {sets} WHERE id IN ({_marks(len(chunk))}) AND claim_token = ? RETURNING id",
+                (*params, *chunk, token),
+            )
+            marked.update(row[0] for row in cur.fetchall())
+    return marked
 
 
 def _delete_claimed(conn: sqlite3.Connection, jobs: Sequence[Job], tokens: Sequence[int | None]) -> list[str]:

@@ -2,9 +2,9 @@
 
 ::
 
-    dispatcher --submit--> backlog --> one feeder thread per child --msgpack--> child process
+    claim loop --submit--> backlog --> one feeder thread per child --msgpack--> child process
                                               |                                    |
-    runner.settle (hooks, results) <----------+<---------- result or error --------+
+    runner.settle (hooks, outcomes) <---------+<---------- result or error --------+
 
 * Children are fresh interpreters (``python -c``, a *spawn* on every OS:
   nothing is forked) that import each job's task by its module path, with
@@ -29,28 +29,27 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import os
 import queue as queue_mod
 import signal
-import struct
 import subprocess
 import sys
 import threading
 import time
-import traceback
 from collections import deque
 from collections.abc import Callable
-from typing import Any
+from typing import Any, ClassVar, Literal
 
-from nuvom import serialization
+from nuvom import _fate, serialization
+from nuvom._engine.child import read_frame, write_frame
+from nuvom._engine.outcomes import OutcomeWriter
 from nuvom._runner import JobRunner
 from nuvom._settings import Settings
 from nuvom._task import Task
 from nuvom.errors import ChildProcessDied, SerializationError
-from nuvom.job import Job, JobError, effective_timeout
+from nuvom.job import Job, JobError
 
 __all__ = ["ProcessPool"]
 
@@ -59,7 +58,7 @@ log = logging.getLogger("nuvom.worker.process")
 # How often a feeder waiting on its child looks whether the worker is stopping.
 _POLL = 0.1
 # The child's command: the worker's sys.path first, so nuvom and the project import.
-_CHILD_CODE = "import sys, json; sys.path[:] = json.loads(sys.argv[1]); import nuvom._process_pool as p; p.child_main()"
+_CHILD_CODE = "import sys, json; sys.path[:] = json.loads(sys.argv[1]); import nuvom._engine.child as c; c.child_main()"
 # How long a new child may take to start and import the tasks.
 _START_WAIT = 60.0
 # How long a child asked to stop (recycling, shutdown) may take before it is killed.
@@ -70,11 +69,8 @@ class _Child:
     """One child process, its pipes, and a thread reading its answers."""
 
     def __init__(self, sys_path: list[str], cwd: str, warm: dict[str, str | None]) -> None:
-        code = (
-            "import sys, json; sys.path[:] = json.loads(sys.argv[1]); import nuvom._process_pool as p; p.child_main()"
-        )
         self.proc = subprocess.Popen(
-            [sys.executable, "-c", code, json.dumps(sys_path)],
+            [sys.executable, "-c", _CHILD_CODE, json.dumps(sys_path)],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             cwd=cwd,
@@ -96,7 +92,7 @@ class _Child:
     def _read(self) -> None:
         try:
             while True:
-                frame = _read_frame(self._in)
+                frame = read_frame(self._in)
                 self.answers.put(frame)
                 if frame is None:
                     return
@@ -104,7 +100,7 @@ class _Child:
             self.answers.put(None)
 
     def send(self, payload: bytes) -> None:
-        _write_frame(self._out, payload)
+        write_frame(self._out, payload)
 
     def wait_ready(self, timeout: float) -> bool:
         try:
@@ -150,52 +146,29 @@ class _Child:
         return f"exited with exit code {code}"
 
 
-def _write_frame(out: Any, payload: bytes) -> None:
-    out.write(struct.pack(">I", len(payload)) + payload)
-    out.flush()
-
-
-def _read_exactly(src: Any, n: int) -> bytes | None:
-    buf = b""
-    while len(buf) < n:
-        chunk = src.read(n - len(buf))
-        if not chunk:
-            return None
-        buf += chunk
-    return buf
-
-
-def _read_frame(src: Any) -> bytes | None:
-    """One frame, or ``None`` at end of file."""
-    head = _read_exactly(src, 4)
-    if head is None:
-        return None
-    return _read_exactly(src, struct.unpack(">I", head)[0])
-
-
 class ProcessPool:
-    """Runs process jobs for a :class:`~nuvom.worker.Worker` on ``processes`` children."""
+    """Runs process jobs for a worker on ``processes`` children."""
 
-    kind = "process"
+    kind: ClassVar[Literal["process"]] = "process"
 
     def __init__(
         self,
         *,
         runner: JobRunner,
+        writer: OutcomeWriter,
         settings: Settings,
-        batch_size: int,
+        prefetch: int,
         on_free: Callable[[], None],
-        handback: Callable[[list[Job]], None],
         processes: int | None = None,
     ) -> None:
         self.runner = runner
+        self.writer = writer
         self.processes = processes or settings.processes or os.cpu_count() or 1
         self.max_jobs_per_child = settings.max_jobs_per_child
         self.default_timeout = settings.job_timeout_secs
         self.default_policy = settings.timeout_policy
-        self.capacity = self.processes + batch_size
+        self.capacity = self.processes + prefetch
         self._on_free = on_free
-        self._handback = handback
         self._backlog: deque[Job] = deque()
         self._cond = threading.Condition()
         self._running: dict[int, Job] = {}
@@ -218,11 +191,21 @@ class ProcessPool:
     def room(self) -> int:
         return self.capacity - len(self._backlog) - len(self._running)
 
+    def idle(self) -> int:
+        return 0 if self._backlog else max(0, len(self._ready) - len(self._running))
+
     def inflight(self) -> int:
         return len(self._running)
 
-    def job_ids(self) -> list[str]:
-        return [j.id for j in list(self._running.values()) + list(self._backlog)]
+    def held_ids(self) -> list[str]:
+        return [j.id for j in self.running()] + [j.id for j in list(self._backlog)]
+
+    def running(self) -> list[Job]:
+        return list(self._running.values())
+
+    def check(self, now: float) -> float:
+        # Each feeder enforces its job's deadline itself: it can kill the child.
+        return float("inf")
 
     def child_pids(self) -> list[int]:
         return [c.pid for c in list(self._children.values())]
@@ -236,10 +219,10 @@ class ProcessPool:
             time.sleep(0.01)
         return True
 
-    def submit(self, job: Job) -> None:
+    def submit(self, jobs: list[Job]) -> None:
         with self._cond:
-            self._backlog.append(job)
-            self._cond.notify()
+            self._backlog.extend(jobs)
+            self._cond.notify(len(jobs))
 
     def begin_stop(self) -> None:
         """Start no new job; the ones waiting go back to the queue."""
@@ -251,7 +234,7 @@ class ProcessPool:
         for job in unstarted:
             job.mark_handed_back()
         if unstarted:
-            self._handback(unstarted)
+            self.writer.requeue(unstarted)
 
     def wait(self, deadline: float) -> bool:
         """Wait until running jobs finish or ``deadline`` (monotonic); True if all did."""
@@ -317,7 +300,7 @@ class ProcessPool:
                 if job is None or child is None:
                     if job is not None:
                         job.mark_handed_back()
-                        self._handback([job])
+                        self.writer.requeue([job])
                     return
                 self._running[index] = job
                 try:
@@ -348,11 +331,12 @@ class ProcessPool:
             return child
         if task.path not in self._warm:
             self._warm[task.path] = _source_file(task)
-        attempt = runner.start(job, task, "process")
-        if attempt is None:
+        if not self.writer.start_mark(job):
+            runner.claim_lost(job)
             return child
-        timeout = effective_timeout(job.timeout_secs, self.default_timeout)
-        policy = job.timeout_policy or self.default_policy
+        attempt = runner.start(job, task, "process")
+        timeout = _fate.timeout_of(job, self.default_timeout)
+        policy = _fate.timeout_policy_of(job, self.default_policy)
         try:
             request = serialization.dumps(
                 [job.func_name, task.path, _source_file(task), job.args, job.kwargs], what=f"job {job.id}"
@@ -375,7 +359,7 @@ class ProcessPool:
             if self._interrupt:
                 child.kill()
                 job.mark_interrupted()
-                self._handback([job])
+                self.writer.requeue([job])
                 return None
             if deadline is not None and time.monotonic() >= deadline:
                 if policy == "ignore":
@@ -398,9 +382,7 @@ class ProcessPool:
                     policy,
                 )
                 attempt.finished_at = time.time()
-                expired = TimeoutError(
-                    f"job exceeded its timeout of {timeout:g} s (timeout_secs); its process was killed"
-                )
+                expired = _fate.timeout_error(timeout, "; its process was killed")
                 runner.fail_attempt(job, task, attempt, expired, timed_out=True)
                 return None
         if answer is None:
@@ -452,61 +434,3 @@ def _source_file(task: Task[Any]) -> str | None:
     except AttributeError:
         return None
     return str(code.co_filename)
-
-
-# -- the child ------------------------------------------------------------------
-def child_main() -> None:
-    """The child's loop (``python -c``, started by :class:`ProcessPool`)."""
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, signal.SIG_IGN)
-    # Private copies of the pipes; fd 0 and 1 become /dev/null and stderr, so
-    # a task that reads stdin or prints cannot garble the frames.
-    src = os.fdopen(os.dup(0), "rb", buffering=0)
-    out = os.fdopen(os.dup(1), "wb", buffering=0)
-    devnull = os.open(os.devnull, os.O_RDONLY)
-    os.dup2(devnull, 0)
-    os.close(devnull)
-    os.dup2(2, 1)
-    sys.stdout = sys.stderr
-    requests: queue_mod.SimpleQueue[bytes] = queue_mod.SimpleQueue()
-
-    def read() -> None:
-        # The worker holds the only writing end: end of file means it stopped
-        # us or died (even by SIGKILL). Exit at once, whatever the task is doing.
-        while True:
-            frame = _read_frame(src)
-            if frame is None:
-                os._exit(0)
-            requests.put(frame)
-
-    threading.Thread(target=read, name="nuvom-parent-watch", daemon=True).start()
-    from nuvom._registry import import_task
-
-    tasks: dict[str, Any] = {}
-    warm = serialization.loads(requests.get())
-    for path, file in warm.items():
-        try:
-            tasks[path] = import_task(path, file=file).fn
-        except Exception:
-            pass  # reported with the job that needs it
-    _write_frame(out, serialization.dumps("ready"))
-    while True:
-        name, path, file, args, kwargs = serialization.loads(requests.get())
-        try:
-            fn = tasks.get(path)
-            if fn is None:
-                fn = tasks[path] = import_task(path, file=file, name=name).fn
-            result = fn(*args, **kwargs)
-            if asyncio.iscoroutine(result):
-                result = asyncio.run(result)
-            answer = serialization.dumps([True, result], what=f"the result of task {name!r}")
-        except BaseException as exc:
-            tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
-            try:
-                message = str(exc)
-            except Exception:
-                message = f"<exception message could not be rendered: {type(exc).__name__}>"
-            message = message.encode("utf-8", "replace").decode("utf-8")
-            tb = tb.encode("utf-8", "replace").decode("utf-8")
-            answer = serialization.dumps([False, [type(exc).__qualname__, message, tb]])
-        _write_frame(out, answer)

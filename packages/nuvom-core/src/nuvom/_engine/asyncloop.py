@@ -2,15 +2,22 @@
 
 ::
 
-    dispatcher --submit--> loop thread: semaphore (NUVOM_ASYNC_CONCURRENCY) --> coroutine
-                                                                                   |
-    runner.settle (hooks, results) <-- settle thread <-- outcome ------------------+
+    claim loop --submit--> loop thread: semaphore (NUVOM_ASYNC_CONCURRENCY) --> coroutine
+                                                                                  |
+    runner.settle (hooks, outcome writer) <-- settle thread <-- outcome ----------+
 
 * Thousands of awaiting jobs cost one thread, not one each: the loop runs
   up to ``concurrency`` coroutines at once; the others wait on the semaphore.
 * A timeout cancels the coroutine (it sees a real ``CancelledError`` and its
   ``finally`` blocks run); after at most :data:`CANCEL_GRACE_SECS` the attempt
   is recorded as timed out and ``timeout_policy`` applies.
+* A coroutine that blocks the loop (``time.sleep``, blocking I/O) stops every
+  other one, and their timers. Each job's coroutine is run through a tracker
+  that knows which job holds the loop and since when; the watchdog logs a
+  loop held past ``NUVOM_ASYNC_BLOCKED_WARN_SECS`` at WARNING, naming the job,
+  and counts it. Deadlines are checked against when each coroutine really
+  ended, so when the loop comes back every job past its deadline (the blocker
+  included) is recorded as timed out, never as a late success.
 * Outcomes are settled on a separate thread: storing results is blocking I/O
   (SQLite, files), which must not stall the loop and every coroutine on it.
 """
@@ -22,13 +29,16 @@ import logging
 import queue as queue_mod
 import threading
 import time
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Coroutine, Generator
+from typing import Any, ClassVar, Literal
 
+from nuvom import _fate
+from nuvom._engine import safe_log
+from nuvom._engine.outcomes import OutcomeWriter
 from nuvom._runner import JobRunner
 from nuvom._settings import Settings
 from nuvom._task import Task
-from nuvom.job import Attempt, Job, effective_timeout
+from nuvom.job import Attempt, Job
 
 __all__ = ["CANCEL_GRACE_SECS", "AsyncExecutor"]
 
@@ -39,41 +49,86 @@ log = logging.getLogger("nuvom.worker.async")
 CANCEL_GRACE_SECS = 1.0
 
 
-class _Running:
-    __slots__ = ("attempt", "future", "interrupted", "job", "task")
+class _OnLoop:
+    """Which job's coroutine the loop is running now, and since when (monotonic):
+    one attribute, so that the watchdog's thread never reads a job with
+    another step's start time."""
 
-    def __init__(self, job: Job, task: Task[Any], attempt: Attempt, future: asyncio.Future[Any]) -> None:
-        self.job, self.task, self.attempt, self.future = job, task, attempt, future
+    __slots__ = ("current",)
+
+    def __init__(self) -> None:
+        self.current: tuple[Job, float] | None = None
+
+
+class _Tracked(Coroutine[Any, Any, Any]):
+    """A job's coroutine, run step by step: records which job holds the loop
+    during each step, and when the coroutine ended (``ended_at``, monotonic)."""
+
+    __slots__ = ("_coro", "_job", "_on_loop", "ended_at")
+
+    def __init__(self, coro: Coroutine[Any, Any, Any], job: Job, on_loop: _OnLoop) -> None:
+        self._coro, self._job, self._on_loop = coro, job, on_loop
+        self.ended_at: float | None = None
+
+    def _step(self, fn: Callable[..., Any], *args: Any) -> Any:
+        on_loop = self._on_loop
+        on_loop.current = (self._job, time.monotonic())
+        try:
+            return fn(*args)
+        except BaseException:
+            # StopIteration (it returned) or its exception: it has ended now.
+            self.ended_at = time.monotonic()
+            raise
+        finally:
+            on_loop.current = None
+
+    def send(self, value: Any) -> Any:
+        return self._step(self._coro.send, value)
+
+    def throw(self, *args: Any) -> Any:
+        return self._step(self._coro.throw, *args)
+
+    def close(self) -> None:
+        self._coro.close()
+
+    def __await__(self) -> Generator[Any, None, Any]:
+        return self._coro.__await__()
+
+
+class _Running:
+    __slots__ = ("attempt", "future", "interrupted", "job", "task", "tracked")
+
+    def __init__(self, job: Job, task: Task[Any], attempt: Attempt, future: asyncio.Future[Any], tracked: _Tracked):
+        self.job, self.task, self.attempt, self.future, self.tracked = job, task, attempt, future, tracked
         self.interrupted = False
 
 
 class AsyncExecutor:
-    """Runs async jobs for a :class:`~nuvom.worker.Worker`.
+    """Runs async jobs for a worker; ``on_free()`` is called each time a job leaves it."""
 
-    ``on_free()`` is called each time a job leaves the executor (the worker
-    may claim more); ``handback(jobs)`` returns jobs to the queue.
-    """
-
-    kind = "async"
+    kind: ClassVar[Literal["async"]] = "async"
 
     def __init__(
         self,
         *,
         runner: JobRunner,
+        writer: OutcomeWriter,
         settings: Settings,
-        batch_size: int,
+        prefetch: int,
         on_free: Callable[[], None],
-        handback: Callable[[list[Job]], None],
     ) -> None:
         self.runner = runner
+        self.writer = writer
         self.concurrency = settings.async_concurrency
         self.default_timeout = settings.job_timeout_secs
         self.default_policy = settings.timeout_policy
-        self.capacity = self.concurrency + batch_size
+        self.blocked_warn_secs = settings.async_blocked_warn_secs
+        self.capacity = self.concurrency + prefetch
         self._on_free = on_free
-        self._handback = handback
         self._held = 0  # submitted and not yet settled
         self._held_lock = threading.Lock()
+        self._idle = threading.Condition(self._held_lock)
+        self._waiting: dict[str, Job] = {}
         self._running: dict[str, _Running] = {}
         self._tasks: set[asyncio.Future[None]] = set()
         self._stopping = False
@@ -82,7 +137,10 @@ class AsyncExecutor:
         self._loop_thread: threading.Thread | None = None
         self._settle_q: queue_mod.SimpleQueue[Callable[[], None] | None] = queue_mod.SimpleQueue()
         self._settle_thread: threading.Thread | None = None
-        self._idle = threading.Condition(self._held_lock)
+        self._on_loop = _OnLoop()
+        self._blocked: tuple[Job, float] | None = None  # the step reported as holding the loop
+        #: How many times a job held the loop past the threshold (a metric).
+        self.blocked_total = 0
 
     # -- life -----------------------------------------------------------------
     def start(self) -> None:
@@ -108,22 +166,60 @@ class AsyncExecutor:
     def room(self) -> int:
         return self.capacity - self._held
 
+    def idle(self) -> int:
+        return max(0, self.concurrency - self._held)
+
     def inflight(self) -> int:
         return len(self._running)
 
-    def job_ids(self) -> list[str]:
-        return list(self._running)
+    def held_ids(self) -> list[str]:
+        return [*self._waiting, *self._running]
 
-    def submit(self, job: Job) -> None:
-        self.submit_many([job])
+    def running(self) -> list[Job]:
+        return [entry.job for entry in list(self._running.values())]
 
-    def submit_many(self, jobs: list[Job]) -> None:
+    def submit(self, jobs: list[Job]) -> None:
         """Hand jobs to the loop in one wake-up (a claimed batch at once)."""
         loop = self._loop
         assert loop is not None, "start() first"
         with self._held_lock:
             self._held += len(jobs)
+        for job in jobs:
+            self._waiting[job.id] = job
         loop.call_soon_threadsafe(self._spawn, jobs)
+
+    def check(self, now: float) -> float:
+        """Report a loop held by one job's step past the threshold: once per
+        episode, naming the job, and once more when it is free again. Deadlines
+        themselves are enforced by the loop, which alone can cancel, against
+        when each coroutine really ended."""
+        current, blocked = self._on_loop.current, self._blocked
+        if blocked is not None and current is not blocked:
+            self._blocked = None
+            safe_log(
+                log.warning,
+                "the event loop runs again: job %s (%s) held it for %.1f s",
+                blocked[0].id,
+                blocked[0].func_name,
+                now - blocked[1],
+            )
+        if current is None:
+            return now + self.blocked_warn_secs
+        job, since = current
+        if self._blocked is None and now - since >= self.blocked_warn_secs:
+            self._blocked = current
+            self.blocked_total += 1
+            safe_log(
+                log.warning,
+                "job %s (%s) has blocked the event loop for %.1f s: async tasks must not call blocking code "
+                "(time.sleep, blocking I/O; await instead, or use executor='thread'); no other async job "
+                "runs or times out meanwhile",
+                job.id,
+                job.func_name,
+                now - since,
+                extra={"job_id": job.id, "task": job.func_name},
+            )
+        return since + self.blocked_warn_secs if self._blocked is None else now + 0.1
 
     def begin_stop(self) -> None:
         """Start no new job: the ones still waiting for a slot go back to the queue."""
@@ -134,7 +230,6 @@ class AsyncExecutor:
             self._loop.call_soon_threadsafe(self._release_waiters)
 
     def wait(self, deadline: float) -> bool:
-        """Wait until every job has settled or ``deadline`` (monotonic); True if all did."""
         with self._idle:
             while self._held > 0:
                 left = deadline - time.monotonic()
@@ -187,12 +282,14 @@ class AsyncExecutor:
         try:
             await sem.acquire()
         except BaseException:
+            self._waiting.pop(job.id, None)
             self._done()
             raise
         try:
             if self._stopping:
+                self._waiting.pop(job.id, None)
                 job.mark_handed_back()
-                self._settle(lambda: self._handback([job]))
+                self._settle(lambda: self.writer.requeue([job]))
                 return
             await self._attempt(job)
         finally:
@@ -200,47 +297,58 @@ class AsyncExecutor:
 
     async def _attempt(self, job: Job) -> None:
         runner = self.runner
+        self._waiting.pop(job.id, None)
         task = runner.prepare(job)
         if task is None:
             self._done()
             return
-        attempt = runner.start(job, task, "async")
-        if attempt is None:
+        marked = self.writer.start_mark_async(job)
+        if marked is not None and not await marked:
+            runner.claim_lost(job)
             self._done()
             return
-        timeout = effective_timeout(job.timeout_secs, self.default_timeout)
-        policy = job.timeout_policy or self.default_policy
+        attempt = runner.start(job, task, "async")
+        timeout = _fate.timeout_of(job, self.default_timeout)
+        policy = _fate.timeout_policy_of(job, self.default_policy)
+        deadline = time.monotonic() + timeout
         try:
-            future: asyncio.Future[Any] = asyncio.ensure_future(task.fn(*job.args, **job.kwargs))
+            tracked = _Tracked(task.fn(*job.args, **job.kwargs), job, self._on_loop)
+            future: asyncio.Future[Any] = asyncio.ensure_future(tracked)
         except BaseException as exc:  # the call itself raised (bad arguments)
             raised = exc
             self._settle(lambda: runner.settle(job, task, attempt, False, raised))
             return
-        entry = _Running(job, task, attempt, future)
+        entry = _Running(job, task, attempt, future, tracked)
         self._running[job.id] = entry
+        timed_out = False
         try:
             done, _ = await asyncio.wait({future}, timeout=timeout)
-            timed_out = False
-            if not done and not entry.interrupted:
-                if policy == "ignore":
+            if not entry.interrupted:
+                # Its own end, not when the loop got round to noticing it: a loop
+                # held by another job must not turn a late coroutine into a success.
+                ended = tracked.ended_at
+                late = (ended if ended is not None else time.monotonic()) > deadline
+                if late and policy == "ignore":
                     log.warning(
                         "job %s (%s) exceeded %.1f s; timeout_policy=ignore lets it run on",
                         job.id,
                         job.func_name,
                         timeout,
                     )
-                    await asyncio.wait({future})
-                else:
+                    if not done:
+                        await asyncio.wait({future})
+                elif late:
                     timed_out = True
-                    future.cancel()
-                    await asyncio.wait({future}, timeout=CANCEL_GRACE_SECS)
+                    if not done:
+                        future.cancel()
+                        await asyncio.wait({future}, timeout=CANCEL_GRACE_SECS)
         finally:
             del self._running[job.id]
         if entry.interrupted:
             if not future.done():
                 future.cancel()
             job.mark_interrupted()
-            self._settle(lambda: self._handback([job]))
+            self._settle(lambda: self.writer.requeue([job]))
             return
         if timed_out:
             log.warning(
@@ -250,8 +358,8 @@ class AsyncExecutor:
                 timeout,
                 policy,
             )
-            expired = TimeoutError(f"job exceeded its timeout of {timeout:g} s (timeout_secs)")
             attempt.finished_at = time.time()
+            expired = _fate.timeout_error(timeout)
             self._settle(lambda: runner.fail_attempt(job, task, attempt, expired, timed_out=True))
             return
         if future.cancelled():

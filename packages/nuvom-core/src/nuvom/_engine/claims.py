@@ -1,0 +1,127 @@
+"""The claim loop: one claim step per worker process, for the room it has.
+
+Each step claims as many due jobs as the executors have room for (free slots
+plus a bounded prefetch, minus finished jobs whose outcomes are not written
+yet: they still hold claims), up to ``NUVOM_BATCH_SIZE``, in one call of the
+queue (one transaction, script or directory pass). Jobs for slots idle at
+that moment are start-marked by the claim itself (``pop_batch_starting``):
+they run at once and cost no write of their own. With no room it waits to be
+told of some; with no due job it waits in the queue, which wakes it (memory),
+or polls it (files, SQLite), or blocks on it (Redis).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+from nuvom._engine import safe_log
+from nuvom._engine.executors import Executors
+from nuvom._engine.outcomes import OutcomeWriter
+from nuvom.job import Job
+from nuvom.plugins.contracts import BaseJobQueue
+
+__all__ = ["ClaimLoop"]
+
+log = logging.getLogger("nuvom.worker")
+
+# How long one wait (for room, or in the queue for a due job) lasts before the
+# loop looks again whether it must stop.
+_WAIT = 0.2
+
+
+class ClaimLoop:
+    def __init__(
+        self, queue: BaseJobQueue, executors: Executors, writer: OutcomeWriter, *, batch_size: int, capacity: int
+    ) -> None:
+        self.queue = queue
+        self.executors = executors
+        self.writer = writer
+        self.batch_size = batch_size
+        self.capacity = capacity
+        self._room = threading.Condition()
+        # Set while the loop waits for room: only then must freeing some notify it.
+        self._waiting = False
+        self._stopping = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="nuvom-claims", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Claim nothing more; returns once the loop has ended."""
+        self._stopping.set()
+        with self._room:
+            self._room.notify_all()
+        if self._thread is not None:
+            self._thread.join()
+
+    def notify(self) -> None:
+        """Room may have freed up (a job ended, outcomes were written)."""
+        if self._waiting:
+            with self._room:
+                self._room.notify()
+
+    def room(self) -> int:
+        writer = self.writer
+        held = len(writer.unstored)
+        if writer.failing and held >= self.capacity:
+            return 0  # keeping as many outcomes as it may: claim nothing until they are written
+        return self.executors.room() - held
+
+    def _run(self) -> None:
+        writer, executors = self.writer, self.executors
+        stopping = self._stopping
+        failing: str | None = None  # the claim error being reported, logged once
+        while not stopping.is_set():
+            with self._room:
+                # Set before room is counted: whoever frees room after the count
+                # sees the flag and notifies (they skip the Condition otherwise).
+                self._waiting = True
+                room = self.room()
+                if room <= 0:
+                    self._room.wait(_WAIT)
+                    continue
+                self._waiting = False
+            try:
+                jobs, started = self._claim(min(self.batch_size, room))
+            except Exception as exc:
+                # One line per change of state, not one a second: a store that is
+                # read-only or corrupt says so once, and once more when it recovers.
+                if str(exc) != failing:
+                    failing = str(exc)
+                    safe_log(
+                        log.error, "claiming jobs failed (%s: %s); trying again every second", type(exc).__name__, exc
+                    )
+                stopping.wait(1.0)
+                continue
+            if failing is not None:
+                failing = None
+                safe_log(log.warning, "claiming jobs works again")
+            if not jobs:
+                continue
+            if stopping.is_set():
+                self._hand_back(jobs)
+                return
+            if started:
+                writer.premarked.update(job.id for job in jobs[:started])
+            executors.route(jobs)
+
+    def _claim(self, want: int) -> tuple[list[Job], int]:
+        """Up to ``want`` jobs, and how many of the first ones the claim start-marked."""
+        executors, keeps_marks = self.executors, self.writer.keeps_marks
+        asked = 0
+
+        def idle() -> int:
+            nonlocal asked
+            asked = min(executors.idle(), want) if keeps_marks else 0
+            return asked
+
+        jobs = self.queue.claim_batch(want, _WAIT, idle)
+        return jobs, min(asked, len(jobs))
+
+    def _hand_back(self, jobs: list[Job]) -> None:
+        for job in jobs:
+            job.mark_handed_back()
+        self.writer.requeue(jobs)

@@ -96,8 +96,8 @@ class TaskRegistry:
                     return
                 if not force:
                     raise ValueError(
-                        f"task name {task.name!r} is already used by {old.path}; give {task.path} another "
-                        "name (name='...' in @task), or pass force=True to replace it"
+                        f"task name {task.name!r} is already used by {old.path}; pass name='...' to @task in "
+                        f"{task.path} to tell them apart (or force=True to register it in its place)"
                     )
             if staged is not None:
                 staged[task.name] = task

@@ -215,3 +215,55 @@ class _Registers:
 
     def stop(self) -> None:
         pass
+
+
+# -- TaskRegistry.register(name, fn, force=...), as the earlier registry took it ----------
+def _sample() -> str:
+    return "hello"
+
+
+def _another() -> str:
+    return "world"
+
+
+def test_register_by_name_registers_a_plain_function_that_a_worker_runs() -> None:
+    app = memory_app()
+    app.registry.register("sample_by_name", _sample)
+    task = app.registry.get("sample_by_name")
+    assert task is not None and task.fn is _sample and task() == "hello"
+    with Worker(app=app, max_workers=1):
+        job = Job(func_name="sample_by_name").bind(app)
+        app.queue.enqueue(job)
+        assert job.get(timeout=10) == "hello"
+
+
+def test_register_by_name_refuses_a_duplicate_unless_forced_or_silent() -> None:
+    app = memory_app()
+    registry = app.registry
+    registry.register("dup_by_name", _sample)
+    with pytest.raises(ValueError, match=r"'dup_by_name' is already used by .*_sample.*force=True"):
+        registry.register("dup_by_name", _another)
+    registry.register("dup_by_name", _another, silent=True)
+    assert registry.get("dup_by_name")() == "hello"  # type: ignore[misc]
+    registry.register("dup_by_name", _another, force=True)
+    assert registry.get("dup_by_name")() == "world"  # type: ignore[misc]
+
+
+def test_register_by_name_takes_the_earlier_metadata_and_a_task_under_a_second_name() -> None:
+    app = memory_app()
+
+    @app.task(retries=2, name="original_name")
+    def original() -> str:
+        return "original"
+
+    app.registry.register(
+        "second_name", original, metadata={"tags": ["mail"], "description": "Sends", "category": "ops"}
+    )
+    alias = app.registry.get("second_name")
+    assert alias is not None and alias.fn is original.fn and alias.retries == 2
+    assert alias.tags == ["mail", "ops"] and alias.description == "Sends"
+    assert app.registry.get("original_name") is original  # today's form, unchanged
+    with pytest.raises(TypeError, match="fn must be a function"):
+        app.registry.register("not_callable", 42)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="register\\(task\\) takes a Task"):
+        app.registry.register(original, _sample)

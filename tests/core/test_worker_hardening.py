@@ -69,7 +69,7 @@ def test_a_task_module_calling_sys_exit_at_import_fails_the_job_and_the_pool_sta
                 jobs = [Job(func_name="exits", task_path="exits_at_import:exits").bind(app) for _ in range(3)]
                 app.queue.enqueue_many(jobs)
                 for job in jobs:
-                    with pytest.raises(JobFailed, match="raised SystemExit\\(API_KEY is not set\\)"):
+                    with pytest.raises(JobFailed, match="raised SystemExit\\('API_KEY is not set'\\)"):
                         job.get(timeout=10)
                 assert [j.get(timeout=10) for j in fine2.map(range(10))] == list(range(10))
                 assert alive_threads(worker) == 2

@@ -16,7 +16,7 @@ from nuvom.errors import BackendError
 from nuvom.job import JobStatus
 from nuvom.redis import RedisJobQueue, RedisResultBackend, RedisSettings
 
-from .conftest import Project, RedisServer, jobs_for, wait_until
+from .conftest import Project, RedisServer, free_port, jobs_for, wait_until
 
 
 def backends(url: str, prefix: str, **extra) -> tuple[RedisJobQueue, RedisResultBackend]:
@@ -180,3 +180,31 @@ def test_a_producer_killed_mid_map_queues_all_or_nothing(project, queue):
         assert added in (0, n), added
         outcomes.append(added)
     print("queued per killed producer:", outcomes)
+
+
+def test_a_server_made_a_read_only_replica_and_back_loses_nothing_and_runs_each_job_once(tmp_path, own_server, prefix):
+    # Redis's "read-only store": a replica refuses writes (READONLY). Nothing in
+    # the client stays read-only: the worker's next write after REPLICAOF NO ONE works.
+    server = own_server()
+    queue, results = backends(server.url, prefix)
+    project = Project(tmp_path / "host", server.url, prefix)
+    keys = [f"ro{i}" for i in range(60)]
+    admin = queue.client
+    try:
+        project.start_workers(1, threads=4)
+        queue.enqueue_many(jobs_for("slow", keys, 0.05, timeout_secs=5))
+        wait_until(lambda: len(project.run_lines()) >= 4, 30, "jobs running")
+        admin.execute_command("REPLICAOF", "127.0.0.1", str(free_port()))  # a master that never answers
+        wait_until(lambda: "storing finished jobs failed" in project.stderr(), 30, "the worker refused writes")
+        admin.execute_command("REPLICAOF", "NO", "ONE")
+        wait_until(lambda: results.count() == len(keys), 60, "every job recorded")
+    finally:
+        project.stop()
+    records = results.list_jobs(limit=1000)
+    assert {r.args[0] for r in records} == set(keys) and {r.status for r in records} == {JobStatus.SUCCESS}
+    runs = project.executions()
+    assert set(runs) == set(keys) and max(runs.values()) == 1
+    log = project.stderr()
+    assert log.count("storing finished jobs failed") == 1 and log.count("storing finished jobs works again") == 1, log
+    queue.close()
+    results.close()

@@ -279,5 +279,5 @@ def test_every_writing_connection_checkpoints_past_ten_thousand_pages(queue: SQL
     queue.enqueue(Job(func_name="record"))  # opens .delay()'s own connection too
     db = queue.db
     worker_side = db.connection().execute("PRAGMA wal_autocheckpoint").fetchone()[0]
-    producer_side = db._nowait_connection().execute("PRAGMA wal_autocheckpoint").fetchone()[0]
+    producer_side = db._connections.get("nowait").conn.execute("PRAGMA wal_autocheckpoint").fetchone()[0]
     assert worker_side == producer_side == 10_000

@@ -5,6 +5,7 @@ migration of a file written by schema version 2."""
 from __future__ import annotations
 
 import json
+import logging
 import sqlite3
 import subprocess
 import sys
@@ -327,6 +328,24 @@ def test_a_file_of_schema_version_2_is_migrated_in_place_with_its_tags_indexed(d
     assert [j.id for j in results.query(tag="q")] == newest_first(claimed)
     queue.close()
     results.close()
+
+
+def test_a_new_file_logs_one_line_and_an_upgrade_one_line(db_path, tmp_path, caplog):
+    with caplog.at_level(logging.INFO, logger="nuvom.sqlite"):
+        SQLiteJobQueue(path=db_path).qsize()
+    lines = [r.getMessage() for r in caplog.records if r.name == "nuvom.sqlite"]
+    assert lines == [f"SQLite database {db_path}: created schema version {SCHEMA_VERSION}"]
+
+    old = tmp_path / "old.db"
+    write_v2_file(old, [finished(i, time.time(), tags=["m"] if i % 2 else []) for i in range(10)], {}, [])
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="nuvom.sqlite"):
+        SQLiteResultBackend(path=old).count()
+        SQLiteResultBackend(path=old).count()  # up to date: nothing to say
+    lines = [r.getMessage() for r in caplog.records if r.name == "nuvom.sqlite"]
+    assert len(lines) == 1, lines
+    assert lines[0].startswith(f"SQLite database {old}: schema migrated from version 2 to {SCHEMA_VERSION} (")
+    assert "tag index: 5 tagged result(s) of 10 indexed" in lines[0]
 
 
 def test_the_migration_runs_once_when_processes_open_the_old_file_together(db_path, tmp_path):

@@ -7,22 +7,31 @@
   wrapped by :class:`LegacyResultBackend` when it is registered.
 * Plugin targets of the earlier single distribution resolve to their new homes
   (:data:`MOVED_TARGETS`); ``nuvom plugin status`` says so.
+* ``TaskRegistry.register(name, fn, force=..., silent=..., metadata=...)``
+  registers a plain function as a task (:func:`task_from_function`).
 """
 
 from __future__ import annotations
 
 import inspect
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
+from nuvom._task import Task
 from nuvom.job import Job, JobError, JobStatus
 from nuvom.plugins.contracts import BaseResultBackend
 
 if TYPE_CHECKING:
     from nuvom._settings import Settings
 
-__all__ = ["MOVED_TARGETS", "LegacyResultBackend", "RemoteError", "looks_like_legacy_result_backend"]
+__all__ = [
+    "MOVED_TARGETS",
+    "LegacyResultBackend",
+    "RemoteError",
+    "looks_like_legacy_result_backend",
+    "task_from_function",
+]
 
 #: Earlier ``module:Class`` plugin targets and where they live now.
 MOVED_TARGETS = {
@@ -30,6 +39,25 @@ MOVED_TARGETS = {
 }
 
 _LEGACY_METHODS = ("set_result", "set_error", "get_result")
+# The keys of the earlier registry's ``metadata`` that are task options now.
+_METADATA_OPTIONS = ("tags", "description", "category")
+
+
+def task_from_function(name: str, fn: Callable[..., Any] | None, metadata: dict[str, Any] | None) -> Task[Any]:
+    """The task ``name`` for the earlier ``registry.register(name, fn, ...)``: ``fn``
+    itself when it is a task of that name, else a task calling it (a plain
+    function, or a task registered under a second name, with its options)."""
+    if not isinstance(name, str) or not name:
+        raise ValueError("register(name, fn): the task name must be a non-empty string")
+    if fn is None or not callable(fn):
+        raise TypeError(f"register({name!r}, fn): fn must be a function, got {type(fn).__name__}")
+    extra = {k: v for k, v in (metadata or {}).items() if k in _METADATA_OPTIONS and v is not None}
+    if isinstance(fn, Task):
+        if fn.name == name and not extra:
+            return fn
+        options = {**fn.options.model_dump(), **extra}
+        return Task(fn.fn, name=name, before_job=fn.before_job, after_job=fn.after_job, on_error=fn.on_error, **options)
+    return Task(fn, name=name, **extra)
 
 
 def looks_like_legacy_result_backend(cls: type) -> bool:

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -32,6 +32,7 @@ from nuvom._hooks import AppHooks
 from nuvom._registry import TaskRegistry, project_import_policy
 from nuvom._settings import Settings, load_settings
 from nuvom._task import Task
+from nuvom.errors import TaskImportError
 from nuvom.job import Job, JobStatus
 from nuvom.plugins._loader import PluginManager, call_start
 from nuvom.plugins.contracts import BaseJobQueue, BaseResultBackend, Plugin
@@ -113,6 +114,23 @@ class App:
             return t
 
         return wrap(fn) if fn is not None else wrap
+
+    def import_task_modules(self, modules: Iterable[str] = ()) -> list[str]:
+        """Import ``NUVOM_TASK_MODULES`` and ``modules`` so that their tasks
+        register (``python -m nuvom.worker MODULE``, ``nuvom runworker``), each
+        through :meth:`TaskRegistry.import_module
+        <nuvom.registry.TaskRegistry.import_module>`. A module that raises while
+        importing (``sys.exit()`` included) is logged once at ERROR and its tasks
+        fail their jobs with ``TaskImportError``, while the others are served;
+        returns the names of those modules. A module that does not exist raises
+        ``TaskNotFound``."""
+        failed = []
+        for module in dict.fromkeys([*self.settings.task_module_list(), *modules]):
+            try:
+                self.registry.import_module(module)
+            except TaskImportError:
+                failed.append(module)  # logged by the registry; its jobs fail with the reason
+        return failed
 
     # -- backends -------------------------------------------------------------
     def backend_names(self) -> dict[Role, tuple[str, str]]:

@@ -7,6 +7,7 @@ user's terminal through the CLI as a single line. The tree::
     ├── ConfigError            a setting has a value nuvom cannot use
     ├── SerializationError     a value cannot be encoded or decoded (msgpack)
     ├── TaskNotFound           a job names a task that is not registered
+    │   └── TaskImportError    the task's module raised while it was imported: it does not run
     ├── BackendError           a backend cannot be found, opened or used
     ├── PluginError            a plugin cannot be loaded, checked or started
     ├── InvalidJobId (+ValueError)  an id from outside is not a well-formed id
@@ -29,6 +30,7 @@ __all__ = [
     "NuvomError",
     "PluginError",
     "SerializationError",
+    "TaskImportError",
     "TaskNotFound",
     "WorkerLost",
 ]
@@ -48,6 +50,17 @@ class SerializationError(NuvomError):
 
 class TaskNotFound(NuvomError):
     """A job names a task that is neither registered nor importable."""
+
+
+class TaskImportError(TaskNotFound):
+    """A task's module raised while it was imported (``sys.exit()`` for a
+    missing setting, any exception): the tasks it registered before failing do
+    not run, and their jobs fail with this error, which names the module and
+    the exception. ``module`` is the module's name."""
+
+    def __init__(self, message: str, module: str = "") -> None:
+        super().__init__(message)
+        self.module = module
 
 
 class BackendError(NuvomError):

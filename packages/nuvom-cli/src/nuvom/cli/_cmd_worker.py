@@ -96,8 +96,9 @@ def runworker(
     Example: [bold]nuvom runworker --workers 8 --batch-size 64[/]
 
     The current directory is put on the import path, so the project's tasks
-    import without setting PYTHONPATH. Running jobs get NUVOM_SHUTDOWN_GRACE_SECS
-    to finish on stop; the others go back to the queue.
+    import without setting PYTHONPATH; NUVOM_TASK_MODULES are imported at start.
+    Running jobs get NUVOM_SHUTDOWN_GRACE_SECS to finish on stop; the others go
+    back to the queue.
     """
     from nuvom.cli._project import load_project_settings, project_on_path, setup_logging
 
@@ -113,6 +114,10 @@ def runworker(
 
     backends = backend_report(settings)
     queue, _ = get_queue_backend(), get_result_backend()  # fails here, clearly, if not installed
+    from nuvom.app import default_app
+
+    # NUVOM_TASK_MODULES: one that fails at import is logged and its tasks fail their jobs; the others run.
+    default_app().import_task_modules()
     executor: Literal["thread", "process"] | None = "process" if pool == "process" else "thread" if pool else None
     worker = Worker(max_workers=workers, batch_size=batch_size, dev=dev, executor=executor, processes=processes)
 

@@ -52,10 +52,12 @@ def lazy_task(task: TaskInfo, root: Path) -> LazyTask:
 def register_tasks(registry: TaskRegistry, tasks: Iterable[TaskInfo], root: Path, *, replace: bool = False) -> int:
     """Register ``tasks`` lazily; returns how many.
 
-    Core imports a lazy task by module path the first time a job needs it,
-    loading the file directly when the module is not importable, and fails
-    that job with ``TaskNotFound`` naming the task when neither works. A task
-    already imported under the same name is kept unless ``replace``.
+    Core imports a lazy task by module path the first time a job needs it
+    (``TaskRegistry.import_module``), loading the file directly when no module
+    of that name is found, and fails that job with ``TaskNotFound`` naming the
+    task when neither works; when the module's own code raises, its jobs fail
+    with ``TaskImportError`` and the failure is logged once. A task already
+    imported under the same name is kept unless ``replace``.
     """
     chosen = primary_definitions(tasks)
     for task in chosen.values():

@@ -10,9 +10,10 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from nuvom.sqlite._db import SCHEMA_VERSION, Database, SchemaTooNew
+    from nuvom.sqlite._db import Database
     from nuvom.sqlite._queue import SQLiteJobQueue
     from nuvom.sqlite._results import SQLiteResultBackend
+    from nuvom.sqlite._schema import SCHEMA_VERSION, SchemaTooNew
     from nuvom.sqlite._settings import SQLiteSettings
 
 __all__ = [
@@ -27,9 +28,9 @@ __all__ = [
 # Each name is imported from its module on first use: a command that reads
 # results (``nuvom status``) does not import the queue and the schedules.
 _HOMES = {
-    "SCHEMA_VERSION": "_db",
+    "SCHEMA_VERSION": "_schema",
     "Database": "_db",
-    "SchemaTooNew": "_db",
+    "SchemaTooNew": "_schema",
     "SQLiteJobQueue": "_queue",
     "SQLiteResultBackend": "_results",
     "SQLiteSettings": "_settings",

@@ -1,12 +1,12 @@
-"""One SQLite file: connections (one per thread), pragmas, the schema and its
-migrations, and the translation of SQLite's errors into :class:`BackendError`
-messages that say what is wrong with the file and what to do.
+"""One SQLite file: connections (one per thread), pragmas, writes (group
+commit), and the translation of SQLite's errors into :class:`BackendError`
+messages that say what is wrong with the file and what to do. The schema and
+its migrations are in :mod:`nuvom.sqlite._schema`.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import os
 import sqlite3
@@ -16,11 +16,11 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, Generic, TypeVar
 
-import msgpack  # type: ignore[import-untyped]
-from nuvom import serialization
-from nuvom.errors import BackendError, SerializationError
+from nuvom.errors import BackendError
+from nuvom.sqlite._files import Connections, shared_file
+from nuvom.sqlite._schema import ensure_schema
 
-__all__ = ["SCHEMA_VERSION", "Database", "SchemaTooNew"]
+__all__ = ["Database"]
 
 log = logging.getLogger("nuvom.sqlite")
 
@@ -36,252 +36,6 @@ _SPIN_FIRST = 50e-6
 _SPIN_MAX = 1e-3
 #: WAL pages past which a commit checkpoints (SQLite's default is 1,000).
 _WAL_CHECKPOINT_PAGES = 10_000
-
-# -- schema -------------------------------------------------------------------
-# Migrations are applied in order, each in the transaction that records it in
-# nuvom_schema. Never edit a released one: append a new version.
-_MIGRATIONS: dict[int, tuple[str | Callable[[sqlite3.Connection], None], ...]] = {
-    1: (
-        # The queue. ``ready_at`` is when the row can next be claimed: its due
-        # time while it waits, its lease expiry once claimed. One index on it
-        # serves "oldest due first" and "expired leases come back" alike.
-        """
-        CREATE TABLE nuvom_queue (
-            seq          INTEGER PRIMARY KEY,
-            id           TEXT    NOT NULL UNIQUE,
-            func_name    TEXT    NOT NULL,
-            state        INTEGER NOT NULL DEFAULT 0,   -- 0 waiting, 1 claimed
-            ready_at     REAL    NOT NULL,
-            attempts     INTEGER NOT NULL DEFAULT 0,
-            timeout_secs REAL,
-            claim_token  INTEGER,
-            claimed_by   TEXT,
-            created_at   REAL    NOT NULL,
-            payload      BLOB    NOT NULL
-        )
-        """,
-        "CREATE INDEX nuvom_queue_ready ON nuvom_queue (ready_at)",
-        # Finished jobs. The full Job travels in ``payload`` (msgpack); the
-        # columns are what queries filter and sort on, and what a person
-        # reading the file with the sqlite3 shell wants to see.
-        """
-        CREATE TABLE nuvom_results (
-            id            TEXT    PRIMARY KEY,
-            func_name     TEXT    NOT NULL,
-            status        TEXT    NOT NULL,
-            attempts      INTEGER NOT NULL,
-            worker_id     TEXT,
-            created_at    REAL,
-            started_at    REAL,
-            finished_at   REAL    NOT NULL,
-            error_type    TEXT,
-            error_message TEXT,
-            payload       BLOB    NOT NULL
-        )
-        """,
-        "CREATE INDEX nuvom_results_finished ON nuvom_results (finished_at)",
-        "CREATE INDEX nuvom_results_status ON nuvom_results (status, finished_at)",
-        "CREATE INDEX nuvom_results_task ON nuvom_results (func_name, finished_at)",
-    ),
-    # Schedules (nuvom.sqlite._schedules). Tables only: files of version 1 gain
-    # them on first open and keep every queued job and result.
-    2: (
-        """
-        CREATE TABLE nuvom_schedules (
-            key          TEXT    PRIMARY KEY,
-            paused       INTEGER NOT NULL DEFAULT 0,
-            next_run_at  REAL,
-            last_run_at  REAL,
-            last_job_id  TEXT,
-            updated_at   REAL    NOT NULL,
-            payload      BLOB    NOT NULL
-        )
-        """,
-        "CREATE INDEX nuvom_schedules_due ON nuvom_schedules (paused, next_run_at)",
-        # One row per claimed tick: the primary key is the exactly-once guarantee.
-        """
-        CREATE TABLE nuvom_schedule_ticks (
-            schedule_key TEXT    NOT NULL,
-            tick_ms      INTEGER NOT NULL,
-            job_id       TEXT,
-            claimed_at   REAL    NOT NULL,
-            PRIMARY KEY (schedule_key, tick_ms)
-        ) WITHOUT ROWID
-        """,
-    ),
-    # The tag index (nuvom.sqlite._results). A result's tags become a column
-    # (a JSON array, NULL when the job has none) and one row per tag in
-    # nuvom_job_tags, written by insert_results() in the transaction that
-    # stores the result. No insert trigger: a trigger runs for every row, and
-    # measured it made storing a job without tags cost more (docs/sqlite.md);
-    # deletes and updates, rarer, are kept in step by triggers, whatever
-    # deletes (pruning, delete(), the sqlite3 shell).
-    3: (
-        lambda conn: _require_json(conn),
-        "ALTER TABLE nuvom_results ADD COLUMN tags TEXT",
-        # One row per (tag, job). The primary key is the "newest first, keyset
-        # page by tag" order itself; status and func_name ride along so that a
-        # tag combined with a status or task filter is checked on the index
-        # rows, and only matches are looked up in nuvom_results.
-        """
-        CREATE TABLE nuvom_job_tags (
-            tag         TEXT NOT NULL,
-            finished_at REAL NOT NULL,
-            job_id      TEXT NOT NULL,
-            status      TEXT NOT NULL,
-            func_name   TEXT NOT NULL,
-            PRIMARY KEY (tag, finished_at, job_id)
-        ) WITHOUT ROWID
-        """,
-        # Results stored before this version: their tags, read from the payloads.
-        lambda conn: _backfill_tags(conn),
-        # Not fired by INSERT OR REPLACE (recursive_triggers is off: with it on,
-        # every insert paid for the check); insert_results() handles replaced rows.
-        """
-        CREATE TRIGGER nuvom_results_tags_delete AFTER DELETE ON nuvom_results
-        WHEN old.tags IS NOT NULL
-        BEGIN
-            DELETE FROM nuvom_job_tags
-            WHERE tag IN (SELECT value FROM json_each(old.tags)) AND finished_at = old.finished_at AND job_id = old.id;
-        END
-        """,
-        """
-        CREATE TRIGGER nuvom_results_tags_update
-        AFTER UPDATE OF tags, finished_at, status, func_name, id ON nuvom_results
-        WHEN old.tags IS NOT NULL OR new.tags IS NOT NULL
-        BEGIN
-            DELETE FROM nuvom_job_tags
-            WHERE tag IN (SELECT value FROM json_each(old.tags)) AND finished_at = old.finished_at AND job_id = old.id;
-            INSERT OR IGNORE INTO nuvom_job_tags (tag, finished_at, job_id, status, func_name)
-            SELECT value, new.finished_at, new.id, new.status, new.func_name FROM json_each(new.tags)
-            WHERE type = 'text';
-        END
-        """,
-    ),
-    # Start marks (BaseJobQueue.mark_started): when the claim holding a row
-    # started running it; NULL while it waits in a worker's buffer. An expired
-    # claim counts as a lost run only if it had started.
-    4: ("ALTER TABLE nuvom_queue ADD COLUMN started_at REAL",),
-}
-SCHEMA_VERSION = max(_MIGRATIONS)
-
-
-def tags_column(tags: object) -> str | None:
-    """The ``nuvom_results.tags`` value of a job's tags: a JSON array of the
-    distinct string tags in order, or NULL (``None``) when there are none."""
-    if not tags or not isinstance(tags, (list, tuple)):
-        return None
-    seen = list(dict.fromkeys(t for t in tags if isinstance(t, str)))
-    return json.dumps(seen) if seen else None
-
-
-def _require_json(conn: sqlite3.Connection) -> None:
-    # The triggers and queries read the tags with json_each: built into SQLite since 3.38,
-    # an option before. Refuse here, before the file changes, rather than fail
-    # every store later.
-    try:
-        conn.execute("SELECT count(*) FROM json_each('[\"a\"]')").fetchone()
-    except sqlite3.OperationalError:
-        raise BackendError(
-            f"this Python's SQLite {sqlite3.sqlite_version} lacks the JSON functions (json_each) that "
-            "nuvom-sqlite's tag index needs; use a Python built with SQLite 3.38 or newer (python.org "
-            "builds bundle one) or pick another backend"
-        ) from None
-
-
-def _backfill_tags(conn: sqlite3.Connection) -> None:
-    """Fill the tags column and the tag index for results stored before schema
-    version 3, from their payloads. Runs before the update trigger exists: the
-    tag rows are written here directly, sorted in the index's order (docs/sqlite.md
-    has the cost at 1M results). A payload that cannot be decoded keeps NULL: its row
-    is left exactly as it was, it only cannot be found by tag."""
-    started = time.perf_counter()
-    total = conn.execute("SELECT count(*) FROM nuvom_results").fetchone()[0]
-    if total >= 100_000:
-        # Said before it starts: at a million results this takes tens of seconds, the write lock held.
-        log.warning(
-            "indexing the tags of %d stored results (nuvom-sqlite schema version 3); other processes using "
-            "this file wait until it is done",
-            total,
-        )
-    updates: list[tuple[str, int]] = []
-    index_rows: list[tuple[str, float, str, str, str]] = []
-    unreadable = 0
-    seen: dict[bytes, str | None] = {}
-    parsed: dict[str, list[str]] = {}
-    rows = conn.execute("SELECT rowid, id, finished_at, status, func_name, payload FROM nuvom_results")
-    for rowid, job_id, finished_at, status, func_name, payload in rows:
-        if not isinstance(payload, bytes):
-            unreadable += 1
-            continue
-        value = _tags_of_payload(payload, seen)
-        if value is _UNREADABLE:
-            unreadable += 1
-            continue
-        if value is None:
-            continue
-        updates.append((value, rowid))
-        tags = parsed.get(value)
-        if tags is None:
-            tags = json.loads(value)
-            if len(parsed) < 10_000:
-                parsed[value] = tags
-        index_rows.extend((tag, finished_at, job_id, status, func_name) for tag in tags)
-    read_secs = time.perf_counter() - started
-    # Collected first: updating rows while a SELECT walks the same table may visit them twice.
-    conn.executemany("UPDATE nuvom_results SET tags = ? WHERE rowid = ?", updates)
-    index_rows.sort()
-    conn.executemany(
-        "INSERT OR IGNORE INTO nuvom_job_tags (tag, finished_at, job_id, status, func_name) VALUES (?, ?, ?, ?, ?)",
-        index_rows,
-    )
-    if unreadable:
-        log.warning("tag index: %d stored result(s) could not be decoded and cannot be found by tag", unreadable)
-    log.info(
-        "tag index: %d tagged result(s) indexed in %.1f s (%.1f s reading payloads)",
-        len(updates),
-        time.perf_counter() - started,
-        read_secs,
-    )
-
-
-# msgpack of the map key "tags" (a fixstr) and of that key followed by an empty array.
-_TAGS_KEY = b"\xa4tags"
-_NO_TAGS = b"\xa4tags\x90"
-_UNREADABLE = "\0unreadable"
-
-
-def _tags_of_payload(payload: bytes, seen: dict[bytes, str | None]) -> str | None:
-    """The tags column of a stored job's payload, reading as little as it can:
-    every job payload has the top-level key "tags", so when those bytes occur
-    once they are the key, and the value is the one object after them (a fifth
-    of the cost of decoding the job; ``seen`` keeps the answer for the packed
-    tags already met, as most jobs share a few tag lists). Anything else is
-    decoded in full."""
-    if payload.count(_TAGS_KEY) == 1:
-        if _NO_TAGS in payload:
-            return None
-        start = payload.index(_TAGS_KEY) + len(_TAGS_KEY)
-        unpacker = msgpack.Unpacker(raw=False, strict_map_key=False)
-        unpacker.feed(payload[start : start + 4096])
-        try:
-            tags = unpacker.unpack()
-        except Exception:  # msgpack raises several unrelated types on bad input, or the tags are longer
-            tags = None
-        if isinstance(tags, list) and all(isinstance(t, str) for t in tags):
-            packed = payload[start : start + unpacker.tell()]
-            value = seen.get(packed, _UNREADABLE)
-            if value is _UNREADABLE:
-                value = tags_column(tags)
-                if len(seen) < 10_000:
-                    seen[packed] = value
-            return value
-    try:
-        record = serialization.loads(payload)
-    except SerializationError:
-        return _UNREADABLE
-    return tags_column(record.get("tags")) if isinstance(record, dict) else None
-
 
 #: Oldest SQLite library this works with (``DELETE ... RETURNING``).
 MIN_SQLITE = (3, 35, 0)
@@ -307,10 +61,6 @@ def _code(exc: sqlite3.Error) -> int | None:
         if needle in text:
             return guess
     return None
-
-
-class SchemaTooNew(BackendError):
-    """The file was written by a newer nuvom-sqlite."""
 
 
 class _Write(Generic[T]):
@@ -339,36 +89,47 @@ class Database:
     def __init__(self, path: Path | str, *, busy_timeout: float = BUSY_TIMEOUT_SECS) -> None:
         self.path = Path(path).expanduser().absolute()
         self.busy_timeout = busy_timeout
-        self.readonly = False
-        self._local = threading.local()
         self._lock = threading.Lock()
         # Group commit (combined): the writes waiting to be committed, and the
         # lock held by the thread committing them.
         self._pending: list[_Write[Any]] = []
         self._pending_lock = threading.Lock()
         self._combine_lock = threading.Lock()
-        self._connections: list[sqlite3.Connection] = []
-        self._generation = 0
+        self._connections = Connections(self._open_kind)
+        # Shared with the other Databases of this process on the same file (_files).
+        self._file = shared_file(self.path)
+        self._file.connections.add(self._connections)
         self._ready = False
         # Written beside the file once SQLite reports it corrupt, so that every
         # process (producers too, whose inserts may still succeed) refuses to
         # write to it: a corrupt file must not take jobs that no worker runs.
         self.corrupt_marker = Path(f"{self.path}.corrupt")
         self._corrupt_marker = str(self.corrupt_marker)
-        self._next_writable_check = 0.0
 
     def __repr__(self) -> str:
         return f"<Database {self.path}>"
 
+    @property
+    def readonly(self) -> bool:
+        """Writes are refused until the file is seen writable again (looked at once a second)."""
+        return self._file.readonly
+
     # -- connections ----------------------------------------------------------
     def connection(self) -> sqlite3.Connection:
         """This thread's connection, opened (and the schema checked) on first use."""
-        local = self._local
-        conn: sqlite3.Connection | None = getattr(local, "conn", None)
-        if conn is not None and local.generation == self._generation:
-            return conn
+        return self._connections.get("conn").conn
+
+    def _open_kind(self, kind: str) -> sqlite3.Connection:
+        if kind == "conn":
+            return self._open()
+        # write_one's connection: busy timeout zero, it waits itself.
+        self.connection()  # the schema checked and migrated, through the usual path
         conn = self._open()
-        local.conn, local.generation = conn, self._generation
+        try:
+            conn.execute("PRAGMA busy_timeout=0")
+        except sqlite3.Error as exc:
+            conn.close()
+            raise self.error(exc, "opening") from None
         return conn
 
     def _open(self) -> sqlite3.Connection:
@@ -412,9 +173,8 @@ class Database:
             if isinstance(exc, sqlite3.Error):
                 raise self.error(exc, "opening") from None
             raise
-        self.readonly = readonly
-        with self._lock:
-            self._connections.append(conn)
+        if readonly:
+            self._file.mark_readonly()
         return conn
 
     def _prepare(self, conn: sqlite3.Connection, readonly: bool) -> None:
@@ -442,7 +202,7 @@ class Database:
                 if not self._ready:
                     with self._lock:
                         if not self._ready:
-                            self._ensure_schema(conn, readonly)
+                            ensure_schema(conn, self.path, readonly)
                             self._ready = True
                 return
             except sqlite3.OperationalError as exc:
@@ -451,56 +211,46 @@ class Database:
                 time.sleep(0.002)
 
     def close(self) -> None:
-        """Close every connection of every thread; the next use opens new ones."""
-        with self._lock:
-            conns, self._connections = self._connections, []
-            self._generation += 1
-        for conn in conns:
-            with contextlib.suppress(sqlite3.Error):
-                conn.close()
+        """Close every connection of every thread (one in use when that use
+        ends); the next use opens new ones."""
+        self._connections.retire_all()
 
     def release_thread(self) -> None:
         """Close this thread's connections: for a helper thread about to exit,
         whose connections would otherwise stay open until :meth:`close`."""
-        local = self._local
-        for attr in ("conn", "nowait"):
-            conn: sqlite3.Connection | None = getattr(local, attr, None)
-            if conn is None:
-                continue
-            setattr(local, attr, None)
-            with self._lock:
-                if conn in self._connections:
-                    self._connections.remove(conn)
-            with contextlib.suppress(sqlite3.Error):
-                conn.close()
+        self._connections.release_thread()
 
     # -- transactions ---------------------------------------------------------
     @contextlib.contextmanager
     def write(self, what: str = "writing") -> Iterator[sqlite3.Connection]:
         """A short write transaction (``BEGIN IMMEDIATE`` ... ``COMMIT``)."""
         self._refuse_if_corrupt()
-        conn = self.connection()
-        if self.readonly:
-            if not self._writable_again():
-                raise self.readonly_error(what)
-            conn = self.connection()
+        if self._file.readonly and not self._file.writable_again(self.path):
+            raise self._refused(what)
+        handle = self._connections.use()
+        conn = handle.conn
         # No lock of our own around this: the writes of a worker's hot path
         # (claims, start marks, completions) go through combined(), which
         # commits one at a time by construction; the rare others wait in
         # SQLite's busy handler.
         try:
-            conn.execute("BEGIN IMMEDIATE")
-        except sqlite3.Error as exc:
-            raise self.error(exc, what) from None
-        try:
-            yield conn
-            conn.execute("COMMIT")
-        except BaseException as exc:
-            with contextlib.suppress(sqlite3.Error):
-                conn.execute("ROLLBACK")
-            if isinstance(exc, sqlite3.Error):
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+            except sqlite3.Error as exc:
                 raise self.error(exc, what) from None
-            raise
+            try:
+                yield conn
+                conn.execute("COMMIT")
+            except BaseException as exc:
+                with contextlib.suppress(sqlite3.Error):
+                    conn.execute("ROLLBACK")
+                if isinstance(exc, sqlite3.Error):
+                    raise self.error(exc, what) from None
+                raise
+        finally:
+            self._connections.release(handle)
+        if self._file.refusing:
+            self._file.wrote(self.path)
 
     def combined(
         self, fn: Callable[[sqlite3.Connection], T], what: str = "writing", *, one_statement: bool = False
@@ -573,12 +323,18 @@ class Database:
                     w.done = True
 
     def _alone(self, w: _Write[T]) -> T:
-        if w.one_statement and not self.readonly:
+        if w.one_statement and not self._file.readonly:
             self._refuse_if_corrupt()
+            handle = self._connections.use()
             try:
-                return w.fn(self.connection())
+                value = w.fn(handle.conn)
             except sqlite3.Error as exc:
                 raise self.error(exc, w.what) from None
+            finally:
+                self._connections.release(handle)
+            if self._file.refusing:
+                self._file.wrote(self.path)
+            return value
         with self.write(w.what) as conn:  # reopens a file become writable, else says why not
             return w.fn(conn)
 
@@ -593,9 +349,18 @@ class Database:
         A statement that got SQLITE_BUSY did nothing, so trying it again is safe.
         """
         self._refuse_if_corrupt()
-        if self.readonly and not self._writable_again():
-            raise self.readonly_error(what)
-        conn = self._nowait_connection()
+        if self._file.readonly and not self._file.writable_again(self.path):
+            raise self._refused(what)
+        # This thread's second connection, whose busy timeout is zero: it waits here.
+        handle = self._connections.use("nowait")
+        try:
+            self._spin(handle.conn, sql, params, what)
+        finally:
+            self._connections.release(handle)
+        if self._file.refusing:
+            self._file.wrote(self.path)
+
+    def _spin(self, conn: sqlite3.Connection, sql: str, params: Sequence[Any], what: str) -> None:
         pause, deadline = _SPIN_FIRST, 0.0
         while True:
             try:
@@ -611,21 +376,6 @@ class Database:
                     raise self.error(exc, what) from None
             time.sleep(pause)
             pause = min(pause * 2, _SPIN_MAX)
-
-    def _nowait_connection(self) -> sqlite3.Connection:
-        """This thread's second connection, whose busy timeout is zero (write_one waits itself)."""
-        local = self._local
-        conn: sqlite3.Connection | None = getattr(local, "nowait", None)
-        if conn is not None and local.nowait_generation == self._generation:
-            return conn
-        self.connection()  # the schema checked and migrated, through the usual path
-        conn = self._open()
-        try:
-            conn.execute("PRAGMA busy_timeout=0")
-        except sqlite3.Error as exc:
-            raise self.error(exc, "opening") from None
-        local.nowait, local.nowait_generation = conn, self._generation
-        return conn
 
     def _refuse_if_corrupt(self) -> None:
         """Raise the recorded corruption error if the marker names this file
@@ -658,92 +408,33 @@ class Database:
             pass
         log.error("%s", error)
 
-    def _writable_again(self) -> bool:
-        """Opened read-only: has the file become writable since? Looked at
-        at most once a second; if so, every thread opens a writable connection."""
-        now = time.monotonic()
-        if now < self._next_writable_check:
-            return False
-        self._next_writable_check = now + 1.0
-        path = self.path
-        if not (os.access(path, os.W_OK) and os.access(path.parent, os.W_OK)):
-            return False
-        with self._lock:
-            self._generation += 1  # each thread's next use opens a new connection
-        self.readonly = False
-        log.warning("SQLite database %s is writable again", path)
-        return True
+    def _refused(self, what: str) -> BackendError:
+        self._file.refuse(self.path)  # logged once per read-only spell
+        return self.readonly_error(what)
 
     def read(self, fn: Callable[[sqlite3.Connection], T], what: str = "reading") -> T:
         """Run ``fn(conn)`` (one or more reads); SQLite errors become BackendError."""
-        conn = self.connection()
+        handle = self._connections.use()
         try:
-            return fn(conn)
+            return fn(handle.conn)
         except sqlite3.Error as exc:
             raise self.error(exc, what) from None
+        finally:
+            self._connections.release(handle)
 
     def data_version(self) -> int:
         """Changes whenever another connection commits (PRAGMA data_version):
-        a cheap way for a poller to know that looking again is worth it."""
+        a cheap way for a poller to know that looking again is worth it. Also
+        changes when this thread's connection was replaced (a file writable
+        again, :meth:`close`): a new connection counts from its own start, and
+        could repeat the value a poller last saw on the old one."""
+        handle = self._connections.use()
         try:
-            return int(self.connection().execute("PRAGMA data_version").fetchone()[0])
+            return (handle.serial << 32) + int(handle.conn.execute("PRAGMA data_version").fetchone()[0])
         except sqlite3.Error as exc:
             raise self.error(exc, "polling") from None
-
-    # -- schema ---------------------------------------------------------------
-    def _schema_version(self, conn: sqlite3.Connection) -> int:
-        try:
-            row = conn.execute("SELECT max(version) FROM nuvom_schema").fetchone()
-        except sqlite3.OperationalError as exc:
-            if "no such table" in str(exc):
-                return 0
-            raise
-        return int(row[0] or 0)
-
-    def _ensure_schema(self, conn: sqlite3.Connection, readonly: bool) -> None:
-        version = self._schema_version(conn)
-        if version == SCHEMA_VERSION:
-            return
-        if version > SCHEMA_VERSION:
-            raise self._too_new(version)
-        if readonly:
-            raise BackendError(
-                f"SQLite database {self.path} is read-only and has schema version {version}, older than "
-                f"{SCHEMA_VERSION} which this nuvom-sqlite needs; make the file writable once so that it "
-                "can be upgraded"
-            )
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            conn.execute(
-                "CREATE TABLE IF NOT EXISTS nuvom_schema "
-                "(version INTEGER PRIMARY KEY, applied_at REAL NOT NULL, by TEXT NOT NULL)"
-            )
-            version = self._schema_version(conn)  # another process may have migrated meanwhile
-            if version > SCHEMA_VERSION:
-                raise self._too_new(version)
-            for number in range(version + 1, SCHEMA_VERSION + 1):
-                for statement in _MIGRATIONS[number]:
-                    if isinstance(statement, str):
-                        conn.execute(statement)
-                    else:
-                        statement(conn)
-                conn.execute(
-                    "INSERT INTO nuvom_schema (version, applied_at, by) VALUES (?, ?, ?)",
-                    (number, time.time(), "nuvom-sqlite"),
-                )
-                log.info("SQLite database %s: schema migrated to version %d", self.path, number)
-            conn.execute("COMMIT")
-        except BaseException:
-            with contextlib.suppress(sqlite3.Error):
-                conn.execute("ROLLBACK")
-            raise
-
-    def _too_new(self, version: int) -> SchemaTooNew:
-        return SchemaTooNew(
-            f"SQLite database {self.path} has schema version {version}, written by a newer "
-            f"nuvom-sqlite (this one knows versions up to {SCHEMA_VERSION}); upgrade nuvom-sqlite "
-            "in this environment, or point NUVOM_SQLITE_DB_PATH / NUVOM_SQLITE_QUEUE_PATH at another file"
-        )
+        finally:
+            self._connections.release(handle)
 
     # -- errors ---------------------------------------------------------------
     def readonly_error(self, what: str) -> BackendError:
@@ -759,9 +450,10 @@ class Database:
         path = self.path
         detail = f"{type(exc).__name__}: {exc}"
         if code == _READONLY:
-            # Made read-only while open: look again later, as for a file opened read-only.
-            self.readonly = True
-            return self.readonly_error(what)
+            # Made read-only while open (or a connection of this process was opened
+            # while it was, see _files): look again later, as for a file opened read-only.
+            self._file.mark_readonly()
+            return self._refused(what)
         if code == _FULL:
             return BackendError(
                 f"SQLite database {path}: the disk is full while {what} ({detail}); free space on the "
@@ -787,7 +479,8 @@ class Database:
             # SQLite cannot say why; a folder it may not write to (a read-only mount,
             # permissions) is the usual reason, and needs the read-only message.
             if os.path.isdir(folder) and not os.access(folder, os.W_OK):
-                return self.readonly_error(what)
+                self._file.mark_readonly()
+                return self._refused(what)
             return BackendError(
                 f"cannot open SQLite database {path} ({detail}); check that its folder exists and is "
                 "writable by this user"

@@ -13,7 +13,8 @@ from typing import TYPE_CHECKING, Any
 
 from nuvom.job import Job, JobStatus
 from nuvom.plugins.contracts import BaseResultBackend, Cursor
-from nuvom.sqlite._db import Database, tags_column
+from nuvom.sqlite._db import Database
+from nuvom.sqlite._schema import tags_column
 from nuvom.sqlite._settings import SQLiteSettings, load_sqlite_settings, resolve_paths
 from nuvom.sqlite._watch import ResultWatcher
 

@@ -124,6 +124,9 @@ class Settings(EnvSettings):
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = Field(
         "INFO", description="Level of the nuvom.* loggers."
     )
+    log_format: Literal["text", "json"] = Field(
+        "text", description="Worker log lines: text for people, json (one object a line) for log shippers."
+    )
     queue_backend: str | None = Field(
         None, description="Queue backend name; unset picks sqlite if installed, else file."
     )

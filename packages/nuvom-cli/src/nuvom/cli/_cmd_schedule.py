@@ -245,7 +245,7 @@ def runscheduler() -> None:
 
     root = project_on_path()
     settings = load_project_settings()
-    setup_logging(settings.log_level, rich=True)
+    setup_logging(settings.log_level, rich=True, log_format=settings.log_format)
     from nuvom._scheduler import SchedulerLoop, register_declared
 
     app = default_app()

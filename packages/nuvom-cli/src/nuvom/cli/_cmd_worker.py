@@ -105,7 +105,7 @@ def runworker(
         raise CliError(f"--pool {pool!r} is not an executor: choose thread or process", EXIT_INVALID)
     root = project_on_path()
     settings = load_project_settings()
-    setup_logging(settings.log_level, rich=True)
+    setup_logging(settings.log_level, rich=True, log_format=settings.log_format)
 
     from nuvom.backends import get_queue_backend, get_result_backend
     from nuvom.cli._project import backend_report
@@ -125,7 +125,10 @@ def runworker(
     previous = {sig: signal.signal(sig, _request_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         worker.start()
-        _banner(worker, settings, backends, root)
+        if settings.log_format == "json":
+            _banner_line(worker, root)  # a log shipper reads stderr: no panel, one record
+        else:
+            _banner(worker, settings, backends, root)
         if not getattr(queue, "shared_between_processes", True):
             log.warning(
                 "the queue backend %r is not shared between processes: jobs queued by other processes are not "
@@ -181,6 +184,20 @@ def _banner(
     grid.add_row("plugins", escape(plugins) if not failed else plugins)
     err_console().print(
         Panel(grid, title=f"nuvom worker [bold]{escape(worker.worker_id)}[/]", subtitle="Ctrl+C to stop", expand=False)
+    )
+
+
+def _banner_line(worker: Worker, root: Path) -> None:
+    """What the banner adds to the engine's own start line, as one log record."""
+    records = worker.app.plugins.records
+    started = ", ".join(r.name for r in records if r.state == "started") or "none"
+    failed = ", ".join(r.name or r.target for r in records if r.state == "failed")
+    log.info(
+        "project %s; executors: %s; plugins: %s%s",
+        root,
+        _executors_line(worker),
+        started,
+        f" (failed: {failed}; see `nuvom plugin status`)" if failed else "",
     )
 
 

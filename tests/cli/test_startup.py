@@ -124,4 +124,5 @@ def test_nuvom_help_over_nuvom_0_11_is_refused_in_one_line(tmp_path, nuvom_scrip
     proc = subprocess.run([*nuvom_script, "--help"], env=env, cwd=tmp_path, capture_output=True, text=True)
     assert proc.returncode == 1 and proc.stdout == ""
     assert len(proc.stderr.splitlines()) == 1, proc.stderr
-    assert proc.stderr.startswith("error: an earlier nuvom (0.11) is installed") and "pip uninstall -y nuvom" in proc.stderr
+    assert proc.stderr.startswith("error: an earlier nuvom (0.11) is installed")
+    assert "pip uninstall -y nuvom" in proc.stderr

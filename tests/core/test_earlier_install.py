@@ -40,7 +40,7 @@ def test_importing_over_0_11_is_refused_in_one_line(over_0_11: dict[str, str], t
     assert "pip uninstall -y nuvom" in lines[0] and "--force-reinstall" in lines[0]
 
 
-def test_the_refusal_is_still_an_import_error_to_code_that_catches_it(over_0_11: dict[str, str], tmp_path: Path) -> None:
+def test_the_refusal_is_still_an_import_error_to_code_that_catches_it(over_0_11: dict[str, str], tmp_path: Path):
     code = "try:\n    import nuvom.app\nexcept ImportError as exc:\n    print('caught:', exc)\n"
     proc = subprocess.run([sys.executable, "-c", code], env=over_0_11, cwd=tmp_path, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr

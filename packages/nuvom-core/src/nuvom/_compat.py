@@ -22,12 +22,34 @@ from nuvom.plugins.contracts import BaseResultBackend
 if TYPE_CHECKING:
     from nuvom._settings import Settings
 
-__all__ = ["MOVED_TARGETS", "LegacyResultBackend", "RemoteError", "looks_like_legacy_result_backend"]
+__all__ = [
+    "MOVED_DISTRIBUTIONS",
+    "MOVED_TARGETS",
+    "LegacyResultBackend",
+    "RemoteError",
+    "looks_like_legacy_result_backend",
+    "moved_hint",
+]
 
 #: Earlier ``module:Class`` plugin targets and where they live now.
 MOVED_TARGETS = {
     "nuvom.plugins.monitoring.prometheus:PrometheusPlugin": "nuvom.prometheus:PrometheusPlugin",
 }
+#: The distribution that holds each new home of :data:`MOVED_TARGETS`.
+MOVED_DISTRIBUTIONS = {
+    "nuvom.prometheus:PrometheusPlugin": "nuvom-prometheus",
+}
+
+
+def moved_hint(old: str, new: str, *, installed: bool = True) -> str:
+    """What to tell a user whose plugins file names ``old``, now ``new``; with
+    ``installed=False``, how to install the distribution that holds it."""
+    dist = MOVED_DISTRIBUTIONS.get(new)
+    text = f"{old} has moved to {new}" + (f" (distribution {dist})" if dist else "")
+    if not installed and dist:
+        text += f"; install it: `pip install {dist}` (from a clone of nuvom: `pip install ./packages/{dist}`)"
+    return text
+
 
 _LEGACY_METHODS = ("set_result", "set_error", "get_result")
 

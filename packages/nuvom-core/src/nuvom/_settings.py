@@ -7,7 +7,7 @@ file (read with python-dotenv), then its default, and validates the lot. It
 keeps the rules of pydantic-settings, which nuvom used before: the same
 precedence, names, ``.env`` parser and JSON for list and dict fields; it
 replaced it because importing pydantic-settings cost every process ~110 ms
-(asyncio, argparse and its cloud providers; docs/benchmarks.md, CLI start-up).
+(asyncio, argparse and its cloud providers; bench/NOTES.md, CLI start-up).
 
 Plugins that need settings of their own subclass :class:`EnvSettings` with the
 same ``NUVOM_`` prefix and expose the class as ``settings_class`` on their

@@ -213,7 +213,14 @@ def plugin_test(
 def plugin_scaffold(
     name: Annotated[str, typer.Argument(metavar="NAME", help="Plugin name: letters, digits, '-' or '_' (e.g. hello).")],
     directory: Annotated[
-        Path | None, typer.Option("--dir", "-d", metavar="DIR", help="Where to write it (default: ./nuvom-NAME).")
+        Path | None,
+        typer.Option(
+            "--dir",
+            "--out",
+            "-d",
+            metavar="DIR",
+            help="Where to write it (default: ./nuvom-NAME); --out is the earlier nuvom's name.",
+        ),
     ] = None,
     kind: Annotated[
         str,

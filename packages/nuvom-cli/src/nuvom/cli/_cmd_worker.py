@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import typer
-from nuvom.cli._errors import EXIT_FAILED, EXIT_INVALID, EXIT_OK, CliError
+from nuvom.cli._errors import EXIT_FAILED, EXIT_INVALID, EXIT_OK, EXIT_USAGE, CliError
 from nuvom.cli._help import NuvomCommand, sub_app
 from nuvom.cli._output import Format
 
@@ -258,18 +258,24 @@ def _read_job_file(path: Path) -> Job:
 
 @runtestworker_app.command("run", cls=NuvomCommand)
 def runtestworker_run(
+    job_path: Annotated[
+        Path | None,
+        typer.Argument(
+            metavar="FILE", help="The job file, as the earlier nuvom took it (or --job-file).", show_default=False
+        ),
+    ] = None,
     job_file: Annotated[
-        Path,
+        Path | None,
         typer.Option(
             "--job-file", "-j", metavar="FILE", help='JSON file: {"func_name": ..., "args": [...], "kwargs": {...}}.'
         ),
-    ],
+    ] = None,
     retries: Annotated[bool, typer.Option("--retries/--no-retries", help="Run the task's retries too.")] = True,
     format: FormatOpt = Format.table,
 ) -> None:
     """Run one job synchronously in this process and print the outcome (exit 0 on success, 1 on failure).
 
-    Example: [bold]nuvom runtestworker run --job-file job.json[/]  with job.json:
+    Example: [bold]nuvom runtestworker run --job-file job.json[/] (or [bold]run job.json[/]) with job.json:
     [bold]{"func_name": "add", "args": [1, 2]}[/]
 
     The job document of [bold]nuvom inspect job ID --format json[/] is accepted too,
@@ -277,6 +283,15 @@ def runtestworker_run(
     """
     from nuvom.cli._project import load_project_settings, project_on_path, setup_logging
 
+    if job_path is not None and job_file is not None and job_path != job_file:
+        raise CliError(f"two job files given ({job_path} and --job-file {job_file}): give one", EXIT_USAGE)
+    job_file = job_file or job_path
+    if job_file is None:
+        raise CliError(
+            "no job file: nuvom runtestworker run job.json (or --job-file job.json), "
+            'with job.json holding {"func_name": "add", "args": [1, 2]}',
+            EXIT_USAGE,
+        )
     root = project_on_path()
     settings = load_project_settings()
     setup_logging(settings.log_level, quiet=True)

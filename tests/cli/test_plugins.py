@@ -180,6 +180,7 @@ def test_plugin_status_lists_entry_points_and_the_plugins_file(cli, tmp_path):
         "error",
         "settings",
         "moved_from",
+        "moved_hint",
     }
     assert isinstance(doc["cli_commands"], list)
     assert out.stderr == ""  # failures are in the document, not logged on top
@@ -213,3 +214,45 @@ def test_bad_plugin_setting_is_one_line_naming_it(cli):
     out = cli("config", "--plugins", env={"NUVOM_DISCOVERY_POLL_SECS": "often"})
     assert out.exit_code == 5
     assert out.stderr.count("\n") == 1 and "NUVOM_DISCOVERY_POLL_SECS" in out.stderr
+
+
+SEED_PLUGINS_FILE = '[plugins]\nprometheus = ["nuvom.plugins.monitoring.prometheus:PrometheusPlugin"]\n'
+OLD_EXPORTER = "nuvom.plugins.monitoring.prometheus:PrometheusPlugin"
+
+
+def _prometheus_installed() -> bool:
+    from importlib.util import find_spec
+
+    try:
+        return find_spec("nuvom.prometheus") is not None
+    except ModuleNotFoundError:
+        return False
+
+
+def test_plugin_status_gives_the_install_command_of_a_moved_plugin_not_installed(cli, tmp_path):
+    if _prometheus_installed():
+        import pytest
+
+        pytest.skip("nuvom-prometheus is installed here (the cli environment of hatch.toml has it not)")
+    (tmp_path / ".nuvom_plugins.toml").write_text(SEED_PLUGINS_FILE)
+    doc = json.loads(cli("plugin", "status", "-f", "json").stdout)
+    [record] = [p for p in doc["plugins"] if p["moved_from"] == OLD_EXPORTER]
+    assert record["state"] == "failed"
+    assert "pip install nuvom-prometheus" in record["error"] and "./packages/nuvom-prometheus" in record["error"]
+    table = cli("plugin", "status")
+    assert "pip install nuvom-prometheus" in " ".join(table.stdout.split())
+
+
+def test_plugin_status_says_where_a_moved_plugin_went(cli, tmp_path):
+    if not _prometheus_installed():
+        import pytest
+
+        pytest.skip("nuvom-prometheus is not installed here")
+    (tmp_path / ".nuvom_plugins.toml").write_text(SEED_PLUGINS_FILE)
+    doc = json.loads(cli("plugin", "status", "-f", "json").stdout)
+    [record] = [p for p in doc["plugins"] if p["moved_from"] == OLD_EXPORTER]
+    assert record["state"] == "loaded"
+    assert (
+        record["moved_hint"]
+        == f"{OLD_EXPORTER} has moved to nuvom.prometheus:PrometheusPlugin (distribution nuvom-prometheus)"
+    )

@@ -90,3 +90,31 @@ def test_runscheduler_fires_a_declared_schedule_and_stops_on_sigterm(tmp_path: P
     )
     doc = json.loads(listed.stdout)
     assert [s["task"] for s in doc["schedules"]] == ["beat"] and doc["schedules"][0]["declared"] is True
+
+
+def test_schedule_list_and_show_say_their_times_are_utc(cli, mem, monkeypatch):
+    import pytest
+
+    if not hasattr(time, "tzset"):
+        pytest.skip("time.tzset() (changing this process's time zone) is POSIX only")
+    queue, _ = mem
+    s = stored(queue)
+    # A local zone seven hours east of UTC, by POSIX rule (no tz database needed).
+    monkeypatch.setenv("TZ", "NUV-07")
+    time.tzset()
+    try:
+        listed = cli("schedule", "list")
+        shown = cli("schedule", "show", "nightly")
+        doc = json.loads(cli("schedule", "list", "--format", "json").stdout)
+    finally:
+        monkeypatch.undo()
+        time.tzset()
+    assert s.next_run_at is not None
+    utc = time.gmtime(s.next_run_at)
+    header, row = listed.stdout.splitlines()[:2]
+    assert "next run (UTC)" in header
+    # HH:MM:SS on the same UTC day, else the date and HH:MM (a run just after UTC midnight).
+    assert time.strftime("%H:%M:%S", utc) in row or time.strftime("%Y-%m-%d %H:%M", utc) in row
+    assert f"{time.strftime('%Y-%m-%d %H:%M:%S', utc)}." in shown.stdout and " UTC" in shown.stdout
+    # JSON stays machine-readable: Unix time, which has no zone.
+    assert doc["schedules"][0]["next_run_at"] == s.next_run_at

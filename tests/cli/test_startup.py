@@ -109,3 +109,20 @@ sys.exit(code)
     )
     assert proc.returncode == 3, proc.stderr
     assert proc.stderr.strip().splitlines()[-1] == "['status']", proc.stderr
+
+
+def test_nuvom_help_over_nuvom_0_11_is_refused_in_one_line(tmp_path, nuvom_script) -> None:
+    import os
+    import subprocess
+
+    # 0.11.2's nuvom/__init__.py begins so; extend_path stands for the folder it shares with nuvom-core.
+    (tmp_path / "old" / "nuvom").mkdir(parents=True)
+    (tmp_path / "old" / "nuvom" / "__init__.py").write_text(
+        "import pkgutil\n__path__ = pkgutil.extend_path(__path__, __name__)\nfrom nuvom.config import get_settings\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(tmp_path / "old")}
+    proc = subprocess.run([*nuvom_script, "--help"], env=env, cwd=tmp_path, capture_output=True, text=True)
+    assert proc.returncode == 1 and proc.stdout == ""
+    assert len(proc.stderr.splitlines()) == 1, proc.stderr
+    assert proc.stderr.startswith("error: an earlier nuvom (0.11) is installed")
+    assert "pip uninstall -y nuvom" in proc.stderr

@@ -71,3 +71,23 @@ def test_list_jobs_newest_first_with_filters(mem, request):
         list_jobs(status="PENDING")
     with pytest.raises(ValueError, match="unknown status"):
         list_jobs(status="DONE")
+
+
+def test_retry_job_twice_queues_one_retry_as_nuvom_retry_job_does(mem, request):
+    # As the earlier nuvom's users wrote it (README, FAQ): retry_job("<job_id>"), run again.
+    queue, _ = mem
+    key = request.node.nodeid
+    with Worker(max_workers=1):
+        job = fails_first_time.delay(key)
+        with pytest.raises(JobFailed):
+            job.get(timeout=5)
+    first = retry_job(job.id)
+    second = retry_job(job.id)
+    assert first is not None and second is not None
+    assert second.id == first.id and queue.qsize() == 1  # the earlier retry stands in
+    forced = retry_job(job.id, force=True)
+    assert forced is not None and forced.id != first.id and forced.retry_of == job.id
+    assert queue.qsize() == 2
+    with Worker(max_workers=1):
+        assert first.get(timeout=5) == "fine"
+    assert retry_job(job.id).id in (first.id, forced.id)  # a finished retry is found too

@@ -16,6 +16,7 @@ from nuvom.app import App
 from nuvom.errors import JobFailed
 from nuvom.job import Job
 from nuvom.prometheus import PrometheusPlugin
+from nuvom.registry import LazyTask
 from nuvom.task import task
 
 # -- tasks -------------------------------------------------------------------
@@ -195,6 +196,17 @@ def test_metrics_move_as_jobs_run_and_fail(start_worker, enabled, prom) -> None:
     assert v(after, "nuvom_worker_uptime_seconds") > v(before, "nuvom_worker_uptime_seconds")
     # The abandoned thread was replaced: the pool is whole again.
     assert v(after, "nuvom_worker_count") == 3
+
+
+def test_tasks_registered_after_the_exporter_started_have_series_at_zero(start_worker, enabled, prom) -> None:
+    # The manifest's tasks are registered by another plugin (nuvom-discovery),
+    # which may start after this one; `runworker --dev` registers them as files change.
+    running = start_worker()
+    running.worker.registry.register_lazy(LazyTask(name="prom_late", module="late_tasks", qualname="late"))
+    _, samples = prom.scrape(running.url)
+    for outcome in ("success", "failure", "timeout", "retry"):
+        assert prom.value(samples, "nuvom_jobs_finished_total", task="prom_late", outcome=outcome) == 0
+    assert prom.value(samples, "nuvom_job_duration_seconds_count", task="prom_late") == 0
 
 
 def test_gauges_are_read_at_scrape_time(start_worker, enabled, prom) -> None:

@@ -142,9 +142,11 @@ class BackendTable:
 
 
 def adapt_backend_class(role: Role, name: str, cls: Any) -> type[Any]:
-    """``cls`` if it implements the role's base class; a result backend written
-    to the earlier nuvom's interface (``set_result``/``set_error``/``get_full``
-    without subclassing) is wrapped by an adapter; anything else is refused."""
+    """``cls`` if it implements the role's base class; a backend written to the
+    earlier nuvom's interface without subclassing (a result backend with
+    ``set_result``/``set_error``/``get_result``, a queue with ``enqueue``/
+    ``dequeue``/``pop_batch``/``qsize``/``clear``) is wrapped by an adapter;
+    anything else is refused."""
     base = _BASES[role]
     if isinstance(cls, type) and issubclass(cls, base):
         return cls
@@ -153,6 +155,11 @@ def adapt_backend_class(role: Role, name: str, cls: Any) -> type[Any]:
 
         if looks_like_legacy_result_backend(cls):
             return LegacyResultBackend.wrapping(cls)
+    if role == "queue" and isinstance(cls, type):
+        from nuvom._compat import LegacyJobQueue, looks_like_legacy_queue
+
+        if looks_like_legacy_queue(cls):
+            return LegacyJobQueue.wrapping(cls)
     raise BackendError(f"{role} backend {name!r}: {cls!r} does not subclass {base.__name__}")
 
 

@@ -5,31 +5,44 @@
   ``get_error(id)``, optionally ``get_full(id)`` and ``list_jobs()``) that
   does not subclass :class:`~nuvom.plugins.contracts.BaseResultBackend` is
   wrapped by :class:`LegacyResultBackend` when it is registered.
+* A queue backend written to the seeds' interface (``enqueue(job)``,
+  ``dequeue(timeout)``, ``pop_batch(batch_size, timeout)``, ``qsize()``,
+  ``clear()``) that does not subclass
+  :class:`~nuvom.plugins.contracts.BaseJobQueue` is wrapped by
+  :class:`LegacyJobQueue` when it is registered or named by an entry point.
 * Plugin targets of the earlier single distribution resolve to their new homes
   (:data:`MOVED_TARGETS`); ``nuvom plugin status`` says so.
 * ``TaskRegistry.register(name, fn, force=..., silent=..., metadata=...)``
   registers a plain function as a task (:func:`task_from_function`).
+
+Neither adapter warns: code written for 0.11 keeps working as documented in
+docs/migrating.md, which also says what such a backend cannot promise.
 """
 
 from __future__ import annotations
 
 import inspect
+import threading
 import time
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from nuvom._task import Task
 from nuvom.job import Job, JobError, JobStatus
-from nuvom.plugins.contracts import BaseResultBackend
+from nuvom.plugins.contracts import BaseJobQueue, BaseResultBackend
 
 if TYPE_CHECKING:
     from nuvom._settings import Settings
 
 __all__ = [
+    "MOVED_DISTRIBUTIONS",
     "MOVED_TARGETS",
+    "LegacyJobQueue",
     "LegacyResultBackend",
     "RemoteError",
+    "looks_like_legacy_queue",
     "looks_like_legacy_result_backend",
+    "moved_hint",
     "task_from_function",
 ]
 
@@ -37,6 +50,21 @@ __all__ = [
 MOVED_TARGETS = {
     "nuvom.plugins.monitoring.prometheus:PrometheusPlugin": "nuvom.prometheus:PrometheusPlugin",
 }
+#: The distribution that holds each new home of :data:`MOVED_TARGETS`.
+MOVED_DISTRIBUTIONS = {
+    "nuvom.prometheus:PrometheusPlugin": "nuvom-prometheus",
+}
+
+
+def moved_hint(old: str, new: str, *, installed: bool = True) -> str:
+    """What to tell a user whose plugins file names ``old``, now ``new``; with
+    ``installed=False``, how to install the distribution that holds it."""
+    dist = MOVED_DISTRIBUTIONS.get(new)
+    text = f"{old} has moved to {new}" + (f" (distribution {dist})" if dist else "")
+    if not installed and dist:
+        text += f"; install it: `pip install {dist}` (from a clone of nuvom: `pip install ./packages/{dist}`)"
+    return text
+
 
 _LEGACY_METHODS = ("set_result", "set_error", "get_result")
 # The keys of the earlier registry's ``metadata`` that are task options now.
@@ -60,8 +88,96 @@ def task_from_function(name: str, fn: Callable[..., Any] | None, metadata: dict[
     return Task(fn, name=name, **extra)
 
 
+_LEGACY_QUEUE_METHODS = ("enqueue", "dequeue", "pop_batch", "qsize", "clear")
+
+
 def looks_like_legacy_result_backend(cls: type) -> bool:
     return all(callable(getattr(cls, name, None)) for name in _LEGACY_METHODS)
+
+
+def looks_like_legacy_queue(cls: type) -> bool:
+    return all(callable(getattr(cls, name, None)) for name in _LEGACY_QUEUE_METHODS)
+
+
+def _construct(inner_class: type, settings: Settings | None) -> Any:
+    """``inner_class(settings)`` if its constructor needs an argument or names one
+    ``settings``, else ``inner_class()``: 0.11's own backends took optional
+    arguments of their own (``maxsize=0``, ``result_dir="job_results"``)."""
+    try:
+        params = list(inspect.signature(inner_class).parameters.values())
+    except (TypeError, ValueError):
+        params = []
+    first = params[0] if params else None
+    takes_settings = first is not None and (first.name == "settings" or first.default is inspect.Parameter.empty)
+    return inner_class(settings) if takes_settings else inner_class()
+
+
+class LegacyJobQueue(BaseJobQueue):
+    """Adapts an earlier-style queue (the seeds' five methods) to the contract.
+
+    Such a queue removes a job when it hands it out, so delivery through it is
+    at most once: a claimed job lives only in this worker's memory until its
+    outcome is stored (a worker killed meanwhile loses it), and ``get`` finds
+    waiting jobs only if the queue has a ``get(job_id)`` of its own. A job that
+    is not yet due (a delayed job, a retry's delay) is put back at the end.
+    """
+
+    inner_class: ClassVar[type] = object
+
+    @classmethod
+    def wrapping(cls, inner_class: type) -> type[LegacyJobQueue]:
+        shared = bool(getattr(inner_class, "shared_between_processes", True))
+        return type(
+            f"Legacy{inner_class.__name__}", (cls,), {"inner_class": inner_class, "shared_between_processes": shared}
+        )
+
+    def __init__(self, settings: Settings | None = None) -> None:
+        super().__init__(settings)
+        self.inner: Any = _construct(self.inner_class, settings)
+        self._claimed: dict[str, Job] = {}
+        self._lock = threading.Lock()
+
+    def enqueue(self, job: Job) -> None:
+        self.inner.enqueue(job)
+
+    def claim(self, batch_size: int) -> list[Job]:
+        now = time.time()
+        claimed: list[Job] = []
+        for item in self.inner.pop_batch(batch_size, timeout=0) or []:
+            job = item if isinstance(item, Job) else Job.from_dict(item if isinstance(item, dict) else item.to_dict())
+            if job.not_before is not None and job.not_before > now:
+                self.inner.enqueue(job)
+                continue
+            job.mark_claimed()
+            claimed.append(job)
+        with self._lock:
+            self._claimed.update((job.id, job) for job in claimed)
+        return claimed
+
+    def ack(self, job_ids: Sequence[str]) -> None:
+        with self._lock:
+            for job_id in job_ids:
+                self._claimed.pop(job_id, None)
+
+    def requeue(self, jobs: Sequence[Job]) -> None:
+        self.ack([job.id for job in jobs])
+        for job in jobs:
+            self.inner.enqueue(job)
+
+    def get(self, job_id: str) -> Job | None:
+        with self._lock:
+            job = self._claimed.get(job_id)
+        if job is not None:
+            return job
+        getter = getattr(self.inner, "get", None)
+        found = getter(job_id) if callable(getter) else None
+        return found if isinstance(found, Job) else None
+
+    def qsize(self) -> int:
+        return int(self.inner.qsize())
+
+    def clear(self) -> int:
+        return int(self.inner.clear() or 0)
 
 
 class RemoteError(Exception):
@@ -76,7 +192,7 @@ class RemoteError(Exception):
 class LegacyResultBackend(BaseResultBackend):
     """Adapts an earlier-style result backend to the contract."""
 
-    inner_class: type = object
+    inner_class: ClassVar[type] = object
 
     @classmethod
     def wrapping(cls, inner_class: type) -> type[LegacyResultBackend]:
@@ -84,11 +200,7 @@ class LegacyResultBackend(BaseResultBackend):
 
     def __init__(self, settings: Settings | None = None) -> None:
         super().__init__(settings)
-        try:
-            takes_settings = len(inspect.signature(self.inner_class).parameters) > 0
-        except (TypeError, ValueError):
-            takes_settings = False
-        self.inner: Any = self.inner_class(settings) if takes_settings else self.inner_class()
+        self.inner: Any = _construct(self.inner_class, settings)
 
     def store(self, jobs: Sequence[Job]) -> None:
         for job in jobs:

@@ -23,6 +23,10 @@ if TYPE_CHECKING:
 __all__ = ["current", "get_or_create", "replace"]
 
 
+class _MixedInstall(ImportError):
+    """The earlier single ``nuvom`` distribution is installed beside nuvom-core."""
+
+
 def _refuse_a_mixed_install() -> None:
     # `nuvom` is a namespace package shared by nuvom-core and its siblings. The
     # earlier single `nuvom` distribution (0.11) ships nuvom/__init__.py and
@@ -30,11 +34,26 @@ def _refuse_a_mixed_install() -> None:
     # first and a later `pip uninstall nuvom` deletes files these packages own.
     package = sys.modules.get("nuvom")
     if package is not None and getattr(package, "__file__", None):
-        raise ImportError(
+        # Uncaught (`python -c "import nuvom.app"`, the `nuvom` script), the refusal
+        # is its one line, not a traceback through 0.11's __init__; it stays an
+        # ImportError for code that catches one.
+        sys.excepthook = _one_line_for_mixed_install(sys.excepthook)
+        raise _MixedInstall(
             f"an earlier nuvom (0.11) is installed over nuvom-core ({package.__file__}); run "
-            "`pip uninstall -y nuvom` and then `pip install --force-reinstall nuvom-core nuvom-cli` "
-            "(plus the other nuvom-* packages you use); see docs/migrating.md"
+            "`pip uninstall -y nuvom`, then reinstall the nuvom-* packages you use with "
+            "`pip install --force-reinstall` (from a clone: ./packages/nuvom-core ./packages/nuvom-cli ...); "
+            "see docs/migrating.md"
         )
+
+
+def _one_line_for_mixed_install(previous: Callable[..., object]) -> Callable[..., object]:
+    def hook(kind: type[BaseException], exc: BaseException, tb: object) -> object:
+        if isinstance(exc, _MixedInstall):
+            sys.stderr.write(f"error: {exc}\n")
+            return None
+        return previous(kind, exc, tb)
+
+    return hook
 
 
 _refuse_a_mixed_install()

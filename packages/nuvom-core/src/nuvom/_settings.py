@@ -7,7 +7,7 @@ file (read with python-dotenv), then its default, and validates the lot. It
 keeps the rules of pydantic-settings, which nuvom used before: the same
 precedence, names, ``.env`` parser and JSON for list and dict fields; it
 replaced it because importing pydantic-settings cost every process ~110 ms
-(asyncio, argparse and its cloud providers; docs/benchmarks.md, CLI start-up).
+(asyncio, argparse and its cloud providers; bench/NOTES.md, CLI start-up).
 
 Plugins that need settings of their own subclass :class:`EnvSettings` with the
 same ``NUVOM_`` prefix and expose the class as ``settings_class`` on their
@@ -123,6 +123,9 @@ class Settings(EnvSettings):
     environment: Literal["dev", "prod", "test"] = Field("dev", description="Deployment flavour.")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = Field(
         "INFO", description="Level of the nuvom.* loggers."
+    )
+    log_format: Literal["text", "json"] = Field(
+        "text", description="Worker log lines: text for people, json (one object a line) for log shippers."
     )
     queue_backend: str | None = Field(
         None, description="Queue backend name; unset picks sqlite if installed, else file."

@@ -272,6 +272,24 @@ class Job(BaseModel):
         return out
 
     @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Job:
+        """The job of a dict written by :meth:`to_dict`, validated as
+        ``model_validate`` validates (a bad value or an unknown field raises
+        pydantic's ``ValidationError``). The earlier nuvom's ``to_dict()`` is
+        read too: its ``next_retry_at`` is ``not_before``, a string ``error``
+        is the message, and its keys this version derives or does not keep
+        (``retries_left``, ``priority``, ``scheduled``, ``hooks``) are ignored."""
+        values = dict(data)
+        for key in ("retries_left", "priority", "scheduled", "hooks"):
+            values.pop(key, None)
+        if "next_retry_at" in values:
+            not_before = values.pop("next_retry_at")
+            values.setdefault("not_before", not_before)
+        if isinstance(values.get("error"), str):
+            values["error"] = {"type": "Error", "message": values["error"]}
+        return cls.model_validate(values)
+
+    @classmethod
     def from_bytes(cls, data: bytes) -> Job:
         """Decode a stored job; anything malformed raises :class:`SerializationError`.
 

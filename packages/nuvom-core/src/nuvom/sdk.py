@@ -16,8 +16,10 @@ if TYPE_CHECKING:
     from nuvom.schedule import Schedule
 
 __all__ = [
+    "RETRY_PEEK_LIMIT",
     "cancel_job",
     "cancel_schedule",
+    "existing_retry",
     "get_job",
     "get_job_status",
     "get_schedule",
@@ -48,10 +50,22 @@ def get_job_status(job_id: str, *, app: App | None = None) -> JobStatus | None:
     return None if job is None else job.status
 
 
-def retry_job(job_id: str, *, app: App | None = None) -> Job | None:
+#: Waiting jobs read to find an earlier retry (the queue may hold more; see existing_retry).
+RETRY_PEEK_LIMIT = 10_000
+_RETRY_PAGE = 200
+
+
+def retry_job(job_id: str, *, force: bool = False, app: App | None = None) -> Job | None:
     """Queue a failed job again, as a new job (new id, ``retry_of`` pointing
-    at the failed one) with a fresh set of retries. Returns the new job, or
-    ``None`` if there is no such finished job. Only ``FAILED`` jobs are retried."""
+    at the failed one) with a fresh set of retries, and return it; ``None`` if
+    there is no such finished job. Only ``FAILED`` jobs are retried (else
+    ``ValueError``).
+
+    A job is retried once: when an earlier retry of it exists
+    (:func:`existing_retry`), nothing is queued and that retry is returned, so
+    a retry repeated by a script, a double click or a second terminal runs the
+    task once. ``force=True`` queues another one anyway. ``nuvom retry job``
+    and the dashboard decide the same way through this function."""
     validate_job_id(job_id)
     app = app or default_app()
     record = app.results.get_full(job_id)
@@ -59,6 +73,9 @@ def retry_job(job_id: str, *, app: App | None = None) -> Job | None:
         return None
     if record.status is not JobStatus.FAILED:
         raise ValueError(f"job {job_id} is {record.status.value}, not FAILED; only failed jobs are retried")
+    earlier = None if force else existing_retry(job_id, app=app)
+    if earlier is not None:
+        return earlier
     job = Job(
         id=new_job_id(),
         func_name=record.func_name,
@@ -76,6 +93,34 @@ def retry_job(job_id: str, *, app: App | None = None) -> Job | None:
     ).bind(app)
     app.queue.enqueue(job)
     return job
+
+
+def existing_retry(job_id: str, *, app: App | None = None) -> Job | None:
+    """A job an earlier :func:`retry_job` made of ``job_id``, waiting in the
+    queue or finished; ``None`` if there is none (or the failed job is unknown).
+
+    Waiting jobs are read through :func:`queued_jobs` (the queue's ``peek``, up
+    to :data:`RETRY_PEEK_LIMIT`), finished ones through :func:`query_jobs` (same
+    task, finished after the failed job). A retry a worker is running right now
+    is not visible to either, and two retries started at the same instant in
+    two processes can both queue one."""
+    validate_job_id(job_id)
+    app = app or default_app()
+    record = app.results.get_full(job_id)
+    if record is None:
+        return None
+    for job in queued_jobs(limit=RETRY_PEEK_LIMIT, app=app):
+        if job.retry_of == job_id:
+            return job.bind(app)
+    before: Cursor | None = None
+    while True:
+        page = query_jobs(task=record.func_name, since=record.finished_at, before=before, limit=_RETRY_PAGE, app=app)
+        for job in page:
+            if job.retry_of == job_id:
+                return job
+        if len(page) < _RETRY_PAGE or page[-1].finished_at is None:
+            return None
+        before = (page[-1].finished_at, page[-1].id)
 
 
 def list_jobs(

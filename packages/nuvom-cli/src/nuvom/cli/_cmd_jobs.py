@@ -358,39 +358,6 @@ def _retry() -> None:
     """Queue failed jobs again."""
 
 
-#: Waiting jobs read to find an earlier retry (the queue may hold more; see existing_retry).
-RETRY_PEEK_LIMIT = 10_000
-_RETRY_PAGE = 200
-
-
-def existing_retry(job_id: str) -> Job | None:
-    """A job an earlier ``retry job`` made of ``job_id``, waiting in the queue or
-    finished; ``None`` if there is none (or the failed job is unknown).
-
-    Built on the SDK's readers: waiting jobs through ``queued_jobs`` (the queue's
-    ``peek``), finished ones through ``query_jobs`` (same task, finished after the
-    failed job). A retry a worker is running right now is not visible to either.
-    """
-    from nuvom.app import default_app
-    from nuvom.sdk import query_jobs, queued_jobs
-
-    record = default_app().results.get_full(job_id)
-    if record is None:
-        return None
-    for job in queued_jobs(limit=RETRY_PEEK_LIMIT):
-        if job.retry_of == job_id:
-            return job
-    before: tuple[float, str] | None = None
-    while True:
-        page = query_jobs(task=record.func_name, since=record.finished_at, before=before, limit=_RETRY_PAGE)
-        for job in page:
-            if job.retry_of == job_id:
-                return job
-        if len(page) < _RETRY_PAGE or page[-1].finished_at is None:
-            return None
-        before = (page[-1].finished_at, page[-1].id)
-
-
 @retry_app.command("job", cls=NuvomCommand)
 def retry_job(
     job_id: JobId,
@@ -409,10 +376,13 @@ def retry_job(
     """
     from nuvom.backends import get_queue_backend
     from nuvom.job import validate_job_id
+    from nuvom.sdk import existing_retry
     from nuvom.sdk import retry_job as sdk_retry
 
     validate_job_id(job_id)  # a malformed id is refused before any backend is opened
     settings = _open()
+    # The SDK's rule (nuvom.sdk.retry_job): once, unless forced; asked first here
+    # to say which earlier retry stood in.
     earlier = None if force else existing_retry(job_id)
     if earlier is not None:
         if format is Format.json:
@@ -428,7 +398,7 @@ def retry_job(
         )
         return
     try:
-        new = sdk_retry(job_id)
+        new = sdk_retry(job_id, force=True)
     except ValueError as exc:
         if type(exc) is not ValueError:  # InvalidJobId: reported by its own class
             raise

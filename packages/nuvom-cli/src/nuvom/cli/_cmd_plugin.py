@@ -47,6 +47,7 @@ def _record_document(record: Any) -> dict[str, Any]:
         "error": record.error,
         "settings": getattr(type(record.plugin), "settings_class", None) is not None if record.plugin else False,
         "moved_from": record.moved_from,
+        "moved_hint": record.moved_hint,
     }
 
 
@@ -138,8 +139,8 @@ def plugin_status(format: FormatOpt = Format.table) -> None:
     for r in records:
         ok = r.state in ("loaded", "started", "stopped")
         where = escape(r.source) + f"\n[dim]{escape(r.target)}[/]"
-        if r.moved_from:
-            where += f"\n[yellow]{escape(r.moved_from)} has moved here[/]"
+        if r.moved_hint and r.state != "failed":
+            where += f"\n[yellow]{escape(r.moved_hint)}[/]"
         if r.error:
             where += f"\n[red]{escape(r.error)}[/]"
         table.add_row(
@@ -212,7 +213,14 @@ def plugin_test(
 def plugin_scaffold(
     name: Annotated[str, typer.Argument(metavar="NAME", help="Plugin name: letters, digits, '-' or '_' (e.g. hello).")],
     directory: Annotated[
-        Path | None, typer.Option("--dir", "-d", metavar="DIR", help="Where to write it (default: ./nuvom-NAME).")
+        Path | None,
+        typer.Option(
+            "--dir",
+            "--out",
+            "-d",
+            metavar="DIR",
+            help="Where to write it (default: ./nuvom-NAME); --out is the earlier nuvom's name.",
+        ),
     ] = None,
     kind: Annotated[
         str,

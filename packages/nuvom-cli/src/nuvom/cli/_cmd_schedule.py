@@ -102,7 +102,9 @@ def schedule_list(format: FormatOpt = Format.table) -> None:
         note("no schedules: task.schedule(...) or @task(schedule=...) makes one")
         return
     table = Table(box=None, pad_edge=False, header_style="bold underline")
-    for col in ("key", "task", "timing", "state", "next run", "last job"):
+    # UTC, as the timing of one-off schedules: ticks are wall-clock instants that
+    # every host must read alike (docs/scheduling.md).
+    for col in ("key", "task", "timing", "state", "next run (UTC)", "last job"):
         table.add_column(col, overflow="fold")
     for s in schedules:
         table.add_row(
@@ -110,7 +112,7 @@ def schedule_list(format: FormatOpt = Format.table) -> None:
             escape(s.task),
             escape(s.timing()),
             _state(s),
-            fmt_time_short(s.next_run_at),
+            fmt_time_short(s.next_run_at, utc=True),
             s.last_job_id or "-",
         )
     console().print(table)
@@ -131,8 +133,8 @@ def _print(s: Schedule) -> None:
     grid.add_row("timing", escape(s.timing()) + ("  [dim](declared in @task)[/]" if s.declared else ""))
     grid.add_row("misfire", f"{s.misfire}, overlap {'allowed' if s.overlap else 'skipped'}")
     grid.add_row("state", _state(s))
-    grid.add_row("next run", fmt_time(s.next_run_at))
-    grid.add_row("last run", fmt_time(s.last_run_at))
+    grid.add_row("next run", fmt_time(s.next_run_at, utc=True))
+    grid.add_row("last run", fmt_time(s.last_run_at, utc=True))
     grid.add_row("last job", s.last_job_id or "-")
     console().print(grid)
 
@@ -245,7 +247,7 @@ def runscheduler() -> None:
 
     root = project_on_path()
     settings = load_project_settings()
-    setup_logging(settings.log_level, rich=True)
+    setup_logging(settings.log_level, rich=True, log_format=settings.log_format)
     from nuvom._scheduler import SchedulerLoop, register_declared
 
     app = default_app()

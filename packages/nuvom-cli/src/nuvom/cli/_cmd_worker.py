@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import typer
-from nuvom.cli._errors import EXIT_FAILED, EXIT_INVALID, EXIT_OK, CliError
+from nuvom.cli._errors import EXIT_FAILED, EXIT_INVALID, EXIT_OK, EXIT_USAGE, CliError
 from nuvom.cli._help import NuvomCommand, sub_app
 from nuvom.cli._output import Format
 
@@ -106,7 +106,7 @@ def runworker(
         raise CliError(f"--pool {pool!r} is not an executor: choose thread or process", EXIT_INVALID)
     root = project_on_path()
     settings = load_project_settings()
-    setup_logging(settings.log_level, rich=True)
+    setup_logging(settings.log_level, rich=True, log_format=settings.log_format)
 
     from nuvom.backends import get_queue_backend, get_result_backend
     from nuvom.cli._project import backend_report
@@ -130,7 +130,10 @@ def runworker(
     previous = {sig: signal.signal(sig, _request_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         worker.start()
-        _banner(worker, settings, backends, root)
+        if settings.log_format == "json":
+            _banner_line(worker, root)  # a log shipper reads stderr: no panel, one record
+        else:
+            _banner(worker, settings, backends, root)
         if not getattr(queue, "shared_between_processes", True):
             log.warning(
                 "the queue backend %r is not shared between processes: jobs queued by other processes are not "
@@ -186,6 +189,20 @@ def _banner(
     grid.add_row("plugins", escape(plugins) if not failed else plugins)
     err_console().print(
         Panel(grid, title=f"nuvom worker [bold]{escape(worker.worker_id)}[/]", subtitle="Ctrl+C to stop", expand=False)
+    )
+
+
+def _banner_line(worker: Worker, root: Path) -> None:
+    """What the banner adds to the engine's own start line, as one log record."""
+    records = worker.app.plugins.records
+    started = ", ".join(r.name for r in records if r.state == "started") or "none"
+    failed = ", ".join(r.name or r.target for r in records if r.state == "failed")
+    log.info(
+        "project %s; executors: %s; plugins: %s%s",
+        root,
+        _executors_line(worker),
+        started,
+        f" (failed: {failed}; see `nuvom plugin status`)" if failed else "",
     )
 
 
@@ -246,18 +263,24 @@ def _read_job_file(path: Path) -> Job:
 
 @runtestworker_app.command("run", cls=NuvomCommand)
 def runtestworker_run(
+    job_path: Annotated[
+        Path | None,
+        typer.Argument(
+            metavar="FILE", help="The job file, as the earlier nuvom took it (or --job-file).", show_default=False
+        ),
+    ] = None,
     job_file: Annotated[
-        Path,
+        Path | None,
         typer.Option(
             "--job-file", "-j", metavar="FILE", help='JSON file: {"func_name": ..., "args": [...], "kwargs": {...}}.'
         ),
-    ],
+    ] = None,
     retries: Annotated[bool, typer.Option("--retries/--no-retries", help="Run the task's retries too.")] = True,
     format: FormatOpt = Format.table,
 ) -> None:
     """Run one job synchronously in this process and print the outcome (exit 0 on success, 1 on failure).
 
-    Example: [bold]nuvom runtestworker run --job-file job.json[/]  with job.json:
+    Example: [bold]nuvom runtestworker run --job-file job.json[/] (or [bold]run job.json[/]) with job.json:
     [bold]{"func_name": "add", "args": [1, 2]}[/]
 
     The job document of [bold]nuvom inspect job ID --format json[/] is accepted too,
@@ -265,6 +288,15 @@ def runtestworker_run(
     """
     from nuvom.cli._project import load_project_settings, project_on_path, setup_logging
 
+    if job_path is not None and job_file is not None and job_path != job_file:
+        raise CliError(f"two job files given ({job_path} and --job-file {job_file}): give one", EXIT_USAGE)
+    job_file = job_file or job_path
+    if job_file is None:
+        raise CliError(
+            "no job file: nuvom runtestworker run job.json (or --job-file job.json), "
+            'with job.json holding {"func_name": "add", "args": [1, 2]}',
+            EXIT_USAGE,
+        )
     root = project_on_path()
     settings = load_project_settings()
     setup_logging(settings.log_level, quiet=True)

@@ -106,19 +106,23 @@ def print_json(document: Any) -> None:
     sys.stdout.flush()
 
 
-def fmt_time(ts: float | None) -> str:
+def fmt_time(ts: float | None, *, utc: bool = False) -> str:
+    """``YYYY-MM-DD HH:MM:SS.mmm`` in local time, or in UTC (then suffixed ``UTC``)."""
     if ts is None:
         return "-"
-    lt = time.localtime(ts)
-    return time.strftime("%Y-%m-%d %H:%M:%S", lt) + f".{int((ts % 1) * 1000):03d}"
+    lt = time.gmtime(ts) if utc else time.localtime(ts)
+    text = time.strftime("%Y-%m-%d %H:%M:%S", lt) + f".{int((ts % 1) * 1000):03d}"
+    return f"{text} UTC" if utc else text
 
 
-def fmt_time_short(ts: float | None) -> str:
-    """``HH:MM:SS`` today, ``YYYY-MM-DD HH:MM`` before."""
+def fmt_time_short(ts: float | None, *, utc: bool = False) -> str:
+    """``HH:MM:SS`` today, ``YYYY-MM-DD HH:MM`` otherwise, in local time or in UTC
+    (``utc``: the caller says so, e.g. in the column's header)."""
     if ts is None:
         return "-"
-    lt = time.localtime(ts)
-    if time.strftime("%Y-%m-%d", lt) == time.strftime("%Y-%m-%d"):
+    now = time.gmtime() if utc else time.localtime()
+    lt = time.gmtime(ts) if utc else time.localtime(ts)
+    if time.strftime("%Y-%m-%d", lt) == time.strftime("%Y-%m-%d", now):
         return time.strftime("%H:%M:%S", lt)
     return time.strftime("%Y-%m-%d %H:%M", lt)
 

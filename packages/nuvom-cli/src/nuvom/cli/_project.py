@@ -50,11 +50,13 @@ class _PlainFormatter(logging.Formatter):
         return text
 
 
-def setup_logging(level: str = "WARNING", *, rich: bool = False, quiet: bool = False) -> None:
+def setup_logging(level: str = "WARNING", *, rich: bool = False, quiet: bool = False, log_format: str = "text") -> None:
     """Send the ``nuvom`` loggers to stderr: plain ``level: message`` lines for
-    one-shot commands, a rich handler (time, level, tracebacks) for the worker.
-    ``quiet`` (one-shot commands) raises INFO to WARNING, so that only
-    problems are reported. Only the CLI installs handlers; the library never does."""
+    one-shot commands, a rich handler (time, level, tracebacks) for the worker,
+    or, for the worker with ``log_format="json"`` (``NUVOM_LOG_FORMAT``), one
+    JSON object a line for log shippers. ``quiet`` (one-shot commands) raises
+    INFO to WARNING, so that only problems are reported. Only the CLI installs
+    handlers; the library never does."""
     if quiet and level == "INFO":
         level = "WARNING"
     logger = logging.getLogger("nuvom")
@@ -62,7 +64,11 @@ def setup_logging(level: str = "WARNING", *, rich: bool = False, quiet: bool = F
         if getattr(old, "_nuvom_cli", False):
             logger.removeHandler(old)
     handler: logging.Handler
-    if rich:
+    if rich and log_format == "json":
+        from nuvom._logformat import make_handler
+
+        handler = make_handler("json", sys.stderr)
+    elif rich:
         from rich.console import Console
         from rich.logging import RichHandler
 

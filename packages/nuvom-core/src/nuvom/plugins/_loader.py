@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from nuvom._backends import BackendTable, registering_into
-from nuvom._compat import MOVED_TARGETS
+from nuvom._compat import MOVED_TARGETS, moved_hint
 from nuvom.errors import PluginError
 from nuvom.plugins.contracts import API_VERSION, Plugin
 
@@ -75,6 +75,8 @@ class PluginRecord:
     in_plugins_file: bool = False
     #: The earlier nuvom's path the user wrote, when ``target`` is its new home.
     moved_from: str | None = None
+    #: Where it moved and how to install it, when ``moved_from`` is set.
+    moved_hint: str | None = None
 
     @property
     def is_backend(self) -> bool:
@@ -197,7 +199,8 @@ class PluginManager:
                     record = found.setdefault(moved or target, PluginRecord(moved or target, source))
                     if moved is not None:
                         record.moved_from = target
-                        log.info("plugin %s has moved; loading %s", target, moved)
+                        record.moved_hint = moved_hint(target, moved)
+                        log.info("plugin %s; loading %s", record.moved_hint, moved)
                     record.in_plugins_file = True
                     if record.source != source:
                         record.source = f"{record.source} + {source}"
@@ -224,6 +227,9 @@ class PluginManager:
         except (Exception, SystemExit, KeyboardInterrupt) as exc:
             # A plugin module that calls sys.exit() at import must not end the process.
             record.state, record.error = "failed", _describe(exc)
+            if record.moved_from and isinstance(exc, ModuleNotFoundError):
+                record.moved_hint = moved_hint(record.moved_from, target, installed=False)
+                record.error = f"{record.error}: {record.moved_hint}"
             log.error("plugin %s (%s) could not be loaded: %s", record.target, record.source, record.error)
 
     # -- lifecycle ------------------------------------------------------------

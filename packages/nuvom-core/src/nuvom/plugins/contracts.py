@@ -40,6 +40,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol, runtime_checkable
 
+from nuvom._legacy_results import MISSING, legacy_record
 from nuvom._polling import Poller
 from nuvom.errors import BackendError
 from nuvom.job import TERMINAL_STATUSES, Job, JobError, JobStatus
@@ -427,17 +428,46 @@ class BaseResultBackend(abc.ABC):
         """Finished jobs, newest (``finished_at``) first, optionally filtered."""
 
     # -- conveniences over the three methods above ----------------------------
-    def set_result(self, job: Job, result: Any) -> None:
-        job.status, job.result, job.error = JobStatus.SUCCESS, result, None
-        job.finished_at = job.finished_at or time.time()
-        self.store([job])
+    def set_result(
+        self,
+        job: Job | str | None = None,
+        *positional: Any,
+        result: Any = MISSING,
+        job_id: str | None = None,
+        func_name: str | None = None,
+        **meta: Any,
+    ) -> None:
+        """Record ``job`` as succeeded with ``result``: ``set_result(job, result)``.
 
-    def set_error(self, job: Job, error: BaseException | JobError) -> None:
-        if isinstance(error, BaseException):
-            error = JobError.from_exception(error)
-        job.status, job.error = JobStatus.FAILED, error
-        job.finished_at = job.finished_at or time.time()
-        self.store([job])
+        The earlier nuvom's call is accepted too: ``set_result(job_id,
+        func_name, result, *, args=None, kwargs=None, retries_left=None,
+        attempts=None, created_at=None, completed_at=None)`` records a job of
+        that id with those fields."""
+        record, value = legacy_record("set_result", "result", job, positional, result, job_id, func_name, meta)
+        record.status, record.result, record.error = JobStatus.SUCCESS, value, None
+        self.store([record])
+
+    def set_error(
+        self,
+        job: Job | str | None = None,
+        *positional: Any,
+        error: Any = MISSING,
+        job_id: str | None = None,
+        func_name: str | None = None,
+        **meta: Any,
+    ) -> None:
+        """Record ``job`` as failed with ``error`` (an exception or a
+        :class:`~nuvom.job.JobError`): ``set_error(job, error)``; or, as the
+        earlier nuvom, ``set_error(job_id, func_name, error, *, args=...,
+        kwargs=..., retries_left=..., attempts=..., created_at=...,
+        completed_at=...)``."""
+        record, value = legacy_record("set_error", "error", job, positional, error, job_id, func_name, meta)
+        if isinstance(value, BaseException):
+            value = JobError.from_exception(value)
+        elif not isinstance(value, JobError):
+            value = JobError(type="Error", message=str(value))
+        record.status, record.error = JobStatus.FAILED, value
+        self.store([record])
 
     def get_result(self, job_id: str) -> Any:
         record = self.get_full(job_id)

@@ -81,18 +81,27 @@ class PrometheusPlugin(Plugin):
             queue_wait_buckets=cfg.prometheus_queue_wait_buckets,
         )
         task_registry = extras.get("registry")
-        if task_registry is not None:
-            try:
-                metrics.add_tasks(task_registry.names())
-            except Exception:
-                log.debug("could not list registered tasks", exc_info=True)
+
+        def add_known_tasks() -> None:
+            # At every scrape, not only now: the worker's tasks are registered by other
+            # plugins (the manifest's by nuvom-discovery, started after or before this
+            # one) and by `runworker --dev` as files change.
+            if task_registry is not None:
+                try:
+                    metrics.add_tasks(task_registry.names())
+                except Exception:
+                    log.debug("could not list registered tasks", exc_info=True)
+
+        add_known_tasks()
         provider = extras.get("metrics_provider")
         if provider is not None:
             registry.register(WorkerCollector(provider, version=_nuvom_version()))
         worker = extras.get("worker")
         title = f"worker {getattr(worker, 'worker_id', '')}".strip()
         try:
-            server = MetricsServer.bind(cfg.prometheus_host, cfg.ports, registry, title=title)
+            server = MetricsServer.bind(
+                cfg.prometheus_host, cfg.ports, registry, title=title, before_scrape=add_known_tasks
+            )
         except PortUnavailable as exc:
             self.error = exc.strerror or str(exc)
             log.error("prometheus exporter not started: %s; the worker runs jobs without it", self.error)

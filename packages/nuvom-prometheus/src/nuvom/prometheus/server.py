@@ -11,6 +11,7 @@ import socket
 import socketserver
 import sys
 import threading
+from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -46,6 +47,7 @@ class _Server(ThreadingHTTPServer):
     allow_reuse_address = sys.platform != "win32"
     registry: CollectorRegistry
     title: str
+    before_scrape: Callable[[], None] | None
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         self._slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
@@ -104,6 +106,8 @@ class _Handler(BaseHTTPRequestHandler):
             registry = registry.restricted_registry(params["name[]"])
         encoder, content_type = choose_encoder(self.headers.get("Accept", ""))
         try:
+            if self.server.before_scrape is not None:
+                self.server.before_scrape()
             body = encoder(registry)
         except Exception:
             log.exception("building the metrics page failed")
@@ -148,10 +152,17 @@ class MetricsServer:
 
     @classmethod
     def bind(
-        cls, host: str, ports: tuple[int, int], registry: CollectorRegistry, *, title: str = "this worker"
+        cls,
+        host: str,
+        ports: tuple[int, int],
+        registry: CollectorRegistry,
+        *,
+        title: str = "this worker",
+        before_scrape: Callable[[], None] | None = None,
     ) -> MetricsServer:
         """Bind the first free port of ``ports`` (inclusive) on ``host``; raises
-        :class:`PortUnavailable` when none is free."""
+        :class:`PortUnavailable` when none is free. ``before_scrape`` is called
+        before each ``/metrics`` answer is built."""
         family = _family(host)
         first, last = ports
         server_cls = type("_BoundServer", (_Server,), {"address_family": family})
@@ -166,6 +177,7 @@ class MetricsServer:
                 raise PortUnavailable(exc.errno, f"cannot listen on {host}:{port}: {exc.strerror}") from exc
             server.registry = registry
             server.title = title
+            server.before_scrape = before_scrape
             return cls(server)
         where = f"port {first}" if first == last else f"ports {first}-{last}"
         raise PortUnavailable(

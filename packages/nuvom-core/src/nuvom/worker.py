@@ -47,7 +47,8 @@ from nuvom.app import App, default_app
 from nuvom.backends.memory import MemoryJobQueue
 from nuvom.errors import SerializationError
 from nuvom.job import Executor, Job, JobError, JobStatus, effective_timeout
-from nuvom.plugins.contracts import BaseJobQueue, BaseResultBackend
+from nuvom.plugins._presence import CURRENT_MAX, core_version
+from nuvom.plugins.contracts import BaseJobQueue, BaseResultBackend, WorkerInfo
 
 __all__ = ["Worker"]
 
@@ -223,6 +224,11 @@ class Worker:
         # The async executor and the process pool, started on first use.
         self._executors: dict[str, Any] = {}
         self._executors_lock = threading.Lock()
+        # Presence (`_presence`): outcomes stored so far, the next heartbeat, the
+        # publishing error being reported (logged once per change of state).
+        self._jobs_done = self._jobs_failed = 0
+        self._next_beat = 0.0
+        self._presence_failing: str | None = None
 
     # -- public ---------------------------------------------------------------
     @property
@@ -283,6 +289,7 @@ class Worker:
             t.start()
             self._threads.append(t)
         self._start_scheduler()
+        self._publish_presence()
         log.info(
             "worker %s started: %d threads%s, queue=%s, results=%s, data dir %s, %d tasks registered%s",
             self.worker_id,
@@ -349,6 +356,7 @@ class Worker:
             log.warning("%d async or process job(s) still running after %.1f s grace; handed back", interrupted, grace)
         self._watch_stop.set()
         watchdog.join()
+        self._publish_presence(remove=True)
         # Still running after the grace period: the attempt counts; the job goes
         # back so another worker runs it again.
         stuck: list[Job] = []
@@ -422,6 +430,53 @@ class Worker:
             "started_at": self.started_at,
             "worker_id": self.worker_id,
         }
+
+    # -- presence (nuvom.plugins._presence): at start, each heartbeat, at stop --
+    def _presence(self) -> WorkerInfo:
+        """This worker as its presence record says it (``nuvom.sdk.list_workers``)."""
+        now = time.time()
+        running = [job.id for s in list(self._slots) if (job := s.job) is not None and not s.abandoned]
+        slots = self.max_workers
+        for ex in list(self._executors.values()):
+            running += ex.job_ids()[: ex.inflight()]  # running first, then waiting their turn
+            slots += getattr(ex, "processes", 0) or getattr(ex, "concurrency", 0)
+        heartbeat = self.settings.heartbeat_secs
+        return WorkerInfo(
+            worker_id=self.worker_id,
+            host=socket.gethostname(),
+            pid=os.getpid(),
+            queues=["default"],
+            executor=self.default_executor,
+            slots=slots,
+            busy=len(running),
+            started_at=self.started_at or now,
+            heartbeat_at=now,
+            jobs_done=self._jobs_done,
+            jobs_failed=self._jobs_failed,
+            current=running[:CURRENT_MAX],
+            store=self.queue.describe(),
+            version=core_version(),
+            # Gone after three heartbeats missed (a job holding the GIL delays them).
+            ttl_secs=3 * heartbeat,
+        )
+
+    def _publish_presence(self, remove: bool = False) -> None:
+        """Publish this worker's presence (at stop: remove it). Never raises: a
+        store that refuses is logged once per change of state."""
+        self._next_beat = time.monotonic() + self.settings.heartbeat_secs
+        try:
+            if remove:
+                self.queue.remove_worker(self.worker_id)
+            else:
+                self.queue.publish_worker(self._presence())
+        except Exception as exc:
+            if str(exc) != self._presence_failing:
+                self._presence_failing = str(exc)
+                _safe_log(log.warning, "publishing this worker's presence failed (%s: %s)", type(exc).__name__, exc)
+            return
+        if self._presence_failing is not None:
+            self._presence_failing = None
+            _safe_log(log.info, "publishing this worker's presence works again")
 
     # -- schedules (nuvom._scheduler): every worker fires due ticks ------------
     def _start_scheduler(self) -> None:
@@ -765,6 +820,8 @@ class Worker:
             next_lease = now + lease_every
         if self._store_failing and now >= self._store_retry_at:
             self._flush_retry()
+        if now >= self._next_beat:
+            self._publish_presence()
         self._watch_stop.wait(max(0.005, min(next_check, next_lease) - time.monotonic() + 0.001))
         return next_lease
 
@@ -894,6 +951,9 @@ class Worker:
         with self._finished_lock:
             for job in batch:
                 self._unstored.pop(job.id, None)
+        # Under the flush lock: one writer at a time.
+        self._jobs_done += len(batch)
+        self._jobs_failed += sum(job.status is JobStatus.FAILED for job in batch)
         if self._store_failing:
             self._store_failing = False
             self._store_backoff = _STORE_RETRY_FIRST

@@ -54,7 +54,7 @@ def echo(value):
 
 WORKER = (
     "import os, pathlib, tasks; from nuvom.worker import Worker; "
-    "w = Worker(max_workers={threads}); w.start(); "
+    "w = Worker(max_workers={threads}, executor={executor!r}, processes=2); w.start(); "
     "pathlib.Path('ready-%d' % os.getpid()).touch(); w.run_forever()"
 )
 
@@ -121,12 +121,12 @@ class Project:
         assert proc.returncode == 0, proc.stderr
         return proc.stdout.strip()
 
-    def start_worker(self, threads: int = 2) -> subprocess.Popen[bytes]:
+    def start_worker(self, threads: int = 2, executor: str = "thread", **env: str) -> subprocess.Popen[bytes]:
         before = set(self.root.glob("ready-*"))
         proc = subprocess.Popen(
-            [sys.executable, "-c", WORKER.format(threads=threads)],
+            [sys.executable, "-c", WORKER.format(threads=threads, executor=executor)],
             cwd=self.root,
-            env=self.env(),
+            env=self.env(**env),
             stdout=subprocess.DEVNULL,
             stderr=open(self.root / f"worker-{len(self.procs)}.err", "wb"),
         )

@@ -69,6 +69,8 @@ class Dashboard:
             when=_format.when,
             secs=_format.secs,
             ago=_format.ago,
+            brief=_format.brief,
+            span=_format.span,
             pretty=_format.pretty,
             trim_traceback=_format.trim_traceback,
         )
@@ -86,6 +88,7 @@ class Dashboard:
             signed_in=self.token is not None,
             backend=_backend_label(self.app),
             memory_backend=_memory_backend(self.app),
+            time_zone=_format.local_zone(),
         )
         response = self.templates.TemplateResponse(request, name, context, status_code=status_code)
         if cookie != session:
@@ -210,6 +213,10 @@ def create_app(
         Route("/jobs/{job_id}/cancel", page(_actions.cancel_one), methods=["GET", "POST"], name="cancel"),
         Route("/actions/retry-failed", page(_actions.retry_all), methods=["GET", "POST"], name="retry_all"),
         Route("/schedules", page(_pages.schedules), name="schedules"),
+        Route("/workers", page(_pages.workers), name="workers"),
+        Route("/fragments/workers", page(_pages.workers_fragment), name="workers_fragment"),
+        Route("/queues", page(_pages.queues), name="queues"),
+        Route("/fragments/queues", page(_pages.queues_fragment), name="queues_fragment"),
         Route(
             "/schedules/{schedule_id}/{action}",
             page(_actions.schedule_action),

@@ -16,11 +16,14 @@ __all__ = [
     "FILTER_KEYS",
     "STATUSES",
     "ago",
+    "brief",
     "filter_query",
     "filters_of",
+    "local_zone",
     "parse_cursor",
     "pretty",
     "secs",
+    "span",
     "trim_traceback",
     "when",
 ]
@@ -28,6 +31,11 @@ __all__ = [
 #: The job list's status filter: finished ones, or QUEUED (waiting in the queue).
 STATUSES = ("SUCCESS", "FAILED", "QUEUED")
 FILTER_KEYS = ("status", "task", "tag", "since", "until")
+
+
+def local_zone() -> str:
+    """The name of the time zone the pages' times are shown in (the server's)."""
+    return dt.datetime.now().astimezone().tzname() or "local time"
 
 
 def when(ts: float | None) -> str:
@@ -56,6 +64,26 @@ def ago(seconds: float | None) -> str:
     if s < 86400:
         return f"{s // 3600} h {s % 3600 // 60} min"
     return f"{s // 86400} d {s % 86400 // 3600} h"
+
+
+def span(seconds: float | None) -> str:
+    """An interval without its zero parts: ``90 s``, ``1 min 30 s``, ``1 h``, ``2 d 12 h``, ``0.5 s``."""
+    if seconds is None:
+        return "-"
+    if seconds < 60 and seconds != int(seconds):
+        return f"{seconds:g} s"
+    s = int(seconds)
+    parts = [(s // 86400, "d"), (s % 86400 // 3600, "h"), (s % 3600 // 60, "min"), (s % 60, "s")]
+    return " ".join(f"{n} {unit}" for n, unit in parts if n) or "0 s"
+
+
+def brief(value: Any, limit: int = 80) -> str:
+    """A value on one line, cut at ``limit`` characters."""
+    try:
+        text = json.dumps(value, ensure_ascii=False, default=repr)
+    except (TypeError, ValueError):
+        text = repr(value)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def pretty(value: Any) -> str:

@@ -7,8 +7,10 @@ from typing import TYPE_CHECKING, Any
 
 from nuvom import sdk
 from nuvom.dashboard._format import filter_query, filters_of, parse_cursor
+from nuvom.dashboard._sampler import RATE_WINDOW_SECS
 from nuvom.errors import BackendError, InvalidJobId
 from nuvom.job import Job, validate_job_id
+from nuvom.plugins._presence import GONE_KEEP_SECS, core_version
 from starlette.requests import Request
 from starlette.responses import JSONResponse, RedirectResponse, Response
 
@@ -23,13 +25,19 @@ __all__ = [
     "jobs",
     "overview",
     "overview_fragment",
+    "queues",
+    "queues_fragment",
     "samples_api",
     "schedules",
+    "workers",
+    "workers_fragment",
 ]
 
 PAGE_SIZE = 50
 #: Waiting jobs listed by the QUEUED filter (the queue is not paged).
 QUEUED_SHOWN = 200
+#: Running jobs whose task and start the Workers page looks up (the others show their id).
+RUNNING_LOOKUPS = 50
 
 
 def job_or_none(job_id: str, app: App) -> Job | None:
@@ -105,3 +113,47 @@ async def schedules(dash: Dashboard, request: Request) -> Response:
         last = job_or_none(s.last_job_id, dash.app) if s.last_job_id else None
         rows.append({"schedule": s, "last_outcome": last.status.value if last is not None else "-"})
     return dash.render(request, "schedules.html", schedules=rows, unsupported=unsupported, active="schedules")
+
+
+def _workers_context(dash: Dashboard) -> dict[str, Any]:
+    sample = dash.sampler.latest()
+    live = sample.live_workers()
+    running: list[dict[str, Any]] = []
+    for w in live:
+        for job_id in w.current:
+            record = job_or_none(job_id, dash.app) if len(running) < RUNNING_LOOKUPS else None
+            running.append({"worker": w, "job_id": job_id, "job": record})
+    slots = sum(w.slots for w in live)
+    busy = sum(w.busy for w in live)
+    return {
+        "sample": sample,
+        "workers": sample.workers,
+        "live": live,
+        "running": running,
+        "slots": slots,
+        "busy": busy,
+        "utilization": None if not slots else round(100 * busy / slots),
+        "stores": sorted({w.store for w in sample.workers or [] if w.store}),
+        "my_version": core_version(),
+        "gone_keep": GONE_KEEP_SECS,
+    }
+
+
+async def workers(dash: Dashboard, request: Request) -> Response:
+    return dash.render(request, "workers.html", active="workers", **_workers_context(dash))
+
+
+async def workers_fragment(dash: Dashboard, request: Request) -> Response:
+    return dash.render(request, "_workers.html", **_workers_context(dash))
+
+
+def _queues_context(dash: Dashboard) -> dict[str, Any]:
+    return {"rows": dash.sampler.queue_rows(), "sample": dash.sampler.latest(), "window": RATE_WINDOW_SECS}
+
+
+async def queues(dash: Dashboard, request: Request) -> Response:
+    return dash.render(request, "queues.html", active="queues", **_queues_context(dash))
+
+
+async def queues_fragment(dash: Dashboard, request: Request) -> Response:
+    return dash.render(request, "_queues.html", **_queues_context(dash))

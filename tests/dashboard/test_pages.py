@@ -203,18 +203,33 @@ def test_the_failure_rate_covers_the_last_minute_or_longer_until_twenty_jobs_fin
 
 
 # -- schedules and tracebacks ------------------------------------------------------
-def test_schedules_show_their_interval_or_cron_and_time_zone(client: TestClient) -> None:
-    pytest.importorskip("cronsim", reason="cron schedules need nuvom-core's cron extra (cronsim)")
+def schedule_rows(client: TestClient) -> dict[str, str]:
+    html = client.get("/schedules").text
+    return {key: body for key, body in re.findall(r'<tr id="schedule-([^"]+)">(.*?)</tr>', html, re.S)}
+
+
+def test_schedules_show_their_interval(client: TestClient) -> None:
     from nuvom.task import task
 
     @task(name="dash_report")
     def report() -> None: ...
 
     report.schedule(interval=5400, key="every-90-min")
-    report.schedule(cron="*/5 9-17 * * 1-5", timezone_name="Europe/Riga", key="office-hours")
-    html = client.get("/schedules").text
-    rows = {key: body for key, body in re.findall(r'<tr id="schedule-([^"]+)">(.*?)</tr>', html, re.S)}
-    assert "every 1 h 30 min" in rows["every-90-min"] and '<td class="timezone">\u2013</td>' in rows["every-90-min"]
+    report.schedule(interval=30, key="every-30-s")
+    rows = schedule_rows(client)
+    assert "every 1 h 30 min" in rows["every-90-min"] and "every 30 s" in rows["every-30-s"]
+    assert '<td class="timezone">\u2013</td>' in rows["every-90-min"]  # an interval has no time zone
+
+
+def test_schedules_show_their_cron_expression_and_time_zone(client: TestClient) -> None:
+    pytest.importorskip("cronsim", reason="cron schedules need nuvom-core's cron extra (cronsim)")
+    from nuvom.task import task
+
+    @task(name="dash_office")
+    def office() -> None: ...
+
+    office.schedule(cron="*/5 9-17 * * 1-5", timezone_name="Europe/Riga", key="office-hours")
+    rows = schedule_rows(client)
     assert "cron <code>*/5 9-17 * * 1-5</code>" in rows["office-hours"]
     assert '<td class="timezone">Europe/Riga</td>' in rows["office-hours"]
 

@@ -228,14 +228,17 @@ print(json.dumps([[j.id, r.status.value, r.result, r.error and r.error.type, r.e
 
 
 @pytest.mark.parametrize("store", ["file", "sqlite"])
-def test_python_m_nuvom_worker_fails_the_jobs_of_a_module_that_exits_at_import(tmp_path: Path, store: str) -> None:
+@pytest.mark.parametrize("named", [["tasks"], ["mailer", "tasks"]], ids=["by-path", "named-on-the-command-line"])
+def test_python_m_nuvom_worker_fails_the_jobs_of_a_module_that_exits_at_import(
+    tmp_path: Path, store: str, named: list[str]
+) -> None:
     import json
 
     env = _store_env(tmp_path, store)
     write_module(tmp_path, "mailer", MAILER.format(runs="unused", name="send"))
     write_module(tmp_path, "tasks", HEALTHY.format(name="double"))
     worker = subprocess.Popen(
-        [sys.executable, "-m", "nuvom.worker", "tasks", "--threads", "2"],
+        [sys.executable, "-m", "nuvom.worker", *named, "--threads", "2"],
         cwd=tmp_path,
         env=env,
         stderr=subprocess.PIPE,

@@ -93,10 +93,6 @@ def test_an_unknown_log_format_names_the_variable(monkeypatch: pytest.MonkeyPatc
         load_settings()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="needs worker.py main() to call nuvom._logformat.install_handler (handed to the engine's owner)",
-)
 def test_python_dash_m_nuvom_worker_logs_json_lines(tmp_path: Path) -> None:
     (tmp_path / "tasks.py").write_text(
         textwrap.dedent(

@@ -1,6 +1,10 @@
 """Fixtures for nuvom-dashboard: a fresh data dir and nuvom state per test,
-real worker processes and a real `nuvom dashboard` server on a free loopback
-port, each started by the test that needs it and stopped by its PID."""
+real worker processes and a real dashboard server (``python -m nuvom.dashboard``:
+nothing but nuvom-dashboard and its dependencies needed) on a free loopback
+port, each started by the test that needs it and stopped by its PID.
+
+The store is core's file backend, shared by every process of a test: the tests
+need no other distribution installed."""
 
 from __future__ import annotations
 
@@ -50,7 +54,7 @@ def echo(value):
 
 WORKER = (
     "import os, pathlib, tasks; from nuvom.worker import Worker; "
-    "w = Worker(max_workers={threads}); w.start(); "
+    "w = Worker(max_workers={threads}, executor={executor!r}, processes=2); w.start(); "
     "pathlib.Path('ready-%d' % os.getpid()).touch(); w.run_forever()"
 )
 
@@ -81,8 +85,8 @@ def isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
         if var.startswith("NUVOM_") and var != "NUVOM_DASHBOARD_SCREENSHOTS":
             monkeypatch.delenv(var)
     monkeypatch.setenv("NUVOM_DATA_DIR", str(tmp_path / "data"))
-    monkeypatch.setenv("NUVOM_QUEUE_BACKEND", "sqlite")
-    monkeypatch.setenv("NUVOM_RESULT_BACKEND", "sqlite")
+    monkeypatch.setenv("NUVOM_QUEUE_BACKEND", "file")
+    monkeypatch.setenv("NUVOM_RESULT_BACKEND", "file")
     reset_process_state()
     yield tmp_path
     reset_process_state()
@@ -96,12 +100,13 @@ class Project:
         (root / "tasks.py").write_text(TASKS)
         self.procs: list[subprocess.Popen[bytes]] = []
         self.url = ""
+        self.port = 0
 
     def env(self, **extra: str) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("NUVOM_")}
         env.update(
-            NUVOM_QUEUE_BACKEND="sqlite",
-            NUVOM_RESULT_BACKEND="sqlite",
+            NUVOM_QUEUE_BACKEND="file",
+            NUVOM_RESULT_BACKEND="file",
             NUVOM_DATA_DIR=str(self.root / "data"),
             NUVOM_LOG_LEVEL="WARNING",
             PYTHONPATH=str(self.root),
@@ -116,12 +121,12 @@ class Project:
         assert proc.returncode == 0, proc.stderr
         return proc.stdout.strip()
 
-    def start_worker(self, threads: int = 2) -> subprocess.Popen[bytes]:
+    def start_worker(self, threads: int = 2, executor: str = "thread", **env: str) -> subprocess.Popen[bytes]:
         before = set(self.root.glob("ready-*"))
         proc = subprocess.Popen(
-            [sys.executable, "-c", WORKER.format(threads=threads)],
+            [sys.executable, "-c", WORKER.format(threads=threads, executor=executor)],
             cwd=self.root,
-            env=self.env(),
+            env=self.env(**env),
             stdout=subprocess.DEVNULL,
             stderr=open(self.root / f"worker-{len(self.procs)}.err", "wb"),
         )
@@ -135,10 +140,13 @@ class Project:
         wait_until(ready, 60, "worker ready")
         return proc
 
-    def start_dashboard(self, *args: str, **env: str) -> str:
+    def start_dashboard(self, *args: str, command: tuple[str, ...] = ("nuvom.dashboard",), **env: str) -> str:
+        """Serve the dashboard (``python -m nuvom.dashboard``, or ``command`` such as
+        ``("nuvom.cli", "dashboard")``) and wait until it answers."""
         port = free_port()
+        self.port = port
         proc = subprocess.Popen(
-            [sys.executable, "-m", "nuvom.cli", "dashboard", "--port", str(port), *args],
+            [sys.executable, "-m", *command, "--port", str(port), *args],
             cwd=self.root,
             env=self.env(**env),
             stdout=subprocess.DEVNULL,

@@ -1,11 +1,9 @@
 """The dashboard's pages, fragments and actions through Starlette's test
-client, on a real SQLite store in the test's own folder."""
+client, on a real file store in the test's own folder."""
 
 from __future__ import annotations
 
 import re
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -68,10 +66,11 @@ def client() -> Iterator[TestClient]:
         yield c
 
 
-def csrf(client: TestClient) -> str:
-    value = client.cookies.get("nuvom_dashboard_csrf")
-    assert value, "a page must have set the CSRF cookie"
-    return value
+def form_token(html: str) -> str:
+    """The CSRF token of the page's form (what a browser posts back)."""
+    m = re.search(r'name="csrf" value="([^"]+)"', html)
+    assert m, "the page must carry a form with a CSRF token"
+    return m.group(1)
 
 
 def ids_on(html: str) -> list[str]:
@@ -83,9 +82,16 @@ def test_overview_shows_the_counts_from_the_store(client: TestClient) -> None:
     get_queue_backend().enqueue_many([Job(func_name="add") for _ in range(4)])
     html = client.get("/").text
     numbers = dict(re.findall(r'data-key="(\w+)"><span class="n"[^>]*>([^<]+)<', html))
-    assert numbers == {"queued": "4", "running": "0", "succeeded": "20", "failed": "10", "retrying": "0"}
-    assert "host-a:123" in html  # workers seen recently
-    assert re.search(r"<td>add</td>|>add</a></td><td>15</td>", html)
+    # The file store cannot tell retrying jobs from new ones cheaply: it shows a dash there.
+    assert numbers == {
+        "queued": "4",
+        "running": "0",
+        "succeeded": "20",
+        "failed": "10",
+        "retrying": "\u2013",
+        "workers": "0",  # none has published its presence
+    }
+    assert re.search(r'>add</a></td><td class="num">15</td>', html)
 
 
 def test_task_percentiles_come_from_recent_run_times(client: TestClient) -> None:
@@ -96,8 +102,9 @@ def test_task_percentiles_come_from_recent_run_times(client: TestClient) -> None
     ]
     get_result_backend().store(jobs)
     html = client.get("/").text
-    row = re.search(r">t</a></td><td>5</td><td>0</td><td>([^<]+)</td><td>([^<]+)</td>", html)
-    assert row is not None and row.groups() == ("300.0 ms", "2.00 s")
+    cells = r'<td class="num">([^<]+)</td>'
+    row = re.search(r">t</a></td>" + cells * 4, html)
+    assert row is not None and row.groups() == ("5", "0", "300.0 ms", "2.00 s")
 
 
 def test_samples_give_throughput_and_failure_rate(client: TestClient) -> None:
@@ -190,7 +197,7 @@ def test_retry_asks_for_confirmation_and_needs_the_csrf_token(client: TestClient
     assert sdk.queued_jobs() == []  # asking changes nothing
     refused = client.post(f"/jobs/{job.id}/retry", data={"csrf": "forged"})
     assert refused.status_code == 403 and sdk.queued_jobs() == []
-    done = client.post(f"/jobs/{job.id}/retry", data={"csrf": csrf(client)})
+    done = client.post(f"/jobs/{job.id}/retry", data={"csrf": form_token(confirm.text)})
     queued = sdk.queued_jobs()
     assert done.status_code == 200 and len(queued) == 1 and queued[0].retry_of == job.id
     assert f"queued again as job {queued[0].id}" in done.text
@@ -199,8 +206,8 @@ def test_retry_asks_for_confirmation_and_needs_the_csrf_token(client: TestClient
 def test_retry_refuses_a_job_that_did_not_fail(client: TestClient) -> None:
     job = make_jobs(2)[1]
     get_result_backend().store([job])
-    client.get("/")
-    response = client.post(f"/jobs/{job.id}/retry", data={"csrf": csrf(client)})
+    token = form_token(client.get("/login").text)
+    response = client.post(f"/jobs/{job.id}/retry", data={"csrf": token})
     assert response.status_code == 409 and sdk.queued_jobs() == []
 
 
@@ -210,7 +217,7 @@ def test_retry_all_retries_only_failed_jobs_matching_the_filter(client: TestClie
     wanted = {j.id for j in jobs if j.status is JobStatus.FAILED and j.func_name == "mul" and "nightly" in j.tags}
     confirm = client.get("/actions/retry-failed?task=mul&tag=nightly")
     assert f"<strong>{len(wanted)}</strong>" in confirm.text
-    done = client.post("/actions/retry-failed?task=mul&tag=nightly", data={"csrf": csrf(client)})
+    done = client.post("/actions/retry-failed?task=mul&tag=nightly", data={"csrf": form_token(confirm.text)})
     assert f"{len(wanted)} failed job(s)" in done.text
     assert {j.retry_of for j in sdk.queued_jobs(limit=100)} == wanted
 
@@ -218,13 +225,14 @@ def test_retry_all_retries_only_failed_jobs_matching_the_filter(client: TestClie
 def test_cancel_takes_a_queued_job_out(client: TestClient) -> None:
     job = Job(func_name="add", args=[1, 2])
     get_queue_backend().enqueue(job)
-    assert "Please confirm" in client.get(f"/jobs/{job.id}/cancel").text
-    done = client.post(f"/jobs/{job.id}/cancel", data={"csrf": csrf(client)})
+    confirm = client.get(f"/jobs/{job.id}/cancel").text
+    assert "Please confirm" in confirm
+    done = client.post(f"/jobs/{job.id}/cancel", data={"csrf": form_token(confirm)})
     assert done.status_code == 200 and "recorded as failed (Cancelled)" in done.text
     assert sdk.queued_jobs() == []
     record = sdk.get_job(job.id)
     assert record is not None and record.error is not None and record.error.type == "Cancelled"
-    again = client.post(f"/jobs/{job.id}/cancel", data={"csrf": csrf(client)})
+    again = client.post(f"/jobs/{job.id}/cancel", data={"csrf": form_token(confirm)})
     assert again.status_code == 409
 
 
@@ -234,7 +242,7 @@ def test_read_only_shows_no_actions_and_refuses_them() -> None:
     with TestClient(create_app(read_only=True, token="")) as c:
         html = c.get(f"/jobs/{job.id}").text
         assert 'id="retry"' not in html and "read-only" in html
-        refused = c.post(f"/jobs/{job.id}/retry", data={"csrf": csrf(c)})
+        refused = c.post(f"/jobs/{job.id}/retry", data={"csrf": form_token(c.get("/login").text)})
         assert refused.status_code == 403 and "read-only" in refused.text
     assert sdk.queued_jobs() == []
 
@@ -249,7 +257,7 @@ def test_token_is_required_by_header_or_sign_in() -> None:
         assert c.get("/", headers={"Authorization": "Bearer s3cret"}).status_code == 200
         assert c.get("/", headers={"Authorization": "Bearer wrong"}, follow_redirects=False).status_code == 303
         form = c.get("/login?next=/jobs")
-        token = csrf(c)
+        token = form_token(form.text)
         wrong = c.post("/login?next=/jobs", data={"csrf": token, "token": "nope"})
         assert wrong.status_code == 401 and "not right" in wrong.text
         signed = c.post("/login?next=/jobs", data={"csrf": token, "token": "s3cret"}, follow_redirects=False)
@@ -273,8 +281,8 @@ def test_mounted_in_another_app_links_stay_under_its_prefix() -> None:
         html = c.get("/ops/nuvom/jobs").text
         assert f"/ops/nuvom/jobs/{job.id}" in html and "/ops/nuvom/static/vendor/htmx.min.js" in html
         assert c.get("/ops/nuvom/static/vendor/htmx.min.js").status_code == 200
-        c.get(f"/ops/nuvom/jobs/{job.id}")
-        done = c.post(f"/ops/nuvom/jobs/{job.id}/retry", data={"csrf": csrf(c)})
+        confirm = c.get(f"/ops/nuvom/jobs/{job.id}/retry").text
+        done = c.post(f"/ops/nuvom/jobs/{job.id}/retry", data={"csrf": form_token(confirm)})
         assert done.status_code == 200 and len(sdk.queued_jobs()) == 1
 
 
@@ -288,16 +296,17 @@ def test_schedules_show_next_and_last_run_and_pause_run_now_act(client: TestClie
     schedule = nightly.schedule(interval=3600, key="nightly")
     html = client.get("/schedules").text
     assert "nightly" in html and "dash_nightly" in html and "run now" in html and "active" in html
-    assert "Please confirm" in client.get("/schedules/nightly/pause").text
-    paused = client.post("/schedules/nightly/pause", data={"csrf": csrf(client)})
+    confirm = client.get("/schedules/nightly/pause").text
+    assert "Please confirm" in confirm
+    paused = client.post("/schedules/nightly/pause", data={"csrf": form_token(confirm)})
     assert "was paused" in paused.text and sdk.get_schedule("nightly").paused
-    ran = client.post("/schedules/nightly/run", data={"csrf": csrf(client)})
+    ran = client.post("/schedules/nightly/run", data={"csrf": form_token(confirm)})
     assert "queued to run now" in ran.text
     [queued] = [j for j in sdk.queued_jobs() if j.func_name == "dash_nightly"]
     assert queued.schedule_key == schedule.key
     # The job page names the schedule that made it.
     assert "made by schedule" in client.get(f"/jobs/{queued.id}").text
-    assert client.post("/schedules/nosuch/run", data={"csrf": csrf(client)}).status_code == 404
+    assert client.post("/schedules/nosuch/run", data={"csrf": form_token(confirm)}).status_code == 404
 
 
 def test_schedules_say_when_the_queue_backend_has_none(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -342,19 +351,6 @@ def test_memory_backend_is_flagged_on_every_page(monkeypatch: pytest.MonkeyPatch
     reset_process_state()
     with TestClient(create_app(token="")) as c:
         assert 'id="memory-warning"' in c.get("/").text
-
-
-def test_cli_refuses_a_public_address_without_a_token(tmp_path: Path) -> None:
-    proc = subprocess.run(
-        [sys.executable, "-m", "nuvom.cli", "dashboard", "--host", "0.0.0.0"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env={k: v for k, v in __import__("os").environ.items() if k != "NUVOM_DASHBOARD_TOKEN"},
-    )
-    assert proc.returncode == 2
-    lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1 and "NUVOM_DASHBOARD_TOKEN" in lines[0] and "--read-only" in lines[0]
 
 
 def test_create_app_shows_the_app_it_is_given(tmp_path: Path) -> None:

@@ -184,6 +184,14 @@ class Settings(EnvSettings):
     max_jobs_per_child: int = Field(
         1000, ge=1, le=10_000_000, description="Jobs a pool child runs before it is replaced (memory leaks)."
     )
+    heartbeat_secs: float = Field(
+        5.0,
+        ge=0.1,
+        le=3600,
+        allow_inf_nan=False,
+        description="How often a worker publishes its presence (dashboards' Workers page); it counts as gone "
+        "after three heartbeats missed.",
+    )
     task_modules: str = Field(
         "",
         description="Comma-separated modules a worker imports at start; with no manifest, the only "

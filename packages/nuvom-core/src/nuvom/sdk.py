@@ -13,6 +13,7 @@ from nuvom.job import TERMINAL_STATUSES, Job, JobError, JobStatus, new_job_id, v
 from nuvom.plugins.contracts import Cursor
 
 if TYPE_CHECKING:
+    from nuvom.plugins.contracts import WorkerInfo
     from nuvom.schedule import Schedule
 
 __all__ = [
@@ -26,6 +27,7 @@ __all__ = [
     "job_counts",
     "list_jobs",
     "list_schedules",
+    "list_workers",
     "pause_schedule",
     "query_jobs",
     "queue_size",
@@ -201,6 +203,14 @@ def cancel_job(job_id: str, *, app: App | None = None) -> Job | None:
     job.mark_failed(JobError(type="Cancelled", message="cancelled before it ran"), time.time())
     app.results.store([job])
     return job.bind(app)
+
+
+def list_workers(*, app: App | None = None) -> list[WorkerInfo] | None:
+    """The workers of the app's store, live ones first, then those gone (no
+    heartbeat within their ``ttl_secs``) for a few minutes before they are
+    dropped; ``info.is_live()`` tells them apart. ``None`` when the queue
+    backend keeps no presence (:meth:`BaseJobQueue.list_workers`)."""
+    return (app or default_app()).queue.list_workers()
 
 
 # -- schedules ------------------------------------------------------------------

@@ -22,6 +22,7 @@ from collections.abc import Sequence
 from types import FrameType
 from typing import Any, Literal
 
+from nuvom._engine import safe_log
 from nuvom._engine.base import Executor
 from nuvom._engine.claims import ClaimLoop
 from nuvom._engine.executors import Executors
@@ -36,7 +37,8 @@ from nuvom._settings import Settings
 from nuvom.app import App, default_app
 from nuvom.job import Executor as ExecutorKind
 from nuvom.job import Job
-from nuvom.plugins.contracts import BaseJobQueue, BaseResultBackend, BaseScheduleStore
+from nuvom.plugins._presence import CURRENT_MAX, core_version
+from nuvom.plugins.contracts import BaseJobQueue, BaseResultBackend, BaseScheduleStore, WorkerInfo
 
 __all__ = ["Worker"]
 
@@ -110,6 +112,7 @@ class Worker:
         self._claims: ClaimLoop | None = None
         self._watchdog: Watchdog | None = None
         self._scheduler: Any = None
+        self._presence_failing: str | None = None
 
     # -- public ---------------------------------------------------------------
     @property
@@ -188,7 +191,14 @@ class Worker:
             worker_id=self.worker_id,
         )
         self._claims = ClaimLoop(queue, self._executors, writer, batch_size=self.batch_size, capacity=self.capacity)
-        self._watchdog = Watchdog(queue, self._executors, writer, lease_secs=self.settings.lease_secs)
+        self._watchdog = Watchdog(
+            queue,
+            self._executors,
+            writer,
+            lease_secs=self.settings.lease_secs,
+            beat=self._publish_presence,
+            beat_every=self.settings.heartbeat_secs,
+        )
         writer.start()
 
     def _make_executor(self, kind: ExecutorKind) -> Executor:
@@ -251,6 +261,7 @@ class Worker:
             log.warning("%d job(s) still running after %.1f s grace; handed back to the queue", interrupted, grace)
         watchdog.stop()
         unstored = writer.close(time.monotonic() + max(1.0, grace))
+        self._publish_presence(remove=True)
         if unstored:
             log.error(
                 "%d finished job(s) could not be stored before the worker stopped; they run again after their lease",
@@ -311,6 +322,51 @@ class Worker:
             "loop_blocked_total": sum(getattr(ex, "blocked_total", 0) for ex in executors),
         }
 
+    # -- presence (nuvom.plugins._presence): at start, each heartbeat, at stop --
+    def _presence(self) -> WorkerInfo:
+        """This worker as its presence record says it (``nuvom.sdk.list_workers``)."""
+        now = time.time()
+        executors = self._executors.started() if self._executors is not None else []
+        running = [job.id for ex in executors for job in ex.running()]
+        slots = sum(ex.slots for ex in executors)
+        writer = self._writer
+        heartbeat = self.settings.heartbeat_secs
+        return WorkerInfo(
+            worker_id=self.worker_id,
+            host=socket.gethostname(),
+            pid=os.getpid(),
+            queues=["default"],
+            executor=self.default_executor,
+            slots=slots,
+            busy=len(running),
+            started_at=self.started_at or now,
+            heartbeat_at=now,
+            jobs_done=writer.jobs_done if writer is not None else 0,
+            jobs_failed=writer.jobs_failed if writer is not None else 0,
+            current=running[:CURRENT_MAX],
+            store=self.queue.describe(),
+            version=core_version(),
+            # Gone after three heartbeats missed (a job holding the GIL delays them).
+            ttl_secs=3 * heartbeat,
+        )
+
+    def _publish_presence(self, remove: bool = False) -> None:
+        """Publish this worker's presence (at stop: remove it). Never raises: a
+        store that refuses is logged once per change of state."""
+        try:
+            if remove:
+                self.queue.remove_worker(self.worker_id)
+            else:
+                self.queue.publish_worker(self._presence())
+        except Exception as exc:
+            if str(exc) != self._presence_failing:
+                self._presence_failing = str(exc)
+                safe_log(log.warning, "publishing this worker's presence failed (%s: %s)", type(exc).__name__, exc)
+            return
+        if self._presence_failing is not None:
+            self._presence_failing = None
+            safe_log(log.info, "publishing this worker's presence works again")
+
     def executor_for(self, job: Job) -> ExecutorKind:
         """Where ``job`` runs: the executor its task names, else the event loop
         for ``async def`` tasks, else the worker's default (``NUVOM_EXECUTOR``;
@@ -346,7 +402,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     their ``@task`` functions register, logs a start and a stop line to stderr,
     and runs until SIGINT/SIGTERM."""
     import argparse
-    import importlib
     import sys
 
     parser = argparse.ArgumentParser(prog="python -m nuvom.worker", description=main.__doc__)
@@ -361,22 +416,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if "" not in sys.path and os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())  # tasks.py beside the caller imports, as with `python -m`
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    logging.getLogger("nuvom").addHandler(handler)
-    from nuvom.errors import BackendError, ConfigError, NuvomError
+    from nuvom._logformat import install_handler
+    from nuvom.errors import BackendError, ConfigError, NuvomError, TaskNotFound
 
     try:
         app = default_app()
-        for module in [*app.settings.task_module_list(), *args.modules]:
-            importlib.import_module(module)
+        install_handler(app.settings, sys.stderr)
+        # NUVOM_TASK_MODULES and the given modules; one that raises is logged and its tasks never run.
+        app.import_task_modules(args.modules)
         return Worker(max_workers=args.threads, app=app, executor=args.pool, processes=args.processes).run_forever()
     except (NuvomError, ImportError) as exc:
-        # The CLI's exit codes: 5 a setting, 6 the store, 2 usage (a module that does not import).
+        # The CLI's exit codes: 5 a setting, 6 the store, 2 usage (a module that cannot be found).
         sys.stderr.write(f"error: {exc}\n")
         if isinstance(exc, ConfigError):
             return 5
-        return 6 if isinstance(exc, BackendError) else 2 if isinstance(exc, ImportError) else 1
+        if isinstance(exc, (ImportError, TaskNotFound)):
+            return 2
+        return 6 if isinstance(exc, BackendError) else 1
 
 
 if __name__ == "__main__":

@@ -163,6 +163,10 @@ class AsyncExecutor:
         self._settle_thread.start()
         ready.wait()
 
+    @property
+    def slots(self) -> int:
+        return self.concurrency
+
     def room(self) -> int:
         return self.capacity - self._held
 

@@ -15,6 +15,11 @@ class Executor(Protocol):
     it holds; a stopping worker asks it to hand back what has not started and
     to let the rest finish."""
 
+    @property
+    def slots(self) -> int:
+        """How many jobs it runs at once."""
+        ...
+
     def start(self) -> None: ...
 
     def room(self) -> int:

@@ -28,7 +28,7 @@ from collections.abc import Callable, Sequence
 from nuvom._engine import safe_log
 from nuvom._engine.wake import Wake
 from nuvom.errors import SerializationError
-from nuvom.job import Job, JobError
+from nuvom.job import Job, JobError, JobStatus
 from nuvom.plugins.contracts import BaseJobQueue, BaseResultBackend
 
 __all__ = ["OutcomeWriter"]
@@ -86,6 +86,8 @@ class OutcomeWriter:
         self._failing = False
         self._backoff = _RETRY_FIRST
         self._thread: threading.Thread | None = None
+        #: Jobs whose final outcome was stored, and how many of them failed (presence).
+        self.jobs_done = self.jobs_failed = 0
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name="nuvom-outcomes", daemon=True)
@@ -218,6 +220,8 @@ class OutcomeWriter:
             with self._lock:
                 for job in finished:
                     self.unstored.pop(job.id, None)
+            self.jobs_done += len(finished)
+            self.jobs_failed += sum(job.status is JobStatus.FAILED for job in finished)
         if self._failing:
             self._failing = False
             self._backoff = _RETRY_FIRST

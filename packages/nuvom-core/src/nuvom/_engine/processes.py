@@ -188,6 +188,10 @@ class ProcessPool:
             t.start()
             self._feeders.append(t)
 
+    @property
+    def slots(self) -> int:
+        return self.processes
+
     def room(self) -> int:
         return self.capacity - len(self._backlog) - len(self._running)
 

@@ -82,6 +82,10 @@ class ThreadSlots:
         self._stopping = False
 
     # -- the engine's side -------------------------------------------------------
+    @property
+    def slots(self) -> int:
+        return self.threads
+
     def start(self) -> None:
         for i in range(self.threads):
             self._spawn(_Slot(i))

@@ -9,6 +9,7 @@ processes may share one data dir (``NUVOM_DATA_DIR``, default ``.nuvom``)::
       claimed/  <lease-expiry-ns>-<claims>-<job id>.msgpack     claimed jobs
       jobs/     <job id>.msgpack                                finished jobs
       index/    <opened-ns>-<pid>-<token>.idx                   history index
+      workers/  <hash of worker id>.worker                      worker presence (_file_workers)
       tmp/      files being written
       corrupt/  quarantined unreadable files
 
@@ -63,6 +64,7 @@ from nuvom.backends._file_io import (
     unlink,
 )
 from nuvom.backends._file_schedules import FileSchedules
+from nuvom.backends._file_workers import FilePresence
 from nuvom.errors import SerializationError
 from nuvom.job import Job, JobStatus, lease_secs_for, validate_job_id
 from nuvom.plugins.contracts import BaseJobQueue, BaseResultBackend
@@ -117,7 +119,7 @@ def _make_dirs(root: str, *names: str) -> list[str]:
     return paths
 
 
-class FileJobQueue(BaseJobQueue, FileSchedules):
+class FileJobQueue(FilePresence, BaseJobQueue, FileSchedules):
     """Jobs waiting in ``<data dir>/queue/``, claimed into ``<data dir>/claimed/``;
     schedules in ``<data dir>/schedules/`` (:mod:`nuvom.backends._file_schedules`)."""
 

@@ -16,6 +16,7 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Protocol
 
+from nuvom.backends._memory_workers import MemoryPresence
 from nuvom.job import TERMINAL_STATUSES, Job, JobStatus
 from nuvom.plugins.contracts import BaseJobQueue, BaseResultBackend, BaseScheduleStore
 from nuvom.schedule import Schedule, tick_ms
@@ -39,7 +40,7 @@ class Sink(Protocol):
         """A job was put in ``inbox`` (or one is due later): wake up. Called with no lock held."""
 
 
-class MemoryJobQueue(BaseJobQueue, BaseScheduleStore):
+class MemoryJobQueue(MemoryPresence, BaseJobQueue, BaseScheduleStore):
     shared_between_processes = False
 
     def __init__(self, settings: Settings | None = None) -> None:

@@ -44,6 +44,7 @@ from nuvom._legacy_results import MISSING, legacy_record
 from nuvom._polling import Poller
 from nuvom.errors import BackendError
 from nuvom.job import TERMINAL_STATUSES, Job, JobError, JobStatus
+from nuvom.plugins._presence import GONE_KEEP_SECS, WorkerInfo
 
 if TYPE_CHECKING:
     from nuvom.config import Settings
@@ -51,12 +52,14 @@ if TYPE_CHECKING:
 
 __all__ = [
     "API_VERSION",
+    "GONE_KEEP_SECS",
     "BaseJobQueue",
     "BaseResultBackend",
     "BaseScheduleStore",
     "Cursor",
     "JobHooks",
     "Plugin",
+    "WorkerInfo",
 ]
 
 #: The contract version this core implements. A plugin whose ``api_version``
@@ -395,6 +398,32 @@ class BaseJobQueue(abc.ABC):
             f"the {type(self).__name__} queue cannot cancel a single job; use a backend that can "
             "(sqlite, file, memory) or let the job run"
         )
+
+    # -- worker presence (dashboards, nuvom.sdk.list_workers) -------------------
+    # Optional: the defaults keep nothing, and list_workers() says so with None.
+    def publish_worker(self, info: WorkerInfo) -> None:
+        """Record ``info`` as this worker's presence, replacing its earlier record
+        (same ``worker_id``). A worker calls it at start and every
+        ``NUVOM_HEARTBEAT_SECS``; shared stores make it visible to every process.
+        Keep it to one small write. Default: nothing is kept."""
+
+    def remove_worker(self, worker_id: str) -> None:
+        """Forget the worker's record at once: it stopped cleanly. Unknown ids
+        are ignored. Default: nothing."""
+
+    def list_workers(self) -> list[WorkerInfo] | None:
+        """Every worker record not older than its own ``ttl_secs`` plus
+        :data:`GONE_KEEP_SECS`: live ones (``info.is_live()``) and gone ones, kept
+        that long so that they can be shown greyed; older records are never
+        returned (a store may delete them here or when publishing). Live ones
+        first (:func:`nuvom.plugins._presence.live_and_gone` sorts and filters).
+        ``None`` (the default): this store keeps no presence."""
+        return None
+
+    def describe(self) -> str:
+        """Where this queue keeps its jobs, for people: ``"sqlite /srv/app/nuvom.db"``,
+        ``"redis redis://host:6379/0"``; never a password. Default: the class name."""
+        return type(self).__name__
 
     def close(self) -> None:
         """Release connections and files."""

@@ -1,5 +1,6 @@
 """nuvom's web dashboard: live counts and charts, jobs with their tracebacks,
-retry and cancel, as an ASGI app (:func:`create_app`) or ``nuvom dashboard``.
+workers and queues, retry and cancel, as an ASGI app (:func:`create_app`),
+``python -m nuvom.dashboard`` or ``nuvom dashboard`` (with nuvom-cli).
 
 Docs: docs/dashboard.md.
 """
@@ -8,12 +9,12 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from nuvom.dashboard._names import TOKEN_ENV
+from nuvom.dashboard._names import ALLOWED_HOSTS_ENV, SECRET_ENV, TOKEN_ENV
 
 if TYPE_CHECKING:
     from nuvom.dashboard._app import create_app
 
-__all__ = ["TOKEN_ENV", "create_app"]
+__all__ = ["ALLOWED_HOSTS_ENV", "SECRET_ENV", "TOKEN_ENV", "create_app"]
 
 
 def __getattr__(name: str) -> Any:

@@ -1,56 +1,43 @@
 """``nuvom dashboard``: contributed to the ``nuvom`` command through the
 ``nuvom.cli`` entry-point group. The only module of this package that imports
-typer (it comes with nuvom-cli, the ``cli`` extra)."""
+typer (it comes with nuvom-cli, the ``cli`` extra); ``python -m nuvom.dashboard``
+serves the same way without it."""
 
 from __future__ import annotations
 
-import ipaddress
-import sys
+from typing import Annotated
 
 import typer
-from nuvom.dashboard._names import TOKEN_ENV
+from nuvom.dashboard._hosts import is_loopback
+from nuvom.dashboard._names import ALLOWED_HOSTS_ENV, TOKEN_ENV
+from nuvom.dashboard._serve import DEFAULT_HOST, DEFAULT_PORT, hosts_from_setting, serve
 
 __all__ = ["app", "is_loopback"]
 
 app = typer.Typer(add_completion=False, help="Serve the web dashboard.")
 
 
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False  # a host name: it may resolve anywhere
-
-
 @app.command()
 def dashboard(
-    host: str = typer.Option("127.0.0.1", help="Address to bind; anything but loopback needs a token or --read-only."),
-    port: int = typer.Option(8765, min=0, max=65535, help="Port to listen on."),
+    host: str = typer.Option(DEFAULT_HOST, help="Address to bind; anything but loopback needs a token or --read-only."),
+    port: int = typer.Option(DEFAULT_PORT, min=0, max=65535, help="Port to listen on."),
     read_only: bool = typer.Option(False, "--read-only", help="Show everything, allow no action."),
     token: str | None = typer.Option(
         None, envvar=TOKEN_ENV, show_envvar=True, help="Require this token (header or sign-in form)."
     ),
+    allowed_host: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--allowed-host",
+            help=f"Another Host name to answer (a reverse proxy's); repeatable. Also {ALLOWED_HOSTS_ENV}, "
+            "comma separated.",
+        ),
+    ] = None,
 ) -> None:
     """Serve the web dashboard (http://127.0.0.1:8765/ by default)."""
-    if not is_loopback(host) and not token and not read_only:
-        sys.stderr.write(
-            f"error: binding {host} exposes the dashboard beyond this machine; set {TOKEN_ENV} (or --token) "
-            "or pass --read-only\n"
-        )
-        raise typer.Exit(2)
-    import uvicorn
-    from nuvom.dashboard._app import create_app
-    from nuvom.errors import NuvomError
+    import os
 
-    try:
-        asgi = create_app(read_only=read_only, token=token or "")
-    except NuvomError as exc:
-        sys.stderr.write(f"error: {exc}\n")
-        raise typer.Exit(5) from None
-    shown = f"[{host}]" if ":" in host else host
-    mode = " (read-only)" if read_only else ""
-    auth = ", token required" if token else ""
-    sys.stderr.write(f"nuvom dashboard on http://{shown}:{port}/{mode}{auth}; Ctrl+C stops it\n")
-    uvicorn.run(asgi, host=host, port=port, log_level="warning", access_log=False)
+    extra = [*hosts_from_setting(os.environ.get(ALLOWED_HOSTS_ENV)), *(allowed_host or [])]
+    code = serve(host, port, read_only=read_only, token=token, allowed_hosts=extra)
+    if code:
+        raise typer.Exit(code)

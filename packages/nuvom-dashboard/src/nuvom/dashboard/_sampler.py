@@ -1,14 +1,27 @@
-"""What the overview shows, sampled by the dashboard itself.
+"""What the overview, Workers and Queues pages show, sampled by the dashboard itself.
 
-One thread per dashboard asks the store for its counts every few seconds and
-keeps the answers in memory; every browser reads those samples. So the store
-sees one small query every few seconds however many people watch, and the
-chart needs no Prometheus. Per-task run times and the workers seen are
-computed from the newest records, only when the number of finished jobs moved.
+One thread per dashboard asks the store for its counts, its workers
+(``list_workers``) and the next waiting job every few seconds and keeps the
+answers in memory; every browser reads those samples. So the store sees a few
+small queries every few seconds however many people watch, and the chart
+needs no Prometheus. Per-task run times and the workers seen are computed from
+the newest records, only when the number of finished jobs moved.
+
+Rates are read over a trailing window of samples:
+
+* throughput: jobs finished per second between two consecutive samples;
+* failure rate: jobs failed / jobs finished over the last
+  :data:`RATE_WINDOW_SECS`, stretched back (up to :data:`FAILURE_MAX_WINDOW_SECS`)
+  until the window holds :data:`FAILURE_MIN_FINISHED` finished jobs; with fewer
+  it has no value. One retried job that fails again is one failure in twenty
+  or more, not 100 %;
+* a queue's rate in and out: jobs queued and finished per second over the
+  last :data:`RATE_WINDOW_SECS`.
 """
 
 from __future__ import annotations
 
+import bisect
 import itertools
 import logging
 import threading
@@ -18,8 +31,9 @@ from dataclasses import dataclass, field
 
 from nuvom import sdk
 from nuvom.app import App
+from nuvom.plugins.contracts import WorkerInfo
 
-__all__ = ["Sample", "Sampler", "TaskStats", "WorkerSeen"]
+__all__ = ["QueueRow", "Sample", "Sampler", "TaskStats", "WorkerSeen"]
 
 log = logging.getLogger("nuvom.dashboard")
 
@@ -29,6 +43,12 @@ RECENT_RECORDS = 500
 WORKER_WINDOW_SECS = 600.0
 #: Stats are recomputed at least this often even when nothing finished.
 STATS_MAX_AGE_SECS = 30.0
+#: The trailing window of the failure rate and of the queues' rates.
+RATE_WINDOW_SECS = 60.0
+#: The failure rate needs this many finished jobs in its window...
+FAILURE_MIN_FINISHED = 20
+#: ...and stretches its window back this far at most to find them.
+FAILURE_MAX_WINDOW_SECS = 600.0
 
 
 @dataclass(frozen=True)
@@ -53,10 +73,38 @@ class Sample:
     counts: dict[str, int]
     took_ms: float
     error: str | None = None
+    #: The store's workers (live first, then gone); ``None``: it keeps no presence.
+    workers: list[WorkerInfo] | None = None
+    #: When the next waiting job became due (``None``: none waiting, or none due yet).
+    head_due: float | None = None
 
     @property
     def finished(self) -> int:
         return self.counts.get("SUCCESS", 0) + self.counts.get("FAILED", 0)
+
+    @property
+    def total(self) -> int:
+        """Every job the store holds, waiting, running or finished: what grows when one is queued."""
+        return sum(self.counts.get(k, 0) for k in ("queued", "retrying", "running")) + self.finished
+
+    def live_workers(self) -> list[WorkerInfo]:
+        return [w for w in self.workers or [] if w.is_live(self.at)]
+
+
+@dataclass(frozen=True)
+class QueueRow:
+    """One queue on the Queues page. Today there is one queue, ``default``;
+    named queues add a row each."""
+
+    name: str
+    waiting: int
+    retrying: int | None
+    running: int | None
+    #: How long the next job to run has been due, seconds (``None``: nothing due).
+    latency: float | None
+    #: Jobs queued / finished per second over the last window (``None``: too few samples yet).
+    rate_in: float | None
+    rate_out: float | None
 
 
 @dataclass
@@ -87,6 +135,7 @@ class Sampler:
         self._take_lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._side_error: str | None = None
 
     # -- running -------------------------------------------------------------
     def ensure_started(self) -> None:
@@ -122,7 +171,9 @@ class Sampler:
             except Exception as exc:  # shown on the page; the dashboard keeps running
                 log.warning("sampling the job counts failed: %s", exc)
                 counts, error = (dict(self.samples[-1].counts) if self.samples else {}), f"{type(exc).__name__}: {exc}"
-            sample = Sample(time.time(), counts, (time.perf_counter() - started) * 1000, error)
+            workers, head_due = self._workers_and_head() if error is None else (None, None)
+            now = time.time()
+            sample = Sample(now, counts, (time.perf_counter() - started) * 1000, error, workers, head_due)
             stats = self.stats
             if error is None and (sample.finished != stats.finished or sample.at - stats.at > STATS_MAX_AGE_SECS):
                 try:
@@ -134,6 +185,21 @@ class Sampler:
             self.samples.append(sample)
             return sample
 
+    def _workers_and_head(self) -> tuple[list[WorkerInfo] | None, float | None]:
+        """The store's workers and when its next waiting job became due; a failure
+        leaves them out of the sample (logged once per change)."""
+        try:
+            workers = sdk.list_workers(app=self.app)
+            head = sdk.queued_jobs(limit=1, app=self.app)
+        except Exception as exc:
+            if str(exc) != self._side_error:
+                self._side_error = str(exc)
+                log.warning("reading the workers or the next queued job failed: %s", exc)
+            return None, None
+        self._side_error = None
+        due = head[0].due_at if head else None
+        return workers, due if due is not None and due <= time.time() else None
+
     def latest(self, max_age: float | None = None) -> Sample:
         """The newest sample, taken now when there is none younger than ``max_age``
         (default: two sampling periods)."""
@@ -144,26 +210,84 @@ class Sampler:
                 return newest
         return self.take()
 
-    def series(self, after: float = 0.0) -> list[dict[str, float]]:
-        """Throughput (finished jobs per second) and failure rate between
-        consecutive samples taken after ``after``."""
+    # -- rates ---------------------------------------------------------------
+    def series(self, after: float = 0.0) -> list[dict[str, float | None]]:
+        """Throughput (finished jobs per second) between consecutive samples and
+        the failure rate over its window (see the module's docstring), for
+        samples taken after ``after``. ``failure_rate`` is ``None`` where its
+        window holds too few finished jobs."""
         samples = list(self.samples)
-        out: list[dict[str, float]] = []
-        for prev, cur in itertools.pairwise(samples):
+        times = [s.at for s in samples]
+        finished, failed = _cumulative(samples)
+        out: list[dict[str, float | None]] = []
+        for i, (prev, cur) in enumerate(itertools.pairwise(samples), start=1):
             if cur.at <= after or cur.error is not None or prev.error is not None:
                 continue
             dt = cur.at - prev.at
-            # Pruning or a result stored again can lower a count: no negative rates.
-            done = max(0, cur.finished - prev.finished)
-            failed = max(0, cur.counts.get("FAILED", 0) - prev.counts.get("FAILED", 0))
+            done = finished[i] - finished[i - 1]
             out.append(
                 {
                     "t": cur.at,
                     "throughput": done / dt if dt > 0 else 0.0,
-                    "failure_rate": min(1.0, failed / done) if done else 0.0,
+                    "failure_rate": _failure_rate(times, finished, failed, i),
                 }
             )
         return out
+
+    def queue_rows(self) -> list[QueueRow]:
+        """The Queues page's rows. Counts are the store's totals: with one queue
+        they are that queue's."""
+        samples = list(self.samples)
+        if not samples:
+            samples = [self.take()]
+        cur = samples[-1]
+        c = cur.counts
+        rate_in = rate_out = None
+        start = bisect.bisect_left([s.at for s in samples], cur.at - RATE_WINDOW_SECS)
+        first = samples[min(start, len(samples) - 1)]
+        if cur.at - first.at > 0:
+            span = cur.at - first.at
+            # Pruned results or a cleared queue lower the totals: no negative rates.
+            rate_in = max(0, cur.total - first.total) / span
+            rate_out = max(0, cur.finished - first.finished) / span
+        return [
+            QueueRow(
+                name="default",
+                waiting=c.get("queued", 0) + c.get("retrying", 0),
+                retrying=c.get("retrying"),
+                running=c.get("running"),
+                latency=None if cur.head_due is None else max(0.0, cur.at - cur.head_due),
+                rate_in=rate_in,
+                rate_out=rate_out,
+            )
+        ]
+
+
+def _cumulative(samples: list[Sample]) -> tuple[list[int], list[int]]:
+    """Jobs finished and failed since the first sample, summing only increases
+    (pruning or a result stored again can lower a count)."""
+    finished, failed = [0], [0]
+    for prev, cur in itertools.pairwise(samples):
+        finished.append(finished[-1] + max(0, cur.finished - prev.finished))
+        failed.append(failed[-1] + max(0, cur.counts.get("FAILED", 0) - prev.counts.get("FAILED", 0)))
+    return finished, failed
+
+
+def _failure_rate(times: list[float], finished: list[int], failed: list[int], i: int) -> float | None:
+    """Failed / finished over the window ending at sample ``i``: the last
+    RATE_WINDOW_SECS, or as much further back (up to FAILURE_MAX_WINDOW_SECS)
+    as it takes to hold FAILURE_MIN_FINISHED finished jobs."""
+    now = times[i]
+    # The window starts at the newest sample at least RATE_WINDOW_SECS old (or the first).
+    j = max(0, bisect.bisect_right(times, now - RATE_WINDOW_SECS, 0, i) - 1)
+    if finished[i] - finished[j] < FAILURE_MIN_FINISHED:
+        oldest = bisect.bisect_left(times, now - FAILURE_MAX_WINDOW_SECS, 0, i)
+        # The newest start that still holds enough: finished[] never decreases.
+        j = bisect.bisect_right(finished, finished[i] - FAILURE_MIN_FINISHED, oldest, j + 1) - 1
+        if j < oldest or finished[i] - finished[j] < FAILURE_MIN_FINISHED:
+            return None
+    done = finished[i] - finished[j]
+    return min(1.0, (failed[i] - failed[j]) / done)
 
 
 def compute_stats(finished: int, app: App | None = None) -> Stats:

@@ -3,9 +3,13 @@
 * Token: when one is configured, every request needs it, as
   ``Authorization: Bearer <token>`` or through the sign-in form, which sets a
   cookie holding an HMAC of the token (never the token itself).
-* CSRF: a random value in a ``SameSite=Strict`` cookie, repeated in a hidden
-  field of every form; a POST whose field does not match is refused
-  (double-submit). Cross-site pages can neither read the cookie nor set it.
+* CSRF: a random session id in a ``SameSite=Strict``, ``HttpOnly`` cookie, and
+  in a hidden field of every form a token the server signed for that session
+  (and sign-in): ``<expiry>.<HMAC-SHA256(secret, session, sign-in, expiry)>``.
+  A POST is accepted only with a token this dashboard issued for the cookie it
+  comes with, not expired, compared in constant time. The secret is random per
+  app unless ``NUVOM_DASHBOARD_SECRET`` sets it (several dashboard processes
+  behind one load balancer then accept each other's tokens).
 * Content-Security-Policy allows scripts from the dashboard's own static files
   only, so even a page that failed to escape something would run nothing.
 """
@@ -14,7 +18,9 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import re
 import secrets
+import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
@@ -25,17 +31,21 @@ from starlette.responses import JSONResponse, RedirectResponse, Response
 __all__ = [
     "CSRF_COOKIE",
     "CSRF_FIELD",
+    "CSRF_MAX_AGE_SECS",
     "SECURITY_HEADERS",
     "SESSION_COOKIE",
+    "CsrfTokens",
     "TokenGate",
-    "csrf_ok",
-    "new_csrf_token",
+    "cookie_path",
     "session_value",
 ]
 
 SESSION_COOKIE = "nuvom_dashboard_session"
 CSRF_COOKIE = "nuvom_dashboard_csrf"
 CSRF_FIELD = "csrf"
+#: How long a form's token is accepted: a confirmation page left open longer is reloaded.
+CSRF_MAX_AGE_SECS = 4 * 3600.0
+_SESSION_ID = re.compile(r"[0-9a-f]{32}")
 
 SECURITY_HEADERS = {
     "Content-Security-Policy": (
@@ -55,17 +65,61 @@ Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 
+def cookie_path(request: HTTPConnection) -> str:
+    """Cookies are scoped to the dashboard's own path (its mount point)."""
+    return str(request.scope.get("root_path") or "/")
+
+
 def session_value(token: str) -> str:
     """The sign-in cookie's value: proves knowledge of the token without holding it."""
     return hmac.new(token.encode(), b"nuvom-dashboard-session-v1", hashlib.sha256).hexdigest()
 
 
-def new_csrf_token() -> str:
-    return secrets.token_hex(16)
+class CsrfTokens:
+    """Issues and checks the tokens of the dashboard's forms.
 
+    A token is bound to the browser's CSRF cookie (a random session id) and to
+    its sign-in cookie, if any: a token read from one browser's page is worth
+    nothing with another browser's cookies, and an attacker who can plant a
+    cookie still cannot make a token for it without the secret.
+    """
 
-def csrf_ok(cookie: str | None, field: str | None) -> bool:
-    return bool(cookie) and bool(field) and hmac.compare_digest(str(cookie), str(field))
+    def __init__(self, secret: str | None, max_age: float = CSRF_MAX_AGE_SECS) -> None:
+        # A configured secret of any length becomes a key of the hash's size.
+        configured = hashlib.sha256(b"nuvom-dashboard-csrf-v1|" + secret.encode()).digest() if secret else None
+        self._key: bytes = configured or secrets.token_bytes(32)
+        self.max_age = max_age
+
+    @staticmethod
+    def session_id(cookie: str | None) -> str | None:
+        """The cookie's session id if it is one this dashboard could have set."""
+        return cookie if cookie is not None and _SESSION_ID.fullmatch(cookie) else None
+
+    @staticmethod
+    def new_session_id() -> str:
+        return secrets.token_hex(16)
+
+    def _mac(self, session: str, signed_in: str, expiry: int) -> str:
+        message = f"{session}|{signed_in}|{expiry}".encode()
+        return hmac.new(self._key, message, hashlib.sha256).hexdigest()
+
+    def issue(self, session: str, signed_in: str = "", now: float | None = None) -> str:
+        expiry = int((time.time() if now is None else now) + self.max_age)
+        return f"{expiry}.{self._mac(session, signed_in, expiry)}"
+
+    def valid(self, token: str | None, session: str | None, signed_in: str = "", now: float | None = None) -> bool:
+        """Whether ``token`` was issued by this dashboard (or one sharing its
+        secret) for ``session`` and ``signed_in``, and has not expired."""
+        if not token or self.session_id(session) is None:
+            return False
+        expiry_text, dot, mac = token.partition(".")
+        if not dot or not expiry_text.isdigit() or len(expiry_text) > 12:
+            return False
+        expiry = int(expiry_text)
+        if expiry < (time.time() if now is None else now):
+            return False
+        assert session is not None
+        return hmac.compare_digest(mac.encode(), self._mac(session, signed_in, expiry).encode())
 
 
 class TokenGate:

@@ -31,6 +31,7 @@ from nuvom.redis._connection import Connection, acquire, is_transient, release
 from nuvom.redis._results import RedisResultBackend, result_args
 from nuvom.redis._schedules import RedisSchedules
 from nuvom.redis._settings import RedisSettings, load_redis_settings
+from nuvom.redis._workers import RedisPresence
 
 from redis.exceptions import NoScriptError, ResponseError
 
@@ -72,7 +73,7 @@ _FRESH_CLAIM_MAX_SECS = 1.0
 _CLAIM_TIMES_MAX = 256
 
 
-class RedisJobQueue(BaseJobQueue, RedisSchedules):
+class RedisJobQueue(RedisPresence, BaseJobQueue, RedisSchedules):
     """A durable queue in Redis, shared by every process on every host that uses
     the same URL and prefix. Safe across threads and processes. It keeps
     schedules too (``task.schedule(...)``, see ``_schedules``).

@@ -27,6 +27,7 @@ from nuvom.sqlite._db import Database
 from nuvom.sqlite._results import SQLiteResultBackend, insert_results, result_row
 from nuvom.sqlite._schedules import SQLiteSchedules
 from nuvom.sqlite._settings import SQLiteSettings, load_sqlite_settings, resolve_paths
+from nuvom.sqlite._workers import SQLitePresence
 
 if TYPE_CHECKING:
     from nuvom._settings import Settings
@@ -93,7 +94,7 @@ def _marks(n: int) -> str:
     return ",".join("?" * n)
 
 
-class SQLiteJobQueue(BaseJobQueue, SQLiteSchedules):
+class SQLiteJobQueue(SQLitePresence, BaseJobQueue, SQLiteSchedules):
     """A durable queue in a SQLite file, shared by every process that opens it.
 
     ``path`` overrides ``NUVOM_SQLITE_QUEUE_PATH``. Safe across threads (one

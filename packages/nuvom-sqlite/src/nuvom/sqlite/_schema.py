@@ -149,6 +149,18 @@ _MIGRATIONS: dict[int, tuple[str | Callable[[sqlite3.Connection], str | None], .
     # started running it; NULL while it waits in a worker's buffer. An expired
     # claim counts as a lost run only if it had started.
     4: ("ALTER TABLE nuvom_queue ADD COLUMN started_at REAL",),
+    # Worker presence (nuvom.sqlite._workers): one row per worker, replaced at
+    # each heartbeat; ``drop_at`` is when a gone worker's row may be deleted.
+    5: (
+        """
+        CREATE TABLE nuvom_workers (
+            worker_id    TEXT PRIMARY KEY,
+            heartbeat_at REAL NOT NULL,
+            drop_at      REAL NOT NULL,
+            info         TEXT NOT NULL
+        )
+        """,
+    ),
 }
 SCHEMA_VERSION = max(_MIGRATIONS)
 

@@ -123,8 +123,8 @@ class Project:
             if proc.poll() is None:
                 proc.kill()
                 proc.wait(timeout=30)
-                # Shown by pytest for a failed test: what the worker said.
-                print(f"--- worker {proc.pid} output ---\n{self.output(proc)}")
+                if proc.pid in self._logs:  # shown by pytest for a failed test: what the worker said
+                    print(f"--- worker {proc.pid} output ---\n{self.output(proc)}")
 
 
 def _nuvom_command() -> list[str]:

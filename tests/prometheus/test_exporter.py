@@ -215,16 +215,16 @@ def test_gauges_are_read_at_scrape_time(start_worker, enabled, prom) -> None:
     url = running.url
     jobs = [prom_wait_gate.delay() for _ in range(5)]
     try:
-        # One job runs on the one thread; the memory queue hands a thread its next
-        # job only when it asks (no prefetch into a busy thread), so four wait in it.
+        # One job runs on the one thread and the worker holds one more claimed
+        # (its prefetch: batch_size=1), so three wait in the queue.
         samples = wait_for(
             lambda: (
                 s
                 if prom.value(s := prom.scrape(url)[1], "nuvom_inflight_jobs") == 1
-                and prom.value(s, "nuvom_queue_size") == 4
+                and prom.value(s, "nuvom_queue_size") == 3
                 else None
             ),
-            what="one job in flight and four queued",
+            what="one job in flight, one claimed beside it and three queued",
         )
         assert prom.value(samples, "nuvom_worker_count") == 1
     finally:

@@ -170,6 +170,9 @@ class AsyncExecutor:
     def room(self) -> int:
         return self.capacity - self._held
 
+    def hungry(self) -> bool:
+        return self._held < self.concurrency
+
     def idle(self) -> int:
         return max(0, self.concurrency - self._held)
 

@@ -26,6 +26,10 @@ class Executor(Protocol):
         """How many more jobs it takes now (free slots plus its prefetch)."""
         ...
 
+    def hungry(self) -> bool:
+        """Whether fewer jobs wait here than it runs at once."""
+        ...
+
     def idle(self) -> int:
         """How many of its slots would start a job the moment it arrives."""
         ...

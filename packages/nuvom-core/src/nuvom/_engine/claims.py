@@ -39,6 +39,9 @@ class ClaimLoop:
         self.writer = writer
         self.batch_size = batch_size
         self.capacity = capacity
+        # Claims come in batches of at least this many while every executor still
+        # has work lined up: a claim per freed slot would cost a transaction per job.
+        self._min_claim = max(1, batch_size // 2)
         self._room = threading.Condition()
         # Set while the loop waits for room: only then must freeing some notify it.
         self._waiting = False
@@ -80,7 +83,7 @@ class ClaimLoop:
                 # sees the flag and notifies (they skip the Condition otherwise).
                 self._waiting = True
                 room = self.room()
-                if room <= 0:
+                if room <= 0 or (room < self._min_claim and not executors.hungry()):
                     self._room.wait(_WAIT)
                     continue
                 self._waiting = False

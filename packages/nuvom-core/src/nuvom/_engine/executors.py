@@ -118,6 +118,11 @@ class Executors:
         # job is start-marked to wait in a line.
         return min((ex.idle() for ex in self.started()), default=0)
 
+    def hungry(self) -> bool:
+        """Whether some executor is about to run out of jobs (fewer lined up than
+        it runs at once): then even a small claim is worth making now."""
+        return any(ex.hungry() for ex in self.started())
+
     def busy(self) -> bool:
         """Whether any job is running or waiting to run."""
         return any(ex.held_ids() for ex in self.started())

@@ -195,6 +195,9 @@ class ProcessPool:
     def room(self) -> int:
         return self.capacity - len(self._backlog) - len(self._running)
 
+    def hungry(self) -> bool:
+        return len(self._backlog) < self.processes
+
     def idle(self) -> int:
         return 0 if self._backlog else max(0, len(self._ready) - len(self._running))
 

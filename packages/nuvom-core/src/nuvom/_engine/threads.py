@@ -93,6 +93,9 @@ class ThreadSlots:
     def room(self) -> int:
         return self.capacity - len(self._ready) - self.inflight()
 
+    def hungry(self) -> bool:
+        return len(self._ready) < self.threads
+
     def idle(self) -> int:
         # Slots woken for the jobs in the line have left the idle list already.
         return len(self._idle)

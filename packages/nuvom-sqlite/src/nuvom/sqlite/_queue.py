@@ -23,7 +23,6 @@ from typing import TYPE_CHECKING, Any
 from nuvom.errors import BackendError, SerializationError
 from nuvom.job import LEASE_FACTOR, LEASE_MARGIN_SECS, Job, JobError, JobStatus, lease_secs_for
 from nuvom.plugins.contracts import BaseJobQueue, BaseResultBackend
-from nuvom.sqlite._checkpoint import Checkpointer
 from nuvom.sqlite._db import Database
 from nuvom.sqlite._results import SQLiteResultBackend, insert_results, result_row
 from nuvom.sqlite._schedules import SQLiteSchedules
@@ -131,9 +130,6 @@ class SQLiteJobQueue(SQLitePresence, BaseJobQueue, SQLiteSchedules):
         self._next_ready: float | None = None
         self._last_work = 0.0
         self._local_writes = 0
-        # Started by the first claim: only a worker claims, and only a worker's
-        # commits come fast enough for their checkpoints to matter.
-        self._checkpointer: Checkpointer | None = None
 
     @property
     def path(self) -> Path:
@@ -191,9 +187,6 @@ class SQLiteJobQueue(SQLitePresence, BaseJobQueue, SQLiteSchedules):
         return self._claim(batch_size, now, idle())
 
     def _claim(self, batch_size: int, now: float, start: int = 0) -> list[Job]:
-        if self._checkpointer is None:
-            self._checkpointer = Checkpointer(self.path)
-            self._checkpointer.start()
         token = secrets.randbits(62)
 
         def claim(conn: sqlite3.Connection) -> tuple[list[Any], int]:
@@ -582,9 +575,6 @@ class SQLiteJobQueue(SQLitePresence, BaseJobQueue, SQLiteSchedules):
             return int(conn.execute("DELETE FROM nuvom_queue WHERE state = 0").rowcount)
 
     def close(self) -> None:
-        if self._checkpointer is not None:
-            self._checkpointer.stop()
-            self._checkpointer = None
         self.db.close()
 
 

@@ -358,15 +358,9 @@ class AsyncExecutor:
             self._settle(lambda: self.writer.requeue([job]))
             return
         if timed_out:
-            log.warning(
-                "job %s (%s) timed out after %.1f s (policy %s); its coroutine was cancelled",
-                job.id,
-                job.func_name,
-                timeout,
-                policy,
-            )
+            # The runner logs the attempt's end (a retry or the final failure): one line.
             attempt.finished_at = time.time()
-            expired = _fate.timeout_error(timeout)
+            expired = _fate.timeout_error(timeout, "; its coroutine was cancelled")
             self._settle(lambda: runner.fail_attempt(job, task, attempt, expired, timed_out=True))
             return
         if future.cancelled():

@@ -381,13 +381,7 @@ class ProcessPool:
                     deadline = None
                     continue
                 child.kill()
-                log.warning(
-                    "job %s (%s) timed out after %.1f s (policy %s); its process was killed and replaced",
-                    job.id,
-                    job.func_name,
-                    timeout,
-                    policy,
-                )
+                # The runner logs the attempt's end (a retry or the final failure): one line.
                 attempt.finished_at = time.time()
                 expired = _fate.timeout_error(timeout, "; its process was killed")
                 runner.fail_attempt(job, task, attempt, expired, timed_out=True)

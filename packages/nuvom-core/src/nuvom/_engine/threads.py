@@ -281,13 +281,8 @@ class ThreadSlots:
                 slot.deadline = None
                 return
             slot.abandoned = True
-        log.warning(
-            "job %s (%s) timed out after %.1f s (policy %s); its thread is abandoned and replaced",
-            job.id,
-            job.func_name,
-            timeout,
-            policy,
-        )
+        # The runner logs the attempt's end (a retry or the final failure): one line.
         self._spawn(_Slot(slot.index))
-        self.runner.fail_attempt(job, task, attempt, _fate.timeout_error(timeout), timed_out=True)
+        expired = _fate.timeout_error(timeout, "; its thread was abandoned and replaced")
+        self.runner.fail_attempt(job, task, attempt, expired, timed_out=True)
         self.writer.kick()

@@ -14,7 +14,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING
 
 from nuvom.backends._memory_workers import MemoryPresence
 from nuvom.job import TERMINAL_STATUSES, Job, JobStatus
@@ -24,20 +24,7 @@ from nuvom.schedule import Schedule, tick_ms
 if TYPE_CHECKING:
     from nuvom._settings import Settings
 
-__all__ = ["MemoryJobQueue", "MemoryResultBackend", "Sink"]
-
-
-class Sink(Protocol):
-    """An idle claimer :meth:`MemoryJobQueue.take` can hand jobs to. ``parked``
-    and ``closed`` are the queue's to change, under its lock (``parked``: the
-    sink waits in the queue; ``closed``: it takes no more jobs)."""
-
-    inbox: deque[Job]
-    parked: bool
-    closed: bool
-
-    def handoff(self) -> None:
-        """A job was put in ``inbox`` (or one is due later): wake up. Called with no lock held."""
+__all__ = ["MemoryJobQueue", "MemoryResultBackend"]
 
 
 class MemoryJobQueue(MemoryPresence, BaseJobQueue, BaseScheduleStore):
@@ -55,8 +42,6 @@ class MemoryJobQueue(MemoryPresence, BaseJobQueue, BaseScheduleStore):
         self._delayed: list[tuple[float, int, Job]] = []
         self._seq = itertools.count()
         self._claimed: dict[str, Job] = {}
-        # Idle claimers waiting for a job handed to them directly (see `take`).
-        self._parked: deque[Sink] = deque()
         # Claimers blocked in pop_batch: enqueue notifies the Condition only for them.
         self._cond_waiters = 0
         self._schedules: dict[str, Schedule] = {}
@@ -71,98 +56,29 @@ class MemoryJobQueue(MemoryPresence, BaseJobQueue, BaseScheduleStore):
             self.enqueue_many((job,))
             return
         with self._lock:
-            woken, handed = self._place_locked(job, None)
-            if self._cond_waiters and not handed:
+            self._place_locked(job, None)
+            if self._cond_waiters:
                 # One claimer woken per job, not every waiting one (notify_all); a
                 # delayed job may be due before what a waiting claimer waits for.
                 self._cond.notify()
-        if woken is not None:
-            woken.handoff()
 
     def enqueue_many(self, jobs: Sequence[Job]) -> None:
         now = time.time()
-        woken: list[Sink] = []
         with self._lock:
             for job in jobs:
-                sink, _ = self._place_locked(job, now)
-                if sink is not None:
-                    woken.append(sink)
+                self._place_locked(job, now)
             if self._cond_waiters:
                 self._cond.notify(len(jobs))
-        for sink in woken:
-            sink.handoff()
 
-    def _place_locked(self, job: Job, now: float | None) -> tuple[Sink | None, bool]:
-        """Put one queued job where it goes, the lock held: the delayed heap, the
-        inbox of a parked claimer (claimed for it: no claimer thread in between),
-        or the ready deque. Returns the parked claimer to wake (after the lock is
-        released; woken for a delayed job too, to wait until it is due) and whether
-        the job was handed to it. ``now`` ``None``: the clock is read only for a
-        job with a not-before time."""
+    def _place_locked(self, job: Job, now: float | None) -> None:
+        """Put one queued job where it goes, the lock held: the delayed heap or
+        the ready deque. ``now`` ``None``: the clock is read only for a job with
+        a not-before time."""
         not_before = job.not_before
-        parked = self._parked
-        handed = False
         if not_before is not None and not_before > (time.time() if now is None else now):
             heapq.heappush(self._delayed, (not_before, next(self._seq), job))
-            sink = parked.popleft() if parked else None
-        elif parked:
-            sink = parked.popleft()
-            self._hand_locked(job, sink)
-            handed = True
         else:
             self._ready.append(job)
-            return None, False
-        if sink is not None:
-            sink.parked = False
-        return sink, handed
-
-    # -- direct hand-off to idle claimers (the in-process worker's threads) ----
-    def take(self, sink: Sink) -> float | None:
-        """Claim one due job into ``sink.inbox``, or park ``sink`` so that the
-        next job queued is claimed for it and put there directly, and
-        ``sink.handoff()`` called (with no lock held) to wake it.
-
-        A parked sink is also woken, with nothing handed, when a job with a
-        not-before time is queued: it then takes again, to wait until that job
-        is due. Returns when the next delayed job is due (``None``: no delayed
-        job), so that the caller waits until then at most. A sink whose
-        ``closed`` is true is neither given a job nor parked."""
-        with self._lock:
-            if sink.closed:
-                return None
-            if self._delayed:
-                self._promote_due()
-            if self._ready:
-                self._hand_locked(self._ready.popleft(), sink)
-            elif not sink.parked:
-                sink.parked = True
-                self._parked.append(sink)
-            return self._delayed[0][0] if self._delayed else None
-
-    def _hand_locked(self, job: Job, sink: Sink) -> None:
-        """Claim ``job`` for ``sink`` and put it in its inbox, the lock held."""
-        job.mark_claimed()
-        self._claimed[job.id] = job
-        sink.inbox.append(job)
-
-    def unpark(self, sink: Sink, *, close: bool = False) -> None:
-        """Stop handing jobs to ``sink``; ``close``: for good (it takes none either)."""
-        with self._lock:
-            if close:
-                sink.closed = True
-            if sink.parked:
-                sink.parked = False
-                self._parked.remove(sink)
-
-    def takes_directly(self) -> bool:
-        """Whether a worker may claim through :meth:`take`: not when a subclass
-        changes how jobs are claimed (its claims would be bypassed)."""
-        cls = type(self)
-        return (
-            cls.pop_batch is MemoryJobQueue.pop_batch
-            and cls.claim is MemoryJobQueue.claim
-            and cls._claim_locked is MemoryJobQueue._claim_locked
-        )
 
     def _promote_due(self) -> float | None:
         """Move due delayed jobs to the ready deque; returns the next due time."""

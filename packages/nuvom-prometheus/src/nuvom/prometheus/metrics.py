@@ -11,7 +11,7 @@ from typing import Any
 
 from nuvom.job import Job
 from prometheus_client import CollectorRegistry, Counter, Histogram
-from prometheus_client.core import GaugeMetricFamily, InfoMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily, Metric
 
 __all__ = ["OTHER_TASK", "OUTCOMES", "JobMetrics", "WorkerCollector"]
 
@@ -154,6 +154,10 @@ class WorkerCollector:
         )
         uptime = GaugeMetricFamily("nuvom_worker_uptime_seconds", "Seconds since this worker started.")
         info = InfoMetricFamily("nuvom_worker", "This worker process: its id and nuvom version.")
+        loop_blocked = CounterMetricFamily(
+            "nuvom_event_loop_blocked",
+            "Times an async job held this worker's event loop past NUVOM_ASYNC_BLOCKED_WARN_SECS (blocking code).",
+        )
         if figures is not None:
             if f.get("worker_count") is not None:
                 worker_count.add_metric([], float(f["worker_count"]))
@@ -167,4 +171,5 @@ class WorkerCollector:
                 start_time.add_metric([], float(started))
                 uptime.add_metric([], max(0.0, now - float(started)))
             info.add_metric([], {"worker_id": str(f.get("worker_id") or ""), "version": self.version})
-        yield from (worker_count, inflight, queue_size, start_time, uptime, info)
+            loop_blocked.add_metric([], float(f.get("loop_blocked_total") or 0))
+        yield from (worker_count, inflight, queue_size, start_time, uptime, info, loop_blocked)

@@ -1,7 +1,8 @@
-"""The in-process fast path: worker threads claiming straight from the memory
-queue (a parked idle thread is handed the next job), and the cheaper per-job
-steps (attempts built without validation, scalar payloads not encoded for the
-size check, one private dict shared by a task's jobs)."""
+"""The engine on the in-process store: threads fed from one line, the event
+loop started by the first async job, a stop that takes nothing more, outcomes
+kept while storing fails; and the cheaper per-job steps (attempts built
+without validation, scalar payloads not encoded for the size check, one
+private dict shared by a task's jobs)."""
 
 from __future__ import annotations
 
@@ -9,10 +10,10 @@ import sys
 import threading
 import time
 import uuid
-from collections import deque
 from pathlib import Path
 
 import pytest
+from nuvom._engine.wake import Wake
 from nuvom.app import App
 from nuvom.backends.memory import MemoryJobQueue, MemoryResultBackend
 from nuvom.config import Settings
@@ -20,7 +21,7 @@ from nuvom.errors import BackendError, JobFailed, SerializationError
 from nuvom.job import Attempt, Job, JobStatus
 from nuvom.task import task
 from nuvom.testing import isolated_app
-from nuvom.worker import Worker, _Wake
+from nuvom.worker import Worker
 
 sys.path.insert(0, str(Path(__file__).parent))
 import _exec_tasks as t
@@ -50,121 +51,24 @@ def gated(key):
     return key
 
 
-class Sink:
-    def __init__(self) -> None:
-        self.inbox: deque[Job] = deque()
-        self.parked = False
-        self.closed = False
-        self.handoffs = 0
-
-    def handoff(self) -> None:
-        self.handoffs += 1
-
-
 def job(**fields) -> Job:
     return Job(func_name="echo", **fields)
 
 
-# -- the queue's side -------------------------------------------------------------
-def test_take_claims_a_ready_job_into_the_sink() -> None:
-    queue, sink = MemoryJobQueue(), Sink()
-    queued = job()
-    queue.enqueue(queued)
-    assert queue.take(sink) is None  # no delayed job: nothing to wait for
-    assert list(sink.inbox) == [queued] and not sink.parked
-    assert queued.status is JobStatus.RUNNING and queued.attempts == 1
-    assert queue.counts() == {"queued": 0, "retrying": 0, "running": 1}
-
-
-def test_a_parked_sink_is_handed_the_next_job_claimed() -> None:
-    queue, first, second = MemoryJobQueue(), Sink(), Sink()
-    queue.take(first)
-    queue.take(second)
-    assert first.parked and second.parked
-    a, b, c = job(), job(), job()
-    queue.enqueue(a)
-    assert list(first.inbox) == [a] and first.handoffs == 1 and not first.parked
-    assert a.status is JobStatus.RUNNING and a.attempts == 1 and queue.get(a.id) is a
-    queue.enqueue_many([b, c])  # one to the other parked sink, one left queued
-    assert list(second.inbox) == [b] and second.handoffs == 1 and not second.parked
-    assert queue.qsize() == 1 and c.status is JobStatus.PENDING
-    assert first.handoffs == 1  # not parked any more: nothing more for it
-
-
-def test_parking_twice_parks_once_and_unpark_removes_it() -> None:
-    queue, sink = MemoryJobQueue(), Sink()
-    queue.take(sink)
-    queue.take(sink)
-    queue.unpark(sink)
-    assert not sink.parked
-    queue.enqueue(job())
-    assert not sink.inbox and sink.handoffs == 0 and queue.qsize() == 1
-
-
-def test_a_closed_sink_gets_nothing() -> None:
-    queue, sink = MemoryJobQueue(), Sink()
-    queue.take(sink)
-    queue.unpark(sink, close=True)
-    queue.enqueue(job())
-    assert queue.take(sink) is None
-    assert not sink.inbox and not sink.parked and sink.handoffs == 0 and queue.qsize() == 1
-
-
-def test_a_delayed_job_wakes_a_parked_sink_without_handing_it_over() -> None:
-    queue, sink = MemoryJobQueue(), Sink()
-    queue.take(sink)
-    due = time.time() + 0.2
-    later = job(not_before=due)
-    queue.enqueue(later)
-    assert sink.handoffs == 1 and not sink.inbox and not sink.parked
-    # Taking again parks it and says when to look again.
-    assert queue.take(sink) == due and sink.parked
-    queue.unpark(sink)
-    wait_until(lambda: time.time() >= due)
-    assert queue.take(sink) is None and list(sink.inbox) == [later]
-
-
-def test_a_claimer_blocked_in_pop_batch_still_hears_of_a_delayed_job_beside_a_parked_sink() -> None:
-    queue, sink = MemoryJobQueue(), Sink()
-    queue.take(sink)
-    got: list[list[Job]] = []
-    claimer = threading.Thread(target=lambda: got.append(queue.pop_batch(1, timeout=30)))
-    claimer.start()
-    wait_until(lambda: queue._cond_waiters == 1)
-    due = time.time() + 0.2
-    later = job(not_before=due)
-    queue.enqueue(later)  # the parked sink is woken too, but takes nothing until it takes again
-    claimer.join(5)  # told of the job, it waits until it is due, not the 30 s it began with
-    assert not claimer.is_alive() and got == [[later]] and time.time() >= due
-
-
-def test_a_subclass_that_claims_its_own_way_is_not_taken_from_directly() -> None:
-    class Counting(MemoryJobQueue):
-        def pop_batch(self, batch_size, timeout=0.0):
-            return super().pop_batch(batch_size, timeout)
-
-    assert MemoryJobQueue().takes_directly()
-    assert not Counting().takes_directly()
-
-
+# -- the worker's side ------------------------------------------------------------
 def test_wake_is_an_auto_reset_event() -> None:
-    wake = _Wake()
+    wake = Wake()
     assert not wake.wait(0.01)
     wake.set()
-    wake.set()  # twice: still one wake-up
-    assert wake.wait(0.01)
-    assert not wake.wait(0.01)
-    wake.set()
-    wake.clear()
+    wake.set()  # set twice: still one wake-up
+    assert wake.wait(0)
     assert not wake.wait(0.01)
     threading.Timer(0.05, wake.set).start()
     assert wake.wait(5)
 
 
-# -- the worker's side ------------------------------------------------------------
 def test_idle_threads_are_handed_jobs_and_every_result_comes_back() -> None:
-    with isolated_app() as app, Worker(app=app, max_workers=4) as worker:
-        assert worker._direct
+    with isolated_app() as app, Worker(app=app, max_workers=4):
         jobs = [echo.delay(i) for i in range(500)] + echo.map(range(500, 1000))
         assert [j.get(timeout=20) for j in jobs] == list(range(1000))
         for j in jobs:
@@ -185,9 +89,9 @@ def test_one_busy_thread_leaves_jobs_queued_for_the_idle_ones() -> None:
         assert blocker.get(timeout=10) == key
 
 
-def test_a_delayed_job_runs_when_due_with_every_thread_parked() -> None:
+def test_a_delayed_job_runs_when_due_with_every_thread_idle() -> None:
     with isolated_app() as app, Worker(app=app, max_workers=2):
-        assert echo.delay(0).get(timeout=5) == 0  # threads idle, parked in the queue
+        assert echo.delay(0).get(timeout=5) == 0  # threads idle, the claim loop waiting in the queue
         due = time.time() + 0.3
         later = echo.make_job([1], {}, app)
         later.not_before = due
@@ -196,14 +100,14 @@ def test_a_delayed_job_runs_when_due_with_every_thread_parked() -> None:
         assert later.history[0].started_at >= due
 
 
-def test_an_async_job_ends_direct_claims_and_both_kinds_still_run() -> None:
+def test_an_async_job_starts_the_event_loop_and_both_kinds_still_run() -> None:
     with isolated_app() as app, Worker(app=app, max_workers=2) as worker:
         assert [j.get(timeout=5) for j in echo.map(range(10))] == list(range(10))
-        assert worker._direct
+        assert worker.executor("async") is None
         async_job = t.ex_nap.delay(0)
         assert async_job.get(timeout=10) == "nuvom-async-loop"
         assert async_job.history[0].executor == "async"
-        assert not worker._direct
+        assert worker.executor("async") is not None
         mixed = [echo.delay(i) for i in range(20)] + [t.ex_nap.delay(0) for _ in range(5)]
         assert [j.get(timeout=10) for j in mixed] == list(range(20)) + ["nuvom-async-loop"] * 5
 
@@ -214,7 +118,7 @@ def test_stop_returns_at_once_and_takes_no_job_queued_after_it() -> None:
         assert echo.delay(1).get(timeout=5) == 1
         started = time.monotonic()
         worker.stop(grace=10)
-        assert time.monotonic() - started < 2.0  # parked threads woke; none waited out the grace
+        assert time.monotonic() - started < 2.0  # idle threads woke; none waited out the grace
         late = echo.delay(2)
         threading.Event().wait(0.1)  # a thread that still took jobs would have claimed it by now
         assert app.queue.get(late.id) is late and late.status is JobStatus.PENDING and late.attempts == 0
@@ -236,7 +140,7 @@ class FlakyResults(MemoryResultBackend):
         super().store(jobs)
 
 
-def test_while_storing_fails_threads_stop_claiming_beyond_capacity_then_store_everything() -> None:
+def test_while_storing_fails_the_worker_stops_claiming_beyond_capacity_then_stores_everything() -> None:
     settings = Settings(queue_backend="memory", result_backend="memory", batch_size=2)
     queue, results = MemoryJobQueue(), FlakyResults()
     app = App(settings, queue=queue, results=results)
@@ -244,7 +148,7 @@ def test_while_storing_fails_threads_stop_claiming_beyond_capacity_then_store_ev
     counted = app.task(lambda i: runs.append(i) or i, name="counted")
     with Worker(app=app, max_workers=2) as worker:
         jobs = counted.map(range(20))
-        wait_until(lambda: results.failures > 0 and len(worker._unstored) >= 1)
+        wait_until(lambda: results.failures > 0 and worker._writer is not None and len(worker._writer.unstored) >= 1)
         # Claims stop at the capacity (threads + batch) while nothing can be stored.
         wait_until(lambda: queue.counts()["running"] == worker.capacity)
         threading.Event().wait(0.3)

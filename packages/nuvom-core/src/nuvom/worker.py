@@ -216,7 +216,9 @@ class Worker:
                 finish=functools.partial(writer.finished, kick=False),
                 retry=lambda job: writer.requeue((job,), kick=False),
             )
-            return ThreadSlots(threads=self.max_workers, prefetch=self.batch_size, **common)
+            slots = ThreadSlots(threads=self.max_workers, prefetch=self.batch_size, **common)
+            writer.expected = slots.inflight
+            return slots
         if kind == "async":
             from nuvom._engine.asyncloop import AsyncExecutor
 

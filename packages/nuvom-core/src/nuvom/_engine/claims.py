@@ -62,9 +62,12 @@ class ClaimLoop:
 
     def notify(self) -> None:
         """Room may have freed up (a job ended, outcomes were written)."""
-        if self._waiting:
+        if self._waiting and self._worth_claiming(self.room()):
             with self._room:
                 self._room.notify()
+
+    def _worth_claiming(self, room: int) -> bool:
+        return room >= self._min_claim or (room > 0 and self.executors.hungry())
 
     def room(self) -> int:
         writer = self.writer
@@ -83,7 +86,7 @@ class ClaimLoop:
                 # sees the flag and notifies (they skip the Condition otherwise).
                 self._waiting = True
                 room = self.room()
-                if room <= 0 or (room < self._min_claim and not executors.hungry()):
+                if not self._worth_claiming(room):
                     self._room.wait(_WAIT)
                     continue
                 self._waiting = False

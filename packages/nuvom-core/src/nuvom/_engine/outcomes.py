@@ -38,6 +38,10 @@ log = logging.getLogger("nuvom.worker")
 # A failed write is tried again after this, doubling up to the maximum.
 _RETRY_FIRST = 0.2
 _RETRY_MAX = 5.0
+# Longest a group waits for the start marks of slots still running a job: a
+# group per slot would cost a transaction per job; this bounds what a group
+# waits when a slot runs a long job.
+_GATHER_SECS = 0.0002
 
 
 class _Mark:
@@ -68,6 +72,8 @@ class OutcomeWriter:
         self.queue, self.results = queue, results
         self.capacity = capacity
         self._on_stored = on_stored
+        #: How many start marks to expect soon: the slots running a job (set by the worker).
+        self.expected: Callable[[], int] | None = None
         #: Whether the queue keeps start marks (a queue that does not is never asked for one).
         self.keeps_marks = type(queue).mark_started is not BaseJobQueue.mark_started
         self._lock = threading.Lock()
@@ -81,6 +87,8 @@ class OutcomeWriter:
         self.premarked: set[str] = set()
         self._wake = Wake()
         self._sleeping = False
+        self._gathering = False
+        self._gather_target = 0
         self._closing = False
         self._abandoned = False
         self._failing = False
@@ -169,7 +177,10 @@ class OutcomeWriter:
     def _add_mark(self, mark: _Mark) -> None:
         with self._lock:
             self._marks.append(mark)
-            self._wake_locked()
+            if not self._gathering:
+                self._wake_locked()
+            elif len(self._marks) >= self._gather_target:
+                self._wake.set()  # the last mark the group waits for
 
     def held_ids(self) -> list[str]:
         """Ids of the claims waiting here (outcomes and hand-backs not yet written):
@@ -193,6 +204,8 @@ class OutcomeWriter:
             if idle:
                 self._wake.wait()
                 continue
+            if self.expected is not None and self._marks:
+                self._gather(self.expected)
             try:
                 self._write_group()
             except BaseException:
@@ -201,6 +214,27 @@ class OutcomeWriter:
                 time.sleep(_RETRY_FIRST)
             if self._failing and not self._abandoned:
                 self._wake.wait(self._backoff)  # set by close() to stop waiting
+
+    def _gather(self, expected: Callable[[], int]) -> None:
+        """Wait (briefly) until every slot running a job has asked for its next
+        start mark, so that one group carries them all."""
+        deadline = time.monotonic() + _GATHER_SECS
+        with self._lock:
+            target = self._gather_target = expected()
+            if len(self._marks) >= target:
+                return
+            self._gathering = True
+            self._wake.clear()
+        try:
+            while True:
+                left = deadline - time.monotonic()
+                if left <= 0 or not self._wake.wait(left):
+                    return
+                with self._lock:
+                    if len(self._marks) >= target:
+                        return
+        finally:
+            self._gathering = False
 
     def _write_group(self) -> None:
         with self._lock:

@@ -56,6 +56,8 @@ def test_worker_runs_jobs_from_another_process_and_stops_on_sigint(nuvom, python
     banner = worker.stderr
     for text in ("queue", "results", durable["NUVOM_QUEUE_BACKEND"], "data", str(project / ".nuvom"), "tasks"):
         assert text in banner, text
+    # Where the jobs are (the store, as `describe()` names it) and which queues it serves.
+    assert f"store      {durable['NUVOM_QUEUE_BACKEND']} " in banner and "queues     default" in banner, banner
 
     produced = python(QUEUE_JOBS, project, durable)
     assert produced.returncode == 0, produced.stderr

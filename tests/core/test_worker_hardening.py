@@ -134,3 +134,23 @@ def test_a_timeout_holds_while_the_worker_stops() -> None:
         assert record is not None
         assert record.status is JobStatus.FAILED and record.result is None
         assert record.error is not None and record.error.type == "TimeoutError"
+
+
+def test_a_task_holding_the_gil_past_a_third_of_the_lease_is_reported_naming_it(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # Nothing of the worker's Python runs while one C call holds the GIL, so no
+    # lease is renewed meanwhile: the watchdog says so when it runs again.
+    with isolated_app(lease_secs=1.5) as app:
+
+        @app.task(name="hogs_the_gil", timeout_secs=60)
+        def hogs_the_gil() -> bool:
+            # One C call of a second or more: the GIL is never released inside it.
+            return sum(range(150_000_000)) > 0
+
+        caplog.set_level(logging.WARNING, logger="nuvom")
+        with Worker(app=app, max_workers=1):
+            job = hogs_the_gil.delay()
+            assert job.get(timeout=60) is True
+        starved = [r.getMessage() for r in caplog.records if "watchdog could not run" in r.getMessage()]
+        assert starved and all(job.id in m and "executor='process'" in m for m in starved)

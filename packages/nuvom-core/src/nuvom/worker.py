@@ -158,13 +158,12 @@ class Worker:
         self._watchdog.start()
         self._start_scheduler()
         log.info(
-            "worker %s started: %d threads%s, queue=%s, results=%s, data dir %s, %d tasks registered%s",
+            "worker %s started: %d threads%s; store %s, results %s; queues: default; %d tasks registered%s",
             self.worker_id,
             self.max_workers,
             f", {self._pool_size()} processes" if self.default_executor == "process" else "",
-            type(queue).__name__,
+            queue.describe(),
             type(results).__name__,
-            os.path.abspath(self.settings.data_dir),
             len(self.registry),
             f" ({', '.join(self.registry.names()[:10])}{', ...' if len(self.registry) > 10 else ''})"
             if len(self.registry)

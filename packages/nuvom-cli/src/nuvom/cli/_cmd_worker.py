@@ -164,6 +164,8 @@ def _banner(
     for role, label in (("queue", "queue"), ("result", "results")):
         info = backends[role]
         grid.add_row(label, f"{escape(info['name'])}  [dim]({escape(info['why'])})[/]")
+    grid.add_row("store", escape(worker.queue.describe()))
+    grid.add_row("queues", "default")
     grid.add_row("data", escape(str(Path(settings.data_dir).resolve())))
     names = worker.registry.names()
     shown = ", ".join(names[:8]) + (f", … ({len(names) - 8} more)" if len(names) > 8 else "")

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 
 from nuvom._engine import safe_log
 from nuvom._engine.executors import Executors
@@ -28,6 +29,8 @@ log = logging.getLogger("nuvom.worker")
 # How long one wait (for room, or in the queue for a due job) lasts before the
 # loop looks again whether it must stop.
 _WAIT = 0.2
+# With nothing due, how often the loop looks at the claims other workers hold.
+_HELD_EVERY = 5.0
 
 
 class ClaimLoop:
@@ -47,6 +50,8 @@ class ClaimLoop:
         self._waiting = False
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
+        self._held_seen = 0  # claims of other workers last reported
+        self._held_next = 0.0
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name="nuvom-claims", daemon=True)
@@ -106,6 +111,7 @@ class ClaimLoop:
                 failing = None
                 safe_log(log.warning, "claiming jobs works again")
             if not jobs:
+                self._report_held()
                 continue
             if stopping.is_set():
                 self._hand_back(jobs)
@@ -126,6 +132,33 @@ class ClaimLoop:
 
         jobs = self.queue.claim_batch(want, _WAIT, idle)
         return jobs, min(asked, len(jobs))
+
+    def _report_held(self) -> None:
+        """Nothing due: say (once per change) how many jobs other workers hold,
+        and until when: a worker restarted after a crash waits out the dead
+        worker's leases, and an operator should know that it does."""
+        now = time.monotonic()
+        if now < self._held_next:
+            return
+        self._held_next = now + _HELD_EVERY
+        try:
+            held, last_end = self.queue.claims_held()
+        except Exception:
+            return  # the claims' own errors are reported by the claim loop
+        mine = len(self.executors.held_ids()) + len(self.writer.held_ids())
+        others = max(0, held - mine)
+        if others == self._held_seen:
+            return
+        self._held_seen = others
+        if others:
+            until = "" if last_end is None else f"; the last lease ends in {max(0.0, last_end - time.time()):.0f} s"
+            safe_log(
+                log.info,
+                "nothing due here: %d job(s) are claimed by other workers%s (running there; or held by a "
+                "worker that died, then run here once the lease ends)",
+                others,
+                until,
+            )
 
     def _hand_back(self, jobs: list[Job]) -> None:
         for job in jobs:

@@ -6,6 +6,10 @@
 * The leases of every claim the worker holds (running, waiting in a prefetch,
   finished but not yet written) are renewed every third of ``NUVOM_LEASE_SECS``.
 * ``beat()`` runs every ``every`` seconds: the worker's presence in the store.
+* A watchdog that could not run for longer than a third of a lease (a task
+  holding the GIL in C code: nothing of the worker's Python runs meanwhile)
+  says so at WARNING, naming the jobs that were running: their leases, and
+  those of the jobs claimed behind them, may have run out.
 """
 
 from __future__ import annotations
@@ -65,9 +69,12 @@ class Watchdog:
         now = time.monotonic()
         next_lease = now + self.lease_every
         next_beat = now if self._beat is not None else float("inf")
+        woke_by = now
         while not self._stop.is_set():
             try:
                 now = time.monotonic()
+                if now - woke_by > self.lease_every:
+                    self._starved(now - woke_by)
                 next_check = now + _TICK
                 for ex in self.executors.started():
                     next_check = min(next_check, ex.check(now))
@@ -83,7 +90,20 @@ class Watchdog:
                 # A log handler that raises (EMFILE, say) must not end timeouts and leases.
                 safe_log(log.exception, "watchdog pass failed; continuing")
                 wait = _TICK
-            self._stop.wait(max(0.005, wait))
+            wait = max(0.005, wait)
+            woke_by = time.monotonic() + wait
+            self._stop.wait(wait)
+
+    def _starved(self, late: float) -> None:
+        running = ", ".join(f"{job.id} ({job.func_name})" for job in self.executors.running()[:5]) or "none"
+        safe_log(
+            log.warning,
+            "the watchdog could not run for %.1f s: a task held the GIL (C code that never releases it); "
+            "leases were not renewed meanwhile and may have run out, so another worker may run those jobs "
+            "again; running: %s. Give such tasks executor='process' (a child process, a hard timeout)",
+            late,
+            running,
+        )
 
     def renew_leases(self) -> None:
         ids = self.executors.held_ids() + self.writer.held_ids()

@@ -470,6 +470,11 @@ class FileJobQueue(FilePresence, BaseJobQueue, FileSchedules):
         running = sum(1 for name in os.listdir(self.claimed_dir) if name.endswith(_SUFFIX))
         return {"queued": queued, "running": running}
 
+    def claims_held(self) -> tuple[int, float | None]:
+        # A claimed file's name begins with its lease's end, in nanoseconds.
+        ends = [int(name[:20]) for name in os.listdir(self.claimed_dir) if _CLAIMED_NAME.fullmatch(name)]
+        return len(ends), (max(ends) / 1e9 if ends else None)
+
     def peek(self, limit: int = 50) -> list[Job]:
         names = sorted(n for n in os.listdir(self.queue_dir) if _WAITING_NAME.fullmatch(n))
         out: list[Job] = []

@@ -420,6 +420,14 @@ class BaseJobQueue(abc.ABC):
         ``None`` (the default): this store keeps no presence."""
         return None
 
+    def claims_held(self) -> tuple[int, float | None]:
+        """How many jobs are claimed now (by any worker: running, or held by a
+        worker that died until their leases run out), and when the last of
+        those leases ends (epoch seconds; ``None``: not known). A worker that
+        finds nothing due says so, so that an operator knows what it waits for.
+        The default counts ``counts()["running"]`` and knows no lease."""
+        return self.counts().get("running", 0), None
+
     def describe(self) -> str:
         """Where this queue keeps its jobs, for people: ``"sqlite /srv/app/nuvom.db"``,
         ``"redis redis://host:6379/0"``; never a password. Default: the class name."""

@@ -547,6 +547,19 @@ class RedisJobQueue(RedisPresence, BaseJobQueue, RedisSchedules):
     def qsize(self) -> int:
         return int(self.conn.run("counting queued jobs", lambda: self.client.zcard(self.key("due"))))
 
+    def claims_held(self) -> tuple[int, float | None]:
+        def read() -> tuple[int, float | None]:
+            pipe = self.client.pipeline(transaction=False)
+            pipe.zcard(self.key("leases"))
+            pipe.zrevrange(self.key("leases"), 0, 0, withscores=True)
+            pipe.time()
+            n, last, (secs, micros) = pipe.execute()
+            # Lease ends are the server's time: moved onto this host's clock.
+            skew = time.time() - (secs + micros / 1e6)
+            return int(n), (float(last[0][1]) + skew) if last else None
+
+        return self.conn.run("counting claimed jobs", read)
+
     def running(self) -> int:
         """Number of claimed jobs (running somewhere, or held by a dead worker until its lease ends)."""
         return int(self.conn.run("counting claimed jobs", lambda: self.client.zcard(self.key("leases"))))

@@ -522,6 +522,13 @@ class SQLiteJobQueue(SQLitePresence, BaseJobQueue, SQLiteSchedules):
     def qsize(self) -> int:
         return int(self.db.read(lambda c: c.execute("SELECT count(*) FROM nuvom_queue WHERE state = 0").fetchone()[0]))
 
+    def claims_held(self) -> tuple[int, float | None]:
+        n, last = self.db.read(
+            lambda c: c.execute("SELECT count(*), max(ready_at) FROM nuvom_queue WHERE state = 1").fetchone(),
+            "counting claimed jobs",
+        )
+        return int(n), last
+
     def running(self) -> int:
         """Number of claimed jobs (running somewhere, or held by a dead worker until its lease ends)."""
         return int(self.db.read(lambda c: c.execute("SELECT count(*) FROM nuvom_queue WHERE state = 1").fetchone()[0]))

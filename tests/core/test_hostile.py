@@ -144,7 +144,7 @@ def test_python_m_nuvom_worker_runs_jobs_and_logs_start_and_stop(tmp_path: Path)
         worker.send_signal(signal.SIGINT)
         _, err = worker.communicate(timeout=30)
     assert worker.returncode == 0
-    assert "started" in err and "FileJobQueue" in err and "mul" in err and str(tmp_path / "data") in err
+    assert "started" in err and f"store file {tmp_path / 'data'}" in err and "mul" in err and "queues: default" in err
     assert "stopped" in err
 
 

@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from nuvom import _fate, serialization
+from nuvom import _fate, _tracing, serialization
 from nuvom._hooks import Hooks, call_hooks
 from nuvom._registry import TaskRegistry
 from nuvom._settings import Settings
@@ -62,6 +62,8 @@ class JobRunner:
         self.worker_id = worker_id
         self.finish = finish
         self.retry = retry
+        # The running attempts' spans, by job id (tracing configured only: nuvom._tracing).
+        self._spans: dict[str, Any] = {}
         # Only a hook-less, size-unbounded success may skip the result check below.
         self._small_results_fit = self.max_payload_bytes >= serialization.SMALL_SCALAR_BYTES
 
@@ -120,6 +122,9 @@ class JobRunner:
     def start(self, job: Job, task: Task[Any], executor: Executor = "thread") -> Attempt:
         """Begin an attempt (its start mark written): the hooks, then the attempt to run."""
         attempt = job.mark_started(self.worker_id, time.time(), executor)
+        span = _tracing.start_run(job, attempt)
+        if span is not None:
+            self._spans[job.id] = span
         if self.hooks.before_job:
             call_hooks(self.hooks.before_job, job)
         if task.before_job is not None:
@@ -133,13 +138,19 @@ class JobRunner:
         ``KeyboardInterrupt`` raised by the task itself: signals reach only the
         main thread) fails the attempt; it never ends the worker thread."""
         try:
-            if task.is_async:
-                # An async def task sent to a thread (executor="thread", or no
-                # worker at all) gets an event loop of its own.
-                return True, asyncio.run(task.fn(*job.args, **job.kwargs))
-            return True, task.fn(*job.args, **job.kwargs)
+            with _tracing.using(self._spans.get(job.id) if self._spans else None):
+                if task.is_async:
+                    # An async def task sent to a thread (executor="thread", or no
+                    # worker at all) gets an event loop of its own.
+                    return True, asyncio.run(task.fn(*job.args, **job.kwargs))
+                return True, task.fn(*job.args, **job.kwargs)
         except BaseException as exc:
             return False, exc
+
+    def span_of(self, job: Job) -> Any:
+        """The running attempt's span (``None`` without tracing), for an executor
+        that runs the task elsewhere than in :meth:`call` (the event loop)."""
+        return self._spans.get(job.id) if self._spans else None
 
     def settle(self, job: Job, task: Task[Any] | None, attempt: Attempt, ok: bool, value: Any) -> None:
         """Record the attempt's outcome and hand the job on."""
@@ -160,6 +171,8 @@ class JobRunner:
             call_hooks([task.after_job], job, value)
         if hooks.on_job_finished:
             self._report(job, "success", attempt)
+        if self._spans:
+            _tracing.end_run(self._spans.pop(job.id, None), "success")
         self.finish(job)
 
     def _oversized(self, job: Job, value: Any) -> SerializationError | None:
@@ -198,11 +211,13 @@ class JobRunner:
         if task is not None and task.on_error is not None:
             call_hooks([task.on_error], job, exc)
         self._log_failure(job, attempt, recorded, verdict)
+        outcome = "retry" if verdict == "retry" else "timeout" if timed_out else "failure"
+        self._report(job, outcome, attempt)
+        if self._spans:
+            _tracing.end_run(self._spans.pop(job.id, None), outcome, exc)
         if verdict == "retry":
-            self._report(job, "retry", attempt)
             self.retry(job)
         else:
-            self._report(job, "timeout" if timed_out else "failure", attempt)
             self.finish(job)
 
     def _log_failure(self, job: Job, attempt: Attempt, error: JobError, verdict: _fate.Verdict) -> None:

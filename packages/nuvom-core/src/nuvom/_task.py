@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
-from nuvom import _default, serialization
+from nuvom import _default, _tracing, serialization
 from nuvom.errors import SerializationError
 from nuvom.job import Executor, Job, JobStatus, TaskOptions, TimeoutPolicy, new_job_id
 from pydantic import ValidationError
@@ -115,6 +115,7 @@ class Task(Generic[R]):
             "history": None,
             "retry_of": None,
             "schedule_key": None,
+            "trace": None,
         }
         # The private dict of the jobs made for one app, shared by them (Job._trusted_shared).
         self._private: tuple[App, dict[str, Any]] | None = None
@@ -174,7 +175,8 @@ class Task(Generic[R]):
         """Queue one call; returns the :class:`Job` (``job.get()`` waits for it)."""
         app = self._app()
         job = self.make_job(list(args), kwargs, app)
-        app.queue.enqueue(job)
+        with _tracing.enqueue(self.name, (job,)):
+            app.queue.enqueue(job)
         return job
 
     def map(self, items: Iterable[Any]) -> list[Job]:
@@ -193,7 +195,8 @@ class Task(Generic[R]):
             else:
                 jobs.append(self.make_job([item], {}, app))
         if jobs:
-            app.queue.enqueue_many(jobs)
+            with _tracing.enqueue(self.name, jobs):
+                app.queue.enqueue_many(jobs)
         return jobs
 
     def schedule(

@@ -201,6 +201,9 @@ class Job(BaseModel):
     retry_of: str | None = None
     #: The key of the schedule whose tick queued this job (``None``: queued by a call).
     schedule_key: str | None = None
+    #: The trace context of the span that queued the job (W3C ``traceparent``,
+    #: ``tracestate``), with OpenTelemetry configured (:mod:`nuvom._tracing`).
+    trace: dict[str, str] | None = None
 
     @model_validator(mode="before")
     @classmethod
@@ -481,6 +484,7 @@ def _exact_record(raw: dict[Any, Any]) -> bool:
         and (raw["worker_id"] is None or type(raw["worker_id"]) is str)
         and (raw["retry_of"] is None or type(raw["retry_of"]) is str)
         and (raw["schedule_key"] is None or type(raw["schedule_key"]) is str)
+        and (raw["trace"] is None or type(raw["trace"]) is dict)
         and (raw["timeout_secs"] is None or type(raw["timeout_secs"]) is float)
         and (raw["not_before"] is None or type(raw["not_before"]) is float)
         and (raw["started_at"] is None or type(raw["started_at"]) is float)

@@ -32,7 +32,7 @@ import time
 from collections.abc import Callable, Coroutine, Generator
 from typing import Any, ClassVar, Literal
 
-from nuvom import _fate
+from nuvom import _fate, _tracing
 from nuvom._engine import safe_log
 from nuvom._engine.outcomes import OutcomeWriter
 from nuvom._runner import JobRunner
@@ -320,7 +320,9 @@ class AsyncExecutor:
         deadline = time.monotonic() + timeout
         try:
             tracked = _Tracked(task.fn(*job.args, **job.kwargs), job, self._on_loop)
-            future: asyncio.Future[Any] = asyncio.ensure_future(tracked)
+            # A task copies the current context when created: the run's span is current inside it.
+            with _tracing.using(runner.span_of(job)):
+                future: asyncio.Future[Any] = asyncio.ensure_future(tracked)
         except BaseException as exc:  # the call itself raised (bad arguments)
             raised = exc
             self._settle(lambda: runner.settle(job, task, attempt, False, raised))

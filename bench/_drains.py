@@ -118,6 +118,8 @@ def open_results(store: str, workdir: Path, redis_url: str | None) -> Any:
     if store == "redis":
         from nuvom.redis import RedisResultBackend, RedisSettings
 
+        if redis_url is None:
+            raise ValueError("the redis store needs the server's URL")
         return RedisResultBackend(settings, redis=RedisSettings(redis_url=redis_url))
     if store == "sqlite":
         from nuvom.sqlite import SQLiteResultBackend

@@ -191,8 +191,8 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--write-docs", action="store_true", help=f"rewrite the table in {DOCS.name}")
     args = parser.parse_args(argv)
     args.argv = sys.argv[1:] if argv is None else argv
-    if args.quick and args.write_docs:
-        parser.error("--write-docs takes the figures of a full run: drop --quick")
+    if args.write_docs and (args.quick or args.only):
+        parser.error("--write-docs writes the whole table from a full run: drop --quick and --only")
     for name, full, quick in (("rounds", 3, 1), ("jobs", 20_000, 500), ("rss_jobs", 200_000, 3_000)):
         if getattr(args, name) is None:
             setattr(args, name, quick if args.quick else full)
@@ -251,11 +251,15 @@ def main(argv: list[str] | None = None) -> None:
 def header(args: argparse.Namespace, host: dict[str, str], before: float, after: float, minutes: float) -> list[str]:
     when = datetime.datetime.now(datetime.timezone.utc)
     note = " (above 1: not comparable)" if max(before, after) > 1 else ""
+    rows = set(args.only or range(1, 10))
+    sizes = f"N = {args.jobs:,} jobs" + (f", RQ {args.rq_jobs:,}" if 5 in rows else "")
+    if 9 in rows:
+        sizes += f"; RSS over {args.rss_jobs:,} jobs a store, once after the rounds"
     return [
         machine_line(host),
         f"Load average: {before:.2f} before, {after:.2f} after{note}. {when:%Y-%m-%d %H:%M} UTC, {minutes:.1f} min.",
-        f"Command: `python bench/bench_engine.py {' '.join(args.argv)}`: N = {args.jobs:,} jobs "
-        f"(RQ {args.rq_jobs:,}; RSS {args.rss_jobs:,}), medians of {args.rounds} interleaved rounds, "
+        f"Command: `python bench/bench_engine.py {' '.join(args.argv)}`: {sizes}; "
+        f"medians of {args.rounds} interleaved round{'s' if args.rounds > 1 else ''}, "
         "ratios the median of each round's ratio.",
         "",
     ]

@@ -27,6 +27,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from _common import proc_cpu
+
 TASKS = """
 import time
 from nuvom.task import task
@@ -56,12 +58,6 @@ print((len(times) - 1) / (max(times) - min(times)))
 """
 
 
-def cpu_secs(pid: int) -> float:
-    """User + system CPU time of a process so far (Linux)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def one_round(python: str, backend: str, jobs: int) -> tuple[float, float]:
     """(jobs/s, worker CPU microseconds a job)."""
     root = Path(tempfile.mkdtemp(prefix="nuvom-drain-"))
@@ -86,7 +82,7 @@ def one_round(python: str, backend: str, jobs: int) -> tuple[float, float]:
             first: tuple[int, float] | None = None
             while True:
                 time.sleep(0.2)  # polling interval while the worker drains
-                cpu, done = cpu_secs(worker.pid), count()
+                cpu, done = proc_cpu(worker.pid), count()
                 if first is None and done > 0:
                     first = (done, cpu)
                 if done >= jobs:

@@ -39,7 +39,6 @@ import os
 import platform
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -48,6 +47,8 @@ import time
 import uuid
 from pathlib import Path
 from typing import Any
+
+from _common import free_port, import_fresh, proc_cpu, start_processes, stop_processes, wait_for_count
 
 ROOT = Path(__file__).resolve().parent
 # What PYTHONPATH held at start (use_nuvom() rewrites the variable for each run).
@@ -114,12 +115,6 @@ FLOOR_CONSUMER = (
 
 
 # -- helpers --------------------------------------------------------------------
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def start_redis(folder: Path) -> tuple[subprocess.Popen[bytes], str]:
     server = shutil.which("redis-server")
     if server is None:
@@ -142,51 +137,6 @@ def start_redis(folder: Path) -> tuple[subprocess.Popen[bytes], str]:
             if time.monotonic() > deadline:
                 raise
             time.sleep(0.02)
-
-
-def start_processes(code: str, n: int, workdir: Path, env: dict[str, str]) -> list[subprocess.Popen[bytes]]:
-    for old in workdir.glob("ready-*"):
-        old.unlink()
-    procs = [
-        subprocess.Popen(
-            [sys.executable, "-c", code],
-            cwd=workdir,
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=open(workdir / f"process-{i}.log", "ab"),  # noqa: SIM115
-        )
-        for i in range(n)
-    ]
-    deadline = time.monotonic() + 60
-    while len(list(workdir.glob("ready-*"))) < n:
-        for p in procs:
-            if p.poll() is not None:
-                raise RuntimeError(f"process exited early; see {workdir}/process-*.log")
-        if time.monotonic() > deadline:
-            raise RuntimeError("processes did not become ready")
-        time.sleep(0.01)
-    return procs
-
-
-def stop_processes(procs: list[subprocess.Popen[bytes]], sig: int = signal.SIGTERM) -> None:
-    for p in procs:
-        if p.poll() is None:
-            p.send_signal(sig)
-    for p in procs:
-        try:
-            p.wait(30)
-        except subprocess.TimeoutExpired:
-            p.kill()
-            p.wait()
-
-
-def proc_cpu(pid: int) -> float:
-    """CPU seconds (user + system) a process has used so far; 0.0 where /proc is missing."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def server_stats(url: str) -> dict[str, Any]:
@@ -224,30 +174,6 @@ def cost_per_job(before: dict[str, Any], after: dict[str, Any], jobs: int) -> di
         "round_trips_per_job": round((after["reads"] - before["reads"]) / jobs, 2),
         "commands": cmds,
     }
-
-
-def wait_for_count(count: Any, jobs: int, stall_secs: float = 30.0) -> int:
-    last, last_change = -1, time.monotonic()
-    while True:
-        n = count()
-        if n >= jobs:
-            return n
-        if n != last:
-            last, last_change = n, time.monotonic()
-        elif time.monotonic() - last_change > stall_secs:
-            return n
-        time.sleep(0.005)
-
-
-def import_fresh(module: str, workdir: Path) -> Any:
-    import importlib
-
-    sys.modules.pop(module, None)
-    sys.path.insert(0, str(workdir))
-    try:
-        return importlib.import_module(module)
-    finally:
-        sys.path.remove(str(workdir))
 
 
 def nuvom_env(workdir: Path, url: str, prefix: str) -> dict[str, str]:
@@ -386,14 +312,18 @@ def e2e_rq(base: Path, url: str, jobs: int, workers: int, use_map: bool) -> dict
     return e2e_row(names, registry.get_job_count(), jobs, done, t_enq, elapsed)
 
 
+def floor_payloads(jobs: int) -> list[bytes]:
+    """What the floor queues: ~200 bytes each, like a small job's encoded record; the first 12 name the job."""
+    return [b"%012d" % i + b"x" * 188 for i in range(jobs)]
+
+
 def e2e_floor(base: Path, url: str, jobs: int, workers: int, use_map: bool) -> dict[str, Any]:
     import redis
 
     workdir = Path(tempfile.mkdtemp(prefix="floor-", dir=base))
     env = {**os.environ, "BENCH_REDIS_URL": url}
     client = redis.Redis.from_url(url)
-    # ~200 bytes, like a small job's encoded record; the first 12 name the job.
-    payloads = [b"%012d" % i + b"x" * 188 for i in range(jobs)]
+    payloads = floor_payloads(jobs)
     procs = start_processes(FLOOR_CONSUMER, workers, workdir, env)
     try:
         stats0, cpu0 = server_stats(url), [proc_cpu(p.pid) for p in procs]

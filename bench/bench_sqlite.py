@@ -30,7 +30,6 @@ import platform
 import signal
 import sqlite3
 import statistics
-import subprocess
 import sys
 import tempfile
 import textwrap
@@ -39,8 +38,9 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+from _common import import_fresh, proc_cpu, start_processes, stop_processes, wait_for_count
+
 ROOT = Path(__file__).resolve().parent
-CLK_TCK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 
 NUVOM_TASKS = """
 from nuvom.task import task
@@ -98,62 +98,6 @@ def nuvom_env(workdir: Path, **extra: str) -> dict[str, str]:
     return env
 
 
-def start_processes(code: str, n: int, workdir: Path, env: dict[str, str]) -> list[subprocess.Popen[bytes]]:
-    for old in workdir.glob("ready-*"):
-        old.unlink()
-    procs = [
-        subprocess.Popen(
-            [sys.executable, "-c", code],
-            cwd=workdir,
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=open(workdir / f"process-{i}.log", "ab"),  # noqa: SIM115
-        )
-        for i in range(n)
-    ]
-    deadline = time.monotonic() + 60
-    while len(list(workdir.glob("ready-*"))) < n:
-        for p in procs:
-            if p.poll() is not None:
-                raise RuntimeError(f"process exited early; see {workdir}/process-*.log")
-        if time.monotonic() > deadline:
-            raise RuntimeError("processes did not become ready")
-        time.sleep(0.01)
-    return procs
-
-
-def stop_processes(procs: list[subprocess.Popen[bytes]], sig: int = signal.SIGTERM) -> None:
-    for p in procs:
-        if p.poll() is None:
-            p.send_signal(sig)
-    for p in procs:
-        try:
-            p.wait(30)
-        except subprocess.TimeoutExpired:
-            p.kill()
-            p.wait()
-
-
-def wait_for_count(count: Any, jobs: int, stall_secs: float = 30.0) -> int:
-    """Poll ``count()`` until it reaches ``jobs``; give up when it stops growing
-    for ``stall_secs`` (a system that lost jobs) and return what it reached."""
-    last, last_change = -1, time.monotonic()
-    while True:
-        n = count()
-        if n >= jobs:
-            return n
-        if n != last:
-            last, last_change = n, time.monotonic()
-        elif time.monotonic() - last_change > stall_secs:
-            return n
-        time.sleep(0.005)
-
-
-def cpu_secs(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK  # utime + stime
-
-
 def reset_nuvom(workdir: Path) -> None:
     """Point this process's nuvom at ``workdir`` (the bench is a producer too)."""
     os.environ.update(nuvom_env(workdir))
@@ -166,17 +110,6 @@ def reset_nuvom(workdir: Path) -> None:
 def fresh_dir(base: Path, name: str) -> Path:
     d = Path(tempfile.mkdtemp(prefix=f"{name}-", dir=base))
     return d
-
-
-def import_fresh(module: str, workdir: Path) -> Any:
-    import importlib
-
-    sys.modules.pop(module, None)
-    sys.path.insert(0, str(workdir))
-    try:
-        return importlib.import_module(module)
-    finally:
-        sys.path.remove(str(workdir))
 
 
 # -- end to end -----------------------------------------------------------------
@@ -202,7 +135,7 @@ def e2e_nuvom(base: Path, jobs: int, workers: int, threads: int, use_map: bool) 
         t_enq = time.perf_counter() - t0
         done = wait_for_count(results.count, jobs)
         elapsed = time.perf_counter() - t0
-        cpu = [cpu_secs(p.pid) for p in procs]
+        cpu = [proc_cpu(p.pid) for p in procs]
     finally:
         stop_processes(procs)
         queue.close()
@@ -243,7 +176,7 @@ def e2e_huey(base: Path, jobs: int, threads: int, variant: str) -> dict[str, Any
         t_enq = time.perf_counter() - t0
         done = wait_for_count(mod.huey.result_count, jobs)
         elapsed = time.perf_counter() - t0
-        cpu = [cpu_secs(p.pid) for p in procs]
+        cpu = [proc_cpu(p.pid) for p in procs]
     finally:
         stop_processes(procs, signal.SIGINT)
     return {
@@ -278,7 +211,7 @@ def latency(base: Path, rate: float, seconds: float, idle_secs: float) -> dict[s
     try:
         n = int(rate * seconds)
         jobs = []
-        cpu0, t0 = cpu_secs(pid), time.perf_counter()
+        cpu0, t0 = proc_cpu(pid), time.perf_counter()
         for i in range(n):
             target = t0 + i / rate
             pause = target - time.perf_counter()
@@ -287,15 +220,15 @@ def latency(base: Path, rate: float, seconds: float, idle_secs: float) -> dict[s
             jobs.append(tasks.noop.delay(i))
         for job in jobs:
             job.get(timeout=30)
-        busy_cpu = (cpu_secs(pid) - cpu0) / (time.perf_counter() - t0)
+        busy_cpu = (proc_cpu(pid) - cpu0) / (time.perf_counter() - t0)
         # Idle: right after the last job (fast polling for a while), then later (backed off).
-        c1, w1 = cpu_secs(pid), time.perf_counter()
+        c1, w1 = proc_cpu(pid), time.perf_counter()
         time.sleep(idle_secs)
-        recent_idle = (cpu_secs(pid) - c1) / (time.perf_counter() - w1)
+        recent_idle = (proc_cpu(pid) - c1) / (time.perf_counter() - w1)
         time.sleep(5)
-        c2, w2 = cpu_secs(pid), time.perf_counter()
+        c2, w2 = proc_cpu(pid), time.perf_counter()
         time.sleep(idle_secs)
-        idle = (cpu_secs(pid) - c2) / (time.perf_counter() - w2)
+        idle = (proc_cpu(pid) - c2) / (time.perf_counter() - w2)
     finally:
         stop_processes(procs)
     lat = sorted((j.started_at - j.created_at) * 1000 for j in jobs if j.started_at)

@@ -123,14 +123,16 @@ class CountingFileQueue(FileJobQueue):
     marks = 0
     marked: list[str] = []
 
-    def claim_batch(self, limit: int, timeout: float | None, idle: Callable[[], int]) -> list[Job]:
+    def claim_batch(
+        self, limit: int, timeout: float | None, idle: Callable[[], int], queues: Sequence[str] = ("default",)
+    ) -> list[Job]:
         asked: list[int] = []
 
         def counted() -> int:
             asked.append(idle())
             return asked[-1]
 
-        jobs = super().claim_batch(limit, timeout, counted)
+        jobs = super().claim_batch(limit, timeout, counted, queues)
         type(self).claims_started += min(sum(asked), len(jobs))
         return jobs
 

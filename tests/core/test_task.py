@@ -14,6 +14,11 @@ def plain(x, y):
     return x + y
 
 
+@task
+def single(x):
+    return x
+
+
 @task(
     retries=2,
     retry_delay_secs=1.5,
@@ -100,8 +105,19 @@ def test_map_queues_one_job_per_item_in_one_round_trip():
 
 
 def test_map_of_scalars_passes_each_as_the_single_argument(mem):
-    jobs = plain.map(range(3))
+    jobs = single.map(range(3))
     assert [j.args for j in jobs] == [[0], [1], [2]]
+
+
+def test_a_call_that_does_not_fit_the_signature_is_refused_naming_the_task_and_stores_nothing(mem):
+    queue, _ = mem
+    with pytest.raises(TypeError, match=r"task 'plain': missing a required argument: 'y'"):
+        plain.delay(1)
+    with pytest.raises(TypeError, match=r"task 'plain': got an unexpected keyword argument 'z'"):
+        plain.delay(1, 2, z=3)
+    with pytest.raises(TypeError, match=r"task 'single': too many positional arguments"):
+        single.map([(1,), (1, 2)])
+    assert queue.qsize() == 0  # nothing stored, not even the map's first item
 
 
 def test_unserializable_argument_is_refused_at_delay_naming_task_and_argument(mem):

@@ -13,18 +13,25 @@ the same timeout and lease rules from here and from :mod:`nuvom.job`.
 
 from __future__ import annotations
 
+import random
 import traceback
-from typing import Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from nuvom.errors import WorkerLost
 from nuvom.job import Attempt, Job, JobError, TimeoutPolicy, effective_timeout, lease_secs_for
 
+if TYPE_CHECKING:
+    from nuvom._task import Task
+
 __all__ = [
+    "CANCELLED",
     "MAX_LOST_RUNS",
     "Verdict",
     "error_of",
     "fail_attempt",
     "lost_too_often",
+    "retries_on",
+    "retry_delay",
     "timeout_error",
     "timeout_of",
     "timeout_policy_of",
@@ -81,16 +88,62 @@ def lost_too_often(job: Job, now: float, *, lease_secs: float, default_timeout_s
     )
 
 
+#: The error type of a job cancelled while it ran: never retried.
+CANCELLED = "Cancelled"
+
+
 def fail_attempt(
-    job: Job, attempt: Attempt, error: JobError, *, timed_out: bool, now: float, default_policy: TimeoutPolicy
+    job: Job,
+    attempt: Attempt,
+    error: JobError,
+    *,
+    timed_out: bool,
+    now: float,
+    default_policy: TimeoutPolicy,
+    task: Task[Any] | None = None,
+    exc: BaseException | None = None,
 ) -> Verdict:
     """Record a failed (or timed-out) attempt and decide: ``"retry"`` (the job
-    is marked to wait ``retry_delay_secs``; no thread waits for it) or
-    ``"fail"`` (marked ``FAILED``). Lost runs do not use up retries: only
-    failures and timeouts do, and a timeout only under the ``retry`` policy."""
+    is marked to wait its retry delay; no thread waits for it) or ``"fail"``
+    (marked ``FAILED``). Lost runs do not use up retries: only failures and
+    timeouts do, a timeout only under the ``retry`` policy, an exception only
+    if the task's ``retry_on``/``dont_retry_on`` allow it, and a cancelled job
+    never."""
     failures = job.mark_attempt_failed(attempt, error, timed_out=timed_out, now=now)
-    if failures <= job.max_retries and (not timed_out or timeout_policy_of(job, default_policy) == "retry"):
-        job.mark_retrying(now)
+    if (
+        failures <= job.max_retries
+        and error.type != CANCELLED
+        and (not timed_out or timeout_policy_of(job, default_policy) == "retry")
+        and (timed_out or task is None or retries_on(task, exc, error))
+    ):
+        job.mark_retrying(now, retry_delay(job, task, failures))
         return "retry"
     job.mark_failed(None, now)
     return "fail"
+
+
+def retries_on(task: Task[Any], exc: BaseException | None, error: JobError) -> bool:
+    """Whether the task's ``retry_on``/``dont_retry_on`` let this error be retried.
+    An error raised in a pool child stands in for its class, which lives
+    there: it is matched by its class's name."""
+
+    def matches(classes: tuple[type[BaseException], ...]) -> bool:
+        if exc is not None and isinstance(exc, classes):
+            return True
+        return error.type in {c.__qualname__ for c in classes}
+
+    if task.dont_retry_on and matches(task.dont_retry_on):
+        return False
+    return not task.retry_on or matches(task.retry_on)
+
+
+def retry_delay(job: Job, task: Task[Any] | None, failures: int) -> float:
+    """Seconds before the next attempt: ``retry_delay_secs``, or with the task's
+    ``retry_backoff`` the first delay doubled after each failure up to
+    ``retry_backoff_max``, drawn between half and all of it with ``retry_jitter``."""
+    options = None if task is None else task.options
+    if options is None or options.retry_backoff is False:
+        return job.retry_delay_secs
+    first = (job.retry_delay_secs or 1.0) if options.retry_backoff is True else float(options.retry_backoff)
+    delay = min(options.retry_backoff_max, first * 2.0 ** (failures - 1))
+    return random.uniform(delay / 2, delay) if options.retry_jitter else delay

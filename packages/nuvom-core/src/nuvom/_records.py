@@ -9,12 +9,13 @@ from __future__ import annotations
 from enum import Enum
 from typing import Any, Literal, TypeVar
 
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 __all__ = [
     "TERMINAL_STATUSES",
     "Attempt",
     "Executor",
+    "Flow",
     "JobError",
     "JobStatus",
     "TimeoutPolicy",
@@ -27,6 +28,7 @@ Executor = Literal["thread", "async", "process"]
 
 
 class JobStatus(str, Enum):
+    WAITING = "WAITING"  # queued behind other jobs of a workflow that have not finished
     PENDING = "PENDING"  # queued, waiting to be claimed (possibly not yet due)
     RUNNING = "RUNNING"  # claimed by a worker
     RETRYING = "RETRYING"  # an attempt failed; queued again for a later attempt
@@ -51,6 +53,23 @@ class JobError(BaseModel):
         except Exception as inner:  # a broken __str__ must not break the worker
             message = f"<exception message could not be rendered: {type(inner).__name__}>"
         return cls(type=type(exc).__qualname__, message=message, traceback=tb)
+
+
+class Flow(BaseModel):
+    """Where a job stands in a workflow (:mod:`nuvom.workflow`): the jobs it
+    waits for, when it runs once they have all finished, and what it receives.
+
+    ``run_if``: ``"succeeded"`` (every parent succeeded; a failed one fails it
+    with ``DependencyFailed``) or ``"failed"`` (an ``on_failure`` branch: it
+    runs only if a parent failed for good, and is skipped otherwise).
+    ``receives``: ``"result"`` (its one parent's result as its first
+    argument, ``job.then``), ``"results"`` (the parents' results as a list, in
+    order, ``group(...).then``), ``"error"`` (the failed parent's error as a
+    dict, ``on_failure``) or ``"nothing"`` (``depends_on``)."""
+
+    parents: list[str] = Field(min_length=1, max_length=10_000)
+    run_if: Literal["succeeded", "failed"] = "succeeded"
+    receives: Literal["nothing", "result", "results", "error"] = "nothing"
 
 
 class Attempt(BaseModel):

@@ -19,7 +19,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from nuvom import _fate, _tracing, serialization
+from nuvom import _context, _fate, _flow, _tracing, serialization
+from nuvom._context import JobContext
 from nuvom._hooks import Hooks, call_hooks
 from nuvom._registry import TaskRegistry
 from nuvom._settings import Settings
@@ -50,8 +51,14 @@ class JobRunner:
         finish: Callable[[Job], None],
         retry: Callable[[Job], None],
         may_import: Callable[[str], str | None] | None = None,
+        rate: Callable[[str, int, float], float] | None = None,
+        parents: Callable[[list[str]], list[Job | None]] | None = None,
     ) -> None:
         self.registry = registry
+        # The store's rate limiter (BaseJobQueue.acquire_rate) and a reader of
+        # finished jobs (workflows); None: none (run_job).
+        self.rate = rate
+        self.parents = parents
         self.may_import = may_import
         self.hooks = hooks or Hooks()
         self.default_timeout_policy = settings.timeout_policy
@@ -64,6 +71,11 @@ class JobRunner:
         self.retry = retry
         # The running attempts' spans, by job id (tracing configured only: nuvom._tracing).
         self._spans: dict[str, Any] = {}
+        # The running attempts' contexts (current_job()), by job id; the ids of
+        # jobs cancelled before they started; the inputs of workflow jobs.
+        self._contexts: dict[str, JobContext] = {}
+        self._cancelled: set[str] = set()
+        self._inputs: dict[str, tuple[list[Any], dict[str, Any]]] = {}
         # Only a hook-less, size-unbounded success may skip the result check below.
         self._small_results_fit = self.max_payload_bytes >= serialization.SMALL_SCALAR_BYTES
 
@@ -84,7 +96,7 @@ class JobRunner:
             self.fail_without_running(job, lost)
             return None
         try:
-            return self.registry.resolve(job.func_name, job.task_path, may_import=self.may_import)
+            task = self.registry.resolve(job.func_name, job.task_path, may_import=self.may_import)
         except BaseException as exc:
             # A task module that calls sys.exit() at import (a missing API key,
             # say) fails the job like any import error; it never ends the thread.
@@ -95,6 +107,72 @@ class JobRunner:
                 )
             self.fail_without_running(job, exc)
             return None
+        if self._cancelled and job.id in self._cancelled:
+            self._cancelled.discard(job.id)
+            self._settle_unrun(job, _cancelled_error(), "failure")
+            return None
+        rate = task.options.rate_limit
+        if rate is not None and self.rate is not None and self._deferred(job, task):
+            return None
+        if job.flow is not None and not self._flow_inputs(job):
+            return None
+        return task
+
+    def _deferred(self, job: Job, task: Task[Any]) -> bool:
+        """Over its task's rate limit: back to the queue until a start frees,
+        the claim undone (not an attempt), no slot held meanwhile."""
+        assert self.rate is not None
+        limit, per = task.options.rate()  # type: ignore[misc]  # rate_limit is set
+        wait = self.rate(f"task:{task.name}", limit, per)
+        if wait <= 0:
+            return False
+        job.mark_handed_back()
+        job.set_fields(not_before=time.time() + wait)
+        self.retry(job)
+        return True
+
+    def _flow_inputs(self, job: Job) -> bool:
+        """A workflow job: its inputs from its parents' records, or settled
+        without running (a parent it needed failed, a branch not needed)."""
+        assert job.flow is not None
+        if self.parents is None:
+            return True
+        verdict, value = _flow.decide(job, self.parents(job.flow.parents))
+        if verdict == "run":
+            self._inputs[job.id] = value
+            return True
+        self._settle_unrun(job, value, "failure" if verdict == "fail" else "skipped")
+        return False
+
+    def _settle_unrun(self, job: Job, error: JobError, outcome: str) -> None:
+        job.mark_failed(error, time.time(), self.worker_id)
+        log.warning(
+            "job %s (%s) not run: %s: %s", job.id, job.func_name, error.type, error.message, extra=self._extra(job)
+        )
+        self.finish(job)
+
+    def cancel(self, job_id: str) -> bool:
+        """Cancel a job this runner holds: a running one sees ``cancelled`` and
+        ends ``Cancelled`` whatever it returns; one not started yet ends so
+        without running. ``False`` if it is unknown here."""
+        context = self._contexts.get(job_id)
+        if context is not None:
+            context.cancel()
+            return True
+        self._cancelled.add(job_id)
+        return False
+
+    def context_of(self, job: Job) -> JobContext | None:
+        """The running attempt's context (``current_job()``), for executors."""
+        return self._contexts.get(job.id)
+
+    def inputs_of(self, job: Job) -> tuple[list[Any], dict[str, Any]]:
+        """The arguments this attempt runs with: a workflow job gets its parents' results first."""
+        if self._inputs:
+            found = self._inputs.get(job.id)
+            if found is not None:
+                return found
+        return job.args, job.kwargs
 
     def fail_without_running(self, job: Job, exc: BaseException) -> None:
         error = _fate.error_of(exc)
@@ -121,7 +199,9 @@ class JobRunner:
 
     def start(self, job: Job, task: Task[Any], executor: Executor = "thread") -> Attempt:
         """Begin an attempt (its start mark written): the hooks, then the attempt to run."""
-        attempt = job.mark_started(self.worker_id, time.time(), executor)
+        now = time.time()
+        attempt = job.mark_started(self.worker_id, now, executor)
+        self._contexts[job.id] = JobContext.of(job, now + _fate.timeout_of(job, self.default_timeout_secs))
         span = _tracing.start_run(job, attempt)
         if span is not None:
             self._spans[job.id] = span
@@ -137,15 +217,19 @@ class JobRunner:
         Any ``BaseException`` from user code (``SystemExit``, a
         ``KeyboardInterrupt`` raised by the task itself: signals reach only the
         main thread) fails the attempt; it never ends the worker thread."""
+        args, kwargs = self.inputs_of(job)
+        token = _context.enter(self._contexts.get(job.id))
         try:
             with _tracing.using(self._spans.get(job.id) if self._spans else None):
                 if task.is_async:
                     # An async def task sent to a thread (executor="thread", or no
                     # worker at all) gets an event loop of its own.
-                    return True, asyncio.run(task.fn(*job.args, **job.kwargs))
-                return True, task.fn(*job.args, **job.kwargs)
+                    return True, asyncio.run(task.fn(*args, **kwargs))
+                return True, task.fn(*args, **kwargs)
         except BaseException as exc:
             return False, exc
+        finally:
+            _context.leave(token)
 
     def span_of(self, job: Job) -> Any:
         """The running attempt's span (``None`` without tracing), for an executor
@@ -155,6 +239,11 @@ class JobRunner:
     def settle(self, job: Job, task: Task[Any] | None, attempt: Attempt, ok: bool, value: Any) -> None:
         """Record the attempt's outcome and hand the job on."""
         now = time.time()
+        context = self._contexts.pop(job.id, None)
+        if self._inputs:
+            self._inputs.pop(job.id, None)
+        if context is not None and context.cancelled:
+            ok, value = False, _Cancelled("cancelled while it ran (its result, if any, is dropped)")
         if ok and not (self._small_results_fit and serialization.is_small_scalar(value)):
             error = self._oversized(job, value)
             if error is not None:
@@ -202,9 +291,21 @@ class JobRunner:
     ) -> None:
         """``error``: the error as recorded, when ``exc`` stands in for one raised
         elsewhere (a pool child's exception, with the child's traceback)."""
+        context = self._contexts.pop(job.id, None)
+        if self._inputs:
+            self._inputs.pop(job.id, None)
+        if context is not None and context.cancelled:
+            exc, error, timed_out = _Cancelled("cancelled while it ran"), None, False
         recorded = error or _fate.error_of(exc)
         verdict = _fate.fail_attempt(
-            job, attempt, recorded, timed_out=timed_out, now=time.time(), default_policy=self.default_timeout_policy
+            job,
+            attempt,
+            recorded,
+            timed_out=timed_out,
+            now=time.time(),
+            default_policy=self.default_timeout_policy,
+            task=task,
+            exc=exc,
         )
         if self.hooks.on_error:
             call_hooks(self.hooks.on_error, job, exc)
@@ -217,8 +318,10 @@ class JobRunner:
             _tracing.end_run(self._spans.pop(job.id, None), outcome, exc)
         if verdict == "retry":
             self.retry(job)
-        else:
-            self.finish(job)
+            return
+        if task is not None and task.on_failure is not None:
+            call_hooks([task.on_failure], job, exc)
+        self.finish(job)
 
     def _log_failure(self, job: Job, attempt: Attempt, error: JobError, verdict: _fate.Verdict) -> None:
         # One line per attempt: a retry is a WARNING, the final failure an ERROR.
@@ -297,3 +400,14 @@ def run_job(
             return job
         pending.clear()
         time.sleep(max(0.0, (job.not_before or 0) - time.time()))
+
+
+class _Cancelled(Exception):
+    """A job cancelled while it ran (recorded as error type ``Cancelled``)."""
+
+
+_Cancelled.__qualname__ = _fate.CANCELLED
+
+
+def _cancelled_error() -> JobError:
+    return JobError(type=_fate.CANCELLED, message="cancelled before it started")

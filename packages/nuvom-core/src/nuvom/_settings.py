@@ -192,11 +192,19 @@ class Settings(EnvSettings):
         description="How often a worker publishes its presence (dashboards' Workers page); it counts as gone "
         "after three heartbeats missed.",
     )
+    queues: str = Field(
+        "default",
+        pattern=r"^[A-Za-z0-9_.:-]{1,64}(,[A-Za-z0-9_.:-]{1,64})*$",
+        description="Comma-separated named queues a worker serves, the first first (strict order).",
+    )
     task_modules: str = Field(
         "",
         description="Comma-separated modules a worker imports at start; with no manifest, the only "
         "modules a job's task path may name.",
     )
+
+    def queue_list(self) -> list[str]:
+        return list(dict.fromkeys(q.strip() for q in self.queues.split(",") if q.strip()))
 
     def task_module_list(self) -> list[str]:
         return [m.strip() for m in self.task_modules.split(",") if m.strip()]

@@ -6,16 +6,18 @@ The decorators are :meth:`nuvom.app.App.task` and :func:`nuvom.task.task`
 
 from __future__ import annotations
 
+import copy
 import datetime as dt
 import functools
+import hashlib
 import inspect
 import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from nuvom import _default, _tracing, serialization
-from nuvom.errors import SerializationError
-from nuvom.job import Executor, Job, JobStatus, TaskOptions, TimeoutPolicy, new_job_id
+from nuvom.errors import BackendError, SerializationError
+from nuvom.job import DEFAULT_QUEUE, Executor, Flow, Job, JobStatus, TaskOptions, TimeoutPolicy, new_job_id
 from pydantic import ValidationError
 
 if TYPE_CHECKING:
@@ -57,23 +59,42 @@ class Task(Generic[R]):
         on_error: Callable[..., Any] | None = None,
         schedule: str | Every | None = None,
         executor: Executor | None = None,
+        queue: str = DEFAULT_QUEUE,
+        priority: int = 0,
+        unique: bool = False,
+        rate_limit: str | None = None,
+        retry_backoff: bool | float = False,
+        retry_backoff_max: float = 600.0,
+        retry_jitter: bool = True,
+        retry_on: Sequence[type[BaseException]] = (),
+        dont_retry_on: Sequence[type[BaseException]] = (),
+        on_failure: Callable[..., Any] | None = None,
     ) -> None:
-        try:
-            self.options = TaskOptions(
-                retries=retries,
-                retry_delay_secs=retry_delay_secs,
-                timeout_secs=timeout_secs,
-                timeout_policy=timeout_policy,
-                store_result=store_result,
-                tags=tags,  # type: ignore[arg-type]
-                description=description if description is not None else _first_line(fn.__doc__),
-                category=category,  # type: ignore[call-arg]  # the earlier option: becomes a tag
-                executor=executor,
-            )
-        except ValidationError as exc:
-            err = exc.errors()[0]
-            field = ".".join(str(p) for p in err["loc"])
-            raise ValueError(f"@task {fn.__name__}: {field}={err.get('input')!r} is not valid: {err['msg']}") from None
+        self.options = _validated(
+            fn.__name__,
+            retries=retries,
+            retry_delay_secs=retry_delay_secs,
+            timeout_secs=timeout_secs,
+            timeout_policy=timeout_policy,
+            store_result=store_result,
+            tags=tags,
+            description=description if description is not None else _first_line(fn.__doc__),
+            category=category,  # the earlier option: becomes a tag
+            executor=executor,
+            queue=queue,
+            priority=priority,
+            unique=unique,
+            rate_limit=rate_limit,
+            retry_backoff=retry_backoff,
+            retry_backoff_max=retry_backoff_max,
+            retry_jitter=retry_jitter,
+        )
+        #: Retry only on these exceptions (empty: on any), and never on those;
+        #: exception classes live in the worker's process, so not in ``options``.
+        self.retry_on = _exception_types(fn.__name__, "retry_on", retry_on)
+        self.dont_retry_on = _exception_types(fn.__name__, "dont_retry_on", dont_retry_on)
+        #: Called (``on_failure(job, error)``) when a job fails for good, retries used up.
+        self.on_failure = on_failure
         #: An ``async def`` function: calling the task returns its coroutine; a
         #: worker runs its jobs on its event loop unless ``executor`` says otherwise.
         self.is_async = inspect.iscoroutinefunction(fn)
@@ -92,6 +113,19 @@ class Task(Generic[R]):
         #: stored as a schedule when a worker loads the task.
         self.periodic = _check_periodic(fn.__name__, schedule)
         self.path = f"{fn.__module__}:{fn.__qualname__}"
+        # Arguments are bound to it at .delay(): a wrong call stores nothing.
+        try:
+            self._signature: inspect.Signature | None = inspect.signature(fn)
+        except (TypeError, ValueError):  # a builtin or C function without one
+            self._signature = None
+        # Per-call fields of a task made by with_options() (unique_key=, depends_on=).
+        self._call_fields: dict[str, Any] = {}
+        self._build_template()
+        # The private dict of the jobs made for one app, shared by them (Job._trusted_shared).
+        self._private: tuple[App, dict[str, Any]] | None = None
+        functools.update_wrapper(self, fn)
+
+    def _build_template(self) -> None:
         # The job fields every .delay() copies; built once here, not per job.
         self._job_fields = {"func_name": self.name, "task_path": self.path, **self.options.job_fields()}
         # A new job's whole field dict in its final key order: make_job copies it and
@@ -116,10 +150,9 @@ class Task(Generic[R]):
             "retry_of": None,
             "schedule_key": None,
             "trace": None,
+            "unique_key": None,
+            "flow": None,
         }
-        # The private dict of the jobs made for one app, shared by them (Job._trusted_shared).
-        self._private: tuple[App, dict[str, Any]] | None = None
-        functools.update_wrapper(self, fn)
 
     # The options, by their earlier names.
     @property
@@ -172,12 +205,64 @@ class Task(Generic[R]):
 
     # -- queueing -------------------------------------------------------------
     def delay(self, *args: Any, **kwargs: Any) -> Job:
-        """Queue one call; returns the :class:`Job` (``job.get()`` waits for it)."""
+        """Queue one call; returns the :class:`Job` (``job.get()`` waits for it).
+        For a unique task, the job already queued or running with these
+        arguments, if there is one."""
         app = self._app()
-        job = self.make_job(list(args), kwargs, app)
-        with _tracing.enqueue(self.name, (job,)):
-            app.queue.enqueue(job)
-        return job
+        return self._enqueue(app, [self.make_job(list(args), kwargs, app)])[0]
+
+    def with_options(self, **overrides: Any) -> Task[R]:
+        """This task with options changed for the calls made through it::
+
+            add.with_options(queue="urgent", priority=5).delay(1, 2)
+            send.with_options(unique_key=f"welcome:{user_id}").delay(user_id)
+            report.with_options(depends_on=[extract, load]).delay()
+
+        Any option of ``@task`` (``queue``, ``priority``, ``retries``,
+        ``timeout_secs``, ...), and for the calls themselves ``unique_key=``
+        (at most one queued-or-running job holds it) and ``depends_on=`` (jobs
+        or job ids that must succeed first: :mod:`nuvom.workflow`)."""
+        derived = copy.copy(self)
+        call: dict[str, Any] = {name: overrides.pop(name) for name in ("unique_key", "depends_on") if name in overrides}
+        hooks = {name: overrides.pop(name) for name in ("retry_on", "dont_retry_on", "on_failure") if name in overrides}
+        if overrides:
+            unknown = sorted(set(overrides) - set(TaskOptions.model_fields))
+            if unknown:
+                raise TypeError(
+                    f"task {self.name!r}: with_options() got unknown option(s) {', '.join(unknown)}; known: "
+                    f"{', '.join(sorted([*TaskOptions.model_fields, 'unique_key', 'depends_on', *hooks]))}"
+                )
+            derived.options = _validated(self.name, **{**self.options.model_dump(), **overrides})
+            derived._build_template()
+        for name in ("retry_on", "dont_retry_on"):
+            if name in hooks:
+                setattr(derived, name, _exception_types(self.name, name, hooks[name]))
+        if "on_failure" in hooks:
+            derived.on_failure = hooks["on_failure"]
+        derived._call_fields = {**self._call_fields, **_call_fields(self.name, call)}
+        derived._private = None
+        return derived
+
+    def _after(self, parents: Sequence[Job | str], args: list[Any], kwargs: dict[str, Any], flow: Flow) -> Job:
+        """Queue a call that waits for ``parents`` (the workflows: ``job.then``,
+        ``job.on_failure``, :func:`nuvom.workflow.group`)."""
+        app = self._app()
+        job = self.make_job(args, kwargs, app)
+        job.set_fields(status=JobStatus.WAITING, flow=flow)
+        return self._enqueue(app, [job])[0]
+
+    def _enqueue(self, app: App, jobs: list[Job]) -> list[Job]:
+        queue, first = app.queue, jobs[0]
+        if first.queue != DEFAULT_QUEUE or first.unique_key is not None or first.flow is not None:
+            _check_store(queue, first, self.name)
+        with _tracing.enqueue(self.name, jobs):
+            if first.unique_key is None:
+                if len(jobs) == 1:
+                    queue.enqueue(first)
+                else:
+                    queue.enqueue_many(jobs)
+                return jobs
+            return [_enqueue_unique(app, job) for job in jobs]
 
     def map(self, items: Iterable[Any]) -> list[Job]:
         """Queue one job per item, in one backend round trip.
@@ -194,10 +279,7 @@ class Task(Generic[R]):
                 jobs.append(self.make_job(list(item), {}, app))
             else:
                 jobs.append(self.make_job([item], {}, app))
-        if jobs:
-            with _tracing.enqueue(self.name, jobs):
-                app.queue.enqueue_many(jobs)
-        return jobs
+        return self._enqueue(app, jobs) if jobs else jobs
 
     def schedule(
         self,
@@ -258,8 +340,15 @@ class Task(Generic[R]):
         return await asyncio.to_thread(self.map, list(items))
 
     def make_job(self, args: list[Any], kwargs: dict[str, Any], app: App | None = None) -> Job:
-        """Build (and check) a job for this task without queueing it."""
+        """Build (and check) a job for this task without queueing it. The
+        arguments are bound to the function's signature first: a call that
+        does not fit raises ``TypeError`` naming the task, and nothing is stored."""
         app = app or self._app()
+        if self._signature is not None:
+            try:
+                self._signature.bind(*args, **kwargs)
+            except TypeError as exc:
+                raise TypeError(f"task {self.name!r}: {exc}") from None
         limit = app.settings.max_payload_bytes
         if (
             kwargs
@@ -287,10 +376,71 @@ class Task(Generic[R]):
         values["tags"] = list(self.options.tags)
         values["created_at"] = time.time()
         values["history"] = []
+        if self._call_fields:
+            values.update(self._call_fields)
+        if self.options.unique and values["unique_key"] is None:
+            values["unique_key"] = unique_key_of(self.name, args, kwargs)
         shared = self._private
         if shared is None or shared[0] is not app:
             shared = self._private = (app, {"_app": app})
         return Job._trusted_shared(values, shared[1])
+
+
+def unique_key_of(task: str, args: list[Any], kwargs: dict[str, Any]) -> str:
+    """The key of a unique task's call: its name and arguments, hashed."""
+    digest = hashlib.sha256(task.encode() + b"\0" + serialization.dumps([args, sorted(kwargs.items())]))
+    return f"{task}:{digest.hexdigest()[:40]}"
+
+
+def _validated(name: str, **options: Any) -> TaskOptions:
+    try:
+        return TaskOptions(**options)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        field = ".".join(str(p) for p in err["loc"])
+        raise ValueError(f"@task {name}: {field}={err.get('input')!r} is not valid: {err['msg']}") from None
+
+
+def _exception_types(name: str, option: str, value: Any) -> tuple[type[BaseException], ...]:
+    types = (value,) if isinstance(value, type) else tuple(value or ())
+    if not all(isinstance(t, type) and issubclass(t, BaseException) for t in types):
+        raise ValueError(f"@task {name}: {option} must be exception classes, e.g. {option}=(ConnectionError,)")
+    return types
+
+
+def _call_fields(name: str, call: dict[str, Any]) -> dict[str, Any]:
+    """``with_options(unique_key=..., depends_on=...)`` as job fields."""
+    fields: dict[str, Any] = {}
+    if "unique_key" in call:
+        key = call["unique_key"]
+        if key is not None and (not isinstance(key, str) or not 0 < len(key) <= 256):
+            raise ValueError(f"task {name!r}: unique_key must be a string of 1-256 characters")
+        fields["unique_key"] = key
+    if call.get("depends_on"):
+        parents = [p if isinstance(p, str) else p.id for p in call["depends_on"]]
+        fields["flow"] = Flow(parents=parents)
+        fields["status"] = JobStatus.WAITING
+    return fields
+
+
+def _check_store(queue: Any, job: Job, name: str) -> None:
+    """A job that needs more of the store than it keeps is refused here, before anything is stored."""
+    store = type(queue).__name__
+    if job.queue != DEFAULT_QUEUE and not queue.supports_queues:
+        raise BackendError(f"task {name!r} goes to queue {job.queue!r}, but the {store} store has one queue only")
+    if job.unique_key is not None and not queue.supports_unique:
+        raise BackendError(f"task {name!r} is unique, but the {store} store cannot keep unique keys")
+    if job.flow is not None and not queue.supports_workflows:
+        raise BackendError(f"task {name!r} waits for other jobs, but the {store} store keeps no workflows")
+
+
+def _enqueue_unique(app: App, job: Job) -> Job:
+    """Queue ``job`` unless a queued-or-running job holds its key: that job, then."""
+    holder = app.queue.enqueue_unique(job)
+    if holder == job.id:
+        return job
+    existing = app.queue.get(holder)
+    return existing.bind(app) if existing is not None else job.model_copy(update={"id": holder}).bind(app)
 
 
 def _which_argument(args: list[Any], kwargs: dict[str, Any]) -> str:

@@ -15,6 +15,8 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from nuvom import _default, serialization
+from nuvom._context import JobContext, current_job
+from nuvom._options import DEFAULT_QUEUE, TaskOptions
 from nuvom._records import (
     _ATTEMPT_FIELDS_SET,
     _EXECUTORS,
@@ -24,6 +26,7 @@ from nuvom._records import (
     TERMINAL_STATUSES,
     Attempt,
     Executor,
+    Flow,
     JobError,
     JobStatus,
     TimeoutPolicy,
@@ -35,22 +38,26 @@ from nuvom._records import (
     _one_of,
 )
 from nuvom.errors import InvalidJobId, JobFailed, SerializationError
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationInfo, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationInfo, model_validator
 
 if TYPE_CHECKING:
     from nuvom.app import App
 
 __all__ = [
+    "DEFAULT_QUEUE",
     "LEASE_FACTOR",
     "LEASE_MARGIN_SECS",
     "TERMINAL_STATUSES",
     "Attempt",
     "Executor",
+    "Flow",
     "Job",
+    "JobContext",
     "JobError",
     "JobStatus",
     "TaskOptions",
     "TimeoutPolicy",
+    "current_job",
     "effective_timeout",
     "lease_secs_for",
     "new_job_id",
@@ -61,59 +68,6 @@ __all__ = [
 # Ids are generated as 32 hex digits, but ids given by users or other tools are
 # accepted as long as they cannot name a path: letters, digits, '-' and '_'.
 _JOB_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
-
-
-class TaskOptions(BaseModel):
-    """How a task's jobs run: the options of ``@task(...)``, recorded on each job
-    (``retries`` as ``Job.max_retries``) and in discovery's manifest.
-
-    ``None`` for ``retry_delay_secs`` means the app's default
-    (``NUVOM_RETRY_DELAY_SECS``), as in the earlier nuvom; a single string for
-    ``tags`` is one tag; ``category`` (the earlier option) becomes a tag.
-    """
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    # Strict: "3" for retries is a mistake to report, not a value to coerce.
-    retries: int = Field(0, ge=0, le=1_000_000, strict=True)
-    retry_delay_secs: float | None = Field(None, ge=0, le=30 * 86_400, allow_inf_nan=False, strict=True)
-    timeout_secs: float | None = Field(None, gt=0, le=7 * 86_400, allow_inf_nan=False, strict=True)
-    timeout_policy: TimeoutPolicy | None = None
-    store_result: bool = Field(True, strict=True)
-    tags: tuple[str, ...] = ()
-    description: str | None = None
-    #: ``None``: ``async def`` tasks run on the event loop, others as the
-    #: worker's ``NUVOM_EXECUTOR`` says (threads by default).
-    executor: Executor | None = None
-
-    @field_validator("tags", mode="before")
-    @classmethod
-    def _one_tag(cls, value: Any) -> Any:
-        return (value,) if isinstance(value, str) else value
-
-    @model_validator(mode="before")
-    @classmethod
-    def _category_is_a_tag(cls, data: Any) -> Any:
-        # The earlier nuvom's `category=` grouped tasks; a tag does that now.
-        if isinstance(data, dict) and "category" in data:
-            data = dict(data)
-            category = data.pop("category")
-            if category is not None:
-                tags = data.get("tags") or ()
-                data["tags"] = [*((tags,) if isinstance(tags, str) else tags), str(category)]
-        return data
-
-    def job_fields(self, default_retry_delay_secs: float = 0.0) -> dict[str, Any]:
-        """The options as :class:`Job` fields."""
-        return {
-            "max_retries": self.retries,
-            "retry_delay_secs": default_retry_delay_secs if self.retry_delay_secs is None else self.retry_delay_secs,
-            "timeout_secs": self.timeout_secs,
-            "timeout_policy": self.timeout_policy,
-            "store_result": self.store_result,
-            "tags": list(self.tags),
-            "executor": self.executor,
-        }
 
 
 #: A claim's lease covers the job's timeout times this factor plus this margin:
@@ -204,6 +158,15 @@ class Job(BaseModel):
     #: The trace context of the span that queued the job (W3C ``traceparent``,
     #: ``tracestate``), with OpenTelemetry configured (:mod:`nuvom._tracing`).
     trace: dict[str, str] | None = None
+    #: The named queue it waits in (``@task(queue=...)``).
+    queue: str = DEFAULT_QUEUE
+    #: Claimed before jobs of lower priority of its queue.
+    priority: int = 0
+    #: At most one queued-or-running job holds this key (``@task(unique=True)``,
+    #: ``task.with_options(unique_key=...)``).
+    unique_key: str | None = None
+    #: Its place in a workflow: the jobs it waits for (:mod:`nuvom.workflow`).
+    flow: Flow | None = None
 
     @model_validator(mode="before")
     @classmethod
@@ -272,6 +235,9 @@ class Job(BaseModel):
         if error is not None:
             out["error"] = _error_dict(error)
         out["history"] = [_attempt_dict(a) for a in out["history"]]
+        flow = out["flow"]
+        if flow is not None and not isinstance(flow, dict):
+            out["flow"] = flow.model_dump()
         return out
 
     @classmethod
@@ -390,9 +356,11 @@ class Job(BaseModel):
         self.__dict__["error"] = error
         return sum(1 for a in self.history if a.outcome in ("error", "timeout"))
 
-    def mark_retrying(self, now: float) -> None:
-        """Queued again for another attempt after ``retry_delay_secs``."""
-        self.__dict__.update(status=JobStatus.RETRYING, not_before=now + self.retry_delay_secs)
+    def mark_retrying(self, now: float, delay: float | None = None) -> None:
+        """Queued again for another attempt after ``delay`` (default ``retry_delay_secs``)."""
+        self.__dict__.update(
+            status=JobStatus.RETRYING, not_before=now + (self.retry_delay_secs if delay is None else delay)
+        )
 
     def mark_interrupted(self) -> None:
         """Still running when its worker stopped: the attempt counts, the job goes back."""
@@ -485,6 +453,11 @@ def _exact_record(raw: dict[Any, Any]) -> bool:
         and (raw["retry_of"] is None or type(raw["retry_of"]) is str)
         and (raw["schedule_key"] is None or type(raw["schedule_key"]) is str)
         and (raw["trace"] is None or type(raw["trace"]) is dict)
+        and type(raw["queue"]) is str
+        and type(raw["priority"]) is int
+        and (raw["unique_key"] is None or type(raw["unique_key"]) is str)
+        # A workflow job's flow is validated (the rare case: pydantic builds it).
+        and raw["flow"] is None
         and (raw["timeout_secs"] is None or type(raw["timeout_secs"]) is float)
         and (raw["not_before"] is None or type(raw["not_before"]) is float)
         and (raw["started_at"] is None or type(raw["started_at"]) is float)

@@ -35,8 +35,9 @@ from nuvom._runner import JobRunner
 from nuvom._scheduler import SchedulerLoop, register_declared
 from nuvom._settings import Settings
 from nuvom.app import App, default_app
+from nuvom.errors import BackendError
+from nuvom.job import DEFAULT_QUEUE, Job
 from nuvom.job import Executor as ExecutorKind
-from nuvom.job import Job
 from nuvom.plugins._presence import CURRENT_MAX, core_version
 from nuvom.plugins.contracts import BaseJobQueue, BaseResultBackend, BaseScheduleStore, WorkerInfo
 
@@ -79,6 +80,7 @@ class Worker:
         worker_id: str | None = None,
         executor: Literal["thread", "process"] | None = None,
         processes: int | None = None,
+        queues: Sequence[str] | None = None,
     ) -> None:
         if app is None:
             app = default_app() if settings is None else default_app().derive(settings)
@@ -98,6 +100,8 @@ class Worker:
         #: Where jobs of tasks that name no executor run (``NUVOM_EXECUTOR``).
         self.default_executor: Literal["thread", "process"] = executor or self.settings.executor
         self.processes = processes
+        #: The named queues it serves, the first first (``NUVOM_QUEUES``).
+        self.queues: list[str] = list(dict.fromkeys(queues)) if queues else self.settings.queue_list()
         #: Claims a worker holds at most: its threads, plus a prefetch of one batch.
         self.capacity = self.max_workers + self.batch_size
         self.started_at: float | None = None
@@ -138,6 +142,11 @@ class Worker:
         # Open the store now: one it cannot use (a path that is not a folder, no
         # permission) is a clear BackendError here, not a claim loop failing forever.
         queue.qsize()
+        if self.queues != [DEFAULT_QUEUE] and not queue.supports_queues:
+            raise BackendError(
+                f"the {type(queue).__name__} store has one queue only: a worker cannot serve "
+                f"{', '.join(self.queues)} (NUVOM_QUEUES / --queues); use a store with named queues"
+            )
         plugins = self.app.plugins
         plugins.start(
             self.settings,
@@ -158,12 +167,13 @@ class Worker:
         self._watchdog.start()
         self._start_scheduler()
         log.info(
-            "worker %s started: %d threads%s; store %s, results %s; queues: default; %d tasks registered%s",
+            "worker %s started: %d threads%s; store %s, results %s; queues: %s; %d tasks registered%s",
             self.worker_id,
             self.max_workers,
             f", {self._pool_size()} processes" if self.default_executor == "process" else "",
             queue.describe(),
             type(results).__name__,
+            ", ".join(self.queues),
             len(self.registry),
             f" ({', '.join(self.registry.names()[:10])}{', ...' if len(self.registry) > 10 else ''})"
             if len(self.registry)
@@ -181,6 +191,8 @@ class Worker:
             may_import=self._may_import,
             finish=writer.finished,
             retry=lambda job: writer.requeue((job,)),
+            rate=queue.acquire_rate,
+            parents=lambda ids: [results.get_full(job_id) for job_id in ids],
         )
         self._executors = Executors(
             registry=self.registry,
@@ -188,8 +200,11 @@ class Worker:
             default=self.default_executor,
             make=self._make_executor,
             worker_id=self.worker_id,
+            cancel=self.runner.cancel,
         )
-        self._claims = ClaimLoop(queue, self._executors, writer, batch_size=self.batch_size, capacity=self.capacity)
+        self._claims = ClaimLoop(
+            queue, self._executors, writer, batch_size=self.batch_size, capacity=self.capacity, queues=self.queues
+        )
         self._watchdog = Watchdog(
             queue,
             self._executors,
@@ -336,7 +351,7 @@ class Worker:
             worker_id=self.worker_id,
             host=socket.gethostname(),
             pid=os.getpid(),
-            queues=["default"],
+            queues=list(self.queues),
             executor=self.default_executor,
             slots=slots,
             busy=len(running),

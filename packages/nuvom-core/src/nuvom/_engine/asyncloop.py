@@ -32,7 +32,7 @@ import time
 from collections.abc import Callable, Coroutine, Generator
 from typing import Any, ClassVar, Literal
 
-from nuvom import _fate, _tracing
+from nuvom import _context, _fate, _tracing
 from nuvom._engine import safe_log
 from nuvom._engine.outcomes import OutcomeWriter
 from nuvom._runner import JobRunner
@@ -195,6 +195,13 @@ class AsyncExecutor:
             self._waiting[job.id] = job
         loop.call_soon_threadsafe(self._spawn, jobs)
 
+    def cancel(self, job_id: str) -> None:
+        """Cancel a running job's coroutine (it sees ``CancelledError`` at its next ``await``)."""
+        entry = self._running.get(job_id)
+        loop = self._loop
+        if entry is not None and loop is not None:
+            loop.call_soon_threadsafe(entry.future.cancel)
+
     def check(self, now: float) -> float:
         """Report a loop held by one job's step past the threshold: once per
         episode, naming the job, and once more when it is free again. Deadlines
@@ -318,15 +325,20 @@ class AsyncExecutor:
         timeout = _fate.timeout_of(job, self.default_timeout)
         policy = _fate.timeout_policy_of(job, self.default_policy)
         deadline = time.monotonic() + timeout
+        args, kwargs = runner.inputs_of(job)
+        # A task copies the current context when created: current_job() and the
+        # run's span are its own inside it.
+        token = _context.enter(runner.context_of(job))
         try:
-            tracked = _Tracked(task.fn(*job.args, **job.kwargs), job, self._on_loop)
-            # A task copies the current context when created: the run's span is current inside it.
+            tracked = _Tracked(task.fn(*args, **kwargs), job, self._on_loop)
             with _tracing.using(runner.span_of(job)):
                 future: asyncio.Future[Any] = asyncio.ensure_future(tracked)
         except BaseException as exc:  # the call itself raised (bad arguments)
             raised = exc
             self._settle(lambda: runner.settle(job, task, attempt, False, raised))
             return
+        finally:
+            _context.leave(token)
         entry = _Running(job, task, attempt, future, tracked)
         self._running[job.id] = entry
         timed_out = False

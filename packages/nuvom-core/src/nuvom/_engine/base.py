@@ -46,6 +46,10 @@ class Executor(Protocol):
         """The jobs running now."""
         ...
 
+    def cancel(self, job_id: str) -> None:
+        """Stop a running job if this executor can (a coroutine, a child process)."""
+        ...
+
     def check(self, now: float) -> float:
         """Enforce what is due at ``now`` (monotonic): timeouts. Returns when to look again."""
         ...

@@ -17,7 +17,7 @@ import threading
 import traceback
 from typing import Any
 
-from nuvom import serialization
+from nuvom import _context, serialization
 
 __all__ = ["child_main", "read_frame", "write_frame"]
 
@@ -81,7 +81,8 @@ def child_main() -> None:
             pass  # reported with the job that needs it
     write_frame(out, serialization.dumps("ready"))
     while True:
-        name, path, file, args, kwargs = serialization.loads(requests.get())
+        name, path, file, args, kwargs, context = serialization.loads(requests.get())
+        token = _context.enter(None if context is None else _context.JobContext(**context))
         try:
             fn = tasks.get(path)
             if fn is None:
@@ -99,4 +100,6 @@ def child_main() -> None:
             message = message.encode("utf-8", "replace").decode("utf-8")
             tb = tb.encode("utf-8", "replace").decode("utf-8")
             answer = serialization.dumps([False, [type(exc).__qualname__, message, tb]])
+        finally:
+            _context.leave(token)
         write_frame(out, answer)

@@ -15,11 +15,12 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Sequence
 
 from nuvom._engine import safe_log
 from nuvom._engine.executors import Executors
 from nuvom._engine.outcomes import OutcomeWriter
-from nuvom.job import Job
+from nuvom.job import DEFAULT_QUEUE, Job
 from nuvom.plugins.contracts import BaseJobQueue
 
 __all__ = ["ClaimLoop"]
@@ -35,9 +36,17 @@ _HELD_EVERY = 5.0
 
 class ClaimLoop:
     def __init__(
-        self, queue: BaseJobQueue, executors: Executors, writer: OutcomeWriter, *, batch_size: int, capacity: int
+        self,
+        queue: BaseJobQueue,
+        executors: Executors,
+        writer: OutcomeWriter,
+        *,
+        batch_size: int,
+        capacity: int,
+        queues: Sequence[str] = (DEFAULT_QUEUE,),
     ) -> None:
         self.queue = queue
+        self.queues = list(queues)
         self.executors = executors
         self.writer = writer
         self.batch_size = batch_size
@@ -130,7 +139,7 @@ class ClaimLoop:
             asked = min(executors.idle(), want) if keeps_marks else 0
             return asked
 
-        jobs = self.queue.claim_batch(want, _WAIT, idle)
+        jobs = self.queue.claim_batch(want, _WAIT, idle, self.queues)
         return jobs, min(asked, len(jobs))
 
     def _report_held(self) -> None:

@@ -33,12 +33,14 @@ class Executors:
         default: Literal["thread", "process"],
         make: Callable[[ExecutorKind], Executor],
         worker_id: str,
+        cancel: Callable[[str], bool] | None = None,
     ) -> None:
         self.registry = registry
         self.may_import = may_import
         self.default: Literal["thread", "process"] = default
         self._make = make
         self._worker_id = worker_id
+        self._cancel = cancel
         self._by_kind: dict[ExecutorKind, Executor] = {}
         self._lock = threading.Lock()
         # Where each task's jobs run when they name no executor: resolved once per task.
@@ -108,6 +110,15 @@ class Executors:
             groups.setdefault(self.kind_for(job), []).append(job)
         for kind, group in groups.items():
             self.ensure(kind).submit(group)
+
+    def cancel(self, job_ids: set[str]) -> None:
+        """Cancel jobs held here: flagged (``current_job().cancelled``; one not
+        started yet ends without running), and stopped where an executor can."""
+        for job_id in job_ids:
+            if self._cancel is not None:
+                self._cancel(job_id)
+            for ex in self.started():
+                ex.cancel(job_id)
 
     def room(self) -> int:
         return sum(max(0, ex.room()) for ex in self.started())

@@ -29,6 +29,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -210,6 +211,15 @@ class ProcessPool:
     def running(self) -> list[Job]:
         return list(self._running.values())
 
+    def cancel(self, job_id: str) -> None:
+        """Kill the child running ``job_id``: the job ends ``Cancelled``."""
+        for index, job in list(self._running.items()):
+            child = self._children.get(index)
+            if job.id == job_id and child is not None:
+                # The signal only: its feeder sees the child gone and settles the job.
+                with contextlib.suppress(OSError):
+                    child.proc.kill()
+
     def check(self, now: float) -> float:
         # Each feeder enforces its job's deadline itself: it can kill the child.
         return float("inf")
@@ -345,8 +355,11 @@ class ProcessPool:
         timeout = _fate.timeout_of(job, self.default_timeout)
         policy = _fate.timeout_policy_of(job, self.default_policy)
         try:
+            args, kwargs = runner.inputs_of(job)
+            context = runner.context_of(job)
             request = serialization.dumps(
-                [job.func_name, task.path, _source_file(task), job.args, job.kwargs], what=f"job {job.id}"
+                [job.func_name, task.path, _source_file(task), args, kwargs, context and context.to_dict()],
+                what=f"job {job.id}",
             )
             child.send(request)
         except (OSError, SerializationError) as exc:

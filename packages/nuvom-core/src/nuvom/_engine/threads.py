@@ -124,6 +124,10 @@ class ThreadSlots:
     def running(self) -> list[Job]:
         return [s.job for s in list(self._slots.values()) if s.job is not None and not s.abandoned]
 
+    def cancel(self, job_id: str) -> None:
+        """Nothing to interrupt: a thread cannot be stopped. The job's context
+        says ``cancelled`` (the runner's), and it ends ``Cancelled``."""
+
     def check(self, now: float) -> float:
         next_check = float("inf")
         for slot in list(self._slots.values()):

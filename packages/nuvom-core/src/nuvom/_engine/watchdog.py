@@ -30,6 +30,8 @@ log = logging.getLogger("nuvom.worker")
 
 # Longest the watchdog sleeps; bounds how late a timeout is noticed.
 _TICK = 0.1
+# How often the store is asked whether a held job's cancel was requested.
+_CANCEL_EVERY = 0.5
 
 
 class Watchdog:
@@ -49,6 +51,7 @@ class Watchdog:
         self.lease_every = max(0.5, lease_secs / 3)
         self._beat = beat
         self._beat_every = beat_every
+        self._asks_cancels = type(queue).cancel_requested is not BaseJobQueue.cancel_requested
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -70,6 +73,7 @@ class Watchdog:
         next_lease = now + self.lease_every
         next_beat = now if self._beat is not None else float("inf")
         woke_by = now
+        next_cancels = now + _CANCEL_EVERY
         while not self._stop.is_set():
             try:
                 now = time.monotonic()
@@ -85,6 +89,9 @@ class Watchdog:
                     assert self._beat is not None
                     self._beat()
                     next_beat = now + self._beat_every
+                if self._asks_cancels and now >= next_cancels:
+                    self._cancels()
+                    next_cancels = now + _CANCEL_EVERY
                 wait = min(next_check, next_lease, next_beat) - time.monotonic() + 0.001
             except BaseException:
                 # A log handler that raises (EMFILE, say) must not end timeouts and leases.
@@ -104,6 +111,18 @@ class Watchdog:
             late,
             running,
         )
+
+    def _cancels(self) -> None:
+        held = self.executors.held_ids()
+        if not held:
+            return
+        try:
+            requested = self.queue.cancel_requested(held)
+        except Exception:
+            safe_log(log.exception, "asking for cancel requests failed")
+            return
+        if requested:
+            self.executors.cancel(requested)
 
     def renew_leases(self) -> None:
         ids = self.executors.held_ids() + self.writer.held_ids()

@@ -24,7 +24,7 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from nuvom.errors import BackendError, SerializationError
-from nuvom.job import LEASE_FACTOR, LEASE_MARGIN_SECS, Job, JobError, JobStatus, lease_secs_for
+from nuvom.job import DEFAULT_QUEUE, LEASE_FACTOR, LEASE_MARGIN_SECS, Job, JobError, JobStatus, lease_secs_for
 from nuvom.plugins.contracts import BaseJobQueue, BaseResultBackend
 from nuvom.redis import _scripts
 from nuvom.redis._connection import Connection, acquire, is_transient, release
@@ -246,7 +246,13 @@ class RedisJobQueue(RedisPresence, BaseJobQueue, RedisSchedules):
         no START round trip for the jobs an idle worker thread runs at once."""
         return self._pop(batch_size, timeout, lambda: max(0, start))
 
-    def claim_batch(self, limit: int, timeout: float | None, idle: Callable[[], int]) -> list[Job]:
+    def claim_batch(
+        self,
+        limit: int,
+        timeout: float | None,
+        idle: Callable[[], int],
+        queues: Sequence[str] = (DEFAULT_QUEUE,),
+    ) -> list[Job]:
         """:meth:`pop_batch_starting`, asking ``idle()`` as each claim script is sent
         (a claim pipelined behind a wait is sent before the wait)."""
         return self._pop(limit, timeout, idle)

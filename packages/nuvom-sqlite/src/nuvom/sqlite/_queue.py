@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from nuvom.errors import BackendError, SerializationError
-from nuvom.job import LEASE_FACTOR, LEASE_MARGIN_SECS, Job, JobError, JobStatus, lease_secs_for
+from nuvom.job import DEFAULT_QUEUE, LEASE_FACTOR, LEASE_MARGIN_SECS, Job, JobError, JobStatus, lease_secs_for
 from nuvom.plugins.contracts import BaseJobQueue, BaseResultBackend
 from nuvom.sqlite._db import Database
 from nuvom.sqlite._results import SQLiteResultBackend, insert_results, result_row
@@ -277,7 +277,13 @@ class SQLiteJobQueue(SQLitePresence, BaseJobQueue, SQLiteSchedules):
         claim's own transaction (one statement more in it, not one commit each)."""
         return self._pop(batch_size, timeout, lambda: start)
 
-    def claim_batch(self, limit: int, timeout: float | None, idle: Callable[[], int]) -> list[Job]:
+    def claim_batch(
+        self,
+        limit: int,
+        timeout: float | None,
+        idle: Callable[[], int],
+        queues: Sequence[str] = (DEFAULT_QUEUE,),
+    ) -> list[Job]:
         """:meth:`pop_batch_starting`, asking ``idle()`` right before each claim transaction."""
         return self._pop(limit, timeout, idle)
 

@@ -247,7 +247,7 @@ class Task(Generic[R]):
         """Queue a call that waits for ``parents`` (the workflows: ``job.then``,
         ``job.on_failure``, :func:`nuvom.workflow.group`)."""
         app = self._app()
-        job = self.make_job(args, kwargs, app)
+        job = self.make_job(args, kwargs, app, receives=flow.receives != "nothing")
         job.set_fields(status=JobStatus.WAITING, flow=flow)
         return self._enqueue(app, [job])[0]
 
@@ -339,14 +339,17 @@ class Task(Generic[R]):
 
         return await asyncio.to_thread(self.map, list(items))
 
-    def make_job(self, args: list[Any], kwargs: dict[str, Any], app: App | None = None) -> Job:
+    def make_job(
+        self, args: list[Any], kwargs: dict[str, Any], app: App | None = None, *, receives: bool = False
+    ) -> Job:
         """Build (and check) a job for this task without queueing it. The
         arguments are bound to the function's signature first: a call that
-        does not fit raises ``TypeError`` naming the task, and nothing is stored."""
+        does not fit raises ``TypeError`` naming the task, and nothing is stored.
+        ``receives``: a workflow job, given one more first argument when it runs."""
         app = app or self._app()
         if self._signature is not None:
             try:
-                self._signature.bind(*args, **kwargs)
+                self._signature.bind(*((None, *args) if receives else args), **kwargs)
             except TypeError as exc:
                 raise TypeError(f"task {self.name!r}: {exc}") from None
         limit = app.settings.max_payload_bytes

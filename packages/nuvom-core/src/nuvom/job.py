@@ -41,6 +41,7 @@ from nuvom.errors import InvalidJobId, JobFailed, SerializationError
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationInfo, model_validator
 
 if TYPE_CHECKING:
+    from nuvom._task import Task
     from nuvom.app import App
 
 __all__ = [
@@ -375,6 +376,22 @@ class Job(BaseModel):
         self.__dict__.update(values)
 
     # -- waiting --------------------------------------------------------------
+    # -- workflows (nuvom.workflow) -------------------------------------------
+    def then(self, task: Task[Any], *args: Any, **kwargs: Any) -> Job:
+        """Queue a call of ``task`` that runs once this job has succeeded, with
+        its result as the first argument: ``add.delay(1, 2).then(mul, 10)``
+        runs ``mul(3, 10)``. If this job fails for good, that call fails too
+        (``DependencyFailed``) and never runs. Returns the new job (``WAITING``
+        until this one has finished); chain them: ``a.then(b).then(c)``."""
+        return task._after([self], list(args), kwargs, Flow(parents=[self.id], receives="result"))
+
+    def on_failure(self, task: Task[Any], *args: Any, **kwargs: Any) -> Job:
+        """Queue a call of ``task`` that runs only if this job fails for good
+        (retries used up), with its error as the first argument (a dict:
+        ``job_id``, ``type``, ``message``, ``traceback``); if this job succeeds
+        that call is skipped (recorded ``FAILED``, error type ``Skipped``)."""
+        return task._after([self], list(args), kwargs, Flow(parents=[self.id], run_if="failed", receives="error"))
+
     def get(self, timeout: float | None = None) -> Any:
         """Wait for the job to finish and return its result.
 

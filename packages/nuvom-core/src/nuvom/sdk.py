@@ -191,18 +191,26 @@ def queued_jobs(limit: int = 50, *, app: App | None = None) -> list[Job]:
 
 
 def cancel_job(job_id: str, *, app: App | None = None) -> Job | None:
-    """Take a waiting job out of the queue before any worker runs it, and record
-    it as ``FAILED`` with error type ``Cancelled`` (so it shows in the history
-    and can be retried). Returns that record, or ``None`` if the job is not
-    waiting (unknown, already claimed by a worker, or finished)."""
+    """Cancel a job. A waiting one is taken out of the queue before any worker
+    runs it and recorded ``FAILED`` with error type ``Cancelled`` (so it shows
+    in the history and can be retried); that record is returned. A running
+    one (claimed by a worker) is asked to stop: async tasks are cancelled at
+    their next ``await``, process-pool tasks are killed, thread tasks see
+    ``current_job().cancelled`` (they cannot be stopped from outside); its
+    record ends ``FAILED``, ``Cancelled``, never retried, and the job as it
+    stands now (``RUNNING``) is returned. ``None``: unknown or finished, or a
+    store that cannot cancel running jobs."""
     validate_job_id(job_id)
     app = app or default_app()
     job = app.queue.cancel(job_id)
-    if job is None:
+    if job is not None:
+        job.mark_failed(JobError(type="Cancelled", message="cancelled before it ran"), time.time())
+        app.results.store([job])
+        return job.bind(app)
+    if not app.queue.request_cancel(job_id):
         return None
-    job.mark_failed(JobError(type="Cancelled", message="cancelled before it ran"), time.time())
-    app.results.store([job])
-    return job.bind(app)
+    running = app.queue.get(job_id)
+    return None if running is None else running.bind(app)
 
 
 def list_workers(*, app: App | None = None) -> list[WorkerInfo] | None:

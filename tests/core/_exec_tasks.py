@@ -123,3 +123,20 @@ def ex_burn_thread(n: int) -> int:
 @task(executor="process")
 def ex_burn_process(n: int) -> int:
     return burn(n)
+
+
+@task(executor="process", retries=1, retry_delay_secs=0)
+def ex_context_in_child(fail_first: bool) -> list:
+    from nuvom.job import current_job
+
+    ctx = current_job()
+    if fail_first and ctx.attempt == 1:
+        raise RuntimeError("first attempt fails")
+    return [ctx.id, ctx.attempt, ctx.retries_left, ctx.queue, os.getpid()]
+
+
+@task(executor="process")
+def ex_wait_in_child(marker: str) -> str:
+    Path(marker).write_text(str(os.getpid()))
+    time.sleep(60)
+    return "never"

@@ -244,3 +244,29 @@ def test_children_exit_when_the_worker_is_killed(tmp_path: Path) -> None:
         if worker.poll() is None:
             worker.kill()
             worker.wait()
+
+
+def test_current_job_in_a_pool_child_says_its_own_job_and_attempt() -> None:
+    with isolated_app(), Worker(max_workers=1, processes=1):
+        job = t.ex_context_in_child.delay(True)
+        job_id, attempt, retries_left, queue, pid = job.get(timeout=60)
+        assert (job_id, attempt, retries_left, queue) == (job.id, 2, 0, "default") and pid != os.getpid()
+
+
+def test_cancelling_a_running_pool_job_kills_its_child_and_ends_it_cancelled(tmp_path: Path) -> None:
+    from nuvom.sdk import cancel_job
+
+    marker = tmp_path / "child.pid"
+    with isolated_app() as app, Worker(max_workers=1, processes=1):
+        job = t.ex_wait_in_child.delay(str(marker))
+        wait_for(marker.exists, 60)
+        child = int(marker.read_text())
+        assert cancel_job(job.id, app=app) is not None
+        with pytest.raises(JobFailed) as failed:
+            job.get(timeout=30)
+        assert failed.value.exc_type == "Cancelled"
+        wait_for(lambda: not alive(child), 10)
+        record = app.results.get_full(job.id)
+        assert record is not None and record.attempts == 1 and len(record.history) == 1
+        # The pool goes on with a fresh child.
+        assert t.ex_whoami.delay(5).get(timeout=60)[1] == 5

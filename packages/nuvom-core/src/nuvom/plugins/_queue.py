@@ -261,6 +261,25 @@ class BaseJobQueue(abc.ABC):
             self.requeue(requeued)
         return [self.mark_started(job) for job in starting]
 
+    def _settle_apart(
+        self,
+        finished: Sequence[Job],
+        requeued: Sequence[Job],
+        starting: Sequence[Job],
+        results: BaseResultBackend,
+    ) -> list[bool]:
+        """:meth:`settle` for results kept elsewhere than this store: outcomes
+        stored first and the claims acknowledged second (a crash in between
+        re-runs a job rather than losing it), then :meth:`requeue` and
+        :meth:`mark_started`. For a store whose :meth:`complete` is its
+        :meth:`settle` and so cannot be the default's first step."""
+        if finished:
+            results.store(finished)
+            self.ack([job.id for job in finished])
+        if requeued:
+            self.requeue(requeued)
+        return [self.mark_started(job) for job in starting]
+
     # -- reading ------------------------------------------------------------
     @abc.abstractmethod
     def get(self, job_id: str) -> Job | None:

@@ -420,12 +420,7 @@ class RedisJobQueue(RedisPresence, BaseJobQueue, RedisSchedules):
         and :meth:`mark_started` are. Running it twice (a retry after a lost
         reply) settles nothing twice: the first run spent the tokens."""
         if not self._shares_store(results):
-            if finished:
-                results.store(finished)
-                self.ack([job.id for job in finished])
-            if requeued:
-                self.requeue(requeued)
-            return [self.mark_started(job) for job in starting]
+            return self._settle_apart(finished, requeued, starting, results)
         assert isinstance(results, RedisResultBackend)
         commands: list[tuple[Any, list[Any]]] = []
         ids = [job.id for job in finished]

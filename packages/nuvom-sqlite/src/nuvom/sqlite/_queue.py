@@ -394,13 +394,7 @@ class SQLiteJobQueue(SQLitePresence, BaseJobQueue, SQLiteSchedules):
         ``starting`` as :meth:`mark_started`, each fenced by its claim. A
         handful of statements for the whole group, not a few per job."""
         if not self._shares_file(results):
-            # Results elsewhere: stored first, acknowledged second (the contract's default order).
-            if finished:
-                results.store(finished)
-                self.ack([job.id for job in finished])
-            if requeued:
-                self.requeue(requeued)
-            return [self.mark_started(job) for job in starting]
+            return self._settle_apart(finished, requeued, starting, results)
         assert isinstance(results, SQLiteResultBackend)
         rows = [result_row(job) for job in finished]
         ids = [job.id for job in finished]

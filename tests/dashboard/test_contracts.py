@@ -83,13 +83,19 @@ def test_cancel_removes_a_waiting_job_and_records_it_as_cancelled(backend: str) 
     assert sdk.cancel_job(drop.id) is None  # no longer waiting
 
 
-def test_cancel_leaves_a_claimed_job_alone(backend: str) -> None:
+def test_cancel_of_a_claimed_job_asks_its_worker_and_takes_nothing_away(backend: str) -> None:
     queue = get_queue_backend()
     job = Job(func_name="a")
     queue.enqueue(job)
     assert [j.id for j in queue.claim(1)] == [job.id]
-    assert sdk.cancel_job(job.id) is None
-    assert get_result_backend().get_full(job.id) is None
+    asked = sdk.cancel_job(job.id)
+    # Still claimed, no record: its worker ends it (Cancelled) once it sees the request,
+    # on a store that records requests; on one that cannot, nothing happens at all.
+    assert queue.get(job.id) is not None and get_result_backend().get_full(job.id) is None
+    if asked is None:
+        assert queue.cancel_requested([job.id]) == set()
+    else:
+        assert asked.status is JobStatus.RUNNING and queue.cancel_requested([job.id]) == {job.id}
 
 
 def test_result_counts_by_status(backend: str) -> None:

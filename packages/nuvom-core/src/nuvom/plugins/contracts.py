@@ -194,6 +194,18 @@ class BaseJobQueue(abc.ABC):
         for job in jobs:
             self.enqueue(job)
 
+    def enqueue_in(self, connection: Any, jobs: Sequence[Job]) -> None:
+        """Store jobs through the caller's own open database ``connection``, in
+        its current transaction (:meth:`nuvom.task.Task.delay_in`): they exist
+        if and only if that transaction commits. Which connections a backend
+        accepts is its own (a queue in that same database). The default has
+        no such store and says so."""
+        raise BackendError(
+            f"the {type(self).__name__} queue cannot queue jobs in your database transaction; "
+            "task.delay_in() needs a queue in that database (NUVOM_QUEUE_BACKEND=postgres), "
+            "or call task.delay() once the transaction has committed"
+        )
+
     # -- claiming -----------------------------------------------------------
     @abc.abstractmethod
     def claim(self, batch_size: int) -> list[Job]:

@@ -110,20 +110,29 @@ class PostgresJobQueue(PostgresPresence, BaseJobQueue, PostgresSchedules):
     # -- producing ------------------------------------------------------------
     def enqueue(self, job: Job) -> None:
         """One statement (and one commit): the row and a NOTIFY for idle workers."""
-        row = (job.id, job.func_name, job.due_at - time.time(), job.attempts, job.timeout_secs, job.created_at)
-        self._insert(self.sql.enqueue_one, (*row, job.to_bytes()), "queueing a job")
+        params = {
+            "id": job.id,
+            "func_name": job.func_name,
+            "due_at": job.due_at,
+            "attempts": job.attempts,
+            "timeout": job.timeout_secs,
+            "created_at": job.created_at,
+            "payload": job.to_bytes(),
+        }
+        self._insert(self.sql.enqueue_one, params, "queueing a job")
 
     def enqueue_many(self, jobs: Sequence[Job]) -> None:
         """Every job in one statement: all of them or (on any failure) none."""
         if jobs:
             self._insert(self.sql.enqueue, _enqueue_arrays(jobs), "queueing jobs")
 
-    def _insert(self, statement: str, params: Sequence[Any], what: str) -> None:
+    def _insert(self, statement: str, params: dict[str, Any], what: str) -> None:
         tries = 0
 
         def run(conn: psycopg.Connection[Any]) -> None:
             nonlocal tries
             tries += 1
+            params["sent"] = time.time()
             try:
                 conn.execute(statement, params, prepare=True)
             except psycopg.errors.UniqueViolation:
@@ -145,7 +154,9 @@ class PostgresJobQueue(PostgresPresence, BaseJobQueue, PostgresSchedules):
             return
         self.db.run("checking the schema", lambda conn: None)  # created by nuvom's connection, not the caller's
         try:
-            execute_in(connection, self.sql.enqueue, _enqueue_arrays(jobs))
+            params = _enqueue_arrays(jobs)
+            params["sent"] = time.time()
+            execute_in(connection, self.sql.enqueue, params)
         except BackendError:
             raise
         except Exception as exc:
@@ -353,12 +364,11 @@ class PostgresJobQueue(PostgresPresence, BaseJobQueue, PostgresSchedules):
         if not (done or guarded or free or mark_ids):
             return [True] * len(starting)
         params: dict[str, Any] = result_arrays(done, tokens) if done else {}
-        now = time.time()
         if guarded:
             params.update(
                 b_id=[job.id for job, _ in guarded],
                 b_token=[token for _, token in guarded],
-                b_due=[job.due_at - now for job, _ in guarded],
+                b_due=[job.due_at for job, _ in guarded],
                 b_attempts=[job.attempts for job, _ in guarded],
                 b_payload=[job.to_bytes() for job, _ in guarded],
             )
@@ -366,7 +376,7 @@ class PostgresJobQueue(PostgresPresence, BaseJobQueue, PostgresSchedules):
             params.update(
                 g_id=[job.id for job in free],
                 g_func=[job.func_name for job in free],
-                g_due=[job.due_at - now for job in free],
+                g_due=[job.due_at for job in free],
                 g_attempts=[job.attempts for job in free],
                 g_timeout=[job.timeout_secs for job in free],
                 g_created=[job.created_at for job in free],
@@ -376,11 +386,11 @@ class PostgresJobQueue(PostgresPresence, BaseJobQueue, PostgresSchedules):
             params.update(m_id=mark_ids, m_token=mark_tokens, m_keep=mark_keep)
         kind = ("fenced" if fenced else "plain") if done else ""
         statement = self.sql.settle(self._lease, kind, bool(guarded), bool(free), bool(mark_ids))
-        rows = self.db.run(
-            "settling jobs",
-            lambda conn: conn.execute(statement, params, prepare=True).fetchall(),
-            patience=self._worker_patience(),
-        )
+        def run(conn: psycopg.Connection[Any]) -> list[Any]:
+            params["sent"] = time.time()
+            return conn.execute(statement, params, prepare=True).fetchall()
+
+        rows = self.db.run("settling jobs", run, patience=self._worker_patience())
         got: dict[str, set[str]] = {"d": set(), "b": set(), "m": set(), "p": set()}
         for key, job_id in rows:
             if job_id is not None:
@@ -539,17 +549,16 @@ class PostgresJobQueue(PostgresPresence, BaseJobQueue, PostgresSchedules):
             release(self.db)
 
 
-def _enqueue_arrays(jobs: Sequence[Job]) -> list[list[Any]]:
-    now = time.time()
-    return [
-        [job.id for job in jobs],
-        [job.func_name for job in jobs],
-        [job.due_at - now for job in jobs],
-        [job.attempts for job in jobs],
-        [job.timeout_secs for job in jobs],
-        [job.created_at for job in jobs],
-        [job.to_bytes() for job in jobs],
-    ]
+def _enqueue_arrays(jobs: Sequence[Job]) -> dict[str, Any]:
+    return {
+        "id": [job.id for job in jobs],
+        "func_name": [job.func_name for job in jobs],
+        "due_at": [job.due_at for job in jobs],
+        "attempts": [job.attempts for job in jobs],
+        "timeout": [job.timeout_secs for job in jobs],
+        "created_at": [job.created_at for job in jobs],
+        "payload": [job.to_bytes() for job in jobs],
+    }
 
 
 def _decode(job_id: str, payload: bytes) -> Job:

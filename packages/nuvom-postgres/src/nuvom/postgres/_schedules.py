@@ -140,7 +140,8 @@ class PostgresSchedules(BaseScheduleStore):
         if job is not None:
             ctes += [
                 f"j AS (INSERT INTO {q} (id, func_name, ready_at, attempts, timeout_secs, created_at, payload) "
-                f"SELECT %(id)s, %(func)s, {NOW} + %(due_in)s, %(attempts)s, %(timeout)s, %(created)s, %(payload)s "
+                f"SELECT %(id)s, %(func)s, {NOW} + (%(due_at)s - %(sent)s), %(attempts)s, %(timeout)s, %(created)s, "
+                "%(payload)s "
                 "FROM t ON CONFLICT (id) DO NOTHING RETURNING id)",
                 f"n AS (SELECT pg_notify('{self.sql.jobs_channel}', '') FROM j)",
             ]
@@ -148,7 +149,7 @@ class PostgresSchedules(BaseScheduleStore):
             params.update(
                 id=job.id,
                 func=job.func_name,
-                due_in=job.due_at - time.time(),
+                due_at=job.due_at,
                 attempts=job.attempts,
                 timeout=job.timeout_secs,
                 created=job.created_at,
@@ -157,6 +158,7 @@ class PostgresSchedules(BaseScheduleStore):
         statement = "WITH " + ", ".join(ctes) + " SELECT 1 FROM t" + tail
 
         def claim(conn: psycopg.Connection[Any]) -> bool:
+            params["sent"] = time.time()
             return any(row[0] == 1 for row in conn.execute(statement, params).fetchall())
 
         return self.db.run("claiming a scheduled tick", claim)

@@ -64,17 +64,20 @@ class Statements:
         # Queued from arrays (one job or a whole map()), and a NOTIFY to wake idle
         # workers: delivered at commit, so a job queued in the caller's own
         # transaction wakes nobody before it is visible, or ever if rolled back.
+        # Due times are the sender's, made relative to its clock at sending (%(sent)s).
         self.enqueue = (
             f"WITH j AS (INSERT INTO {q} (id, func_name, ready_at, attempts, timeout_secs, created_at, payload) "
-            f"SELECT f.id, f.func_name, {NOW} + f.due_in, f.attempts, f.timeout_secs, f.created_at, f.payload "
-            "FROM unnest(%s::text[], %s::text[], %s::float8[], %s::int[], %s::float8[], %s::float8[], %s::bytea[]) "
-            "AS f(id, func_name, due_in, attempts, timeout_secs, created_at, payload)) "
+            f"SELECT f.id, f.func_name, {NOW} + (f.due_at - %(sent)s), f.attempts, f.timeout_secs, f.created_at, "
+            "f.payload FROM unnest(%(id)s::text[], %(func_name)s::text[], %(due_at)s::float8[], %(attempts)s::int[], "
+            "%(timeout)s::float8[], %(created_at)s::float8[], %(payload)s::bytea[]) "
+            "AS f(id, func_name, due_at, attempts, timeout_secs, created_at, payload)) "
             f"SELECT pg_notify('{self.jobs_channel}', '')"
         )
         # One job: the same, without arrays (a .delay() loop's one statement).
         self.enqueue_one = (
             f"WITH j AS (INSERT INTO {q} (id, func_name, ready_at, attempts, timeout_secs, created_at, payload) "
-            f"VALUES (%s, %s, {NOW} + %s, %s, %s, %s, %s)) SELECT pg_notify('{self.jobs_channel}', '')"
+            f"VALUES (%(id)s, %(func_name)s, {NOW} + (%(due_at)s - %(sent)s), %(attempts)s, %(timeout)s, "
+            f"%(created_at)s, %(payload)s)) SELECT pg_notify('{self.jobs_channel}', '')"
         )
 
     def claim(self, lease: str) -> str:
@@ -152,20 +155,21 @@ class Statements:
             selects += ["SELECT 'd', id FROM done", "SELECT 'p', id FROM prev", "SELECT 'n', NULL FROM told"]
         if guarded:
             ctes.append(
-                f"back AS (UPDATE {q} AS j SET state = 0, ready_at = {NOW} + b.due_in, attempts = b.attempts, "
+                f"back AS (UPDATE {q} AS j SET state = 0, ready_at = {NOW} + (b.due_at - %(sent)s), attempts = b.attempts, "
                 "payload = b.payload, claim_token = NULL, claimed_by = NULL, started_at = NULL "
                 "FROM unnest(%(b_id)s::text[], %(b_token)s::bigint[], %(b_due)s::float8[], %(b_attempts)s::int[], "
-                "%(b_payload)s::bytea[]) AS b(id, token, due_in, attempts, payload) "
+                "%(b_payload)s::bytea[]) AS b(id, token, due_at, attempts, payload) "
                 "WHERE j.id = b.id AND j.claim_token = b.token RETURNING j.id)"
             )
             selects.append("SELECT 'b', id FROM back")
         if free:
             ctes.append(
                 f"given AS (INSERT INTO {q} (id, func_name, state, ready_at, attempts, timeout_secs, created_at, "
-                f"payload) SELECT g.id, g.func_name, 0, {NOW} + g.due_in, g.attempts, g.timeout_secs, g.created_at, "
+                f"payload) SELECT g.id, g.func_name, 0, {NOW} + (g.due_at - %(sent)s), g.attempts, g.timeout_secs, "
+                "g.created_at, "
                 "g.payload FROM unnest(%(g_id)s::text[], %(g_func)s::text[], %(g_due)s::float8[], "
                 "%(g_attempts)s::int[], %(g_timeout)s::float8[], %(g_created)s::float8[], %(g_payload)s::bytea[]) "
-                "AS g(id, func_name, due_in, attempts, timeout_secs, created_at, payload) "
+                "AS g(id, func_name, due_at, attempts, timeout_secs, created_at, payload) "
                 "ON CONFLICT (id) DO UPDATE SET func_name = excluded.func_name, state = 0, "
                 "ready_at = excluded.ready_at, attempts = excluded.attempts, timeout_secs = excluded.timeout_secs, "
                 "payload = excluded.payload, claim_token = NULL, claimed_by = NULL, started_at = NULL RETURNING id)"

@@ -176,6 +176,11 @@ class Database:
                 self._opened = True
             self._ready = True
 
+    def ready(self) -> None:
+        """Make sure the schema is up to date (raises psycopg's errors as they come)."""
+        if not self._ready:
+            self._prepare()
+
     def forget_schema(self) -> None:
         """Check the schema again at the next statement (it was dropped under us)."""
         self._ready = False

@@ -51,6 +51,7 @@ class _Listener:
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
         self._stopping = False
+        self._failing: str | None = None
 
     @property
     def listening(self) -> bool:
@@ -74,6 +75,7 @@ class _Listener:
         return self._conn is not None
 
     def _connect(self) -> psycopg.Connection[Any]:
+        self.db.ready()  # what the listener reads must exist before it looks
         conn = self.db.connect()
         try:
             conn.execute(f'LISTEN "{self.channel}"')
@@ -105,6 +107,14 @@ class _Listener:
                 except Exception as exc:
                     if self._stopping:
                         return
+                    if not is_transient(exc) and not conn.closed:
+                        # Not the connection: said once, and looked at again after a pause.
+                        failing = self._failing
+                        self._failing = str(exc)
+                        if failing != self._failing:
+                            log.error("%s failed: %s: %s", self.name, type(exc).__name__, exc)
+                        time.sleep(_BACKOFF_MAX)
+                        continue
                     self.db.mark_down(exc, "listening for notifications")
                     self._conn = None
                     self.lost()

@@ -190,15 +190,14 @@ class PostgresResultBackend(BaseResultBackend):
         where: list[str] = []
         params: list[Any] = []
         if tag is not None:
-            # The tag rows drive: their primary key is the page order, status and
-            # task are checked on them, and only the page's rows are read from
-            # nuvom_results by id, where the same finish time and status must hold.
-            where += ["t.tag = %s", "r.id = t.job_id", "r.finished_at = t.finished_at", "r.status = t.status"]
+            # The tag rows drive: their primary key is the page order, and status
+            # and task are checked on them; only the page's rows are read from
+            # nuvom_results, by id.
+            where.append("t.tag = %s")
             params.append(tag)
-            table, alias = f"{self.sql.tags} AS t JOIN {self.sql.results} AS r ON r.id = t.job_id", "t."
-            key = "t.finished_at, t.job_id"
+            alias, key = "t.", "t.finished_at, t.job_id"
         else:
-            table, alias, key = f"{self.sql.results} AS r", "r.", "r.finished_at, r.id"
+            alias, key = "r.", "r.finished_at, r.id"
         if status is not None:
             where.append(f"{alias}status = %s")
             params.append(_status(status))
@@ -215,10 +214,14 @@ class PostgresResultBackend(BaseResultBackend):
             where.append(f"({key}) < (%s, %s)")
             params.extend((before[0], before[1]))
         order = ", ".join(f"{column} DESC" for column in key.split(", "))
-        statement = f"SELECT r.payload FROM {table}"
-        if where:
-            statement += " WHERE " + " AND ".join(where)
-        statement += f" ORDER BY {order} LIMIT %s"
+        condition = (" WHERE " + " AND ".join(where)) if where else ""
+        if tag is not None:
+            statement = (
+                f"SELECT r.payload FROM (SELECT t.job_id, t.finished_at FROM {self.sql.tags} AS t{condition} "
+                f"ORDER BY {order} LIMIT %s) AS t JOIN {self.sql.results} AS r ON r.id = t.job_id ORDER BY {order}"
+            )
+        else:
+            statement = f"SELECT r.payload FROM {self.sql.results} AS r{condition} ORDER BY {order} LIMIT %s"
         params.append(limit)
         return [Job.from_bytes(bytes(row[0])) for row in self._read("listing results", statement, params)]
 

@@ -210,7 +210,7 @@ class Database:
                     raise self.error(exc, what) from None
                 if isinstance(exc, PoolTimeout):
                     self._diagnose(what)
-                elif not checked and not self.down:
+                elif not checked and not self.down and self._opened:
                     # Most often a pooled connection that died with a server restart
                     # since it was last used: drop every such one and try again, unlogged.
                     checked = True

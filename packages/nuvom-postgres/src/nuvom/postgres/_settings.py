@@ -63,6 +63,7 @@ def load_postgres_settings() -> PostgresSettings:
 
 
 _KEYWORD_PASSWORD = re.compile(r"(password\s*=\s*)('(?:[^'\\]|\\.)*'|\S+)", re.IGNORECASE)
+_QUERY_PASSWORD = re.compile(r"(password=)[^&]*", re.IGNORECASE)
 
 
 def redact_url(url: str) -> str:
@@ -76,7 +77,7 @@ def redact_url(url: str) -> str:
             auth, _, host = netloc.rpartition("@")
             user, colon, _password = auth.partition(":")
             netloc = f"{user}:***@{host}" if colon else netloc
-        query = _KEYWORD_PASSWORD.sub(r"\1***", parts.query)
+        query = _QUERY_PASSWORD.sub(r"\1***", parts.query)
         return urlunsplit(parts._replace(netloc=netloc, query=query))
     except ValueError:
         return "<unparsable NUVOM_POSTGRES_URL>"

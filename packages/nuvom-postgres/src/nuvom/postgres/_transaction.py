@@ -5,7 +5,7 @@ What a "connection" is depends on the library that opened it; each is used
 through its own public API, and none of them is imported here:
 
 * a DB-API connection (psycopg 3, psycopg2, or anything with ``cursor()``
-  taking ``%s`` parameters): a cursor of it;
+  taking ``%(name)s`` parameters): a cursor of it;
 * Django's ``django.db.connection`` (or ``connections["default"]``): its
   ``cursor()``, which joins the current ``transaction.atomic()`` block;
 * a SQLAlchemy ``Connection``: ``exec_driver_sql``, in its current transaction;
@@ -15,7 +15,7 @@ through its own public API, and none of them is imported here:
 from __future__ import annotations
 
 import inspect
-from collections.abc import Sequence
+from collections.abc import Mapping
 from typing import Any
 
 from nuvom.errors import BackendError
@@ -23,12 +23,12 @@ from nuvom.errors import BackendError
 __all__ = ["execute_in"]
 
 
-def execute_in(connection: Any, statement: str, params: Sequence[Any]) -> None:
-    """Run ``statement`` (``%s`` parameters) on ``connection``, in its transaction."""
+def execute_in(connection: Any, statement: str, params: Mapping[str, Any]) -> None:
+    """Run ``statement`` (``%(name)s`` parameters) on ``connection``, in its transaction."""
     if callable(getattr(connection, "get_bind", None)) and callable(getattr(connection, "connection", None)):
         connection = connection.connection()  # a SQLAlchemy Session: the connection of its transaction
     if callable(getattr(connection, "exec_driver_sql", None)):
-        connection.exec_driver_sql(statement, tuple(params))  # a SQLAlchemy Connection
+        connection.exec_driver_sql(statement, dict(params))  # a SQLAlchemy Connection
         return
     cursor_of = getattr(connection, "cursor", None)
     if not callable(cursor_of):

@@ -209,7 +209,8 @@ class Database:
                 if not is_transient(exc):
                     raise self.error(exc, what) from None
                 if isinstance(exc, PoolTimeout):
-                    self._diagnose(what)
+                    if self._diagnose(what) and time.monotonic() < deadline:
+                        continue  # the server answers: the pool is reconnecting, wait for it
                 elif not checked and not self.down and self._opened:
                     # Most often a pooled connection that died with a server restart
                     # since it was last used: drop every such one and try again, unlogged.
@@ -229,14 +230,17 @@ class Database:
             self.mark_up()
             return result
 
-    def _diagnose(self, what: str) -> None:
+    def _diagnose(self, what: str) -> bool:
         """The pool gave no connection in time: connect once ourselves, which
-        says why (a wrong password is not worth waiting for)."""
+        says why (a wrong password is not worth waiting for); ``True`` if the
+        server answers."""
         try:
             self.connect().close()
         except Exception as exc:
             if not is_transient(exc):
                 raise self.error(exc, what) from None
+            return False
+        return True
 
     def error(self, exc: BaseException, what: str) -> BackendError:
         """The :class:`BackendError` for ``exc``, saying what was wrong and what to do."""

@@ -69,7 +69,7 @@ class _Listener:
                 except Exception as exc:
                     if not is_transient(exc):
                         raise
-                    self.db.mark_down(exc, "listening for notifications")
+                    log.debug("%s: not connected: %s", self.name, exc)
                 self._thread = threading.Thread(target=self._run, name=self.name, daemon=True)
                 self._thread.start()
         return self._conn is not None
@@ -93,11 +93,11 @@ class _Listener:
                     try:
                         conn = self._conn = self._connect()
                     except Exception as exc:
-                        self.db.mark_down(exc, "listening for notifications")
+                        # The outage is logged by the statements that meet it (Database.run).
+                        log.debug("%s: reconnecting: %s", self.name, exc)
                         time.sleep(pause)
                         pause = min(pause * 2, _BACKOFF_MAX)
                         continue
-                    self.db.mark_up()
                     pause = _BACKOFF_FIRST
                     self.reconnected()
                 try:
@@ -115,7 +115,7 @@ class _Listener:
                             log.error("%s failed: %s: %s", self.name, type(exc).__name__, exc)
                         time.sleep(_BACKOFF_MAX)
                         continue
-                    self.db.mark_down(exc, "listening for notifications")
+                    log.debug("%s: lost its connection: %s", self.name, exc)
                     self._conn = None
                     self.lost()
                     _close(conn)

@@ -53,6 +53,9 @@ _CONTENDED = 0.002
 _DOWN_POLL = 0.1
 _BACKOFF_FIRST = 0.05
 _BACKOFF_MAX = 1.0
+# A claim retries a lost connection this long before the claimer backs off and
+# returns empty-handed (the worker keeps running what it holds meanwhile).
+_CLAIM_PATIENCE = 1.0
 
 
 def _NO_START() -> int:
@@ -205,7 +208,7 @@ class PostgresJobQueue(PostgresPresence, BaseJobQueue, PostgresSchedules):
             seen = wakeups.count if wakeups is not None else 0  # read before the claim: no wake-up is missed
             try:
                 jobs, due_in = self.db.run(
-                    "claiming jobs", lambda conn: self._claim(conn, batch_size, idle()), patience=0
+                    "claiming jobs", lambda conn: self._claim(conn, batch_size, idle()), patience=_CLAIM_PATIENCE
                 )
                 pause = _BACKOFF_FIRST
             except BackendError as exc:
@@ -453,7 +456,7 @@ class PostgresJobQueue(PostgresPresence, BaseJobQueue, PostgresSchedules):
             return
         params = ([job_id for job_id, _ in owned], [token for _, token in owned])
         try:
-            self.db.run("renewing leases", lambda conn: conn.execute(self._extend_sql, params), patience=0)
+            self.db.run("renewing leases", lambda conn: conn.execute(self._extend_sql, params), patience=_CLAIM_PATIENCE)
         except BackendError:
             if not self.db.down:
                 raise

@@ -215,4 +215,3 @@ def test_a_producer_killed_mid_map_queues_all_or_nothing(project, queue):
         assert added in (0, n), added
         outcomes.append(added)
     print("queued per killed producer:", outcomes)
-

@@ -123,7 +123,9 @@ def test_the_schema_is_created_in_the_named_schema_and_logged_once(queue, pg_ser
         "nuvom_job_tags", "nuvom_queue", "nuvom_result_waiters", "nuvom_results", "nuvom_schedule_ticks",
         "nuvom_schedules", "nuvom_schema", "nuvom_workers",
     ]  # fmt: skip
-    other = PostgresJobQueue(load_settings(), postgres=queue.postgres_settings.model_copy(update={"postgres_pool_size": 3}))
+    other = PostgresJobQueue(
+        load_settings(), postgres=queue.postgres_settings.model_copy(update={"postgres_pool_size": 3})
+    )
     other.qsize()  # another process (another pool): finds it done
     created = [r for r in caplog.records if "created schema" in r.getMessage()]
     assert len(created) == 1 and f"schema {schema} at version {SCHEMA_VERSION}" in created[0].getMessage()
@@ -141,7 +143,9 @@ def test_workers_starting_together_create_the_schema_once(pg_server, schema, tmp
     go = time.time() + 1.5  # the processes start together after their imports
     env = {k: v for k, v in os.environ.items() if not k.startswith("NUVOM_")}
     procs = [
-        subprocess.Popen([sys.executable, "-c", code, repr(go)], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        subprocess.Popen(
+            [sys.executable, "-c", code, repr(go)], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+        )
         for _ in range(5)
     ]
     outs = [p.communicate(timeout=60) for p in procs]
@@ -156,7 +160,9 @@ def test_a_schema_from_a_newer_release_is_refused_and_left_alone(queue, pg_serve
     queue.qsize()
     with psycopg.connect(pg_server.url(), autocommit=True) as conn:
         conn.execute(f"INSERT INTO \"{schema}\".nuvom_schema VALUES ({SCHEMA_VERSION + 1}, 0, 'future')")
-    newer = PostgresJobQueue(load_settings(), postgres=queue.postgres_settings.model_copy(update={"postgres_pool_size": 4}))
+    newer = PostgresJobQueue(
+        load_settings(), postgres=queue.postgres_settings.model_copy(update={"postgres_pool_size": 4})
+    )
     with pytest.raises(SchemaTooNew, match="upgrade nuvom-postgres"):
         newer.qsize()
     newer.close()
@@ -167,7 +173,9 @@ def test_a_read_only_server_is_named(queue, pg_server, schema):
     with psycopg.connect(pg_server.url(), autocommit=True) as conn:
         conn.execute("ALTER DATABASE nuvom_test SET default_transaction_read_only = on")
     try:
-        ro = PostgresJobQueue(load_settings(), postgres=queue.postgres_settings.model_copy(update={"postgres_pool_size": 5}))
+        ro = PostgresJobQueue(
+            load_settings(), postgres=queue.postgres_settings.model_copy(update={"postgres_pool_size": 5})
+        )
         with pytest.raises(BackendError, match="read-only"):
             ro.enqueue(Job(func_name="x"))
         ro.close()
@@ -191,7 +199,9 @@ def test_the_shared_contract_checks_pass(pg_env, cls):
 def test_a_second_server_on_another_port_is_another_store(tmp_path, schema):
     server = PostgresServer().start()
     try:
-        a = PostgresJobQueue(load_settings(), postgres=PostgresSettings(postgres_url=server.url(), postgres_schema=schema))
+        a = PostgresJobQueue(
+            load_settings(), postgres=PostgresSettings(postgres_url=server.url(), postgres_schema=schema)
+        )
         a.enqueue(Job(func_name="x"))
         assert a.qsize() == 1
         a.close()

@@ -21,7 +21,12 @@ from .conftest import Project, jobs_for, wait_until
 def nuvom(project: Project, *args: str) -> subprocess.CompletedProcess[str]:
     env = project.env(COLUMNS="200", NO_COLOR="1")
     return subprocess.run(
-        [sys.executable, "-m", "nuvom.cli", *args], cwd=project.root, env=env, capture_output=True, text=True, timeout=60
+        [sys.executable, "-m", "nuvom.cli", *args],
+        cwd=project.root,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
 
 

@@ -9,14 +9,15 @@ import time
 from typing import Any
 
 import psycopg
-import pytest
 from nuvom.config import load_settings
 from nuvom.job import Job, JobError, JobStatus
 from nuvom.postgres import PostgresResultBackend
 
 
 def done(i: int, status: JobStatus = JobStatus.SUCCESS, task: str = "record", at: float | None = None, **f: Any) -> Job:
-    job = Job(func_name=task, args=[i], status=status, finished_at=at if at is not None else time.time() + i * 1e-3, **f)
+    job = Job(
+        func_name=task, args=[i], status=status, finished_at=at if at is not None else time.time() + i * 1e-3, **f
+    )
     if status is JobStatus.FAILED:
         job.error = JobError(type="RuntimeError", message=f"boom {i}")
     else:

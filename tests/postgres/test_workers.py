@@ -37,7 +37,9 @@ def stored_ids(queue: PostgresJobQueue) -> list[str]:
 def test_a_published_worker_is_listed_by_another_process(queue: PostgresJobQueue) -> None:
     record = info("a:1", busy=2, current=["f" * 32], jobs_done=3, jobs_failed=1)
     queue.publish_worker(record)
-    other = PostgresJobQueue(load_settings(), postgres=queue.postgres_settings.model_copy(update={"postgres_pool_size": 3}))
+    other = PostgresJobQueue(
+        load_settings(), postgres=queue.postgres_settings.model_copy(update={"postgres_pool_size": 3})
+    )
     try:
         assert other.list_workers() == [record]
         queue.publish_worker(info("a:1", busy=0))

@@ -29,7 +29,6 @@ from nuvom.postgres._db import is_transient
 
 if TYPE_CHECKING:
     import psycopg
-
     from nuvom.postgres._db import Database
 
 __all__ = ["ResultWatcher", "Wakeups"]

@@ -389,6 +389,7 @@ class PostgresJobQueue(PostgresPresence, BaseJobQueue, PostgresSchedules):
             params.update(m_id=mark_ids, m_token=mark_tokens, m_keep=mark_keep)
         kind = ("fenced" if fenced else "plain") if done else ""
         statement = self.sql.settle(self._lease, kind, bool(guarded), bool(free), bool(mark_ids))
+
         def run(conn: psycopg.Connection[Any]) -> list[Any]:
             params["sent"] = time.time()
             return conn.execute(statement, params, prepare=True).fetchall()
@@ -456,7 +457,9 @@ class PostgresJobQueue(PostgresPresence, BaseJobQueue, PostgresSchedules):
             return
         params = ([job_id for job_id, _ in owned], [token for _, token in owned])
         try:
-            self.db.run("renewing leases", lambda conn: conn.execute(self._extend_sql, params), patience=_CLAIM_PATIENCE)
+            self.db.run(
+                "renewing leases", lambda conn: conn.execute(self._extend_sql, params), patience=_CLAIM_PATIENCE
+            )
         except BackendError:
             if not self.db.down:
                 raise
@@ -594,4 +597,3 @@ def _unreadable(job_id: str, func_name: str, attempts: int, created_at: float, e
 
 def _message(job: Job) -> str:
     return job.error.message if job.error else ""
-

@@ -164,9 +164,7 @@ class PostgresResultBackend(BaseResultBackend):
         return int(self._read("counting results", f"SELECT count(*) FROM {self.sql.results}")[0][0])
 
     def counts(self) -> dict[str, int]:
-        rows = self._read(
-            "counting results", f"SELECT status, count(*) FROM {self.sql.results} GROUP BY status"
-        )
+        rows = self._read("counting results", f"SELECT status, count(*) FROM {self.sql.results} GROUP BY status")
         out = {JobStatus.SUCCESS.value: 0, JobStatus.FAILED.value: 0}
         for status, n in rows:
             out[status] = out.get(status, 0) + int(n)
@@ -303,4 +301,3 @@ class PostgresResultBackend(BaseResultBackend):
             if self._watcher is not None:
                 self._watcher.stop()
             release(self.db)
-

@@ -22,7 +22,6 @@ from nuvom.schedule import Schedule, tick_ms
 
 if TYPE_CHECKING:
     import psycopg
-
     from nuvom.postgres._db import Database
     from nuvom.postgres._sql import Statements
 

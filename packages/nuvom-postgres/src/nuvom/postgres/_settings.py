@@ -28,8 +28,7 @@ class PostgresSettings(EnvSettings):
     postgres_schema: str = Field(
         "nuvom",
         pattern=_SCHEMA,
-        description="Schema holding nuvom's tables (created if missing), so that several apps can share "
-        "one database.",
+        description="Schema holding nuvom's tables (created if missing), so that several apps can share one database.",
     )
     postgres_pool_size: int = Field(
         10, ge=2, le=1000, description="Most connections one process opens to the server (its pool's size)."

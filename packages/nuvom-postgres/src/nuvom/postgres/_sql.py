@@ -155,7 +155,8 @@ class Statements:
             selects += ["SELECT 'd', id FROM done", "SELECT 'p', id FROM prev", "SELECT 'n', NULL FROM told"]
         if guarded:
             ctes.append(
-                f"back AS (UPDATE {q} AS j SET state = 0, ready_at = {NOW} + (b.due_at - %(sent)s), attempts = b.attempts, "
+                f"back AS (UPDATE {q} AS j SET state = 0, ready_at = {NOW} + (b.due_at - %(sent)s), "
+                "attempts = b.attempts, "
                 "payload = b.payload, claim_token = NULL, claimed_by = NULL, started_at = NULL "
                 "FROM unnest(%(b_id)s::text[], %(b_token)s::bigint[], %(b_due)s::float8[], %(b_attempts)s::int[], "
                 "%(b_payload)s::bytea[]) AS b(id, token, due_at, attempts, payload) "

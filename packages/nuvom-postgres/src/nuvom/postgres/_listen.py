@@ -204,6 +204,8 @@ class ResultWatcher(_Listener):
         self._idle_since: float | None = None
         # Set when the thread lingered out (not by stop()): the next wait starts another.
         self._retired = False
+        #: Lookups made (one query each), for the curious and the tests.
+        self.lookups = 0
         r, w = db.sql.results, db.sql.waiters
         self._lookup = (
             f"WITH found AS (SELECT id, payload FROM {r} WHERE id = ANY(%s)), "
@@ -269,6 +271,7 @@ class ResultWatcher(_Listener):
             for payload in payloads:
                 ids.update(job_id for job_id in payload.split(",") if job_id in self._waiting)
         if ids:
+            self.lookups += 1
             rows = conn.execute(self._lookup, (list(ids), self.waiter)).fetchall()
             self._hand_over(rows)
         return True

@@ -316,7 +316,8 @@ def peer_drain(system: str, url: str, n: int, folder: Path) -> dict[str, float]:
     if system == "pgqueuer":
         subprocess.run([sys.executable, "-m", "pgqueuer", "install", "--pg-dsn", url], check=False, capture_output=True)
         enqueue = (
-            "import asyncio, sys, asyncpg\nfrom pgqueuer.db import AsyncpgDriver\nfrom pgqueuer.queries import Queries\n"
+            "import asyncio, sys, asyncpg\nfrom pgqueuer.db import AsyncpgDriver\n"
+            "from pgqueuer.queries import Queries\n"
             "async def main():\n    c = await asyncpg.connect(sys.argv[1]); q = Queries(AsyncpgDriver(c))\n"
             "    n = int(sys.argv[2])\n    for k in range(0, n, 5000):\n        m = min(5000, n - k)\n"
             "        await q.enqueue(['noop'] * m, [None] * m, [0] * m)\nasyncio.run(main())\n"
@@ -325,7 +326,8 @@ def peer_drain(system: str, url: str, n: int, folder: Path) -> dict[str, float]:
         batch = "100"
     else:
         enqueue = (
-            "import sys, procrastinate\napp = procrastinate.App(connector=procrastinate.PsycopgConnector(conninfo=sys.argv[1]))\n"
+            "import sys, procrastinate\n"
+            "app = procrastinate.App(connector=procrastinate.PsycopgConnector(conninfo=sys.argv[1]))\n"
             "@app.task(name='noop')\ndef noop(i):\n    return i\n"
             "with app.open():\n    app.schema_manager.apply_schema() if sys.argv[3] == 'install' else None\n"
             "    for i in range(int(sys.argv[2])):\n        noop.defer(i=i)\n"

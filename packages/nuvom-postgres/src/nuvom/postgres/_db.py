@@ -122,6 +122,10 @@ class Database:
             "autocommit": True,
             "connect_timeout": max(2, round(settings.postgres_connect_timeout_secs)),
             "fallback_application_name": "nuvom",
+            # The hot statements are prepared once per connection (psycopg's prepare=True)
+            # and planned once: the server's default re-plans each execution while it
+            # compares plans, and planning the group write cost more than running it.
+            "options": "-c plan_cache_mode=force_generic_plan",
         }
         try:
             psycopg.conninfo.conninfo_to_dict(self.url)

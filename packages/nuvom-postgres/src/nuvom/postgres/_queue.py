@@ -29,6 +29,7 @@ from nuvom.postgres._listen import Wakeups
 from nuvom.postgres._results import PostgresResultBackend, result_arrays
 from nuvom.postgres._schedules import PostgresSchedules
 from nuvom.postgres._settings import PostgresSettings, load_postgres_settings
+from nuvom.postgres._sql import bools, byteas, floats, ints, texts
 from nuvom.postgres._transaction import execute_in
 from nuvom.postgres._workers import PostgresPresence
 
@@ -304,8 +305,8 @@ class PostgresJobQueue(PostgresPresence, BaseJobQueue, PostgresSchedules):
             # A claim taken over since is left alone: its new holder settles it.
             conn.execute(
                 f"DELETE FROM {q} AS j USING unnest(%s::text[], %s::bigint[]) AS a(id, token) "
-                "WHERE j.id = a.id AND (a.token IS NULL OR j.claim_token = a.token)",
-                (list(job_ids), tokens),
+                "WHERE j.id = a.id AND j.id = ANY(%s::text[]) AND (a.token IS NULL OR j.claim_token = a.token)",
+                (texts(job_ids), ints(tokens), texts(job_ids)),
             )
 
         self.db.run("acknowledging jobs", run, patience=self._worker_patience())
@@ -369,24 +370,24 @@ class PostgresJobQueue(PostgresPresence, BaseJobQueue, PostgresSchedules):
         params: dict[str, Any] = result_arrays(done, tokens) if done else {}
         if guarded:
             params.update(
-                b_id=[job.id for job, _ in guarded],
-                b_token=[token for _, token in guarded],
-                b_due=[job.due_at for job, _ in guarded],
-                b_attempts=[job.attempts for job, _ in guarded],
-                b_payload=[job.to_bytes() for job, _ in guarded],
+                b_id=texts([job.id for job, _ in guarded]),
+                b_token=ints([token for _, token in guarded]),
+                b_due=floats([job.due_at for job, _ in guarded]),
+                b_attempts=ints([job.attempts for job, _ in guarded]),
+                b_payload=byteas([job.to_bytes() for job, _ in guarded]),
             )
         if free:
             params.update(
-                g_id=[job.id for job in free],
-                g_func=[job.func_name for job in free],
-                g_due=[job.due_at for job in free],
-                g_attempts=[job.attempts for job in free],
-                g_timeout=[job.timeout_secs for job in free],
-                g_created=[job.created_at for job in free],
-                g_payload=[job.to_bytes() for job in free],
+                g_id=texts([job.id for job in free]),
+                g_func=texts([job.func_name for job in free]),
+                g_due=floats([job.due_at for job in free]),
+                g_attempts=ints([job.attempts for job in free]),
+                g_timeout=floats([job.timeout_secs for job in free]),
+                g_created=floats([job.created_at for job in free]),
+                g_payload=byteas([job.to_bytes() for job in free]),
             )
         if mark_ids:
-            params.update(m_id=mark_ids, m_token=mark_tokens, m_keep=mark_keep)
+            params.update(m_id=texts(mark_ids), m_token=ints(mark_tokens), m_keep=bools(mark_keep))
         kind = ("fenced" if fenced else "plain") if done else ""
         statement = self.sql.settle(self._lease, kind, bool(guarded), bool(free), bool(mark_ids))
 
@@ -455,7 +456,7 @@ class PostgresJobQueue(PostgresPresence, BaseJobQueue, PostgresSchedules):
             owned = [(job_id, self._claims[job_id]) for job_id in job_ids if job_id in self._claims]
         if not owned:
             return
-        params = ([job_id for job_id, _ in owned], [token for _, token in owned])
+        params = {"id": texts([job_id for job_id, _ in owned]), "token": ints([token for _, token in owned])}
         try:
             self.db.run(
                 "renewing leases", lambda conn: conn.execute(self._extend_sql, params), patience=_CLAIM_PATIENCE
@@ -557,13 +558,13 @@ class PostgresJobQueue(PostgresPresence, BaseJobQueue, PostgresSchedules):
 
 def _enqueue_arrays(jobs: Sequence[Job]) -> dict[str, Any]:
     return {
-        "id": [job.id for job in jobs],
-        "func_name": [job.func_name for job in jobs],
-        "due_at": [job.due_at for job in jobs],
-        "attempts": [job.attempts for job in jobs],
-        "timeout": [job.timeout_secs for job in jobs],
-        "created_at": [job.created_at for job in jobs],
-        "payload": [job.to_bytes() for job in jobs],
+        "id": texts([job.id for job in jobs]),
+        "func_name": texts([job.func_name for job in jobs]),
+        "due_at": floats([job.due_at for job in jobs]),
+        "attempts": ints([job.attempts for job in jobs]),
+        "timeout": floats([job.timeout_secs for job in jobs]),
+        "created_at": floats([job.created_at for job in jobs]),
+        "payload": byteas([job.to_bytes() for job in jobs]),
     }
 
 

@@ -15,7 +15,7 @@ from nuvom.plugins.contracts import BaseResultBackend, Cursor
 from nuvom.postgres._db import Database, acquire, release
 from nuvom.postgres._listen import ResultWatcher
 from nuvom.postgres._settings import PostgresSettings, load_postgres_settings
-from nuvom.postgres._sql import NOW, text_array
+from nuvom.postgres._sql import NOW, byteas, floats, ints, text_array, texts
 
 if TYPE_CHECKING:
     from nuvom.config import Settings
@@ -31,24 +31,24 @@ _PRUNE_CHUNK = 5000
 _WAITER_KEEP_SECS = 86400.0
 
 
-def result_arrays(jobs: Sequence[Job], tokens: Sequence[int | None]) -> dict[str, list[Any]]:
-    """The parameters of a store (``Statements.settle``): one array per column."""
+def result_arrays(jobs: Sequence[Job], tokens: Sequence[int | None]) -> dict[str, str]:
+    """The parameters of a store (``Statements.settle``): one array literal per column."""
     now = time.time()
     errors = [job.error for job in jobs]
     return {
-        "id": [job.id for job in jobs],
-        "token": list(tokens),
-        "attempts": [job.attempts for job in jobs],
-        "func_name": [job.func_name for job in jobs],
-        "status": [job.status.value for job in jobs],
-        "worker_id": [job.worker_id for job in jobs],
-        "created_at": [job.created_at for job in jobs],
-        "started_at": [job.started_at for job in jobs],
-        "finished_at": [job.finished_at or now for job in jobs],
-        "error_type": [None if err is None else err.type for err in errors],
-        "error_message": [None if err is None else err.message for err in errors],
-        "tags": [text_array(list(dict.fromkeys(job.tags))) if job.tags else None for job in jobs],
-        "payload": [job.to_bytes() for job in jobs],
+        "id": texts([job.id for job in jobs]),
+        "token": ints(tokens),
+        "attempts": ints([job.attempts for job in jobs]),
+        "func_name": texts([job.func_name for job in jobs]),
+        "status": texts([job.status.value for job in jobs]),
+        "worker_id": texts([job.worker_id for job in jobs]),
+        "created_at": floats([job.created_at for job in jobs]),
+        "started_at": floats([job.started_at for job in jobs]),
+        "finished_at": floats([job.finished_at or now for job in jobs]),
+        "error_type": texts([None if err is None else err.type for err in errors]),
+        "error_message": texts([None if err is None else err.message for err in errors]),
+        "tags": texts([text_array(list(dict.fromkeys(job.tags))) if job.tags else None for job in jobs]),
+        "payload": byteas([job.to_bytes() for job in jobs]),
     }
 
 

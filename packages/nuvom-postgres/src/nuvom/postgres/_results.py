@@ -219,14 +219,18 @@ class PostgresResultBackend(BaseResultBackend):
         order = ", ".join(f"{column} DESC" for column in key.split(", "))
         condition = (" WHERE " + " AND ".join(where)) if where else ""
         if tag is not None:
+            # Each row of the page read by its id (a subquery per row: a join was
+            # planned as a hash of the page against the whole table at 1M rows).
             statement = (
-                f"SELECT r.payload FROM (SELECT t.job_id, t.finished_at FROM {self.sql.tags} AS t{condition} "
-                f"ORDER BY {order} LIMIT %s) AS t JOIN {self.sql.results} AS r ON r.id = t.job_id ORDER BY {order}"
+                f"SELECT (SELECT r.payload FROM {self.sql.results} AS r WHERE r.id = t.job_id) FROM "
+                f"(SELECT t.job_id, t.finished_at FROM {self.sql.tags} AS t{condition} ORDER BY {order} LIMIT %s) "
+                f"AS t ORDER BY {order}"
             )
         else:
             statement = f"SELECT r.payload FROM {self.sql.results} AS r{condition} ORDER BY {order} LIMIT %s"
         params.append(limit)
-        return [Job.from_bytes(bytes(row[0])) for row in self._read("listing results", statement, params)]
+        rows = self._read("listing results", statement, params)
+        return [Job.from_bytes(bytes(row[0])) for row in rows if row[0] is not None]
 
     # -- waiting --------------------------------------------------------------
     def _watching(self) -> ResultWatcher:

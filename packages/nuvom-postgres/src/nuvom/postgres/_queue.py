@@ -22,11 +22,14 @@ from typing import TYPE_CHECKING, Any
 
 import psycopg
 from nuvom.errors import BackendError, SerializationError
-from nuvom.job import LEASE_FACTOR, LEASE_MARGIN_SECS, Job, JobError, JobStatus, lease_secs_for
+from nuvom.job import LEASE_FACTOR, LEASE_MARGIN_SECS, Job, lease_secs_for
 from nuvom.plugins.contracts import BaseJobQueue, BaseResultBackend
 from nuvom.postgres._db import Database, acquire, release
 from nuvom.postgres._listen import Wakeups
+from nuvom.postgres._reads import QueueReads
 from nuvom.postgres._results import PostgresResultBackend, result_arrays
+from nuvom.postgres._rows import decode, enqueue_arrays, message
+from nuvom.postgres._rows import unreadable as quarantined
 from nuvom.postgres._schedules import PostgresSchedules
 from nuvom.postgres._settings import PostgresSettings, load_postgres_settings
 from nuvom.postgres._sql import bools, byteas, floats, ints, texts
@@ -63,7 +66,7 @@ def _NO_START() -> int:
     return 0
 
 
-class PostgresJobQueue(PostgresPresence, BaseJobQueue, PostgresSchedules):
+class PostgresJobQueue(PostgresPresence, QueueReads, BaseJobQueue, PostgresSchedules):
     """A durable queue in PostgreSQL, shared by every process on every host that
     uses the same database and schema. Safe across threads and processes. It
     keeps schedules too (``task.schedule(...)``) and queues jobs in the caller's
@@ -128,7 +131,7 @@ class PostgresJobQueue(PostgresPresence, BaseJobQueue, PostgresSchedules):
     def enqueue_many(self, jobs: Sequence[Job]) -> None:
         """Every job in one statement: all of them or (on any failure) none."""
         if jobs:
-            self._insert(self.sql.enqueue, _enqueue_arrays(jobs), "queueing jobs")
+            self._insert(self.sql.enqueue, enqueue_arrays(jobs), "queueing jobs")
 
     def _insert(self, statement: str, params: dict[str, Any], what: str) -> None:
         tries = 0
@@ -158,7 +161,7 @@ class PostgresJobQueue(PostgresPresence, BaseJobQueue, PostgresSchedules):
             return
         self.db.run("checking the schema", lambda conn: None)  # created by nuvom's connection, not the caller's
         try:
-            params = _enqueue_arrays(jobs)
+            params = enqueue_arrays(jobs)
             params["sent"] = time.time()
             execute_in(connection, self.sql.enqueue, params)
         except BackendError:
@@ -255,9 +258,9 @@ class PostgresJobQueue(PostgresPresence, BaseJobQueue, PostgresSchedules):
         started = min(max(0, start), len(rows))
         for k, job_id, attempts, created_at, func_name, payload, _ in rows:
             try:
-                job = _decode(job_id, payload)
+                job = decode(job_id, payload)
             except SerializationError as exc:
-                unreadable.append(_unreadable(job_id, func_name, attempts, created_at, exc, self.claimer))
+                unreadable.append(quarantined(job_id, func_name, attempts, created_at, exc, self.claimer))
                 continue
             # The statement counted the claim (undone if it expires unstarted); so does mark_claimed.
             job.attempts = attempts - 1
@@ -274,7 +277,7 @@ class PostgresJobQueue(PostgresPresence, BaseJobQueue, PostgresSchedules):
                 claims[job.id] = token
         if unreadable:
             for job in unreadable:
-                log.error("quarantined queue row: job %s (%s): %s", job.id, job.func_name, _message(job))
+                log.error("quarantined queue row: job %s (%s): %s", job.id, job.func_name, message(job))
             self._write([], [], [], unreadable, fenced=True)
         # A corrupt payload among the marked ones: others are marked in its place, so
         # that the first min(start, len(jobs)) returned are marked (pop_batch_starting).
@@ -465,136 +468,9 @@ class PostgresJobQueue(PostgresPresence, BaseJobQueue, PostgresSchedules):
             if not self.db.down:
                 raise
 
-    # -- reading --------------------------------------------------------------
-    def get(self, job_id: str) -> Job | None:
-        row = self.db.run(
-            "reading a queued job",
-            lambda conn: conn.execute(
-                f"SELECT state, attempts, payload FROM {self.sql.queue} WHERE id = %s", (job_id,)
-            ).fetchone(),
-        )
-        if row is None:
-            return None
-        job = Job.from_bytes(bytes(row[2]))
-        job.attempts = row[1]
-        if row[0] == 1:
-            job.status = JobStatus.RUNNING
-        return job
-
-    def _scalar(self, what: str, statement: str, params: Sequence[Any] = ()) -> Any:
-        row = self.db.run(what, lambda conn: conn.execute(statement, params).fetchone())
-        return None if row is None else row[0]
-
-    def qsize(self) -> int:
-        return int(self._scalar("counting queued jobs", f"SELECT count(*) FROM {self.sql.queue} WHERE state = 0"))
-
-    def running(self) -> int:
-        """Number of claimed jobs (running somewhere, or held by a dead worker until its lease ends)."""
-        return int(self._scalar("counting claimed jobs", f"SELECT count(*) FROM {self.sql.queue} WHERE state = 1"))
-
-    def counts(self) -> dict[str, int]:
-        rows = self.db.run(
-            "counting queued jobs",
-            lambda conn: conn.execute(
-                f"SELECT state, attempts > 0, count(*) FROM {self.sql.queue} GROUP BY 1, 2"
-            ).fetchall(),
-        )
-        out = {"queued": 0, "retrying": 0, "running": 0}
-        for state, ran_before, n in rows:
-            out["running" if state == 1 else ("retrying" if ran_before else "queued")] += int(n)
-        return out
-
-    def peek(self, limit: int = 50) -> list[Job]:
-        rows = self.db.run(
-            "reading queued jobs",
-            lambda conn: conn.execute(
-                f"SELECT attempts, payload FROM {self.sql.queue} WHERE state = 0 ORDER BY ready_at, id LIMIT %s",
-                (limit,),
-            ).fetchall(),
-        )
-        out: list[Job] = []
-        for attempts, payload in rows:
-            try:
-                job = Job.from_bytes(bytes(payload))
-            except SerializationError:
-                continue  # the claimer records it as failed
-            job.attempts = attempts
-            out.append(job)
-        return out
-
-    def cancel(self, job_id: str) -> Job | None:
-        row = self.db.run(
-            "cancelling a job",
-            lambda conn: conn.execute(
-                f"DELETE FROM {self.sql.queue} WHERE id = %s AND state = 0 RETURNING attempts, func_name, payload",
-                (job_id,),
-            ).fetchone(),
-        )
-        if row is None:
-            return None
-        try:
-            job = Job.from_bytes(bytes(row[2]))
-        except SerializationError as exc:
-            log.warning("cancelled job %s had an unreadable payload: %s", job_id, exc)
-            return Job(id=job_id, func_name=row[1], attempts=row[0])
-        job.attempts = row[0]
-        return job
-
-    def clear(self) -> int:
-        return int(
-            self.db.run(
-                "clearing the queue",
-                lambda conn: conn.execute(f"DELETE FROM {self.sql.queue} WHERE state = 0").rowcount,
-            )
-        )
-
     def close(self) -> None:
         if not self._closed:
             self._closed = True
             if self._wakeups is not None:
                 self._wakeups.stop()
             release(self.db)
-
-
-def _enqueue_arrays(jobs: Sequence[Job]) -> dict[str, Any]:
-    return {
-        "id": texts([job.id for job in jobs]),
-        "func_name": texts([job.func_name for job in jobs]),
-        "due_at": floats([job.due_at for job in jobs]),
-        "attempts": ints([job.attempts for job in jobs]),
-        "timeout": floats([job.timeout_secs for job in jobs]),
-        "created_at": floats([job.created_at for job in jobs]),
-        "payload": byteas([job.to_bytes() for job in jobs]),
-    }
-
-
-def _decode(job_id: str, payload: bytes) -> Job:
-    """The job of a queue row; :class:`SerializationError` saying what is wrong
-    if the row cannot be run as stored."""
-    job = Job.from_bytes(bytes(payload))
-    if job.id != job_id:
-        # Run, it would be settled under the other id and this row never removed.
-        raise SerializationError(f"the row of job {job_id!r} holds job {job.id!r}")
-    return job
-
-
-def _unreadable(job_id: str, func_name: str, attempts: int, created_at: float, exc: Exception, worker: str) -> Job:
-    """The quarantine record of a row that cannot be run: FAILED with the reason."""
-    now = time.time()
-    return Job(
-        id=job_id,
-        func_name=func_name,
-        status=JobStatus.FAILED,
-        attempts=attempts,
-        created_at=created_at,
-        finished_at=now,
-        worker_id=worker,
-        error=JobError(
-            type="SerializationError",
-            message=f"the job's queue row is corrupt and was quarantined, not run: {exc}",
-        ),
-    )
-
-
-def _message(job: Job) -> str:
-    return job.error.message if job.error else ""

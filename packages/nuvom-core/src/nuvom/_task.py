@@ -271,15 +271,49 @@ class Task(Generic[R]):
         arguments, or any other value as the single positional argument.
         """
         app = self._app()
-        jobs = []
-        for item in items:
-            if isinstance(item, dict):
-                jobs.append(self.make_job([], item, app))
-            elif isinstance(item, (tuple, list)):
-                jobs.append(self.make_job(list(item), {}, app))
-            else:
-                jobs.append(self.make_job([item], {}, app))
+        jobs = [self._job_of(item, app) for item in items]
         return self._enqueue(app, jobs) if jobs else jobs
+
+    def _job_of(self, item: Any, app: App) -> Job:
+        """The job of one :meth:`map` item."""
+        if isinstance(item, dict):
+            return self.make_job([], item, app)
+        if isinstance(item, (tuple, list)):
+            return self.make_job(list(item), {}, app)
+        return self.make_job([item], {}, app)
+
+    def delay_in(self, connection: Any, /, *args: Any, **kwargs: Any) -> Job:
+        """Queue one call inside the caller's open transaction on ``connection``
+        (its own database connection: psycopg, SQLAlchemy, Django...): the job
+        exists if and only if that transaction commits. Needs a queue backend
+        in that database (``BaseJobQueue.enqueue_in``)."""
+        app = self._app()
+        job = self.make_job(list(args), kwargs, app)
+        self._enqueue_in(app, connection, [job])
+        return job
+
+    def map_in(self, connection: Any, items: Iterable[Any], /) -> list[Job]:
+        """:meth:`map` inside the caller's open transaction on ``connection``, as :meth:`delay_in`."""
+        app = self._app()
+        jobs = [self._job_of(item, app) for item in items]
+        if jobs:
+            self._enqueue_in(app, connection, jobs)
+        return jobs
+
+    def _enqueue_in(self, app: App, connection: Any, jobs: list[Job]) -> None:
+        first = jobs[0]
+        if first.unique_key is not None or first.flow is not None:
+            # A unique key's holder and a parent's outcome are read outside the
+            # caller's transaction; queueing them inside it would promise what
+            # the store cannot keep until that transaction commits.
+            raise BackendError(
+                f"task {self.name!r}: delay_in()/map_in() take no unique_key or depends_on; "
+                "queue those with delay() once the transaction has committed"
+            )
+        if first.queue != DEFAULT_QUEUE:
+            _check_store(app.queue, first, self.name)
+        with _tracing.enqueue(self.name, jobs):
+            app.queue.enqueue_in(connection, jobs)
 
     def schedule(
         self,

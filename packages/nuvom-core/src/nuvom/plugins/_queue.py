@@ -6,7 +6,7 @@ from __future__ import annotations
 import abc
 import time
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from nuvom._polling import Poller
 from nuvom.errors import BackendError
@@ -84,6 +84,18 @@ class BaseJobQueue(abc.ABC):
         """Store several jobs, in one round trip where the store allows it."""
         for job in jobs:
             self.enqueue(job)
+
+    def enqueue_in(self, connection: Any, jobs: Sequence[Job]) -> None:
+        """Store jobs through the caller's own open database ``connection``, in
+        its current transaction (:meth:`nuvom.task.Task.delay_in`): they exist
+        if and only if that transaction commits. Which connections a backend
+        accepts is its own (a queue in that same database). The default has
+        no such store and says so."""
+        raise BackendError(
+            f"the {type(self).__name__} queue cannot queue jobs in your database transaction; "
+            "task.delay_in() needs a queue in that database (NUVOM_QUEUE_BACKEND=postgres), "
+            "or call task.delay() once the transaction has committed"
+        )
 
     # -- claiming -----------------------------------------------------------
     @abc.abstractmethod

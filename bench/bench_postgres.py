@@ -1,0 +1,403 @@
+"""nuvom-postgres benchmarks, beside PgQueuer and procrastinate on the same server.
+
+    python bench/bench_postgres.py                           # every part, every system
+    python bench/bench_postgres.py --only history --rows 1000000
+    python bench/bench_postgres.py --only e2e,drain,latency --jobs 2000 --systems nuvom
+
+Parts (docs/postgres.md has the table they fill):
+
+* ``e2e``: ``.delay()`` then ``get()``, one job at a time, one worker process
+  (nuvom: 4 threads; PgQueuer: ``QueueManager.run(batch_size=10)``; procrastinate:
+  ``run_worker(concurrency=10)``), jobs per second.
+* ``drain``: ``--jobs`` jobs queued first, then one worker process drains them
+  (nuvom with ``NUVOM_BATCH_SIZE=100``, PgQueuer with ``batch_size=100``,
+  procrastinate with ``concurrency=10``): jobs per second from the first
+  result to the last, and the worker's CPU per job (``/proc/<pid>/stat``).
+* ``latency``: enqueue to start on an idle worker, one job every 20 ms (p50, p99).
+* ``history``: ``--rows`` finished jobs stored, then each history query shape
+  timed (median of 20, a page of 50), first page and a deep keyset page.
+
+Starts its own server (Debian's PostgreSQL: ``initdb`` + ``pg_ctl`` into a
+temporary folder, run as an unprivileged user under root) on a free loopback
+port, with the server's defaults (``synchronous_commit = on``) for every system.
+Peers are skipped, said so, when not installed (``hatch run bench:postgres``
+installs them). Figures go to stdout and ``bench/results/postgres.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import os
+import pwd
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent
+USER = "nuvompg"
+
+NUVOM_TASKS = """
+from nuvom.task import task
+
+@task
+def noop(i):
+    return i
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Server:
+    """A PostgreSQL server in a temporary folder, trust auth on loopback."""
+
+    def __init__(self) -> None:
+        found = shutil.which("pg_ctl") or (sorted(glob.glob("/usr/lib/postgresql/*/bin/pg_ctl")) or [None])[-1]
+        if found is None:
+            sys.exit("bench_postgres: PostgreSQL's server programs are not installed (apt-get install postgresql)")
+        self.bin = Path(found).parent
+        self.folder = Path(tempfile.mkdtemp(prefix="nuvom-pg-bench-"))
+        self.port = free_port()
+        self.account: tuple[int, int] | None = None
+        if os.geteuid() == 0:
+            try:
+                entry = pwd.getpwnam(USER)
+            except KeyError:
+                subprocess.run(["useradd", "--system", "--no-create-home", USER], check=True)
+                entry = pwd.getpwnam(USER)
+            self.account = (entry.pw_uid, entry.pw_gid)
+            os.chown(self.folder, *self.account)
+        self._run("initdb", "-D", str(self.folder / "data"), "-U", "bench", "-A", "trust", "--no-locale", "-E", "UTF8")
+        options = f"-p {self.port} -k {self.folder} -c listen_addresses=127.0.0.1 -c max_connections=200"
+        self._run(
+            "pg_ctl", "-D", str(self.folder / "data"), "-o", options, "-l", str(self.folder / "log"), "-w", "start"
+        )
+        self.pid = int((self.folder / "data" / "postmaster.pid").read_text().split()[0])
+        self.url = f"postgresql://bench@127.0.0.1:{self.port}/postgres"
+
+    def _run(self, program: str, *args: str) -> None:
+        extra: dict[str, Any] = {}
+        if self.account is not None:
+            extra = {"user": self.account[0], "group": self.account[1], "extra_groups": []}
+        subprocess.run([str(self.bin / program), *args], check=True, capture_output=True, cwd=self.folder, **extra)
+
+    def stop(self) -> None:
+        try:
+            os.kill(self.pid, signal.SIGINT)
+            for _ in range(600):
+                if not Path(f"/proc/{self.pid}").exists():
+                    break
+                time.sleep(0.05)
+        except ProcessLookupError:
+            pass
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+
+def cpu_secs(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def pct(values: list[float], p: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(p * len(ordered)))]
+
+
+# -- nuvom --------------------------------------------------------------------------
+class Nuvom:
+    name = "nuvom"
+
+    def __init__(self, url: str, folder: Path) -> None:
+        self.folder = folder
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "tasks.py").write_text(NUVOM_TASKS)
+        self.env = {k: v for k, v in os.environ.items() if not k.startswith("NUVOM_")}
+        self.env.update(
+            NUVOM_QUEUE_BACKEND="postgres",
+            NUVOM_RESULT_BACKEND="postgres",
+            NUVOM_POSTGRES_URL=url,
+            NUVOM_POSTGRES_SCHEMA=f"b{uuid.uuid4().hex[:8]}",
+            NUVOM_DATA_DIR=str(folder / "data"),
+            NUVOM_LOG_LEVEL="WARNING",
+            PYTHONPATH=str(folder),
+        )
+        os.environ.update(self.env)
+        sys.path.insert(0, str(folder))
+        import tasks  # type: ignore[import-not-found]
+        from nuvom.backends import get_queue_backend, get_result_backend
+
+        self.task = tasks.noop
+        self.queue, self.results = get_queue_backend(), get_result_backend()
+        self.queue.qsize()  # the schema, created before anything is timed
+
+    def worker(self, **env: str) -> subprocess.Popen[bytes]:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "nuvom.worker", "tasks", "--threads", "4"],
+            cwd=self.folder,
+            env={**self.env, **env},
+        )
+        time.sleep(1.5)  # its imports and first claim: not part of any measure
+        return proc
+
+    def e2e(self, n: int) -> dict[str, float]:
+        proc = self.worker()
+        try:
+            t0 = time.perf_counter()
+            for i in range(n):
+                self.task.delay(i).get(timeout=30)
+            secs = time.perf_counter() - t0
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(30)
+        return {"jobs_per_sec": n / secs}
+
+    def drain(self, n: int) -> dict[str, float]:
+        for k in range(0, n, 5000):
+            self.task.map(range(k, min(n, k + 5000)))
+        before = self.results.count()
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "nuvom.worker", "tasks", "--threads", "4"],
+            cwd=self.folder,
+            env={**self.env, "NUVOM_BATCH_SIZE": "100"},
+        )
+        try:
+            while self.results.count() == before:
+                time.sleep(0.01)
+            t0, cpu0, done0 = time.perf_counter(), cpu_secs(proc.pid), self.results.count() - before
+            while (done := self.results.count() - before) < n:
+                time.sleep(0.05)
+            secs, cpu = time.perf_counter() - t0, cpu_secs(proc.pid) - cpu0
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(30)
+        return {"jobs_per_sec": (done - done0) / secs, "worker_cpu_us_per_job": cpu / (done - done0) * 1e6}
+
+    def latency(self, n: int) -> dict[str, float]:
+        proc = self.worker()
+        waits: list[float] = []
+        try:
+            for i in range(n):
+                t0 = time.time()
+                job = self.task.delay(i)
+                record = self.results.wait(job.id, 30)
+                assert record is not None and record.started_at is not None
+                waits.append(record.started_at - t0)
+                time.sleep(0.02)
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(30)
+        return {"p50_ms": pct(waits, 0.5) * 1e3, "p99_ms": pct(waits, 0.99) * 1e3}
+
+
+def history(url: str, rows: int) -> dict[str, Any]:
+    """``rows`` results stored (status, task, tags as the docs' table says), then each query shape timed."""
+    from nuvom.config import load_settings
+    from nuvom.job import Job, JobError, JobStatus
+    from nuvom.postgres import PostgresResultBackend, PostgresSettings
+
+    ps = PostgresSettings(postgres_url=url, postgres_schema=f"h{uuid.uuid4().hex[:8]}")
+    results = PostgresResultBackend(load_settings(), postgres=ps)
+    now = time.time()
+    t0 = time.perf_counter()
+    batch: list[Job] = []
+    for i in range(rows):
+        failed = i % 100 == 0
+        tags = ["half"] if i % 2 else []
+        if i % 1000 == 0:
+            tags.append("rare")
+        job = Job(
+            func_name=f"task{i % 7}",
+            args=[i],
+            status=JobStatus.FAILED if failed else JobStatus.SUCCESS,
+            finished_at=now - (rows - i) * 0.01,
+            started_at=now - (rows - i) * 0.01 - 0.002,
+            tags=tags,
+            result=None if failed else i,
+            error=JobError(type="ValueError", message="no") if failed else None,
+        )
+        batch.append(job)
+        if len(batch) == 5000:
+            results.store(batch)
+            batch = []
+    if batch:
+        results.store(batch)
+    fill = time.perf_counter() - t0
+    results.db.run("analyze", lambda c: c.execute(f"VACUUM ANALYZE {results.sql.results}"))
+    results.db.run("analyze", lambda c: c.execute(f"VACUUM ANALYZE {results.sql.tags}"))
+    deep = (now - (rows // 2) * 0.01, "f" * 32)
+
+    def timed(**query: Any) -> float:
+        results.query(limit=50, **query)  # warm
+        runs = []
+        for _ in range(20):
+            t = time.perf_counter()
+            page = results.query(limit=50, **query)
+            runs.append(time.perf_counter() - t)
+        assert page, query
+        return statistics.median(runs) * 1e3
+
+    shapes: dict[str, dict[str, Any]] = {
+        "newest": {},
+        "newest_deep": {"before": deep},
+        "failed": {"status": "FAILED"},
+        "failed_deep": {"status": "FAILED", "before": deep},
+        "task": {"task": "task3"},
+        "task_deep": {"task": "task3", "before": deep},
+        "tag_half": {"tag": "half"},
+        "tag_half_deep": {"tag": "half", "before": deep},
+        "tag_rare": {"tag": "rare"},
+        "range": {"since": now - rows * 0.005, "until": now - rows * 0.005 + 60},
+    }
+    out: dict[str, Any] = {"rows": rows, "fill_secs": fill}
+    out.update({name: timed(**shape) for name, shape in shapes.items()})
+    counts_t = time.perf_counter()
+    results.counts()
+    out["counts_ms"] = (time.perf_counter() - counts_t) * 1e3
+    results.close()
+    return out
+
+
+# -- peers --------------------------------------------------------------------------
+PEER_WORKERS = {
+    "pgqueuer": """
+import asyncio, sys
+import asyncpg
+from pgqueuer import QueueManager
+from pgqueuer.db import AsyncpgDriver
+
+async def main():
+    conn = await asyncpg.connect(sys.argv[1])
+    qm = QueueManager(AsyncpgDriver(conn))
+
+    @qm.entrypoint("noop")
+    async def noop(job):
+        return None
+
+    await qm.run(batch_size=int(sys.argv[2]))
+
+asyncio.run(main())
+""",
+    "procrastinate": """
+import sys
+import procrastinate
+
+app = procrastinate.App(connector=procrastinate.PsycopgConnector(conninfo=sys.argv[1]))
+
+@app.task(name="noop")
+def noop(i):
+    return i
+
+with app.open():
+    app.run_worker(concurrency=int(sys.argv[2]), wait=True, install_signal_handlers=True)
+""",
+}
+
+
+def peer_drain(system: str, url: str, n: int, folder: Path) -> dict[str, float]:
+    """Queue ``n`` jobs with the peer's own API, then time one worker process draining them."""
+    import psycopg
+
+    folder.mkdir(parents=True, exist_ok=True)
+    script = folder / f"{system}_worker.py"
+    script.write_text(PEER_WORKERS[system])
+    if system == "pgqueuer":
+        subprocess.run([sys.executable, "-m", "pgqueuer", "install", "--pg-dsn", url], check=False, capture_output=True)
+        enqueue = (
+            "import asyncio, sys, asyncpg\nfrom pgqueuer.db import AsyncpgDriver\n"
+            "from pgqueuer.queries import Queries\n"
+            "async def main():\n    c = await asyncpg.connect(sys.argv[1]); q = Queries(AsyncpgDriver(c))\n"
+            "    n = int(sys.argv[2])\n    for k in range(0, n, 5000):\n        m = min(5000, n - k)\n"
+            "        await q.enqueue(['noop'] * m, [None] * m, [0] * m)\nasyncio.run(main())\n"
+        )
+        done_sql = "SELECT count(*) FROM pgqueuer_log WHERE status = 'successful'"
+        batch = "100"
+    else:
+        enqueue = (
+            "import sys, procrastinate\n"
+            "app = procrastinate.App(connector=procrastinate.PsycopgConnector(conninfo=sys.argv[1]))\n"
+            "@app.task(name='noop')\ndef noop(i):\n    return i\n"
+            "with app.open():\n    app.schema_manager.apply_schema() if sys.argv[3] == 'install' else None\n"
+            "    for i in range(int(sys.argv[2])):\n        noop.defer(i=i)\n"
+        )
+        done_sql = "SELECT count(*) FROM procrastinate_jobs WHERE status = 'succeeded'"
+        batch = "10"
+    (folder / "enqueue.py").write_text(enqueue)
+    subprocess.run([sys.executable, "enqueue.py", url, "0", "install"], cwd=folder, check=False, capture_output=True)
+    subprocess.run([sys.executable, "enqueue.py", url, str(n), "-"], cwd=folder, check=True)
+    with psycopg.connect(url, autocommit=True) as conn:
+
+        def count() -> int:
+            return int(conn.execute(done_sql).fetchone()[0])  # type: ignore[index]
+
+        before = count()
+        proc = subprocess.Popen([sys.executable, script.name, url, batch], cwd=folder)
+        try:
+            while count() == before:
+                time.sleep(0.01)
+            t0, cpu0, done0 = time.perf_counter(), cpu_secs(proc.pid), count() - before
+            while (done := count() - before) < n:
+                time.sleep(0.05)
+            secs, cpu = time.perf_counter() - t0, cpu_secs(proc.pid) - cpu0
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(30)
+    return {"jobs_per_sec": (done - done0) / secs, "worker_cpu_us_per_job": cpu / (done - done0) * 1e6}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--only", default="e2e,drain,latency,history")
+    parser.add_argument("--systems", default="nuvom,pgqueuer,procrastinate")
+    parser.add_argument("--jobs", type=int, default=20_000)
+    parser.add_argument("--e2e-jobs", type=int, default=2_000)
+    parser.add_argument("--latency-jobs", type=int, default=200)
+    parser.add_argument("--rows", type=int, default=1_000_000)
+    args = parser.parse_args()
+    parts, systems = set(args.only.split(",")), args.systems.split(",")
+    server = Server()
+    folder = Path(tempfile.mkdtemp(prefix="nuvom-bench-"))
+    out: dict[str, Any] = {"machine": os.uname().nodename, "cpus": os.cpu_count(), "python": sys.version.split()[0]}
+    try:
+        if "nuvom" in systems and parts & {"e2e", "drain", "latency"}:
+            nuvom = Nuvom(server.url, folder / "nuvom")
+            if "e2e" in parts:
+                out["nuvom_e2e"] = nuvom.e2e(args.e2e_jobs)
+            if "drain" in parts:
+                out["nuvom_drain"] = nuvom.drain(args.jobs)
+            if "latency" in parts:
+                out["nuvom_latency"] = nuvom.latency(args.latency_jobs)
+        for peer in ("pgqueuer", "procrastinate"):
+            if peer not in systems or "drain" not in parts:
+                continue
+            try:
+                __import__(peer)
+            except ImportError:
+                print(f"{peer}: not installed, skipped (hatch run bench:postgres installs it)")
+                continue
+            out[f"{peer}_drain"] = peer_drain(peer, server.url, args.jobs, folder / peer)
+        if "history" in parts:
+            out["history"] = history(server.url, args.rows)
+    finally:
+        server.stop()
+        shutil.rmtree(folder, ignore_errors=True)
+    print(json.dumps(out, indent=2))
+    results_dir = ROOT / "results"
+    results_dir.mkdir(exist_ok=True)
+    (results_dir / "postgres.json").write_text(json.dumps(out, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()

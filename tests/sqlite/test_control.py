@@ -322,3 +322,23 @@ def test_a_rate_limit_is_shared_by_every_queue_object_on_the_file(db_path, queue
     time.sleep(wait)
     assert queue.acquire_rate("task:t", 3, 1.0) == 0.0
     other.close()
+
+
+def test_a_schedule_tick_queues_its_job_in_its_tasks_queue_at_its_priority(queue):
+    from nuvom.schedule import Schedule
+
+    past = time.time() - 100
+    schedule = Schedule(
+        key="report",
+        task="record",
+        interval=60,
+        anchor=past,
+        next_run_at=past,
+        job_fields={"queue": "reports", "priority": 3},
+    )
+    queue.upsert_schedule(schedule)
+    job = schedule.make_job(past, past)
+    assert queue.claim_tick("report", past, job, past + 60)
+    assert claim(queue) == []  # not the default queue's
+    [got] = claim(queue, 10, ("reports",))
+    assert got.id == job.id and (got.queue, got.priority) == ("reports", 3)

@@ -31,13 +31,18 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("nuvom.sqlite")
 
-__all__ = ["SQLiteJobControl", "chunks", "duplicate", "insert_jobs", "qmarks", "queue_row", "release"]
+__all__ = ["INSERT_QUEUED", "SQLiteJobControl", "chunks", "duplicate", "insert_jobs", "qmarks", "queue_row", "release"]
 
 # Host parameters per statement stay well under SQLite's limit (32766).
 _CHUNK = 500
 
-# Every column a job is queued with (the hot path's own statement, in
-# nuvom.sqlite._queue, leaves out the key: a job holding one comes through here).
+# A queued job, due at once or at its not-before time: ``.delay()``, ``.map()``
+# and schedule ticks, with the values of :func:`queue_row`.
+INSERT_QUEUED = (
+    "INSERT INTO nuvom_queue (id, func_name, state, ready_at, attempts, timeout_secs, created_at, payload, queue, "
+    "priority) VALUES (?, ?, 0, ?, ?, ?, ?, ?, ?, ?)"
+)
+# Every column a job is queued with: a job holding a unique key or waiting for its parents.
 _INSERT = (
     "INSERT INTO nuvom_queue (id, func_name, ready_at, attempts, timeout_secs, created_at, payload, queue, "
     "priority, unique_key, state) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
@@ -53,7 +58,7 @@ def qmarks(n: int) -> str:
 
 
 def queue_row(job: Job) -> tuple[Any, ...]:
-    """The values of the hot path's insert (``nuvom.sqlite._queue._INSERT``)."""
+    """The values of :data:`INSERT_QUEUED`."""
     return (
         job.id,
         job.func_name,

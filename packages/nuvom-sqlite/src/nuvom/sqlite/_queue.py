@@ -24,6 +24,7 @@ from nuvom.errors import BackendError, SerializationError
 from nuvom.job import DEFAULT_QUEUE, LEASE_FACTOR, LEASE_MARGIN_SECS, Job, JobError, JobStatus, lease_secs_for
 from nuvom.plugins.contracts import BaseJobQueue, BaseResultBackend
 from nuvom.sqlite._control import (
+    INSERT_QUEUED,
     SQLiteJobControl,
     chunks,
     duplicate,
@@ -57,10 +58,6 @@ _POLL_FAST = 0.001
 _POLL_IDLE = 0.05
 _IDLE_AFTER = 2.0
 
-_INSERT = (
-    "INSERT INTO nuvom_queue (id, func_name, state, ready_at, attempts, timeout_secs, created_at, payload, queue, "
-    "priority) VALUES (?, ?, 0, ?, ?, ?, ?, ?, ?, ?)"
-)
 # A job put back that this object never claimed: the row as given, or as it
 # was if it is still there. Its unique key, if it has one and the row is gone,
 # only while no other job holds it: a second holder would fail the whole write.
@@ -179,7 +176,7 @@ class SQLiteJobQueue(SQLitePresence, SQLiteJobControl, BaseJobQueue, SQLiteSched
             self._enqueue_held((job,))
             return
         try:
-            self.db.write_one(_INSERT, queue_row(job), "queueing a job")
+            self.db.write_one(INSERT_QUEUED, queue_row(job), "queueing a job")
         except BackendError as exc:
             raise duplicate(exc, self.path) from None
         self._local_writes += 1
@@ -194,7 +191,7 @@ class SQLiteJobQueue(SQLitePresence, SQLiteJobControl, BaseJobQueue, SQLiteSched
         rows = [queue_row(job) for job in jobs]
         try:
             with self.db.write("queueing jobs") as conn:
-                conn.executemany(_INSERT, rows)
+                conn.executemany(INSERT_QUEUED, rows)
         except BackendError as exc:
             raise duplicate(exc, self.path) from None
         self._local_writes += 1

@@ -308,10 +308,13 @@ def test_a_file_of_schema_version_2_is_migrated_in_place_with_its_tags_indexed(d
     # Every row kept, byte for byte; only the new column is filled.
     after = sorted(row[:-1] for row in conn.execute("SELECT * FROM nuvom_results").fetchall())
     assert after == results_before
-    # Columns added by later versions (the start mark) come after the old ones, empty.
+    # Columns added by later versions come after the old ones: empty, or their
+    # defaults (the start mark; the default queue at priority 0, no unique key,
+    # no cancel request, awaited by nothing).
     queue_after = dump(db_path, "nuvom_queue", "*")
     assert [row[: len(queue_before[0])] for row in queue_after] == queue_before
-    assert all(value is None for row in queue_after for value in row[len(queue_before[0]) :])
+    added = [row[len(queue_before[0]) :] for row in queue_after]
+    assert added == [(None, "default", 0, None, None, None)] * len(queued)
     assert sorted(r[0] for r in conn.execute("SELECT id FROM nuvom_results WHERE payload = ?", (garbage["f" * 32],)))
     for tag in ("common", "rare"):
         expected = newest_first([j for j in stored if tag in j.tags])

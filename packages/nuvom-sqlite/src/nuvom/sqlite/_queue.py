@@ -23,6 +23,16 @@ from typing import TYPE_CHECKING, Any
 from nuvom.errors import BackendError, SerializationError
 from nuvom.job import DEFAULT_QUEUE, LEASE_FACTOR, LEASE_MARGIN_SECS, Job, JobError, JobStatus, lease_secs_for
 from nuvom.plugins.contracts import BaseJobQueue, BaseResultBackend
+from nuvom.sqlite._control import (
+    INSERT_QUEUED,
+    SQLiteJobControl,
+    chunks,
+    duplicate,
+    insert_jobs,
+    qmarks,
+    queue_row,
+    release,
+)
 from nuvom.sqlite._db import Database
 from nuvom.sqlite._results import SQLiteResultBackend, insert_results, result_row
 from nuvom.sqlite._schedules import SQLiteSchedules
@@ -48,15 +58,14 @@ _POLL_FAST = 0.001
 _POLL_IDLE = 0.05
 _IDLE_AFTER = 2.0
 
-# Host parameters per statement stay well under SQLite's limit (32766).
-_CHUNK = 500
-
-_INSERT = (
-    "INSERT INTO nuvom_queue (id, func_name, state, ready_at, attempts, timeout_secs, created_at, payload) "
-    "VALUES (?, ?, 0, ?, ?, ?, ?, ?)"
-)
+# A job put back that this object never claimed: the row as given, or as it
+# was if it is still there. Its unique key, if it has one and the row is gone,
+# only while no other job holds it: a second holder would fail the whole write.
 _UPSERT = (
-    _INSERT + " ON CONFLICT (id) DO UPDATE SET func_name = excluded.func_name, state = 0, "
+    "INSERT INTO nuvom_queue (id, func_name, state, ready_at, attempts, timeout_secs, created_at, payload, queue, "
+    "priority, unique_key) VALUES (?1, ?2, 0, ?3, ?4, ?5, ?6, ?7, ?8, ?9, "
+    "CASE WHEN EXISTS (SELECT 1 FROM nuvom_queue WHERE unique_key = ?10) THEN NULL ELSE ?10 END) "
+    "ON CONFLICT (id) DO UPDATE SET func_name = excluded.func_name, state = 0, "
     "ready_at = excluded.ready_at, attempts = excluded.attempts, timeout_secs = excluded.timeout_secs, "
     "payload = excluded.payload, claim_token = NULL, claimed_by = NULL, started_at = NULL"
 )
@@ -69,9 +78,30 @@ _REQUEUE_CLAIMED = (
 _UNSTARTED = "(state = 1 AND started_at IS NULL)"
 # Text columns are read as bytes and decoded here: one row whose text is not
 # valid UTF-8 must be quarantined, not make every claim fail.
-_SELECT_DUE = (
-    f"SELECT seq, CAST(id AS BLOB), CAST(func_name AS BLOB), attempts - {_UNSTARTED}, created_at, payload "
-    "FROM nuvom_queue WHERE ready_at <= ? ORDER BY ready_at, seq LIMIT ?"
+#
+# The priorities of one queue (?1), highest first, each found with one seek of
+# the claim index (a loose index scan): with them, every step below reads a
+# range of that index, never the rows not yet due.
+_LEVELS = (
+    "WITH RECURSIVE lv(p) AS ("
+    "SELECT (SELECT max(priority) FROM nuvom_queue WHERE queue = ?1 AND state < 2) "
+    "UNION ALL SELECT (SELECT max(priority) FROM nuvom_queue WHERE queue = ?1 AND state < 2 AND priority < lv.p) "
+    "FROM lv WHERE lv.p IS NOT NULL) "
+)
+# Due rows of one queue, in claim order: the levels in turn (CROSS JOIN keeps
+# them the outer loop), each in index order (ready_at, then seq). No ORDER BY:
+# it would sort every due row of the queue before the LIMIT; the loops' own
+# order is the order (test_claims_take_higher_priority_first_then_oldest_due).
+_SELECT_DUE = _LEVELS + (
+    "SELECT q.seq, CAST(q.id AS BLOB), CAST(q.func_name AS BLOB), "
+    "q.attempts - (q.state = 1 AND q.started_at IS NULL), q.created_at, q.payload "
+    "FROM lv CROSS JOIN nuvom_queue AS q INDEXED BY nuvom_queue_claim "
+    "WHERE q.queue = ?1 AND q.priority = lv.p AND q.state < 2 AND q.ready_at <= ?2 LIMIT ?3"
+)
+# When the next row of one queue is claimable (a due job, or a lease's end): the least
+# ready_at of each level.
+_NEXT_READY = _LEVELS + (
+    "SELECT min((SELECT min(ready_at) FROM nuvom_queue WHERE queue = ?1 AND state < 2 AND priority = lv.p)) FROM lv"
 )
 # A start mark is fenced by the claim token and renews the lease from now; a job
 # started within a tenth of its lease (and at most a second) after its claim
@@ -86,15 +116,10 @@ def _NO_START() -> int:
     return 0
 
 
-def _chunks(items: Sequence[Any], size: int = _CHUNK) -> list[Sequence[Any]]:
-    return [items[i : i + size] for i in range(0, len(items), size)]
+_DEFAULT_QUEUES = (DEFAULT_QUEUE,)
 
 
-def _marks(n: int) -> str:
-    return ",".join("?" * n)
-
-
-class SQLiteJobQueue(SQLitePresence, BaseJobQueue, SQLiteSchedules):
+class SQLiteJobQueue(SQLitePresence, SQLiteJobControl, BaseJobQueue, SQLiteSchedules):
     """A durable queue in a SQLite file, shared by every process that opens it.
 
     ``path`` overrides ``NUVOM_SQLITE_QUEUE_PATH``. Safe across threads (one
@@ -102,6 +127,9 @@ class SQLiteJobQueue(SQLitePresence, BaseJobQueue, SQLiteSchedules):
     """
 
     shared_between_processes = True
+    supports_queues = True
+    supports_unique = True
+    supports_workflows = True
     settings_class = SQLiteSettings
 
     def __init__(self, settings: Settings | None = None, *, path: Path | str | None = None) -> None:
@@ -126,7 +154,7 @@ class SQLiteJobQueue(SQLitePresence, BaseJobQueue, SQLiteSchedules):
         self._claimed_at: dict[int, float] = {}
         # Poll state: what the last empty look saw (thread, PRAGMA data_version of
         # that thread's connection, local write count) and when the next row is due.
-        self._seen: tuple[int, int, int] | None = None
+        self._seen: tuple[int, int, int, tuple[str, ...]] | None = None
         self._next_ready: float | None = None
         self._last_work = 0.0
         self._local_writes = 0
@@ -142,62 +170,75 @@ class SQLiteJobQueue(SQLitePresence, BaseJobQueue, SQLiteSchedules):
     def enqueue(self, job: Job) -> None:
         """Insert one job (``.delay()``): a single autocommitted statement, so the
         call costs one commit and no BEGIN/COMMIT round trips of its own; when
-        it returns the row is committed."""
-        row = (job.id, job.func_name, job.due_at, job.attempts, job.timeout_secs, job.created_at, job.to_bytes())
+        it returns the row is committed. A workflow job is queued in a
+        transaction that also looks at its parents (:func:`insert_jobs`)."""
+        if job.flow is not None:
+            self._enqueue_held((job,))
+            return
         try:
-            self.db.write_one(_INSERT, row, "queueing a job")
+            self.db.write_one(INSERT_QUEUED, queue_row(job), "queueing a job")
         except BackendError as exc:
-            raise _duplicate(exc, self.path) from None
+            raise duplicate(exc, self.path) from None
         self._local_writes += 1
 
     def enqueue_many(self, jobs: Sequence[Job]) -> None:
         """Insert every job in one transaction (``.map()``)."""
-        rows = [
-            (
-                job.id,
-                job.func_name,
-                job.due_at,
-                job.attempts,
-                job.timeout_secs,
-                job.created_at,
-                job.to_bytes(),
-            )
-            for job in jobs
-        ]
-        if not rows:
+        if not jobs:
             return
+        if any(job.flow is not None for job in jobs):
+            self._enqueue_held(jobs)
+            return
+        rows = [queue_row(job) for job in jobs]
         try:
             with self.db.write("queueing jobs") as conn:
-                conn.executemany(_INSERT, rows)
+                conn.executemany(INSERT_QUEUED, rows)
         except BackendError as exc:
-            raise _duplicate(exc, self.path) from None
+            raise duplicate(exc, self.path) from None
+        self._local_writes += 1
+
+    def _enqueue_held(self, jobs: Sequence[Job]) -> None:
+        try:
+            with self.db.write("queueing jobs") as conn:
+                insert_jobs(conn, jobs)
+        except BackendError as exc:
+            raise duplicate(exc, self.path) from None
         self._local_writes += 1
 
     # -- claiming -------------------------------------------------------------
     def claim(self, batch_size: int) -> list[Job]:
-        return self._look_and_claim(batch_size, _NO_START)
+        return self._look_and_claim(batch_size, _NO_START, _DEFAULT_QUEUES)
 
-    def _look_and_claim(self, batch_size: int, idle: Callable[[], int]) -> list[Job]:
+    def _look_and_claim(self, batch_size: int, idle: Callable[[], int], queues: Sequence[str]) -> list[Job]:
         now = time.time()
         # A read first: finding nothing due must not take the write lock.
-        row = self.db.read(lambda c: c.execute("SELECT min(ready_at) FROM nuvom_queue").fetchone())
-        if row[0] is None or row[0] > now:
-            self._next_ready = row[0]
+        first = self.db.read(lambda c: self._next_ready_in(c, queues))
+        if first is None or first > now:
+            self._next_ready = first
             return []
-        return self._claim(batch_size, now, idle())
+        return self._claim(batch_size, now, idle(), queues)
 
-    def _claim(self, batch_size: int, now: float, start: int = 0) -> list[Job]:
+    @staticmethod
+    def _next_ready_in(conn: sqlite3.Connection, queues: Sequence[str]) -> float | None:
+        times = [t for name in queues if (t := conn.execute(_NEXT_READY, (name,)).fetchone()[0]) is not None]
+        return min(times) if times else None
+
+    def _claim(self, batch_size: int, now: float, start: int = 0, queues: Sequence[str] = _DEFAULT_QUEUES) -> list[Job]:
         token = secrets.randbits(62)
 
         def claim(conn: sqlite3.Connection) -> tuple[list[Any], int]:
-            rows = conn.execute(_SELECT_DUE, (now, batch_size)).fetchall()
+            # The first queue's due jobs first; the next queue only fills what is left.
+            rows = conn.execute(_SELECT_DUE, (queues[0], now, batch_size)).fetchall()
+            for name in queues[1:]:
+                if len(rows) >= batch_size:
+                    break
+                rows += conn.execute(_SELECT_DUE, (name, now, batch_size - len(rows))).fetchall()
             if not rows:
                 return rows, 0
             conn.execute(
                 f"UPDATE nuvom_queue SET state = 1, attempts = attempts + 1 - {_UNSTARTED}, started_at = NULL, "
                 "claim_token = ?, claimed_by = ?, "
                 "ready_at = ? + max(?, coalesce(timeout_secs, ?) * ? + ?) "
-                f"WHERE seq IN ({_marks(len(rows))})",
+                f"WHERE seq IN ({qmarks(len(rows))})",
                 (
                     token,
                     self.claimer,
@@ -214,7 +255,7 @@ class SQLiteJobQueue(SQLitePresence, BaseJobQueue, SQLiteSchedules):
                 # The start marks of the jobs for idle threads, in the claim's own
                 # transaction (pop_batch_starting); the lease just set runs from now.
                 conn.execute(
-                    f"UPDATE nuvom_queue SET started_at = ? WHERE seq IN ({_marks(started)})",
+                    f"UPDATE nuvom_queue SET started_at = ? WHERE seq IN ({qmarks(started)})",
                     (now, *(r[0] for r in rows[:started])),
                 )
             return rows, started
@@ -264,18 +305,22 @@ class SQLiteJobQueue(SQLitePresence, BaseJobQueue, SQLiteSchedules):
         with self.db.write("quarantining unreadable jobs") as conn:
             for seq, job in rows:
                 cur = conn.execute(
-                    "DELETE FROM nuvom_queue WHERE seq = ? AND claim_token = ? RETURNING seq", (seq, token)
+                    "DELETE FROM nuvom_queue WHERE seq = ? AND claim_token = ? RETURNING awaited", (seq, token)
                 )
-                if cur.fetchone() is not None:
+                deleted = cur.fetchone()
+                if deleted is not None:
                     insert_results(conn, [result_row(job)])
+                    if deleted[0]:
+                        # Awaited, so its id is a valid one: the record's. Its jobs learn it failed.
+                        release(conn, [job.id])
 
     def pop_batch(self, batch_size: int, timeout: float | None = 0.0) -> list[Job]:
-        return self._pop(batch_size, timeout, _NO_START)
+        return self._pop(batch_size, timeout, _NO_START, _DEFAULT_QUEUES)
 
     def pop_batch_starting(self, batch_size: int, timeout: float | None = 0.0, *, start: int = 0) -> list[Job]:
         """:meth:`pop_batch` whose first ``start`` jobs are start-marked by the
         claim's own transaction (one statement more in it, not one commit each)."""
-        return self._pop(batch_size, timeout, lambda: start)
+        return self._pop(batch_size, timeout, lambda: start, _DEFAULT_QUEUES)
 
     def claim_batch(
         self,
@@ -284,10 +329,14 @@ class SQLiteJobQueue(SQLitePresence, BaseJobQueue, SQLiteSchedules):
         idle: Callable[[], int],
         queues: Sequence[str] = (DEFAULT_QUEUE,),
     ) -> list[Job]:
-        """:meth:`pop_batch_starting`, asking ``idle()`` right before each claim transaction."""
-        return self._pop(limit, timeout, idle)
+        """:meth:`pop_batch_starting` of ``queues``, asking ``idle()`` right before
+        each claim transaction: the first queue's due jobs first (highest
+        priority, then oldest due), the next queue's only to fill the batch."""
+        return self._pop(limit, timeout, idle, tuple(queues))
 
-    def _pop(self, batch_size: int, timeout: float | None, idle: Callable[[], int]) -> list[Job]:
+    def _pop(
+        self, batch_size: int, timeout: float | None, idle: Callable[[], int], queues: tuple[str, ...]
+    ) -> list[Job]:
         """Claim up to ``batch_size`` due jobs, waiting up to ``timeout`` s.
 
         Polls, because another process cannot wake this one; but a poll that
@@ -295,7 +344,7 @@ class SQLiteJobQueue(SQLitePresence, BaseJobQueue, SQLiteSchedules):
         yet, reads one counter and returns, so polling every millisecond
         while busy costs little and an idle worker backs off to 20 looks a second.
         """
-        jobs = self._poll(batch_size, idle)
+        jobs = self._poll(batch_size, idle, queues)
         if jobs or timeout == 0:
             return jobs
         deadline = None if timeout is None else time.monotonic() + timeout
@@ -314,16 +363,16 @@ class SQLiteJobQueue(SQLitePresence, BaseJobQueue, SQLiteSchedules):
             if deadline is not None:
                 pause = min(pause, deadline - now)
             time.sleep(pause)
-            jobs = self._poll(batch_size, idle)
+            jobs = self._poll(batch_size, idle, queues)
             if jobs:
                 return jobs
 
-    def _poll(self, batch_size: int, idle: Callable[[], int]) -> list[Job]:
-        seen = (threading.get_ident(), self.db.data_version(), self._local_writes)
+    def _poll(self, batch_size: int, idle: Callable[[], int], queues: tuple[str, ...]) -> list[Job]:
+        seen = (threading.get_ident(), self.db.data_version(), self._local_writes, queues)
         next_ready = self._next_ready
         if seen == self._seen and (next_ready is None or next_ready > time.time()):
             return []
-        jobs = self._look_and_claim(batch_size, idle)
+        jobs = self._look_and_claim(batch_size, idle, queues)
         if jobs:
             self._last_work = time.monotonic()
         else:
@@ -351,11 +400,29 @@ class SQLiteJobQueue(SQLitePresence, BaseJobQueue, SQLiteSchedules):
         tokens = self._tokens(job_ids)
         plain = [job_id for job_id, token in zip(job_ids, tokens, strict=True) if token is None]
         pairs = [(job_id, token) for job_id, token in zip(job_ids, tokens, strict=True) if token is not None]
+        by_token: dict[int, list[str]] = {}
+        for job_id, token in pairs:
+            by_token.setdefault(token, []).append(job_id)
         with self.db.write("acknowledging jobs") as conn:
             # A claim taken over since is left alone: its new holder settles it.
-            conn.executemany("DELETE FROM nuvom_queue WHERE id = ? AND claim_token = ?", pairs)
-            conn.executemany("DELETE FROM nuvom_queue WHERE id = ?", [(job_id,) for job_id in plain])
+            awaited: list[str] = []
+            for token, ids in by_token.items():
+                for chunk in chunks(ids):
+                    cur = conn.execute(
+                        f"DELETE FROM nuvom_queue WHERE id IN ({qmarks(len(chunk))}) AND claim_token = ? "
+                        "RETURNING id, awaited",
+                        (*chunk, token),
+                    )
+                    awaited.extend(row[0] for row in cur.fetchall() if row[1])
+            for chunk in chunks(plain):
+                cur = conn.execute(
+                    f"DELETE FROM nuvom_queue WHERE id IN ({qmarks(len(chunk))}) RETURNING id, awaited", chunk
+                )
+                awaited.extend(row[0] for row in cur.fetchall() if row[1])
+            released = release(conn, awaited) if awaited else 0
         self._forget(job_ids, tokens)
+        if released:
+            self._local_writes += 1
 
     def requeue(self, jobs: Sequence[Job]) -> None:
         """Put jobs back as given. A job whose claim was taken over meanwhile
@@ -404,18 +471,21 @@ class SQLiteJobQueue(SQLitePresence, BaseJobQueue, SQLiteSchedules):
         back = self._requeue_rows(requeued, back_tokens) if requeued else None
         marks = self._mark_groups(starting) if starting else None
 
-        def write(conn: sqlite3.Connection) -> tuple[list[str], set[str]]:
+        def write(conn: sqlite3.Connection) -> tuple[list[str], int, set[str]]:
             kept: list[str] = []
+            released = 0
             if finished:
-                kept = _delete_claimed(conn, finished, tokens)
+                kept, released = _delete_claimed(conn, finished, tokens)
                 insert_results(conn, rows if len(kept) == len(rows) else [r for r in rows if r[0] in set(kept)])
             if back is not None:
                 _requeue(conn, *back)
-            return kept, set() if marks is None else _write_marks(conn, marks)
+            return kept, released, set() if marks is None else _write_marks(conn, marks)
 
-        kept, marked = self.db.combined(write, "settling jobs")
+        kept, released, marked = self.db.combined(write, "settling jobs")
         if finished:
             self._forget(ids, tokens)
+            if released:
+                self._local_writes += 1  # this process's pollers look again
             if len(kept) != len(rows):
                 log.info(
                     "%d completion(s) ignored: their claim was taken over by another worker", len(rows) - len(kept)
@@ -439,9 +509,7 @@ class SQLiteJobQueue(SQLitePresence, BaseJobQueue, SQLiteSchedules):
         guarded, free = [], []
         for job, token in zip(jobs, tokens, strict=True):
             if token is None:
-                free.append(
-                    (job.id, job.func_name, job.due_at, job.attempts, job.timeout_secs, job.created_at, job.to_bytes())
-                )
+                free.append((*queue_row(job), job.unique_key))
             else:
                 guarded.append((job.due_at, job.attempts, job.to_bytes(), job.id, token))
         return guarded, free
@@ -506,90 +574,8 @@ class SQLiteJobQueue(SQLitePresence, BaseJobQueue, SQLiteSchedules):
         self._forget([job.id], [token for (_, token, _), ids in groups.items() if job.id in ids])
         return False
 
-    # -- reading --------------------------------------------------------------
-    def get(self, job_id: str) -> Job | None:
-        row = self.db.read(
-            lambda c: c.execute("SELECT state, attempts, payload FROM nuvom_queue WHERE id = ?", (job_id,)).fetchone()
-        )
-        if row is None:
-            return None
-        job = Job.from_bytes(row[2])
-        job.attempts = row[1]
-        if row[0] == 1:
-            job.status = JobStatus.RUNNING
-        return job
-
-    def qsize(self) -> int:
-        return int(self.db.read(lambda c: c.execute("SELECT count(*) FROM nuvom_queue WHERE state = 0").fetchone()[0]))
-
-    def claims_held(self) -> tuple[int, float | None]:
-        n, last = self.db.read(
-            lambda c: c.execute("SELECT count(*), max(ready_at) FROM nuvom_queue WHERE state = 1").fetchone(),
-            "counting claimed jobs",
-        )
-        return int(n), last
-
-    def running(self) -> int:
-        """Number of claimed jobs (running somewhere, or held by a dead worker until its lease ends)."""
-        return int(self.db.read(lambda c: c.execute("SELECT count(*) FROM nuvom_queue WHERE state = 1").fetchone()[0]))
-
-    def counts(self) -> dict[str, int]:
-        rows = self.db.read(
-            lambda c: c.execute("SELECT state, attempts > 0, count(*) FROM nuvom_queue GROUP BY 1, 2").fetchall(),
-            "counting queued jobs",
-        )
-        out = {"queued": 0, "retrying": 0, "running": 0}
-        for state, ran_before, n in rows:
-            key = "running" if state == 1 else ("retrying" if ran_before else "queued")
-            out[key] += int(n)
-        return out
-
-    def peek(self, limit: int = 50) -> list[Job]:
-        rows = self.db.read(
-            lambda c: c.execute(
-                "SELECT attempts, payload FROM nuvom_queue WHERE state = 0 ORDER BY ready_at, seq LIMIT ?", (limit,)
-            ).fetchall(),
-            "reading queued jobs",
-        )
-        out: list[Job] = []
-        for attempts, payload in rows:
-            try:
-                job = Job.from_bytes(payload)
-            except SerializationError:
-                continue  # the claimer records it as failed
-            job.attempts = attempts
-            out.append(job)
-        return out
-
-    def cancel(self, job_id: str) -> Job | None:
-        with self.db.write("cancelling a job") as conn:
-            row = conn.execute(
-                "DELETE FROM nuvom_queue WHERE id = ? AND state = 0 RETURNING attempts, payload", (job_id,)
-            ).fetchone()
-        if row is None:
-            return None
-        self._local_writes += 1
-        try:
-            job = Job.from_bytes(row[1])
-        except SerializationError as exc:
-            log.warning("cancelled job %s had an unreadable payload: %s", job_id, exc)
-            return Job(id=job_id, func_name="?", attempts=row[0])
-        job.attempts = row[0]
-        return job
-
-    def clear(self) -> int:
-        with self.db.write("clearing the queue") as conn:
-            return int(conn.execute("DELETE FROM nuvom_queue WHERE state = 0").rowcount)
-
     def close(self) -> None:
         self.db.close()
-
-
-def _duplicate(exc: BackendError, path: Path) -> BackendError:
-    """The error of a failed insert: a clearer one for a duplicate id."""
-    if "UNIQUE constraint failed" in str(exc):
-        return BackendError(f"{path}: a job with one of these ids is already queued; job ids must be unique")
-    return exc
 
 
 def _requeue(conn: sqlite3.Connection, guarded: list[tuple[Any, ...]], free: list[tuple[Any, ...]]) -> None:
@@ -606,27 +592,31 @@ def _write_marks(conn: sqlite3.Connection, groups: dict[tuple[str, int, float], 
     now = time.time()
     marked: set[str] = set()
     for (kind, token, lease), ids in groups.items():
-        for chunk in _chunks(ids):
+        for chunk in chunks(ids):
             # A fresh claim keeps its lease (it has 90 % of it or more left): not
             # moving ready_at spares an index update, about half the mark's cost.
             sets = "started_at = ?" if kind == "fresh" else "started_at = ?, ready_at = ? + ?"
             params = (now,) if kind == "fresh" else (now, now, lease)
             cur = conn.execute(
-                f"UPDATE nuvom_queue SET {sets} WHERE id IN ({_marks(len(chunk))}) AND claim_token = ? RETURNING id",
+                f"UPDATE nuvom_queue SET {sets} WHERE id IN ({qmarks(len(chunk))}) AND claim_token = ? RETURNING id",
                 (*params, *chunk, token),
             )
             marked.update(row[0] for row in cur.fetchall())
     return marked
 
 
-def _delete_claimed(conn: sqlite3.Connection, jobs: Sequence[Job], tokens: Sequence[int | None]) -> list[str]:
+def _delete_claimed(
+    conn: sqlite3.Connection, jobs: Sequence[Job], tokens: Sequence[int | None]
+) -> tuple[list[str], int]:
     """Delete the queue rows of ``jobs`` whose claim is still the one these
-    jobs were run under; returns the ids deleted.
+    jobs were run under, and release the jobs that waited only for them;
+    returns the ids deleted and how many were released.
 
     The claim is known by its token when it was made through this queue
     object; otherwise the row must still be claimed with the job's attempt
     count (a later claim would have counted another attempt)."""
     kept: list[str] = []
+    awaited: list[str] = []
     # Grouped by claim (a worker's completions mostly come from one or two
     # claims), so each statement finds its rows through the id index.
     by_token: dict[int, list[str]] = {}
@@ -634,20 +624,24 @@ def _delete_claimed(conn: sqlite3.Connection, jobs: Sequence[Job], tokens: Seque
         if token is not None:
             by_token.setdefault(token, []).append(job.id)
     for token, ids in by_token.items():
-        for chunk in _chunks(ids):
+        for chunk in chunks(ids):
             cur = conn.execute(
-                f"DELETE FROM nuvom_queue WHERE id IN ({_marks(len(chunk))}) AND claim_token = ? RETURNING id",
+                f"DELETE FROM nuvom_queue WHERE id IN ({qmarks(len(chunk))}) AND claim_token = ? RETURNING id, awaited",
                 (*chunk, token),
             )
-            kept.extend(row[0] for row in cur.fetchall())
+            deleted = cur.fetchall()
+            kept.extend(row[0] for row in deleted)
+            awaited.extend(row[0] for row in deleted if row[1])
     for job, token in zip(jobs, tokens, strict=True):
         if token is None:
             cur = conn.execute(
-                "DELETE FROM nuvom_queue WHERE id = ? AND state = 1 AND attempts = ? RETURNING id",
+                "DELETE FROM nuvom_queue WHERE id = ? AND state = 1 AND attempts = ? RETURNING id, awaited",
                 (job.id, job.attempts),
             )
-            kept.extend(row[0] for row in cur.fetchall())
-    return kept
+            deleted = cur.fetchall()
+            kept.extend(row[0] for row in deleted)
+            awaited.extend(row[0] for row in deleted if row[1])
+    return kept, release(conn, awaited) if awaited else 0
 
 
 def _decode_row(raw_id: bytes, raw_name: bytes, payload: bytes) -> Job:

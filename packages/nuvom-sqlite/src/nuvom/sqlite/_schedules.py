@@ -18,6 +18,7 @@ from nuvom import serialization
 from nuvom.job import Job
 from nuvom.plugins.contracts import BaseScheduleStore
 from nuvom.schedule import Schedule, tick_ms
+from nuvom.sqlite._control import INSERT_QUEUED, queue_row
 
 if TYPE_CHECKING:
     import sqlite3
@@ -30,10 +31,6 @@ __all__ = ["SQLiteSchedules"]
 _KEEP_TICKS_SECS = 86400.0
 
 _COLUMNS = "key, paused, next_run_at, last_run_at, last_job_id, payload"
-_INSERT_JOB = (
-    "INSERT INTO nuvom_queue (id, func_name, state, ready_at, attempts, timeout_secs, created_at, payload) "
-    "VALUES (?, ?, 0, ?, ?, ?, ?, ?)"
-)
 
 
 def _from_row(row: Any) -> Schedule:
@@ -109,11 +106,8 @@ class SQLiteSchedules(BaseScheduleStore):
 
     def claim_tick(self, key: str, tick: float, job: Job | None, next_run_at: float | None) -> bool:
         ms = tick_ms(tick)
-        job_row = (
-            None
-            if job is None
-            else (job.id, job.func_name, job.due_at, job.attempts, job.timeout_secs, job.created_at, job.to_bytes())
-        )
+        # In its task's named queue, at its priority.
+        job_row = None if job is None else queue_row(job)
         with self.db.write("claiming a scheduled tick") as conn:
             if not _claimable(conn, key, ms):
                 return False
@@ -125,7 +119,7 @@ class SQLiteSchedules(BaseScheduleStore):
             if not inserted:
                 return False
             if job_row is not None:
-                conn.execute(_INSERT_JOB, job_row)
+                conn.execute(INSERT_QUEUED, job_row)
             conn.execute(
                 "UPDATE nuvom_schedules SET next_run_at = ?, last_run_at = ?, "
                 "last_job_id = coalesce(?, last_job_id) WHERE key = ?",

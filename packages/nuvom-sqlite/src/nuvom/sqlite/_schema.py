@@ -161,6 +161,46 @@ _MIGRATIONS: dict[int, tuple[str | Callable[[sqlite3.Connection], str | None], .
         )
         """,
     ),
+    # Job control (nuvom.sqlite._control): named queues and priorities, unique
+    # keys, workflow jobs waiting for their parents (state 2), cancel requests,
+    # rate limits. Columns with defaults: the rows of earlier files are jobs of
+    # the default queue at priority 0, holding no key, awaited by nothing.
+    6: (
+        "ALTER TABLE nuvom_queue ADD COLUMN queue TEXT NOT NULL DEFAULT 'default'",
+        "ALTER TABLE nuvom_queue ADD COLUMN priority INTEGER NOT NULL DEFAULT 0",
+        "ALTER TABLE nuvom_queue ADD COLUMN unique_key TEXT",
+        # When a cancel of the claimed job was asked for; NULL: none.
+        "ALTER TABLE nuvom_queue ADD COLUMN cancel_at REAL",
+        # 1 when a waiting job has an edge to this row in nuvom_deps: a row that
+        # leaves the queue without it (nearly all) releases nothing, and costs nothing more.
+        "ALTER TABLE nuvom_queue ADD COLUMN awaited INTEGER",
+        # The claim's index: per queue, higher priority first, then due order
+        # (the rowid, seq, ends every index: FIFO among equals). Jobs waiting
+        # for their parents (state 2) are left out, so no claim ever sees them.
+        # It replaces nuvom_queue_ready, so that a job costs the index updates it did.
+        "DROP INDEX nuvom_queue_ready",
+        "CREATE INDEX nuvom_queue_claim ON nuvom_queue (queue, priority DESC, ready_at) WHERE state < 2",
+        # At most one queued-or-running job per key: the index is the guarantee.
+        "CREATE UNIQUE INDEX nuvom_queue_unique ON nuvom_queue (unique_key) WHERE unique_key IS NOT NULL",
+        # Workers ask for cancel requests every half second: this index holds only the asked ones.
+        "CREATE INDEX nuvom_queue_cancels ON nuvom_queue (id) WHERE cancel_at IS NOT NULL",
+        # One row per (parent still in the queue, job waiting for it).
+        """
+        CREATE TABLE nuvom_deps (
+            parent TEXT NOT NULL,
+            child  TEXT NOT NULL,
+            PRIMARY KEY (parent, child)
+        ) WITHOUT ROWID
+        """,
+        "CREATE INDEX nuvom_deps_child ON nuvom_deps (child)",
+        # Rate limits (GCRA): per key, when the next start would be due at the steady rate.
+        """
+        CREATE TABLE nuvom_rates (
+            key TEXT PRIMARY KEY,
+            tat REAL NOT NULL
+        ) WITHOUT ROWID
+        """,
+    ),
 }
 SCHEMA_VERSION = max(_MIGRATIONS)
 

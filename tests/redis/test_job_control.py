@@ -66,7 +66,8 @@ def finish(jobs: list[Job]) -> list[Job]:
 
 def test_claims_take_the_first_queue_first_then_priority_then_arrival(queue: RedisJobQueue) -> None:
     queue.enqueue_many([job("d0"), job("d-high", priority=3), job("d1")])
-    queue.enqueue_many([job("e0", queue="emails"), job("e-low", queue="emails", priority=-2), job("e1", queue="emails")])
+    queue.enqueue_many([job("e0", queue="emails"), job("e-low", queue="emails", priority=-2)])
+    queue.enqueue(job("e1", queue="emails"))
     queue.enqueue(job("other", queue="reports"))
     claimed = queue.claim_batch(4, 0, lambda: 0, queues=["emails", "default"])
     assert labels(claimed) == ["e0", "e1", "e-low", "d-high"]

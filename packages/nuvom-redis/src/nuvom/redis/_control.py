@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from nuvom.job import Job, JobStatus
-from nuvom.redis._lua import COMMON as _COMMON
+from nuvom.redis._lua import BASE, LEAVING, PLACING
 
 if TYPE_CHECKING:
     from nuvom.redis._connection import Connection
@@ -30,7 +30,9 @@ __all__ = ["RedisJobControl"]
 # parents; not claimed) out of the queue, releasing what waited only for it.
 # Returns {payload, attempts}, or false when it is not waiting.
 CANCEL = (
-    _COMMON
+    BASE
+    + PLACING
+    + LEAVING
     + """
 local id = ARGV[2]
 local payload = redis.call('HGET', PAYLOAD, id)
@@ -45,7 +47,9 @@ return {payload, attempts}
 
 # ARGV: prefix, id. Records a cancel request for a claimed job; 1, or 0 when it is not claimed.
 REQUEST_CANCEL = (
-    _COMMON
+    BASE
+    + PLACING
+    + LEAVING
     + """
 if redis.call('HEXISTS', TOKEN, ARGV[2]) == 0 then
   return 0
@@ -60,7 +64,7 @@ return 1
 # '0' when a start was taken, else the seconds until one frees (a string: Lua
 # numbers reach the client as integers).
 RATE = (
-    _COMMON
+    BASE
     + """
 local now = server_now()
 local key, per = P .. ':rate:' .. ARGV[2], tonumber(ARGV[4])
@@ -79,9 +83,9 @@ return '0'
 # ones by name): name, waiting (ready and delayed), waiting for parents,
 # retrying, claimed, the end of its last lease ('' if none).
 STATE = (
-    _COMMON
+    BASE
     + """
-local names = redis.call('SMEMBERS', QUEUES)
+local names = redis.call('SMEMBERS', P .. ':q:queues')
 table.sort(names)
 table.insert(names, 1, DEFAULT_Q)
 local out = {tostring(server_now())}
@@ -103,10 +107,10 @@ return out
 # ones of every queue by priority and arrival, then the delayed ones by due
 # time. Returns {id, attempts, payload, ...}.
 PEEK = (
-    _COMMON
+    BASE
     + """
 local limit = tonumber(ARGV[2])
-local names = redis.call('SMEMBERS', QUEUES)
+local names = redis.call('SMEMBERS', P .. ':q:queues')
 names[#names + 1] = DEFAULT_Q
 local ready, later = {}, {}
 for _, q in ipairs(names) do

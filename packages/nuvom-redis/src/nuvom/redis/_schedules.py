@@ -24,8 +24,7 @@ from typing import TYPE_CHECKING, Any, cast
 from nuvom import serialization
 from nuvom.job import Job
 from nuvom.plugins.contracts import BaseScheduleStore
-from nuvom.redis._lua import COMMON as _COMMON
-from nuvom.redis._lua import extras_of
+from nuvom.redis._lua import BASE, PLACE_NEW, PLACING, extras_of
 from nuvom.schedule import Schedule, tick_ms
 
 if TYPE_CHECKING:
@@ -82,7 +81,7 @@ end
 
 # ARGV: prefix, key, payload, paused ('0'/'1'), next ('' for none), next_ms, last, last_job.
 UPSERT_SCHEDULE = (
-    _COMMON
+    BASE
     + _SCHEDULES
     + """
 local key = ARGV[2]
@@ -96,7 +95,7 @@ return 1
 
 # ARGV: prefix, key, paused ('0'/'1'). Returns 0 for an unknown key.
 PAUSE_SCHEDULE = (
-    _COMMON
+    BASE
     + _SCHEDULES
     + """
 local key = ARGV[2]
@@ -110,7 +109,7 @@ return 1
 
 # ARGV: prefix, key. Returns 0 for an unknown key. The schedule's queued jobs stay.
 DELETE_SCHEDULE = (
-    _COMMON
+    BASE
     + _SCHEDULES
     + """
 local key = ARGV[2]
@@ -130,7 +129,9 @@ return redis.call('DEL', skey(key))
 # The tick set (not only next_ms) refuses a tick claimed before: an upsert that
 # read the schedule before a claim may write an older next_run_at back.
 CLAIM_TICK = (
-    _COMMON
+    BASE
+    + PLACING
+    + PLACE_NEW
     + _SCHEDULES
     + """
 local key, ms = ARGV[2], tonumber(ARGV[3])

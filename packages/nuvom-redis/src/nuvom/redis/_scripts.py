@@ -11,7 +11,7 @@ clock says. Clients pass *offsets* (``due_at - their now``), not timestamps.
 
 from __future__ import annotations
 
-from nuvom.redis._lua import COMMON as _COMMON
+from nuvom.redis._lua import BASE, LEASES, LEAVING, PLACE_NEW, PLACING
 
 __all__ = [
     "ACK",
@@ -85,7 +85,9 @@ end
 # extras ('' or JSON: q, p, u, pa)) per job. Returns the ids that were already
 # queued (left untouched).
 ENQUEUE = (
-    _COMMON
+    BASE
+    + PLACING
+    + PLACE_NEW
     + """
 local now = server_now()
 local dup, attempts, timeouts = {}, {}, {}
@@ -96,7 +98,11 @@ for i = 2, #ARGV, 6 do
     attempts[#attempts + 1] = ARGV[i + 4]
     timeouts[#timeouts + 1] = id
     timeouts[#timeouts + 1] = ARGV[i + 3]
-    place_new(now, id, ARGV[i + 1], ARGV[i + 5], ARGV[i + 4])
+    if ARGV[i + 5] == '' and ARGV[i + 4] == '0' then
+      place(now, DEFAULT_Q, 0, now + tonumber(ARGV[i + 1]), id)  -- nearly every job
+    else
+      place_new(now, id, ARGV[i + 1], ARGV[i + 5], ARGV[i + 4])
+    end
   else
     dup[#dup + 1] = id
   end
@@ -112,8 +118,11 @@ return dup
 # Queues the job unless a job still in the queue holds the key; returns the
 # holder's id (the job's own when it was queued now).
 ENQUEUE_UNIQUE = (
-    _COMMON
+    BASE
+    + PLACING
+    + PLACE_NEW
     + """
+local UNIQUE = P .. ':q:unique'
 local key, id = ARGV[2], ARGV[3]
 local holder = redis.call('HGET', UNIQUE, key)
 -- A holder no longer in the queue (removed by a release without unique keys) lets go.
@@ -140,7 +149,10 @@ return id
 # claimed; wait (when fewer than the batch were claimed) the seconds until
 # something may be due next, '' if nothing waits.
 CLAIM = (
-    _COMMON
+    BASE
+    + PLACING
+    + LEAVING
+    + LEASES
     + """
 local now = server_now()
 local want, reclaim = tonumber(ARGV[2]), tonumber(ARGV[3])
@@ -165,7 +177,7 @@ for _, q in ipairs(queues) do
         redis.call('HINCRBY', ATTEMPTS, id, -1)
       end
       if n > 0 then retry[#retry + 1] = id end
-      to_ready(q, priority_of(decode(extras[k])), id)
+      place(now, q, extras[k] and cjson.decode(extras[k]).p or 0, now, id)
     end
     many('ZREM', leases, expired)
     many('HDEL', TOKEN, expired)
@@ -178,7 +190,7 @@ for _, q in ipairs(queues) do
   if #came > 0 then
     many('ZREM', due, came)
     local extras = hmget(EXTRA, came)
-    for k, id in ipairs(came) do to_ready(q, priority_of(decode(extras[k])), id) end
+    for k, id in ipairs(came) do place(now, q, extras[k] and cjson.decode(extras[k]).p or 0, now, id) end
   end
 end
 flush_places(false)
@@ -187,14 +199,10 @@ local ids, qs = {}, {}
 for _, q in ipairs(queues) do
   local room = want - #ids
   if room <= 0 then break end
-  local ready = qkey('ready', q)
-  local got = redis.call('ZRANGE', ready, 0, room - 1)
-  if #got > 0 then
-    many('ZREM', ready, got)
-    for _, id in ipairs(got) do
-      ids[#ids + 1] = id
-      qs[#qs + 1] = q
-    end
+  local got = redis.call('ZPOPMIN', qkey('ready', q), room)
+  for i = 1, #got, 2 do
+    ids[#ids + 1] = got[i]
+    qs[#qs + 1] = q
   end
 end
 if #ids == 0 then
@@ -213,8 +221,12 @@ for k, id in ipairs(ids) do
     -- without a start mark), so a run lost with its worker counts.
     local before = tonumber(counts[k]) or 0
     local n = before + 1
-    if before > 0 then push(retried, qkey('retry', qs[k]), id) end
-    push(leases, qkey('leases', qs[k]), now + lease_of(timeouts[k], rule[1], rule[2], rule[3], rule[4]), id)
+    local q = qs[k]
+    local list = leases[q]
+    if not list then list = {}; leases[q] = list end
+    list[#list + 1] = now + lease_of(timeouts[k], rule[1], rule[2], rule[3], rule[4])
+    list[#list + 1] = id
+    if before > 0 then retried[#retried + 1] = q; retried[#retried + 1] = id end
     tokens[#tokens + 1] = id
     tokens[#tokens + 1] = tok
     attempts[#attempts + 1] = id
@@ -231,8 +243,8 @@ for k, id in ipairs(ids) do
     gone[#gone + 1] = id
   end
 end
-for key, list in pairs(leases) do many('ZADD', key, list) end
-for key, list in pairs(retried) do many('SREM', key, list) end
+for q, list in pairs(leases) do many('ZADD', qkey('leases', q), list) end
+for i = 1, #retried, 2 do redis.call('SREM', qkey('retry', retried[i]), retried[i + 1]) end
 many('HSET', TOKEN, tokens)
 many('HSET', ATTEMPTS, attempts)
 many('HSET', STARTED, started)
@@ -253,7 +265,9 @@ return out
 
 # ARGV: prefix, then (id, token) pairs; token '' settles whatever claim there is.
 ACK = (
-    _COMMON
+    BASE
+    + PLACING
+    + LEAVING
     + """
 local ids, toks = {}, {}
 for i = 2, #ARGV, 2 do
@@ -276,7 +290,8 @@ return 0
 # priority) per job. A job whose claim was taken over is left to its new holder;
 # returns those ids.
 REQUEUE = (
-    _COMMON
+    BASE
+    + PLACING
     + """
 local now = server_now()
 local skipped = {}
@@ -312,14 +327,16 @@ return skipped
 # ARGV: prefix, the lease rule's four numbers (as CLAIM), then (id, token) pairs.
 # Renews the leases still held.
 EXTEND = (
-    _COMMON
+    BASE
+    + LEASES
     + """
 local now = server_now()
 local rule = {tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])}
 for i = 6, #ARGV, 2 do
   local id = ARGV[i]
   if redis.call('HGET', TOKEN, id) == ARGV[i + 1] then
-    local leases = qkey('leases', queue_of(decode(redis.call('HGET', EXTRA, id))))
+    local x = redis.call('HGET', EXTRA, id)
+    local leases = qkey('leases', x and cjson.decode(x).q or DEFAULT_Q)
     redis.call('ZADD', leases, 'XX', now + lease_for(id, rule[1], rule[2], rule[3], rule[4]), id)
   end
 end
@@ -333,7 +350,8 @@ return 0
 # started (it counts as an attempt from now on) and its lease runs from now.
 # Returns 1, or 0 when the claim was lost (the job must not run).
 START = (
-    _COMMON
+    BASE
+    + LEASES
     + """
 local q, id, tok = ARGV[6], ARGV[7], ARGV[8]
 if redis.call('HGET', TOKEN, id) ~= tok then
@@ -350,9 +368,11 @@ return 1
 
 # Drops every job not claimed, of every queue (ready, due, waiting for parents); returns how many.
 CLEAR = (
-    _COMMON
+    BASE
+    + PLACING
+    + LEAVING
     + """
-local names = redis.call('SMEMBERS', QUEUES)
+local names = redis.call('SMEMBERS', P .. ':q:queues')
 names[#names + 1] = DEFAULT_Q
 local ids = {}
 for _, q in ipairs(names) do
@@ -368,7 +388,7 @@ return #ids
 
 # ARGV: prefix, ttl in ms (0: keep), then (id, status, task, finished_at, payload) per job.
 STORE = (
-    _COMMON
+    BASE
     + _STORE_MANY
     + """
 local rec = {}
@@ -383,7 +403,9 @@ return 0
 # the claim it ran under still holds (the jobs waiting only for it are released
 # in the same step); returns the ids whose completion was ignored.
 COMPLETE = (
-    _COMMON
+    BASE
+    + PLACING
+    + LEAVING
     + _STORE_MANY
     + """
 local ids = {}
@@ -397,7 +419,8 @@ for k, id in ipairs(ids) do
     ok = held[k] == tok
   else
     -- No token (a claim made before this process started): the claim at these attempts.
-    local leases = qkey('leases', queue_of(decode(redis.call('HGET', EXTRA, id))))
+    local x = redis.call('HGET', EXTRA, id)
+    local leases = qkey('leases', x and cjson.decode(x).q or DEFAULT_Q)
     ok = redis.call('ZSCORE', leases, id) ~= false and redis.call('HGET', ATTEMPTS, id) == ARGV[i + 2]
   end
   if ok then

@@ -29,9 +29,11 @@ REDIS_SERVER = shutil.which("redis-server")
 # runs.log (one O_APPEND write, atomic across processes), so a test counts
 # executions themselves, not just the stored results.
 TASKS = """
+import asyncio
 import os
 import time
 
+from nuvom.job import current_job
 from nuvom.task import task
 
 RUNS = os.environ["NUVOM_TEST_RUNS"]
@@ -71,6 +73,43 @@ def flaky(key, fail_times):
     if n <= fail_times:
         raise RuntimeError(f"attempt {n} of {key} fails")
     return n
+
+
+@task(unique=True, timeout_secs=2)
+def only_one(key, secs):
+    log_run(current_job().id, os.getpid(), time.time())
+    time.sleep(secs)
+    return key
+
+
+@task(timeout_secs=2)
+def link(previous, key, secs):
+    log_run(key, os.getpid(), time.time())
+    time.sleep(secs)
+    return f"{previous}>{key}"
+
+
+@task
+def gather(results, key):
+    log_run(key, os.getpid(), time.time())
+    return results
+
+
+@task(timeout_secs=60)
+def patient(key):
+    log_run(key, os.getpid(), time.time())
+    deadline = time.time() + 60
+    while time.time() < deadline and not current_job().cancelled:
+        time.sleep(0.01)
+    log_run(key + ("-saw-cancel" if current_job().cancelled else "-timed-out"), os.getpid(), time.time())
+    return key
+
+
+@task(timeout_secs=60)
+async def dozing(key):
+    log_run(key, os.getpid(), time.time())
+    await asyncio.sleep(60)
+    return key
 """
 
 # A worker process as a user would write one without the CLI: backends built

@@ -39,7 +39,7 @@ def test_the_environment_alone_selects_and_configures_redis(monkeypatch, redis_s
     assert isinstance(queue, RedisJobQueue) and isinstance(results, RedisResultBackend)
     assert queue.prefix == prefix and results.prefix == prefix
     queue.enqueue(Job(func_name="x"))
-    assert queue.client.zcard(f"{prefix}:q:due") == 1
+    assert queue.client.zcard(f"{prefix}:q:ready") == 1
 
 
 def test_settings_defaults_and_a_bad_value_named():

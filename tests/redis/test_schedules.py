@@ -110,7 +110,7 @@ def test_schedule_keys_live_under_the_prefix(app: App, prefix: str) -> None:
     named = {k.decode() for k in store.client.keys(f"*{name}*")}
     assert named == {f"{prefix}:s:k:{name}", f"{prefix}:s:ticks:{name}"}, named
     keys = {k.decode() for k in store.client.keys(f"{prefix}:*")}
-    assert {f"{prefix}:s:all", f"{prefix}:s:next", f"{prefix}:q:due"} <= keys
+    assert {f"{prefix}:s:all", f"{prefix}:s:next", f"{prefix}:q:ready"} <= keys
     assert store.next_due_at() == pytest.approx(s.next_run_at + 1)
     store.set_schedule_paused(s.key, True)
     assert store.next_due_at() is None and store.due_schedules(time.time()) == []

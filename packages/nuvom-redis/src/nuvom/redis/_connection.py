@@ -17,6 +17,7 @@ away and one when it is back, not one per thread or per failed command.
 
 from __future__ import annotations
 
+import importlib
 import logging
 import threading
 import time
@@ -28,9 +29,10 @@ from nuvom.redis._settings import RedisSettings, redact_url
 
 import redis
 from redis.backoff import NoBackoff
+from redis.exceptions import NoScriptError, ResponseError
 from redis.retry import Retry
 
-__all__ = ["TRANSIENT", "Connection", "acquire", "release"]
+__all__ = ["TRANSIENT", "Connection", "acquire", "evalsha", "pack", "pipelined", "release"]
 
 log = logging.getLogger("nuvom.redis")
 
@@ -201,3 +203,52 @@ def release(conn: Connection) -> None:
             if value is conn:
                 del _shared[key]
     conn.close()
+
+
+def _hiredis_packer() -> Any:
+    try:
+        return importlib.import_module("hiredis").pack_command
+    except (ImportError, AttributeError):  # the optional extra is not installed: redis-py packs
+        return None
+
+
+_pack_command = _hiredis_packer()
+
+
+def evalsha(client: Any, script: Any, args: list[Any]) -> Any:
+    """One registered script's EVALSHA on ``client``'s own connection. On every
+    job's path: redis-py's command machinery (and its Script's) costs about as
+    much CPU as the trip. A server without the script (restarted, flushed) ran
+    nothing: the script is sent again, loading it."""
+    [reply] = pipelined(client, [("EVALSHA", script.sha, 0, *args)])
+    if isinstance(reply, NoScriptError):
+        return script(args=args, client=client)
+    if isinstance(reply, Exception):
+        raise reply
+    return reply
+
+
+def pack(conn: Any, commands: list[tuple[Any, ...]]) -> Any:
+    """The commands in Redis's protocol: hiredis's packer when installed (redis-py's
+    own converts each argument in Python first), else redis-py's."""
+    if _pack_command is None:
+        return conn.pack_commands(commands)
+    return [b"".join([_pack_command(command) for command in commands])]
+
+
+def pipelined(client: Any, commands: list[tuple[Any, ...]]) -> list[Any]:
+    """Send ``commands`` at once on ``client``'s own connection and read every
+    reply; an error reply (e.g. a script the server lacks) is returned, not raised."""
+    conn: Any = client.connection  # redis-py's Connection is untyped
+    replies: list[Any] = []
+    try:
+        conn.send_packed_command(pack(conn, commands))
+        for _ in commands:
+            try:
+                replies.append(conn.read_response())
+            except ResponseError as exc:
+                replies.append(exc)
+    except BaseException:
+        conn.disconnect()  # a reply may still be on its way: this connection is out of step
+        raise
+    return replies

@@ -8,7 +8,7 @@ Keys (under the queue's prefix; the layout is in docs/redis.md)::
     <prefix>:s:next         sorted set of the keys not paused, by next_run_at
     <prefix>:s:ticks:<key>  sorted set of the ticks claimed in the last day (ms)
 
-A tick is claimed by one Lua script (``_scripts.CLAIM_TICK``) that checks the
+A tick is claimed by one Lua script (``CLAIM_TICK`` below) that checks the
 schedule, adds the tick to its tick set, queues the tick's job and moves
 ``next_run_at`` on. Redis runs a script alone and writes its effects to the
 append-only file as one transaction, so of several workers exactly one wins a
@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any, cast
 from nuvom import serialization
 from nuvom.job import Job
 from nuvom.plugins.contracts import BaseScheduleStore
-from nuvom.redis import _scripts
+from nuvom.redis._lua import BASE, PLACE_NEW, PLACING, extras_of
 from nuvom.schedule import Schedule, tick_ms
 
 if TYPE_CHECKING:
@@ -60,6 +60,108 @@ def _from_fields(key: str, fields: list[Any]) -> Schedule | None:
     return s
 
 
+# -- the scripts ------------------------------------------------------------------
+# <prefix>:s:k:<key> is a hash (payload, paused, next, next_ms, last, last_job);
+# <prefix>:s:all lists the keys (scores 0: ZRANGE gives them in key order);
+# <prefix>:s:next scores the keys of schedules not paused by next_run_at;
+# <prefix>:s:ticks:<key> holds the claimed ticks (ms) of the last day.
+_SCHEDULES = """
+local SALL, SNEXT = P .. ':s:all', P .. ':s:next'
+local function skey(key) return P .. ':s:k:' .. key end
+
+-- Keeps :s:next in step with a schedule's hash.
+local function index_next(key, paused, nxt)
+  if paused == '1' or nxt == '' then
+    redis.call('ZREM', SNEXT, key)
+  else
+    redis.call('ZADD', SNEXT, tonumber(nxt), key)
+  end
+end
+"""
+
+# ARGV: prefix, key, payload, paused ('0'/'1'), next ('' for none), next_ms, last, last_job.
+UPSERT_SCHEDULE = (
+    BASE
+    + _SCHEDULES
+    + """
+local key = ARGV[2]
+redis.call('HSET', skey(key), 'payload', ARGV[3], 'paused', ARGV[4], 'next', ARGV[5], 'next_ms', ARGV[6],
+  'last', ARGV[7], 'last_job', ARGV[8])
+redis.call('ZADD', SALL, 0, key)
+index_next(key, ARGV[4], ARGV[5])
+return 1
+"""
+)
+
+# ARGV: prefix, key, paused ('0'/'1'). Returns 0 for an unknown key.
+PAUSE_SCHEDULE = (
+    BASE
+    + _SCHEDULES
+    + """
+local key = ARGV[2]
+local nxt = redis.call('HGET', skey(key), 'next')
+if not nxt then return 0 end
+redis.call('HSET', skey(key), 'paused', ARGV[3])
+index_next(key, ARGV[3], nxt)
+return 1
+"""
+)
+
+# ARGV: prefix, key. Returns 0 for an unknown key. The schedule's queued jobs stay.
+DELETE_SCHEDULE = (
+    BASE
+    + _SCHEDULES
+    + """
+local key = ARGV[2]
+redis.call('ZREM', SNEXT, key)
+redis.call('ZREM', SALL, key)
+redis.call('DEL', P .. ':s:ticks:' .. key)
+return redis.call('DEL', skey(key))
+"""
+)
+
+# ARGV: prefix, key, tick ms, tick, next ('' for none), next ms ('' for none),
+# ms of claimed ticks to keep, then the job: id ('' for a skipped tick), offset,
+# payload, timeout_secs, attempts, extras (as ENQUEUE's). Returns 1 when this call claimed the tick.
+#
+# Claiming the tick, queueing its job and moving the schedule on are one script:
+# of racing workers exactly one wins, and no crash leaves one without the others.
+# The tick set (not only next_ms) refuses a tick claimed before: an upsert that
+# read the schedule before a claim may write an older next_run_at back.
+CLAIM_TICK = (
+    BASE
+    + PLACING
+    + PLACE_NEW
+    + _SCHEDULES
+    + """
+local key, ms = ARGV[2], tonumber(ARGV[3])
+local S = skey(key)
+local state = redis.call('HMGET', S, 'paused', 'next_ms')
+if not state[1] or state[1] == '1' or not state[2] or state[2] == '' or ms < tonumber(state[2]) then
+  return 0
+end
+local ticks = P .. ':s:ticks:' .. key
+if redis.call('ZADD', ticks, 'NX', ms, ARGV[3]) == 0 then
+  return 0
+end
+redis.call('ZREMRANGEBYSCORE', ticks, '-inf', ms - tonumber(ARGV[7]))
+local id = ARGV[8]
+if id ~= '' then
+  if redis.call('HSETNX', PAYLOAD, id, ARGV[10]) == 1 then
+    redis.call('HSET', ATTEMPTS, id, ARGV[12])
+    redis.call('HSET', TIMEOUT, id, ARGV[11])
+    place_new(server_now(), id, ARGV[9], ARGV[13], ARGV[12])
+    flush_places(true)
+  end
+  redis.call('HSET', S, 'last_job', id)
+end
+redis.call('HSET', S, 'next', ARGV[5], 'next_ms', ARGV[6], 'last', ARGV[4])
+index_next(key, '0', ARGV[5])
+return 1
+"""
+)
+
+
 class RedisSchedules(BaseScheduleStore):
     """The schedule store half of the Redis queue (needs its connection and prefix)."""
 
@@ -68,10 +170,10 @@ class RedisSchedules(BaseScheduleStore):
 
     def _init_schedules(self) -> None:
         script = self.conn.client.register_script
-        self._upsert_schedule = script(_scripts.UPSERT_SCHEDULE)
-        self._pause_schedule = script(_scripts.PAUSE_SCHEDULE)
-        self._delete_schedule = script(_scripts.DELETE_SCHEDULE)
-        self._claim_tick = script(_scripts.CLAIM_TICK)
+        self._upsert_schedule = script(UPSERT_SCHEDULE)
+        self._pause_schedule = script(PAUSE_SCHEDULE)
+        self._delete_schedule = script(DELETE_SCHEDULE)
+        self._claim_tick = script(CLAIM_TICK)
 
     def _skey(self, key: str) -> str:
         return f"{self.prefix}:s:k:{key}"
@@ -146,10 +248,11 @@ class RedisSchedules(BaseScheduleStore):
             _KEEP_TICKS_MS,
         ]
         if job is None:
-            args += ["", 0, "", 0, 0]
+            args += ["", 0, "", 0, 0, ""]
         else:
             # An offset, not a timestamp: the script adds it to the server's clock.
             args += [job.id, repr(job.due_at - time.time()), job.to_bytes(), repr(job.timeout_secs or 0), job.attempts]
+            args.append(extras_of(job))
         # A retry after a lost reply finds the tick claimed (by that first call): the
         # job is queued either way, and this process reports the tick as not its own.
         return bool(self.conn.run("claiming a scheduled tick", lambda: self._claim_tick(args=args)))

@@ -82,7 +82,7 @@ from nuvom.backends._file_results import FileResultBackend, make_dirs
 from nuvom.backends._file_schedules import FileSchedules
 from nuvom.backends._file_unique import FileUnique
 from nuvom.backends._file_workers import FilePresence
-from nuvom.errors import SerializationError
+from nuvom.errors import BackendError, SerializationError
 from nuvom.job import DEFAULT_QUEUE, Job, JobStatus, lease_secs_for, validate_job_id
 from nuvom.plugins.contracts import BaseJobQueue, BaseResultBackend
 
@@ -403,27 +403,31 @@ class FileJobQueue(FilePresence, FileFlows, FileUnique, FileControl, BaseJobQueu
             for job_id in job_ids:
                 claim = self._claims.get(job_id)
                 if claim is not None:
-                    if not claim.lost:
+                    # Already gone: the lease ran out and another worker has the job.
+                    if claim.unique_key is None:
+                        # The file becomes the next result's (a spare, see TempFiles).
+                        if not claim.lost and self._temp.recycle(claim.path):
+                            left.append(job_id)
+                    elif not claim.lost and unlink(claim.path):
+                        # Deleted, not a spare: its key is a link to it (_file_unique).
                         left.append(job_id)
-                        if claim.unique_key is None:
-                            # The file becomes the next result's (a spare, see TempFiles).
-                            # Already gone: the lease ran out and another worker has the job.
-                            self._temp.recycle(claim.path)
-                        else:
-                            # Deleted: its key is a link to it, free once the claim is gone (_file_unique).
-                            unlink(claim.path)
-                            keys.append((job_id, claim.unique_key))
+                        keys.append((job_id, claim.unique_key))
                     del self._claims[job_id]
         if left:
             self._left(left, keys)
 
     def _left(self, job_ids: Sequence[str], keys: Sequence[tuple[str, str]] = ()) -> None:
         """These jobs have left the queue (their files are gone): release the jobs
-        that waited only for them, drop their cancel requests, free their keys."""
-        self._release_children_of(job_ids)
-        self._drop_cancel_requests(job_ids)
-        for job_id, key in keys:
-            self._release_key(key, job_id)
+        that waited only for them, drop their cancel requests, free their keys.
+        What fails here is finished by the sweep (a release) or by the next
+        producer of the key, so it is logged, not raised."""
+        try:
+            self._release_children_of(job_ids)
+            self._drop_cancel_requests(job_ids)
+            for job_id, key in keys:
+                self._release_key(key, job_id)
+        except (OSError, BackendError):
+            log.exception("after %d job(s) left the queue, releasing what waited for them failed", len(job_ids))
 
     def complete(self, jobs: Sequence[Job], results: BaseResultBackend) -> None:
         """Store outcomes, then acknowledge, fenced by the claim: each claim is
@@ -495,6 +499,7 @@ class FileJobQueue(FilePresence, FileFlows, FileUnique, FileControl, BaseJobQueu
         for dirs in every:
             job = self._read_job(dirs.waiting_path(job_id), job_id)
             if job is not None:
+                job.status = JobStatus.WAITING
                 return job
         lanes = [path for dirs in every for path in dirs.all_lane_dirs()]
         claimed = [dirs.claimed_dir for dirs in every]

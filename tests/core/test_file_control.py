@@ -38,7 +38,7 @@ def test_a_cancel_request_is_recorded_only_for_a_claimed_job(queue: FileJobQueue
     queue.enqueue(job)
     assert queue.request_cancel(job.id) is False  # queued, not claimed: cancel() takes those
     assert os.listdir(Path(queue.root, "cancels")) == []
-    [claimed] = queue.claim(1)
+    assert [j.id for j in queue.claim(1)] == [job.id]
     other = FileJobQueue(settings)  # another process's view: the request is in the store
     assert other.request_cancel(job.id) is True
     assert queue.cancel_requested([job.id, "someone-else"]) == {job.id}
@@ -110,7 +110,7 @@ def test_a_lock_held_by_a_live_process_is_waited_for(isolated: Path) -> None:
     holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(path), str(ready)])
     try:
         wait_for(ready)
-        with pytest.raises(BackendError, match="x.lock"):
+        with pytest.raises(BackendError, match=r"x\.lock"):
             LockFile(str(path), wait_secs=0.5).acquire()
     finally:
         holder.kill()

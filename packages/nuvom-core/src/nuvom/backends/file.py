@@ -58,7 +58,6 @@ from __future__ import annotations
 import itertools
 import logging
 import os
-import re
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -78,12 +77,13 @@ from nuvom.backends._file_io import (
     unlink,
 )
 from nuvom.backends._file_lanes import DirNames, QueueDirs, base_of, decode_queue
+from nuvom.backends._file_reading import CLAIMED_NAME, WAITING_ID_AT, WAITING_NAME, FileReading
 from nuvom.backends._file_results import FileResultBackend, make_dirs
 from nuvom.backends._file_schedules import FileSchedules
 from nuvom.backends._file_unique import FileUnique
 from nuvom.backends._file_workers import FilePresence
 from nuvom.errors import BackendError, SerializationError
-from nuvom.job import DEFAULT_QUEUE, Job, JobStatus, lease_secs_for, validate_job_id
+from nuvom.job import DEFAULT_QUEUE, Job, lease_secs_for, validate_job_id
 from nuvom.plugins.contracts import BaseJobQueue, BaseResultBackend
 
 __all__ = ["FileJobQueue", "FileResultBackend"]
@@ -92,10 +92,6 @@ log = logging.getLogger("nuvom.backends.file")
 
 _WINDOWS = os.name == "nt"
 _SUFFIX = ".msgpack"
-_WAITING_NAME = re.compile(r"\d{20}-\d{8}-[A-Za-z0-9_-]{1,64}\.msgpack")
-_CLAIMED_NAME = re.compile(r"(\d{20})-(\d{1,9})-([A-Za-z0-9_-]{1,64})\.msgpack")
-# A waiting job's name: 20 digits of due time, '-', 8 digits of sequence, '-', the id.
-_WAITING_ID_AT = 30
 
 # The owner of a claim renews it before a two-step move when less than this remains.
 _SAFE_LEASE_NS = 2_000_000_000
@@ -117,7 +113,7 @@ class _Claim:
     started: bool = False
 
 
-class FileJobQueue(FilePresence, FileFlows, FileUnique, FileControl, BaseJobQueue, FileSchedules):
+class FileJobQueue(FilePresence, FileReading, FileFlows, FileUnique, FileControl, BaseJobQueue, FileSchedules):
     """Jobs waiting in lanes (``<data dir>/queue/`` and the others above),
     claimed into ``claimed/``; schedules in ``<data dir>/schedules/``
     (:mod:`nuvom.backends._file_schedules`)."""
@@ -225,7 +221,7 @@ class FileJobQueue(FilePresence, FileFlows, FileUnique, FileControl, BaseJobQueu
                             entry = lane.next_due(due, self._job_files)
                             if entry is None:
                                 break
-                            job = self._take(dirs, lane.path, entry, entry[_WAITING_ID_AT : -len(_SUFFIX)], 0, now_ns)
+                            job = self._take(dirs, lane.path, entry, entry[WAITING_ID_AT : -len(_SUFFIX)], 0, now_ns)
                             if job is not None:
                                 out.append(job)
                     if len(out) >= batch_size:
@@ -263,7 +259,7 @@ class FileJobQueue(FilePresence, FileFlows, FileUnique, FileControl, BaseJobQueu
                     if len(self._skipped) < _SKIPPED_MAX:
                         self._skipped.add(name)
                     log.warning("skipping %s in %s: not a regular file (remove it)", name, folder)
-            elif _WAITING_NAME.fullmatch(name):
+            elif WAITING_NAME.fullmatch(name):
                 yield name
             else:
                 path = os.path.join(folder, name)
@@ -277,7 +273,7 @@ class FileJobQueue(FilePresence, FileFlows, FileUnique, FileControl, BaseJobQueu
             if len(out) >= batch_size:
                 self._next_reclaim = 0.0  # more to reclaim: look again on the next claim
                 return
-            match = _CLAIMED_NAME.fullmatch(name)
+            match = CLAIMED_NAME.fullmatch(name)
             if match is None:
                 path = os.path.join(dirs.claimed_dir, name)
                 quarantine(path, self.corrupt_dir, f"claimed-{name}", "not a <expiry>-<claims>-<job id> name", log)
@@ -492,168 +488,8 @@ class FileJobQueue(FilePresence, FileFlows, FileUnique, FileControl, BaseJobQueu
                 if claim is not None and not claim.lost:
                     self._renew(job_id, claim, now_ns)
 
-    # -- reading ------------------------------------------------------------
-    def get(self, job_id: str) -> Job | None:
-        validate_job_id(job_id)
-        every = self._all_dirs()
-        for dirs in every:
-            job = self._read_job(dirs.waiting_path(job_id), job_id)
-            if job is not None:
-                job.status = JobStatus.WAITING
-                return job
-        lanes = [path for dirs in every for path in dirs.all_lane_dirs()]
-        claimed = [dirs.claimed_dir for dirs in every]
-        # A job moves lane -> claimed/ -> lane (retry) while we look: look in
-        # the order it moves, then once more where it may have gone back to.
-        for directory in (*lanes, *claimed, *lanes):
-            name = _find(directory, job_id)
-            if name is None:
-                continue
-            job = self._read_job(os.path.join(directory, name), job_id)
-            if job is None:
-                continue
-            if directory in claimed:
-                job.mark_claimed(int(name.split("-", 2)[1]))
-            elif job.status is JobStatus.WAITING:
-                job.status = JobStatus.PENDING  # released by its last parent
-            return job
-        return None
-
-    def _read_job(self, path: str, job_id: str) -> Job | None:
-        try:
-            data = read_bytes(path)
-        except FileNotFoundError:
-            return None
-        try:
-            return Job.from_bytes(data)
-        except SerializationError as exc:
-            log.warning("job %s: its queue file %s is unreadable: %s", job_id, path, exc)
-            return None
-
-    def _lane_names(self, dirs: QueueDirs) -> list[tuple[int, str, str]]:
-        """(priority, folder, name) of every waiting job in the queue's lanes."""
-        out = []
-        for lane in dirs.lanes():
-            try:
-                names = os.listdir(lane.path)
-            except FileNotFoundError:
-                continue
-            out += [(lane.priority, lane.path, n) for n in names if n.endswith(_SUFFIX)]
-        return out
-
-    def _counts_of(self, dirs: QueueDirs) -> dict[str, int]:
-        # Names carry no attempt count, so retries are not told apart from new
-        # jobs without opening every file: "retrying" is left out.
-        waiting = sum(1 for n in dirs.waiting.names() if n.endswith(_SUFFIX))
-        running = sum(1 for n in os.listdir(dirs.claimed_dir) if n.endswith(_SUFFIX))
-        return {"queued": len(self._lane_names(dirs)) + waiting, "running": running}
-
-    def qsize(self) -> int:
-        return sum(self._counts_of(dirs)["queued"] for dirs in self._all_dirs())
-
-    def counts(self) -> dict[str, int]:
-        total = {"queued": 0, "running": 0}
-        for dirs in self._all_dirs():
-            for key, n in self._counts_of(dirs).items():
-                total[key] += n
-        return total
-
-    def queue_counts(self) -> dict[str, dict[str, int]]:
-        return {dirs.name: self._counts_of(dirs) for dirs in sorted(self._all_dirs(), key=lambda d: d.name)}
-
-    def claims_held(self) -> tuple[int, float | None]:
-        # A claimed file's name begins with its lease's end, in nanoseconds.
-        ends = [
-            int(name[:20])
-            for dirs in self._all_dirs()
-            for name in os.listdir(dirs.claimed_dir)
-            if _CLAIMED_NAME.fullmatch(name)
-        ]
-        return len(ends), (max(ends) / 1e9 if ends else None)
-
-    def peek(self, limit: int = 50) -> list[Job]:
-        due = f"{time.time_ns():020d}"
-        entries = [e for dirs in self._all_dirs() for e in self._lane_names(dirs) if _WAITING_NAME.fullmatch(e[2])]
-        # Due jobs in claim order (higher priority first, then due time), then the delayed ones by due time.
-        ready = sorted((e for e in entries if e[2][:20] <= due), key=lambda e: (-e[0], e[2]))
-        delayed = sorted((e for e in entries if e[2][:20] > due), key=lambda e: e[2])
-        out: list[Job] = []
-        for _, folder, name in ready + delayed:
-            if len(out) >= limit:
-                break
-            job = self._read_job(os.path.join(folder, name), name[_WAITING_ID_AT : -len(_SUFFIX)])
-            if job is not None:  # else claimed meanwhile, or left for a claimer to quarantine
-                if job.status is JobStatus.WAITING:
-                    job.status = JobStatus.PENDING
-                out.append(job)
-        return out
-
-    def cancel(self, job_id: str) -> Job | None:
-        validate_job_id(job_id)
-        every = self._all_dirs()
-        for dirs in every:
-            job = self._take_out(dirs.waiting_path(job_id), f"waiting-{job_id}{_SUFFIX}")
-            if job is not None:
-                self._forget_waiting(job)
-                self._left([job_id], [(job_id, job.unique_key)] if job.unique_key else [])
-                return job
-        for dirs in every:
-            for folder in dirs.all_lane_dirs():
-                name = _find(folder, job_id)
-                if name is None:
-                    continue
-                job = self._take_out(os.path.join(folder, name), f"queue-{name}")
-                if job is not None:
-                    self._left([job_id], [(job_id, job.unique_key)] if job.unique_key else [])
-                    return job
-        return None
-
-    def _take_out(self, path: str, label: str) -> Job | None:
-        """Take a waiting job's file out of the queue with the same rename a claim
-        uses (of a worker and this call, exactly one gets it); its job, or ``None``."""
-        taken = self._temp.new_path()
-        try:
-            os.replace(path, taken)
-        except (FileNotFoundError, PermissionError):
-            return None
-        try:
-            return Job.from_bytes(read_bytes(taken))
-        except SerializationError as exc:
-            quarantine(taken, self.corrupt_dir, label, str(exc), log)
-            return None
-        finally:
-            unlink(taken)
-
-    def clear(self) -> int:
-        removed: list[str] = []
-        with self._lock:
-            for dirs in self._all_dirs():
-                dirs.forget()
-                for _, folder, name in self._lane_names(dirs):
-                    if unlink(os.path.join(folder, name)):
-                        removed.append(name[_WAITING_ID_AT : -len(_SUFFIX)])
-                for name in dirs.waiting.names():
-                    if name.endswith(_SUFFIX) and unlink(os.path.join(dirs.waiting_dir, name)):
-                        removed.append(name[: -len(_SUFFIX)])
-                        self._forget_blockers(name[: -len(_SUFFIX)])
-        # Keys of unique jobs removed here are free: their files are gone (_file_unique).
-        self._left(removed)
-        return len(removed)
-
     def close(self) -> None:
         with self._lock:
             for dirs in self._queues.values():
                 dirs.forget()
         self._temp.drop_spares()
-
-
-def _find(directory: str, job_id: str) -> str | None:
-    suffix = f"-{job_id}{_SUFFIX}"
-    try:
-        names = os.listdir(directory)
-    except FileNotFoundError:
-        return None
-    for name in names:
-        if name.endswith(suffix) and name.split("-", 2)[-1] == job_id + _SUFFIX:
-            return name
-    return None

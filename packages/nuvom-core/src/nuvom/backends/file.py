@@ -41,13 +41,12 @@ be atomic is a rename, an ``O_EXCL`` create, a link, or runs under a lock file):
 * The start mark (:meth:`FileJobQueue.mark_started`) is one rename of the
   claimed file: the lease runs from the start, and the name counts the run.
   A claim that expired before it started is taken over with nothing counted.
-* A job leaves the queue when its file is gone (its outcome stored, then the
-  claim removed; or cancelled). Only then are the jobs waiting for it
-  released, its cancel request dropped and its unique key freed, each a step
-  that a process killed half-way leaves for the next claimer to finish
-  (:mod:`~nuvom.backends._file_flows`, :mod:`~nuvom.backends._file_unique`).
-  A job that uses none of these costs one ``stat`` of ``flow/`` and one of
-  ``cancels/`` per group of jobs acknowledged together.
+* A job leaves the queue when its file is gone (outcome stored, then claim
+  removed; or cancelled). Then the jobs waiting for it are released, its
+  cancel request dropped and its unique key freed: steps that a process killed
+  half-way leaves for the next claimer (:mod:`~nuvom.backends._file_flows`,
+  :mod:`~nuvom.backends._file_unique`). A job using none of these costs one
+  ``stat`` of ``flow/`` and one of ``cancels/`` per group acknowledged together.
 
 Writes are atomic with respect to crashes of the process, not fsynced: a
 power cut may lose the jobs written in the last moments before it.
@@ -136,6 +135,7 @@ class FileJobQueue(FilePresence, FileReading, FileFlows, FileUnique, FileControl
         self._temp = TempFiles.shared(tmp_dir)
         sweep_temp(tmp_dir)
         self._lock = threading.Lock()
+        self._sweeping = threading.Lock()
         self._claims: dict[str, _Claim] = {}
         self._seq = itertools.count()
         self._reclaim_every = min(0.5, max(0.05, settings.lease_secs / 4))
@@ -237,12 +237,17 @@ class FileJobQueue(FilePresence, FileReading, FileFlows, FileUnique, FileControl
 
     def _sweep(self) -> None:
         """Finish what processes killed half-way left (workflow releases, unique
-        keys being taken): at most as often as the reclaim scan."""
+        keys being taken): at most as often as the reclaim scan, one thread at a time."""
+        if not self._sweeping.acquire(blocking=False):
+            return
         try:
             self._sweep_flows()
             self._sweep_stages()
-        except OSError:
+        except Exception:
+            # A file of someone else's making must not stop this worker's claims.
             log.exception("looking for workflow jobs and unique keys to recover failed; trying again later")
+        finally:
+            self._sweeping.release()
 
     def _job_files(self, folder: str, entries: Iterable[os.DirEntry[str]]) -> Iterable[str]:
         for entry in entries:

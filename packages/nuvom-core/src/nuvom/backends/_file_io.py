@@ -34,6 +34,7 @@ __all__ = [
     "replace",
     "storage_error",
     "sweep_temp",
+    "touch",
     "unlink",
     "write_file",
 ]
@@ -114,6 +115,11 @@ def replace(src: str, dst: str) -> None:
         except PermissionError:
             time.sleep(pause)
     os.replace(src, dst)
+
+
+def touch(path: str) -> None:
+    """Make an empty file at ``path`` (kept as it is if one is there)."""
+    os.close(os.open(path, os.O_WRONLY | os.O_CREAT | _O_BINARY, 0o644))
 
 
 def unlink(path: str) -> bool:

@@ -67,13 +67,15 @@ def _timing_id(s: Schedule) -> str:
 
 class FileSchedules(BaseScheduleStore):
     """The schedule store half of the file queue (needs its ``root``,
-    ``queue_dir``, ``_temp`` and ``get``)."""
+    ``_temp``, ``get`` and ``_lane_dir_of``)."""
 
     root: str
-    queue_dir: str
     _temp: TempFiles
 
     def get(self, job_id: str) -> Job | None:  # provided by FileJobQueue
+        raise NotImplementedError
+
+    def _lane_dir_of(self, job: Job) -> str:  # provided by FileJobQueue
         raise NotImplementedError
 
     @property
@@ -215,7 +217,8 @@ class FileSchedules(BaseScheduleStore):
         # A name fixed by the tick: queueing it again (a repair) replaces the file
         # instead of adding a second job.
         due_ns = max(0, int(tick * 1e9))
-        self._temp.write_atomic(f"{self.queue_dir}{os.sep}{due_ns:020d}-00000000-{job.id}.msgpack", job.to_bytes())
+        path = f"{self._lane_dir_of(job)}{os.sep}{due_ns:020d}-00000000-{job.id}.msgpack"
+        self._temp.write_atomic(path, job.to_bytes())
 
     def _prune(self, tick_dir: str, newest: int) -> None:
         ticks = self._ticks(tick_dir)

@@ -2,27 +2,38 @@
 
 ``NUVOM_QUEUE_BACKEND=file`` and ``NUVOM_RESULT_BACKEND=file`` (also the
 default when nuvom-sqlite is not installed). Any number of producer and worker
-processes may share one data dir (``NUVOM_DATA_DIR``, default ``.nuvom``)::
+processes on one machine may share one data dir (``NUVOM_DATA_DIR``, default
+``.nuvom``)::
 
     .nuvom/
-      queue/    <due-ns>-<seq>-<job id>.msgpack                 waiting jobs
-      claimed/  <lease-expiry-ns>-<claims>-<job id>.msgpack     claimed jobs
-      jobs/     <job id>.msgpack                                finished jobs
-      index/    <opened-ns>-<pid>-<token>.idx                   history index
-      workers/  <hash of worker id>.worker                      worker presence (_file_workers)
-      tmp/      files being written
-      corrupt/  quarantined unreadable files
+      queue/      <due-ns>-<seq>-<job id>.msgpack             waiting jobs (queue default, priority 0)
+      priorities/<p>/ <due-ns>-<seq>-<job id>.msgpack         waiting jobs of priority p
+      claimed/    <lease-expiry-ns>-<claims>-<job id>.msgpack claimed jobs
+      waiting/    <job id>.msgpack                           workflow jobs waiting for parents
+      queues/<name>/  queue/ priorities/ claimed/ waiting/   the same for each other named queue
+      flow/<parent id>/<child id>, blockers/<child id>/<parent id>   workflow edges (_file_flows)
+      unique/     <key hash>.key                             unique keys (_file_unique)
+      cancels/    <job id>                                   cancel requests for running jobs
+      rates/      <key hash>                                 rate limits (_file_control)
+      jobs/       <job id>.msgpack                           finished jobs (_file_results)
+      index/      <opened-ns>-<pid>-<token>.idx              history index
+      workers/    <hash of worker id>.worker                 worker presence (_file_workers)
+      tmp/        files being written
+      corrupt/    quarantined unreadable files
 
-How it holds together:
+How it holds together (the store has no transactions: every step that must
+be atomic is a rename, an ``O_EXCL`` create, a link, or runs under a lock file):
 
 * Every file is written whole under a temporary name and moved into place
   with ``os.replace``: a reader never sees half a job.
-* A claim is a rename out of ``queue/`` (or of an expired claim) into
-  ``claimed/``. Of several processes renaming the same file exactly one
-  succeeds, so no two workers run the same job.
+* A claim is a rename out of a lane (``queue/``, ``priorities/<p>/``) or of
+  an expired claim into ``claimed/``. Of several processes renaming the same
+  file exactly one succeeds, so no two workers run the same job.
 * Names of waiting jobs sort by due time: FIFO order and "not yet due" are
-  decided without opening a file. A worker lists ``queue/`` once and works
-  through the sorted names until they run out.
+  decided without opening a file. A worker lists a lane once and works
+  through the sorted names until they run out. A claim serves the queues it
+  is given in order, each queue's lanes from the highest priority down
+  (:mod:`nuvom.backends._file_lanes`).
 * A claimed file's name carries its lease expiry and the number of runs
   that started but are not yet written into the job's ``attempts``. Finding
   expired claims and renewing a lease (one more rename) never open a file,
@@ -30,8 +41,12 @@ How it holds together:
 * The start mark (:meth:`FileJobQueue.mark_started`) is one rename of the
   claimed file: the lease runs from the start, and the name counts the run.
   A claim that expired before it started is taken over with nothing counted.
-* Finished jobs are found by id in ``jobs/``; the history (``list_jobs``)
-  comes from an append-only index (:mod:`nuvom.backends._file_index`).
+* A job leaves the queue when its file is gone (outcome stored, then claim
+  removed; or cancelled). Then the jobs waiting for it are released, its
+  cancel request dropped and its unique key freed: steps that a process killed
+  half-way leaves for the next claimer (:mod:`~nuvom.backends._file_flows`,
+  :mod:`~nuvom.backends._file_unique`). A job using none of these costs one
+  ``stat`` of ``flow/`` and one of ``cancels/`` per group acknowledged together.
 
 Writes are atomic with respect to crashes of the process, not fsynced: a
 power cut may lose the jobs written in the last moments before it.
@@ -39,20 +54,17 @@ power cut may lose the jobs written in the last moments before it.
 
 from __future__ import annotations
 
-import heapq
 import itertools
 import logging
 import os
-import re
 import threading
 import time
-from collections import deque
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
-from nuvom._polling import Poller
 from nuvom._settings import Settings, load_settings
-from nuvom.backends._file_index import ResultIndex
+from nuvom.backends._file_control import FileControl
+from nuvom.backends._file_flows import FileFlows
 from nuvom.backends._file_io import (
     NotAFile,
     TempFiles,
@@ -63,10 +75,14 @@ from nuvom.backends._file_io import (
     sweep_temp,
     unlink,
 )
+from nuvom.backends._file_lanes import DirNames, QueueDirs, base_of, decode_queue
+from nuvom.backends._file_reading import CLAIMED_NAME, WAITING_ID_AT, WAITING_NAME, FileReading
+from nuvom.backends._file_results import FileResultBackend, make_dirs
 from nuvom.backends._file_schedules import FileSchedules
+from nuvom.backends._file_unique import FileUnique
 from nuvom.backends._file_workers import FilePresence
-from nuvom.errors import SerializationError
-from nuvom.job import Job, JobStatus, lease_secs_for, validate_job_id
+from nuvom.errors import BackendError, SerializationError
+from nuvom.job import DEFAULT_QUEUE, Job, lease_secs_for, validate_job_id
 from nuvom.plugins.contracts import BaseJobQueue, BaseResultBackend
 
 __all__ = ["FileJobQueue", "FileResultBackend"]
@@ -75,77 +91,80 @@ log = logging.getLogger("nuvom.backends.file")
 
 _WINDOWS = os.name == "nt"
 _SUFFIX = ".msgpack"
-_WAITING_NAME = re.compile(r"\d{20}-\d{8}-[A-Za-z0-9_-]{1,64}\.msgpack")
-_CLAIMED_NAME = re.compile(r"(\d{20})-(\d{1,9})-([A-Za-z0-9_-]{1,64})\.msgpack")
-# A waiting job's name: 20 digits of due time, '-', 8 digits of sequence, '-', the id.
-_WAITING_ID_AT = 30
 
 # The owner of a claim renews it before a two-step move when less than this remains.
 _SAFE_LEASE_NS = 2_000_000_000
-# Nothing due in the listing and queue/ unchanged: list again after this anyway.
-_RELIST_SECS = 1.0
-# Directory mtimes tick with a coarse clock; "unchanged" is trusted only for a
-# listing taken this long after the directory's last change.
-_MTIME_TRUST_NS = 50_000_000
-# A listing keeps the first this many names of queue/ in due order, so that a
-# worker's memory does not grow with the queue; a listing costs one pass over
-# the directory per this many claims.
-_LISTING_MAX = 16_384
-# Names of things in queue/ that are not files, remembered to warn once.
+# Names of things in a lane that are not files, remembered to warn once.
 _SKIPPED_MAX = 1024
-# A waiting get() looks for its record after this pause, doubling to the max.
-_WAIT_FIRST = 0.0005
-_WAIT_MAX = 0.02
 
 
 @dataclass
 class _Claim:
     path: str
+    dir: str
     expiry_ns: int
     claims: int
     lease_ns: int
+    # Its job's unique key: the claim's file is deleted rather than reused, and the key freed.
+    unique_key: str | None = None
     # The lease ran out and another worker took the job: this worker's outcome is not stored.
     lost: bool = False
     started: bool = False
 
 
-def _make_dirs(root: str, *names: str) -> list[str]:
-    paths = [os.path.join(root, name) for name in names]
-    for path in paths:
-        try:
-            os.makedirs(path, exist_ok=True)
-        except OSError as exc:
-            raise storage_error(exc, "creating the data folder", path) from None
-    return paths
-
-
-class FileJobQueue(FilePresence, BaseJobQueue, FileSchedules):
-    """Jobs waiting in ``<data dir>/queue/``, claimed into ``<data dir>/claimed/``;
-    schedules in ``<data dir>/schedules/`` (:mod:`nuvom.backends._file_schedules`)."""
+class FileJobQueue(FilePresence, FileReading, FileFlows, FileUnique, FileControl, BaseJobQueue, FileSchedules):
+    """Jobs waiting in lanes (``<data dir>/queue/`` and the others above),
+    claimed into ``claimed/``; schedules in ``<data dir>/schedules/``
+    (:mod:`nuvom.backends._file_schedules`)."""
 
     shared_between_processes = True
+    supports_queues = True
+    supports_unique = True
+    supports_workflows = True
 
     def __init__(self, settings: Settings | None = None) -> None:
         settings = settings or load_settings()
         super().__init__(settings)
         self._settings = settings
         self.root = os.path.abspath(settings.data_dir)
-        self.queue_dir, self.claimed_dir, tmp_dir, self.corrupt_dir = _make_dirs(
-            self.root, "queue", "claimed", "tmp", "corrupt"
-        )
+        tmp_dir, self.corrupt_dir = make_dirs(self.root, "tmp", "corrupt")
+        self._default = QueueDirs(DEFAULT_QUEUE, self.root)
+        self.queue_dir, self.claimed_dir = self._default.queue_dir, self._default.claimed_dir
+        self._queues: dict[str, QueueDirs] = {DEFAULT_QUEUE: self._default}
+        self._queue_folders = DirNames(os.path.join(self.root, "queues"))
         self._temp = TempFiles.shared(tmp_dir)
         sweep_temp(tmp_dir)
         self._lock = threading.Lock()
+        self._sweeping = threading.Lock()
         self._claims: dict[str, _Claim] = {}
         self._seq = itertools.count()
-        # Sorted names from the last listing of queue/, consumed from the left.
-        self._listing: deque[str] = deque()
-        self._listed_at = float("-inf")
-        self._listed_mtime: int | None = None
         self._reclaim_every = min(0.5, max(0.05, settings.lease_secs / 4))
         self._next_reclaim = 0.0
         self._default_lease_ns = self._lease_ns(None)
         self._skipped: set[str] = set()
+        self._init_flows()
+        self._init_control()
+
+    # -- folders ------------------------------------------------------------
+    def _dirs(self, name: str) -> QueueDirs:
+        dirs = self._queues.get(name)
+        if dirs is None:
+            dirs = self._queues.setdefault(name, QueueDirs(name, base_of(self.root, name)))
+        return dirs
+
+    def _all_dirs(self) -> list[QueueDirs]:
+        """The default queue's folders, then every other named queue's."""
+        out = [self._default]
+        for folder in sorted(self._queue_folders.names()):
+            name = decode_queue(folder)
+            if name is not None and name != DEFAULT_QUEUE:
+                out.append(self._dirs(name))
+        return out
+
+    def _lane_dir_of(self, job: Job) -> str:
+        if job.queue == DEFAULT_QUEUE and job.priority == 0:
+            return self.queue_dir
+        return self._dirs(job.queue).lane_dir(job.priority)
 
     # -- producing ----------------------------------------------------------
     def enqueue(self, job: Job) -> None:
@@ -155,52 +174,82 @@ class FileJobQueue(FilePresence, BaseJobQueue, FileSchedules):
         write = self._temp.write_atomic
         try:
             for job in jobs:
-                write(self._waiting_path(job), job.to_bytes())
+                if job.flow is None:
+                    write(self._lane_path(job), job.to_bytes())
+                else:
+                    self._enqueue_flow(job)
         except OSError as exc:
             raise storage_error(exc, "queueing a job", self.queue_dir) from None
 
-    def _waiting_path(self, job: Job) -> str:
+    def _lane_path(self, job: Job) -> str:
         validate_job_id(job.id)
         due_ns = max(0, int(job.due_at * 1e9))
         # The sequence keeps FIFO among jobs of one batch created in the same tick.
         seq = next(self._seq) % 100_000_000
-        return f"{self.queue_dir}{os.sep}{due_ns:020d}-{seq:08d}-{job.id}{_SUFFIX}"
+        return f"{self._lane_dir_of(job)}{os.sep}{due_ns:020d}-{seq:08d}-{job.id}{_SUFFIX}"
 
     # -- claiming -----------------------------------------------------------
     def claim(self, batch_size: int) -> list[Job]:
+        return self._claim(batch_size, (DEFAULT_QUEUE,))
+
+    def claim_batch(
+        self,
+        limit: int,
+        timeout: float | None,
+        idle: Callable[[], int],
+        queues: Sequence[str] = (DEFAULT_QUEUE,),
+    ) -> list[Job]:
+        jobs = self._poller().until(lambda: self._claim(limit, queues) or None, timeout) or []
+        start = idle() if jobs else 0
+        return self._started_first([], jobs, start) if start > 0 else jobs
+
+    def _claim(self, batch_size: int, queues: Sequence[str]) -> list[Job]:
         out: list[Job] = []
         with self._lock:
             now_ns = time.time_ns()
-            if time.monotonic() >= self._next_reclaim:
-                self._reclaim_expired(out, batch_size, now_ns)
+            reclaim = time.monotonic() >= self._next_reclaim
+            if reclaim:
+                self._next_reclaim = time.monotonic() + self._reclaim_every
             due = f"{now_ns:020d}"
             try:
-                while len(out) < batch_size:
-                    name = self._next_due(due)
-                    if name is None:
+                for name in queues:
+                    dirs = self._dirs(name)
+                    if reclaim:
+                        self._reclaim_expired(dirs, out, batch_size, now_ns)
+                    for lane in dirs.lanes():
+                        while len(out) < batch_size:
+                            entry = lane.next_due(due, self._job_files)
+                            if entry is None:
+                                break
+                            job = self._take(dirs, lane.path, entry, entry[WAITING_ID_AT : -len(_SUFFIX)], 0, now_ns)
+                            if job is not None:
+                                out.append(job)
+                    if len(out) >= batch_size:
                         break
-                    job = self._take(self.queue_dir, name, name[_WAITING_ID_AT : -len(_SUFFIX)], 0, now_ns)
-                    if job is not None:
-                        out.append(job)
             except OSError:
                 if not out:
                     raise
                 # The jobs claimed so far are this worker's now: hand them over.
                 log.exception("claiming more jobs failed; running the %d claimed", len(out))
+        if reclaim:
+            self._sweep()
         return out
 
-    def _next_due(self, due: str) -> str | None:
-        """The next due name of the listing, listing ``queue/`` again when it has
-        none left and may have changed."""
-        listing = self._listing
-        if not (listing and listing[0][:20] <= due) and self._listing_outdated():
-            self._relist()
-            listing = self._listing
-        if listing and listing[0][:20] <= due:
-            return listing.popleft()
-        return None
+    def _sweep(self) -> None:
+        """Finish what processes killed half-way left (workflow releases, unique
+        keys being taken): at most as often as the reclaim scan, one thread at a time."""
+        if not self._sweeping.acquire(blocking=False):
+            return
+        try:
+            self._sweep_flows()
+            self._sweep_stages()
+        except Exception:
+            # A file of someone else's making must not stop this worker's claims.
+            log.exception("looking for workflow jobs and unique keys to recover failed; trying again later")
+        finally:
+            self._sweeping.release()
 
-    def _job_files(self, entries: Iterable[os.DirEntry[str]]) -> Iterable[str]:
+    def _job_files(self, folder: str, entries: Iterable[os.DirEntry[str]]) -> Iterable[str]:
         for entry in entries:
             name = entry.name
             if not name.endswith(_SUFFIX):
@@ -214,42 +263,24 @@ class FileJobQueue(FilePresence, BaseJobQueue, FileSchedules):
                     # A FIFO would block the read, a directory cannot be read: skipped, never moved.
                     if len(self._skipped) < _SKIPPED_MAX:
                         self._skipped.add(name)
-                    log.warning("skipping %s in %s: not a regular file (remove it)", name, self.queue_dir)
-            elif _WAITING_NAME.fullmatch(name):
+                    log.warning("skipping %s in %s: not a regular file (remove it)", name, folder)
+            elif WAITING_NAME.fullmatch(name):
                 yield name
             else:
-                path = os.path.join(self.queue_dir, name)
+                path = os.path.join(folder, name)
                 quarantine(path, self.corrupt_dir, f"queue-{name}", "not a <due>-<seq>-<job id> name", log)
 
-    def _listing_outdated(self) -> bool:
-        if time.monotonic() - self._listed_at >= _RELIST_SECS or self._listed_mtime is None:
-            return True
-        # An unchanged queue/ has nothing new: an idle worker with many delayed
-        # jobs waiting stats a directory instead of listing it.
-        return os.stat(self.queue_dir).st_mtime_ns != self._listed_mtime
-
-    def _relist(self) -> None:
-        mtime = os.stat(self.queue_dir).st_mtime_ns
-        listed_at_ns = time.time_ns()
-        with os.scandir(self.queue_dir) as entries:
-            # The earliest names only: memory stays flat however long the queue.
-            names = heapq.nsmallest(_LISTING_MAX, self._job_files(entries))
-        self._listing = deque(names)
-        self._listed_at = time.monotonic()
-        self._listed_mtime = mtime if listed_at_ns - mtime > _MTIME_TRUST_NS else None
-
-    def _reclaim_expired(self, out: list[Job], batch_size: int, now_ns: int) -> None:
-        """Claim jobs whose lease ran out (their worker died), oldest first."""
-        self._next_reclaim = time.monotonic() + self._reclaim_every
+    def _reclaim_expired(self, dirs: QueueDirs, out: list[Job], batch_size: int, now_ns: int) -> None:
+        """Claim jobs of one queue whose lease ran out (their worker died), oldest first."""
         now = f"{now_ns:020d}"
-        expired = sorted(n for n in os.listdir(self.claimed_dir) if n[:20] < now and n.endswith(_SUFFIX))
+        expired = sorted(n for n in os.listdir(dirs.claimed_dir) if n[:20] < now and n.endswith(_SUFFIX))
         for name in expired:
             if len(out) >= batch_size:
                 self._next_reclaim = 0.0  # more to reclaim: look again on the next claim
                 return
-            match = _CLAIMED_NAME.fullmatch(name)
+            match = CLAIMED_NAME.fullmatch(name)
             if match is None:
-                path = os.path.join(self.claimed_dir, name)
+                path = os.path.join(dirs.claimed_dir, name)
                 quarantine(path, self.corrupt_dir, f"claimed-{name}", "not a <expiry>-<claims>-<job id> name", log)
                 continue
             job_id, claims = match.group(3), int(match.group(2))
@@ -258,7 +289,7 @@ class FileJobQueue(FilePresence, BaseJobQueue, FileSchedules):
                 # This process stalled past its own lease: renew, do not run the job twice.
                 self._renew(job_id, mine, now_ns)
                 continue
-            job = self._take(self.claimed_dir, name, job_id, claims, now_ns)
+            job = self._take(dirs, dirs.claimed_dir, name, job_id, claims, now_ns)
             if job is not None:
                 log.warning(
                     "job %s (%s): its claim expired (worker gone?); claimed again, attempt %d",
@@ -268,14 +299,14 @@ class FileJobQueue(FilePresence, BaseJobQueue, FileSchedules):
                 )
                 out.append(job)
 
-    def _take(self, directory: str, name: str, job_id: str, claims: int, now_ns: int) -> Job | None:
-        """Claim one file by renaming it into claimed/; ``None`` if another process
-        was first or the file is unreadable (then it is quarantined).
+    def _take(self, dirs: QueueDirs, directory: str, name: str, job_id: str, claims: int, now_ns: int) -> Job | None:
+        """Claim one file by renaming it into the queue's claimed/; ``None`` if
+        another process was first or the file is unreadable (then it is quarantined).
 
         ``claims``: the runs the name counts (started, not yet in the file's
         ``attempts``); this claim is counted in the name once it starts."""
         expiry = now_ns + self._default_lease_ns
-        path = f"{self.claimed_dir}{os.sep}{expiry:020d}-{claims}-{job_id}{_SUFFIX}"
+        path = f"{dirs.claimed_dir}{os.sep}{expiry:020d}-{claims}-{job_id}{_SUFFIX}"
         try:
             os.replace(os.path.join(directory, name), path)
         except FileNotFoundError:
@@ -305,7 +336,7 @@ class FileJobQueue(FilePresence, BaseJobQueue, FileSchedules):
             quarantine(path, self.corrupt_dir, f"queue-{name}", f"it holds job {job.id!r}", log)
             return None
         job.mark_claimed(claims + 1)
-        claim = _Claim(path, expiry, claims, self._lease_ns(job))
+        claim = _Claim(path, dirs.claimed_dir, expiry, claims, self._lease_ns(job), job.unique_key)
         self._claims[job_id] = claim
         if claim.lease_ns != self._default_lease_ns:
             # The lease is the job's own (nuvom.job.lease_secs_for), longer or
@@ -325,7 +356,7 @@ class FileJobQueue(FilePresence, BaseJobQueue, FileSchedules):
     def _renew(self, job_id: str, claim: _Claim, now_ns: int) -> bool:
         """Move the claim's expiry to now + its lease; ``False`` if it was lost."""
         expiry = now_ns + claim.lease_ns
-        path = f"{self.claimed_dir}{os.sep}{expiry:020d}-{claim.claims}-{job_id}{_SUFFIX}"
+        path = f"{claim.dir}{os.sep}{expiry:020d}-{claim.claims}-{job_id}{_SUFFIX}"
         try:
             replace(claim.path, path)
         except FileNotFoundError:
@@ -353,7 +384,7 @@ class FileJobQueue(FilePresence, BaseJobQueue, FileSchedules):
                 del self._claims[job.id]
                 return False
             expiry = time.time_ns() + claim.lease_ns
-            path = f"{self.claimed_dir}{os.sep}{expiry:020d}-{claim.claims + 1}-{job.id}{_SUFFIX}"
+            path = f"{claim.dir}{os.sep}{expiry:020d}-{claim.claims + 1}-{job.id}{_SUFFIX}"
             try:
                 replace(claim.path, path)
             except FileNotFoundError:
@@ -367,15 +398,37 @@ class FileJobQueue(FilePresence, BaseJobQueue, FileSchedules):
         # The file goes before the claim is forgotten, under the lock: a reclaim
         # scan in between would take this worker's own expired claim for a dead
         # worker's and run the job again.
+        left: list[str] = []
+        keys: list[tuple[str, str]] = []
         with self._lock:
             for job_id in job_ids:
                 claim = self._claims.get(job_id)
                 if claim is not None:
-                    if not claim.lost:
+                    # Already gone: the lease ran out and another worker has the job.
+                    if claim.unique_key is None:
                         # The file becomes the next result's (a spare, see TempFiles).
-                        # Already gone: the lease ran out and another worker has the job.
-                        self._temp.recycle(claim.path)
+                        if not claim.lost and self._temp.recycle(claim.path):
+                            left.append(job_id)
+                    elif not claim.lost and unlink(claim.path):
+                        # Deleted, not a spare: its key is a link to it (_file_unique).
+                        left.append(job_id)
+                        keys.append((job_id, claim.unique_key))
                     del self._claims[job_id]
+        if left:
+            self._left(left, keys)
+
+    def _left(self, job_ids: Sequence[str], keys: Sequence[tuple[str, str]] = ()) -> None:
+        """These jobs have left the queue (their files are gone): release the jobs
+        that waited only for them, drop their cancel requests, free their keys.
+        What fails here is finished by the sweep (a release) or by the next
+        producer of the key, so it is logged, not raised."""
+        try:
+            self._release_children_of(job_ids)
+            self._drop_cancel_requests(job_ids)
+            for job_id, key in keys:
+                self._release_key(key, job_id)
+        except (OSError, BackendError):
+            log.exception("after %d job(s) left the queue, releasing what waited for them failed", len(job_ids))
 
     def complete(self, jobs: Sequence[Job], results: BaseResultBackend) -> None:
         """Store outcomes, then acknowledge, fenced by the claim: each claim is
@@ -424,10 +477,13 @@ class FileJobQueue(FilePresence, BaseJobQueue, FileSchedules):
                 del self._claims[job.id]
             # Two steps, safe because the lease keeps every other process off this
             # file: the new content replaces the claimed file, which then moves back
-            # to queue/. A crash between them counts the claims once more, which is
+            # to its lane. A crash between them counts the claims once more, which is
             # better than the alternative order's risk of a second copy of the job.
-            self._temp.write_atomic(claim.path, job.to_bytes())
-            replace(claim.path, self._waiting_path(job))
+            if claim.unique_key is not None:
+                self._rewrite_unique(job, claim.unique_key, claim.path)
+            else:
+                self._temp.write_atomic(claim.path, job.to_bytes())
+            replace(claim.path, self._lane_path(job))
 
     def extend_leases(self, job_ids: Sequence[str]) -> None:
         now_ns = time.time_ns()
@@ -437,226 +493,8 @@ class FileJobQueue(FilePresence, BaseJobQueue, FileSchedules):
                 if claim is not None and not claim.lost:
                     self._renew(job_id, claim, now_ns)
 
-    # -- reading ------------------------------------------------------------
-    def get(self, job_id: str) -> Job | None:
-        validate_job_id(job_id)
-        # A job moves queue/ -> claimed/ -> queue/ (retry) while we look: look
-        # in the order it moves, then once more where it may have gone back to.
-        for directory in (self.queue_dir, self.claimed_dir, self.queue_dir):
-            name = _find(directory, job_id)
-            if name is None:
-                continue
-            try:
-                data = read_bytes(os.path.join(directory, name))
-            except FileNotFoundError:
-                continue
-            try:
-                job = Job.from_bytes(data)
-            except SerializationError as exc:
-                log.warning("job %s: its queue file %s is unreadable: %s", job_id, name, exc)
-                return None
-            if directory == self.claimed_dir:
-                job.mark_claimed(int(name.split("-", 2)[1]))
-            return job
-        return None
-
-    def qsize(self) -> int:
-        return sum(1 for name in os.listdir(self.queue_dir) if name.endswith(_SUFFIX))
-
-    def counts(self) -> dict[str, int]:
-        # Names carry no attempt count, so retries are not told apart from new
-        # jobs without opening every file: "retrying" is left out.
-        queued = sum(1 for name in os.listdir(self.queue_dir) if name.endswith(_SUFFIX))
-        running = sum(1 for name in os.listdir(self.claimed_dir) if name.endswith(_SUFFIX))
-        return {"queued": queued, "running": running}
-
-    def claims_held(self) -> tuple[int, float | None]:
-        # A claimed file's name begins with its lease's end, in nanoseconds.
-        ends = [int(name[:20]) for name in os.listdir(self.claimed_dir) if _CLAIMED_NAME.fullmatch(name)]
-        return len(ends), (max(ends) / 1e9 if ends else None)
-
-    def peek(self, limit: int = 50) -> list[Job]:
-        names = sorted(n for n in os.listdir(self.queue_dir) if _WAITING_NAME.fullmatch(n))
-        out: list[Job] = []
-        for name in names:
-            if len(out) >= limit:
-                break
-            try:
-                out.append(Job.from_bytes(read_bytes(os.path.join(self.queue_dir, name))))
-            except (FileNotFoundError, SerializationError):
-                continue  # claimed meanwhile, or left for a claimer to quarantine
-        return out
-
-    def cancel(self, job_id: str) -> Job | None:
-        validate_job_id(job_id)
-        name = _find(self.queue_dir, job_id)
-        if name is None:
-            return None
-        # Taken out of queue/ with the same rename a claim uses: of a worker and
-        # this call, exactly one gets the file.
-        taken = self._temp.new_path()
-        try:
-            os.replace(os.path.join(self.queue_dir, name), taken)
-        except (FileNotFoundError, PermissionError):
-            return None
-        try:
-            return Job.from_bytes(read_bytes(taken))
-        except SerializationError as exc:
-            quarantine(taken, self.corrupt_dir, f"queue-{name}", str(exc), log)
-            return None
-        finally:
-            unlink(taken)
-
-    def clear(self) -> int:
-        with self._lock:
-            self._listing.clear()
-            names = [n for n in os.listdir(self.queue_dir) if n.endswith(_SUFFIX)]
-            return sum(unlink(os.path.join(self.queue_dir, name)) for name in names)
-
     def close(self) -> None:
         with self._lock:
-            self._listing.clear()
-            self._listed_at = float("-inf")
+            for dirs in self._queues.values():
+                dirs.forget()
         self._temp.drop_spares()
-
-
-def _find(directory: str, job_id: str) -> str | None:
-    suffix = f"-{job_id}{_SUFFIX}"
-    for name in os.listdir(directory):
-        if name.endswith(suffix) and name.split("-", 2)[-1] == job_id + _SUFFIX:
-            return name
-    return None
-
-
-class FileResultBackend(BaseResultBackend):
-    """Finished jobs in ``<data dir>/jobs/<id>.msgpack``, history in ``<data dir>/index/``."""
-
-    def __init__(self, settings: Settings | None = None) -> None:
-        settings = settings or load_settings()
-        super().__init__(settings)
-        self.root = os.path.abspath(settings.data_dir)
-        self.jobs_dir, index_dir, tmp_dir, self.corrupt_dir = _make_dirs(self.root, "jobs", "index", "tmp", "corrupt")
-        self._temp = TempFiles.shared(tmp_dir)
-        self._index = ResultIndex(index_dir)
-
-    def _path(self, job_id: str) -> str:
-        return f"{self.jobs_dir}{os.sep}{job_id}{_SUFFIX}"
-
-    def store(self, jobs: Sequence[Job]) -> None:
-        write = self._temp.write_atomic
-        entries = []
-        try:
-            for job in jobs:
-                validate_job_id(job.id)
-                write(self._path(job.id), job.to_bytes())
-                entries.append((job.finished_at, _status(job.status), job.id, job.func_name))
-            # After the files: an index line always points at a record that exists.
-            self._index.append(entries)
-        except OSError as exc:
-            raise storage_error(exc, "storing a result", self.jobs_dir) from None
-
-    def get_full(self, job_id: str) -> Job | None:
-        path = self._path(validate_job_id(job_id))
-        try:
-            data = read_bytes(path)
-        except FileNotFoundError:
-            return None
-        try:
-            job = Job.from_bytes(data)
-        except SerializationError as exc:
-            quarantine(path, self.corrupt_dir, f"jobs-{job_id}{_SUFFIX}", str(exc), log)
-            return None
-        # On a case-insensitive file system ids that differ only in case share a file.
-        return job if job.id == job_id else None
-
-    def wait(self, job_id: str, timeout: float | None = None) -> Job | None:
-        """Block until the job has a record. Another process cannot wake this
-        one, so it looks (one failed ``open`` while there is no record); the
-        pause between looks starts at 0.5 ms and doubles to 20 ms, back to
-        0.5 ms whenever ``jobs/`` changed (its mtime: something was stored),
-        so a ``get()`` behind a busy worker is not left sleeping 100 ms."""
-        validate_job_id(job_id)
-        poller = Poller(_WAIT_FIRST, _WAIT_MAX)
-        seen = [self._jobs_mtime()]
-
-        def look() -> Job | None:
-            record = self.get_full(job_id)
-            if record is None:
-                mtime = self._jobs_mtime()
-                if mtime != seen[0]:
-                    seen[0] = mtime
-                    poller.reset()
-            return record
-
-        return poller.until(look, timeout)
-
-    def _jobs_mtime(self) -> int | None:
-        try:
-            return os.stat(self.jobs_dir).st_mtime_ns
-        except OSError:
-            return None
-
-    def list_jobs(self, status: JobStatus | str | None = None, limit: int = 100, task: str | None = None) -> list[Job]:
-        wanted = None if status is None else JobStatus(str(getattr(status, "value", status)).upper())
-        if limit < 1:
-            return []
-        if not self._index.segments() and self._has_records():
-            self.rebuild_index()
-        # Index lines are hints: each record is read and checked, and a record
-        # stored again since (other status, say) is skipped; then read further.
-        want = limit
-        while True:
-            entries = self._index.newest(want, None if wanted is None else wanted.value, task)
-            out = []
-            for _, job_id in entries:
-                record = self.get_full(job_id)
-                if record is None or (wanted is not None and record.status is not wanted):
-                    continue
-                if task is not None and record.func_name != task:
-                    continue
-                out.append(record)
-                if len(out) == limit:
-                    return out
-            if len(entries) < want:
-                return out
-            want *= 4
-
-    def count(self) -> int:
-        return sum(1 for name in os.listdir(self.jobs_dir) if name.endswith(_SUFFIX))
-
-    def counts(self) -> dict[str, int]:
-        if not self._index.segments() and self._has_records():
-            self.rebuild_index()
-        out = {status.value: 0 for status in (JobStatus.SUCCESS, JobStatus.FAILED)}
-        for status, n in self._index.status_counts().items():
-            out[status] = out.get(status, 0) + n
-        return out
-
-    def rebuild_index(self) -> int:
-        """Index every record in ``jobs/`` again (after the index was deleted, say);
-        returns how many records were indexed."""
-        records = [job for job in self._records() if job is not None]
-        records.sort(key=lambda job: job.finished_at or 0.0)
-        self._index.append([(j.finished_at, _status(j.status), j.id, j.func_name) for j in records])
-        if records:
-            log.info("rebuilt the history index of %s from %d records", self.jobs_dir, len(records))
-        return len(records)
-
-    def _has_records(self) -> bool:
-        with os.scandir(self.jobs_dir) as entries:
-            return any(entry.name.endswith(_SUFFIX) for entry in entries)
-
-    def _records(self) -> Iterable[Job | None]:
-        for name in os.listdir(self.jobs_dir):
-            if name.endswith(_SUFFIX):
-                try:
-                    yield self.get_full(name[: -len(_SUFFIX)])
-                except ValueError:  # InvalidJobId: a stray file
-                    continue
-
-    def close(self) -> None:
-        self._index.close()
-
-
-def _status(status: JobStatus | str) -> str:
-    return status.value if isinstance(status, JobStatus) else str(status)

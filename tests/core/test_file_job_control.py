@@ -1,0 +1,40 @@
+"""Job control and workflows (issue 29) on the file store: the shared checks
+of tests/scenarios/job_control.py, each with an app on a fresh data dir."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from nuvom.app import App
+from nuvom.config import Settings
+
+sys.path.insert(0, str(Path(__file__).parents[1]))
+from scenarios import job_control
+
+
+@pytest.fixture
+def app(tmp_path: Path) -> Iterator[App]:
+    app = App(Settings(queue_backend="file", result_backend="file", data_dir=tmp_path / "store"))
+    yield app
+    app.close()
+
+
+@pytest.mark.parametrize(
+    "check",
+    [
+        job_control.check_named_queues_and_priorities,
+        job_control.check_retry_policies,
+        job_control.check_unique_jobs,
+        job_control.check_rate_limits,
+        job_control.check_cancel_running_jobs,
+        job_control.check_job_context,
+        job_control.check_workflows,
+        job_control.check_signature_validation,
+    ],
+    ids=lambda check: check.__name__.removeprefix("check_"),
+)
+def test_job_control_on_the_file_store(app: App, check) -> None:
+    check(app)

@@ -471,7 +471,7 @@ def _queue_names(value: str) -> list[str]:
         raise argparse.ArgumentTypeError("give one or more queue names, e.g. --queues emails,default")
     for name in names:
         try:
-            TaskOptions(queue=name)
+            TaskOptions.model_validate({"queue": name})
         except ValueError:
             raise argparse.ArgumentTypeError(
                 f"{name!r} is not a queue name: 1-64 letters, digits, '_', '.', ':' or '-'"

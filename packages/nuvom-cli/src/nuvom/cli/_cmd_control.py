@@ -43,7 +43,7 @@ def queue_names(value: str, option: str = "--queues") -> list[str]:
         raise CliError(f"{option} {value!r}: give one or more queue names, e.g. {option} emails,default", EXIT_USAGE)
     for name in names:
         try:
-            TaskOptions(queue=name)
+            TaskOptions.model_validate({"queue": name})
         except ValueError:
             raise CliError(
                 f"{option}: {name!r} is not a queue name: 1-64 letters, digits, '_', '.', ':' or '-'", EXIT_USAGE
@@ -118,7 +118,7 @@ def queues(format: FormatOpt = Format.table) -> None:
     columns += [Column(key, right=True, options={"no_wrap": True}) for key in ("queued", "retrying", "running")]
     columns.append(Column("workers", right=True, options={"no_wrap": True}))
     cells: list[list[Value]] = [
-        [row["name"], *("\u2013" if row[key] is None else str(row[key]) for key in list(row)[1:])] for row in rows
+        [str(row["name"]), *("\u2013" if row[key] is None else str(row[key]) for key in list(row)[1:])] for row in rows
     ]
     print_table(out, f"Queues of {store.describe()}", columns, cells)
     if not store.supports_queues:

@@ -216,11 +216,10 @@ class Sampler:
         now = time.time()
         heads: dict[str, float] = {}
         for job in head:
-            due = job.due_at
-            if due <= now and due < heads.get(job.queue, now + 1):
-                heads[job.queue] = due
-        due = head[0].due_at if head else None
-        return workers, due if due is not None and due <= now else None, queues, heads
+            if job.due_at <= now and job.due_at < heads.get(job.queue, now + 1):
+                heads[job.queue] = job.due_at
+        next_due = head[0].due_at if head else None
+        return workers, next_due if next_due is not None and next_due <= now else None, queues, heads
 
     def latest(self, max_age: float | None = None) -> Sample:
         """The newest sample, taken now when there is none younger than ``max_age``

@@ -221,6 +221,8 @@ def test_a_running_job_is_cancelled_from_its_page(site: Any, page: Any, tmp_path
         page.goto(f"{url}/jobs/{job_id}")
         reload_until(page, lambda: job_status(page) == "SUCCESS", 60, "the job to finish unharmed")
         return
+    if isinstance(site, InProcess):
+        shot(page, "job-running")
     button.click()
     assert "Ask the worker running job" in page.locator("#question").inner_text()
     if isinstance(site, InProcess):

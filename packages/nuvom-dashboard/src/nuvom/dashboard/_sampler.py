@@ -30,7 +30,7 @@ from collections import deque
 from dataclasses import dataclass, field
 
 from nuvom import sdk
-from nuvom.app import App
+from nuvom.app import App, default_app
 from nuvom.plugins.contracts import WorkerInfo
 
 __all__ = ["QueueRow", "Sample", "Sampler", "TaskStats", "WorkerSeen"]
@@ -205,8 +205,10 @@ class Sampler:
         try:
             workers = sdk.list_workers(app=self.app)
             queues = sdk.queue_counts(app=self.app)
-            # One queue: the next job is its oldest due (FIFO); several: read further to find each one's.
-            head = sdk.queued_jobs(limit=HEAD_PEEK if len(queues) > 1 else 1, app=self.app)
+            # Without named queues (and so priorities) the next job is the oldest due (FIFO);
+            # with them, read further to find each queue's oldest.
+            named = (self.app or default_app()).queue.supports_queues
+            head = sdk.queued_jobs(limit=HEAD_PEEK if named else 1, app=self.app)
         except Exception as exc:
             if str(exc) != self._side_error:
                 self._side_error = str(exc)
@@ -306,6 +308,7 @@ class Sampler:
     def _single_row(name: str, cur: Sample, first: Sample, span: float, serving: dict[str, int]) -> QueueRow:
         """The one queue in use (every job of a store without named queues): the store's totals."""
         c = cur.counts
+        due = cur.head_due if cur.queue_heads is None else cur.queue_heads.get(name)
         rate_in = rate_out = None
         if span > 0:
             # Pruned results or a cleared queue lower the totals: no negative rates.
@@ -316,7 +319,7 @@ class Sampler:
             waiting=c.get("queued", 0) + c.get("retrying", 0),
             retrying=c.get("retrying"),
             running=c.get("running"),
-            latency=None if cur.head_due is None else max(0.0, cur.at - cur.head_due),
+            latency=None if due is None else max(0.0, cur.at - due),
             rate_in=rate_in,
             rate_out=rate_out,
             workers=None if cur.workers is None else serving.get(name, 0),

@@ -267,7 +267,8 @@ def _read_job_file(path: Path) -> Job:
     if not isinstance(data.get("func_name"), str) or not data["func_name"]:
         raise CliError(f'{path}: "func_name" (the task name) is missing', EXIT_INVALID)
     fresh = {"status": JobStatus.PENDING, "attempts": 0, "history": [], "error": None, "result": None}
-    for key in ("started_at", "finished_at", "worker_id", "not_before", "duration_secs"):
+    # What a run records, and `dependents` (the queue's, shown by `inspect job`), are not the job's to set.
+    for key in ("started_at", "finished_at", "worker_id", "not_before", "duration_secs", "dependents"):
         data.pop(key, None)
     if isinstance(data.get("error"), dict) or data.get("error") is None:
         data.pop("error", None)

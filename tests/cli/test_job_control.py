@@ -131,6 +131,15 @@ def test_runworker_serves_the_queues_it_is_given_and_its_banner_names_them(
     assert worker.stop(signal.SIGINT) == 0
 
 
+def test_the_banner_names_the_queues_served_in_order(background, tasks_project, env_for, tmp_path):
+    # The memory store keeps named queues in every process: the worker starts, and says which.
+    env = env_for(tmp_path, NUVOM_QUEUE_BACKEND="memory", NUVOM_RESULT_BACKEND="memory")
+    worker = background(["runworker", "-w", "1", "-q", "emails, default,emails"], tasks_project, env)
+    worker.wait_for(BANNER)
+    assert "queues     emails, default  (in this order)" in worker.stderr, worker.stderr
+    assert worker.stop(signal.SIGTERM) == 0
+
+
 def test_python_m_nuvom_worker_serves_the_queues_it_is_given(tasks_project, durable, env_for):
     import subprocess
     import sys
@@ -295,6 +304,18 @@ def test_cancel_job_asks_a_running_job_to_stop(cli, mem, tasks_project, monkeypa
     assert doc["status"] == "FAILED" and doc["error"]["type"] == "Cancelled" and doc["attempts"] == 1
     again = cli("cancel", "job", job.id)
     assert again.exit_code == 4 and "is FAILED already" in one_error_line(again.stderr)
+
+
+def test_cancel_job_of_a_workflow_job_waiting_for_its_parent(cli, mem):
+    queue, _ = mem
+    parent = Job(func_name="a")
+    child = Job(func_name="b", flow=Flow(parents=[parent.id]), status=JobStatus.WAITING)
+    queue.enqueue_many([parent, child])
+    outcome = cli("cancel", "job", child.id)
+    assert outcome.exit_code == 0 and "taken out of the queue" in outcome.stdout, outcome.stderr
+    doc = json.loads(cli("status", parent.id, "--format", "json").stdout)
+    assert doc["status"] == "PENDING" and doc["dependents"] == []  # the parent stays, nothing waits for it
+    assert json.loads(cli("status", child.id, "-f", "json").stdout)["error"]["type"] == "Cancelled"
 
 
 def test_cancel_job_takes_a_waiting_job_out_of_the_queue(nuvom, python, tasks_project, durable):

@@ -33,8 +33,14 @@ JOB_KEYS = {
     "worker_id",
     "retry_of",
     "schedule_key",
+    "queue",
+    "priority",
+    "unique_key",
+    "flow",
     "history",
 }
+#: ``status`` and ``inspect job`` add the jobs still waiting for this one.
+SHOWN_JOB_KEYS = JOB_KEYS | {"dependents"}
 
 
 def finished(func: str = "add", *, ok: bool = True, at: float | None = None, **fields) -> Job:
@@ -90,7 +96,7 @@ def test_status_json_is_the_job_document(cli, mem):
     job = finished()
     results.store([job])
     doc = json_of(cli("status", job.id, "--format", "json"))
-    assert set(doc) == JOB_KEYS
+    assert set(doc) == SHOWN_JOB_KEYS
     assert (doc["id"], doc["status"], doc["result"], doc["task"]) == (job.id, "SUCCESS", 3, "add")
     assert doc["duration_secs"] == pytest.approx(0.5)
 
@@ -130,7 +136,7 @@ def test_inspect_json_has_error_traceback_and_every_attempt(cli, mem):
     job = finished("boom", ok=False)
     results.store([job])
     doc = json_of(cli("inspect", "job", job.id, "--format=json"))
-    assert set(doc) == JOB_KEYS
+    assert set(doc) == SHOWN_JOB_KEYS
     assert doc["error"]["type"] == "RuntimeError"
     assert "RuntimeError: it broke" in doc["error"]["traceback"]
     assert [a["number"] for a in doc["history"]] == [1, 2]
@@ -308,6 +314,8 @@ COMMANDS = [
     ["inspect", "job"],
     ["history", "recent"],
     ["retry", "job"],
+    ["cancel", "job"],
+    ["queues"],
     ["list", "tasks"],
     ["discover", "tasks"],
     ["config"],

@@ -3,6 +3,7 @@ from __future__ import annotations
 import pytest
 from nuvom.errors import InvalidJobId, JobFailed
 from nuvom.job import JobStatus
+from nuvom.plugins.contracts import BaseJobQueue
 from nuvom.sdk import get_job, list_jobs, queue_size, retry_job
 from nuvom.task import task
 from nuvom.worker import Worker
@@ -91,3 +92,54 @@ def test_retry_job_twice_queues_one_retry_as_nuvom_retry_job_does(mem, request):
     with Worker(max_workers=1):
         assert first.get(timeout=5) == "fine"
     assert retry_job(job.id).id in (first.id, forced.id)  # a finished retry is found too
+
+
+# -- named queues and workflows (issue 29) --------------------------------------------
+def test_queue_counts_are_by_named_queue_with_waiting_jobs_counted_as_queued(mem):
+    from nuvom.sdk import queue_counts
+
+    first = sdk_add.with_options(queue="emails").delay(1, 1)
+    first.then(sdk_add, 2)  # WAITING in "default" until `first` finishes
+    sdk_add.with_options(queue="emails", priority=9).delay(2, 2)
+    counts = queue_counts()
+    assert counts["emails"] == {"queued": 2, "retrying": 0, "running": 0}
+    assert counts["default"] == {"queued": 1, "retrying": 0, "running": 0}
+
+
+def test_dependents_are_the_jobs_still_waiting_for_a_job(mem):
+    from nuvom.sdk import dependents
+
+    first = sdk_add.delay(1, 2)
+    then = first.then(sdk_add, 10)
+    assert dependents(first.id) == [then.id] and dependents(then.id) == []
+    with Worker(max_workers=1):
+        assert then.get(timeout=10) == 13
+    assert dependents(first.id) == []  # released: the child's record names its parent instead
+    assert get_job(then.id).flow.parents == [first.id]
+    with pytest.raises(InvalidJobId):
+        dependents("../x")
+
+
+def test_cancels_running_jobs_says_whether_the_store_records_cancel_requests(mem):
+    from nuvom.backends import set_backends
+    from nuvom.backends.memory import MemoryJobQueue, MemoryResultBackend
+    from nuvom.sdk import cancels_running_jobs
+
+    assert cancels_running_jobs() is True  # the memory store keeps them
+
+    class WithoutRequests(MemoryJobQueue):
+        request_cancel = BaseJobQueue.request_cancel  # the contract's default: records nothing
+
+    set_backends(WithoutRequests(), MemoryResultBackend())
+    assert cancels_running_jobs() is False
+
+
+def test_a_retry_goes_to_the_failed_jobs_queue_with_its_priority(mem, request):
+    key = request.node.nodeid
+    with Worker(max_workers=1, queues=["emails"]):
+        job = fails_first_time.with_options(queue="emails", priority=4).delay(key)
+        with pytest.raises(JobFailed):
+            job.get(timeout=5)
+        again = retry_job(job.id)
+        assert (again.queue, again.priority) == ("emails", 4)
+        assert again.get(timeout=5) == "fine"  # run by the worker of "emails"

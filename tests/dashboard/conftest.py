@@ -8,7 +8,9 @@ need no other distribution installed."""
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -50,6 +52,17 @@ def fragile(marker):
 @task
 def echo(value):
     return value
+
+
+@task
+def patient(release):
+    # Runs until cancelled (it looks at its job's flag) or the file `release` exists.
+    from nuvom.job import current_job
+
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and not current_job().cancelled and not Path(release).exists():
+        time.sleep(0.02)
+    return "released"
 """
 
 WORKER = (
@@ -57,6 +70,21 @@ WORKER = (
     "w = Worker(max_workers={threads}, executor={executor!r}, processes=2); w.start(); "
     "pathlib.Path('ready-%d' % os.getpid()).touch(); w.run_forever()"
 )
+
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+VIEWPORT = {"width": 1400, "height": 900}
+DASH = "\u2013"  # what a page shows for "no value"
 
 
 def wait_until(predicate: Callable[[], Any], timeout: float = 30.0, what: str = "condition") -> Any:
@@ -70,6 +98,17 @@ def wait_until(predicate: Callable[[], Any], timeout: float = 30.0, what: str = 
         if time.monotonic() > deadline:
             raise AssertionError(f"{what} not reached within {timeout} s")
         time.sleep(0.02)
+
+
+def reload_until(page: Any, check: Callable[[], Any], timeout: float, what: str) -> Any:
+    """Reload ``page`` until ``check()`` holds (``page.reload() or check()`` would
+    not wait: reload returns the response, which is truthy)."""
+
+    def probe() -> Any:
+        page.reload()
+        return check()
+
+    return wait_until(probe, timeout, what)
 
 
 def free_port() -> int:
@@ -101,12 +140,14 @@ class Project:
         self.procs: list[subprocess.Popen[bytes]] = []
         self.url = ""
         self.port = 0
+        #: The store every process of the project uses (NUVOM_QUEUE_BACKEND and NUVOM_RESULT_BACKEND).
+        self.store = "file"
 
     def env(self, **extra: str) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("NUVOM_")}
         env.update(
-            NUVOM_QUEUE_BACKEND="file",
-            NUVOM_RESULT_BACKEND="file",
+            NUVOM_QUEUE_BACKEND=self.store,
+            NUVOM_RESULT_BACKEND=self.store,
             NUVOM_DATA_DIR=str(self.root / "data"),
             NUVOM_LOG_LEVEL="WARNING",
             PYTHONPATH=str(self.root),
@@ -184,3 +225,42 @@ def project(tmp_path: Path) -> Iterator[Project]:
     p = Project(tmp_path)
     yield p
     p.stop()
+
+
+# -- a real headless Chromium (Debian's; no `playwright install`) -----------------------
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    playwright_api = pytest.importorskip("playwright.sync_api")
+    if not Path(CHROMIUM).exists():
+        pytest.skip("Debian's chromium is not installed (.ci/run installs it)")
+    with playwright_api.sync_playwright() as pw:
+        b = pw.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        yield b
+        b.close()
+
+
+@pytest.fixture
+def page(browser: Any) -> Iterator[Any]:
+    context = browser.new_context(viewport=VIEWPORT)
+    p = context.new_page()
+    p.set_default_timeout(30_000)
+    dialogs: list[str] = []
+    p.on("dialog", lambda d: (dialogs.append(d.message), d.dismiss()))
+    p.dialogs = dialogs
+    yield p
+    context.close()
+
+
+def shot(page: Any, name: str) -> None:
+    """With NUVOM_DASHBOARD_SCREENSHOTS=1, save the page to docs/images/dashboard-NAME.png at 1400x900."""
+    if SCREENSHOTS:
+        out = REPO / "docs" / "images" / f"dashboard-{name}.png"
+        out.parent.mkdir(parents=True, exist_ok=True)
+        page.set_viewport_size(VIEWPORT)
+        page.screenshot(path=str(out))
+
+
+def queue_jobs(project: Project, code: str) -> list[str]:
+    """Run ``code`` in a producer process of ``project`` (``json`` and ``tasks``
+    imported); it prints a JSON list of job ids."""
+    return list(json.loads(project.python(f"import json, tasks\n{code}")))

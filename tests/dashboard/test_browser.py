@@ -8,71 +8,22 @@ docs/images/ (docs/dashboard.md shows them).
 
 from __future__ import annotations
 
-import json
-import shutil
 import signal
 import socket
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from .conftest import REPO, SCREENSHOTS, Project, wait_until
+from .conftest import ARGS, CHROMIUM, DASH, Project, queue_jobs, reload_until, shot, wait_until
 
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 playwright_api = pytest.importorskip("playwright.sync_api")
 if not Path(CHROMIUM).exists():
     pytest.skip("Debian's chromium is not installed (.ci/run installs it)", allow_module_level=True)
 
-ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
-VIEWPORT = {"width": 1400, "height": 900}
-DASH = "\u2013"  # what a page shows for "no value"
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
-    with playwright_api.sync_playwright() as pw:
-        b = pw.chromium.launch(executable_path=CHROMIUM, args=ARGS)
-        yield b
-        b.close()
-
-
-@pytest.fixture
-def page(browser: Any) -> Iterator[Any]:
-    context = browser.new_context(viewport=VIEWPORT)
-    p = context.new_page()
-    p.set_default_timeout(30_000)
-    dialogs: list[str] = []
-    p.on("dialog", lambda d: (dialogs.append(d.message), d.dismiss()))
-    p.dialogs = dialogs
-    yield p
-    context.close()
-
-
-def shot(page: Any, name: str) -> None:
-    if SCREENSHOTS:
-        out = REPO / "docs" / "images" / f"dashboard-{name}.png"
-        out.parent.mkdir(parents=True, exist_ok=True)
-        page.set_viewport_size(VIEWPORT)
-        page.screenshot(path=str(out))
-
 
 def counter(page: Any, key: str) -> str:
     return str(page.locator(f'.counter[data-key="{key}"] .n').inner_text()).strip()
-
-
-def queue_jobs(project: Project, code: str) -> list[str]:
-    return list(json.loads(project.python(f"import json, tasks\n{code}")))
 
 
 def chart_points(page: Any, n: int) -> None:
@@ -161,7 +112,7 @@ def test_a_failed_job_shows_its_traceback_and_a_retry_succeeds(project: Project,
     project.start_worker()
     url = project.start_dashboard()
     page.goto(url + "/jobs?status=FAILED")
-    wait_until(lambda: page.reload() or page.locator(f"a:text('{failed_id}')").count() == 1, 60, "the job to fail")
+    reload_until(page, lambda: page.locator(f"a:text('{failed_id}')").count() == 1, 60, "the job to fail")
     shot(page, "jobs")
     page.click(f"a:text('{failed_id}')")
     traceback = page.locator("#traceback").inner_text()
@@ -184,9 +135,7 @@ def test_a_failed_job_shows_its_traceback_and_a_retry_succeeds(project: Project,
     message = page.locator("#message").inner_text()
     assert f"Job {failed_id} was queued again as job" in message
     page.click("#message-link")
-    wait_until(
-        lambda: page.reload() or page.locator("#job-status").inner_text() == "SUCCESS", 60, "the retried job to succeed"
-    )
+    reload_until(page, lambda: page.locator("#job-status").inner_text() == "SUCCESS", 60, "the retried job to succeed")
     assert page.locator("#retry-of").inner_text() == failed_id
     assert "fixed" in page.locator("#result").inner_text()
     shot(page, "job-retried")
@@ -198,9 +147,7 @@ def test_a_script_in_a_job_argument_is_shown_as_text_and_never_runs(project: Pro
     project.start_worker()
     url = project.start_dashboard()
     page.goto(f"{url}/jobs/{job_id}")
-    wait_until(
-        lambda: page.reload() or page.locator("#job-status").inner_text() == "SUCCESS", 60, "the echo job to finish"
-    )
+    reload_until(page, lambda: page.locator("#job-status").inner_text() == "SUCCESS", 60, "the echo job to finish")
     assert payload in page.locator("#args").inner_text()
     assert payload in page.locator("#result").inner_text()
     page.goto(f"{url}/jobs")

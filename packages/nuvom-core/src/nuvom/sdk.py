@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 
 from nuvom.app import App, default_app
 from nuvom.job import TERMINAL_STATUSES, Job, JobError, JobStatus, new_job_id, validate_job_id
-from nuvom.plugins.contracts import Cursor
+from nuvom.plugins.contracts import BaseJobQueue, Cursor
 
 if TYPE_CHECKING:
     from nuvom.plugins.contracts import WorkerInfo
@@ -20,6 +20,8 @@ __all__ = [
     "RETRY_PEEK_LIMIT",
     "cancel_job",
     "cancel_schedule",
+    "cancels_running_jobs",
+    "dependents",
     "existing_retry",
     "get_job",
     "get_job_status",
@@ -30,6 +32,7 @@ __all__ = [
     "list_workers",
     "pause_schedule",
     "query_jobs",
+    "queue_counts",
     "queue_size",
     "queued_jobs",
     "resume_schedule",
@@ -61,7 +64,7 @@ def retry_job(job_id: str, *, force: bool = False, app: App | None = None) -> Jo
     """Queue a failed job again, as a new job (new id, ``retry_of`` pointing
     at the failed one) with a fresh set of retries, and return it; ``None`` if
     there is no such finished job. Only ``FAILED`` jobs are retried (else
-    ``ValueError``).
+    ``ValueError``). It goes to the failed job's queue, with its priority.
 
     A job is retried once: when an earlier retry of it exists
     (:func:`existing_retry`), nothing is queued and that retry is returned, so
@@ -92,6 +95,9 @@ def retry_job(job_id: str, *, force: bool = False, app: App | None = None) -> Jo
         tags=record.tags,
         created_at=time.time(),
         retry_of=record.id,
+        # The queue it was meant for: a worker of "default" must not run an "emails" job.
+        queue=record.queue,
+        priority=record.priority,
     ).bind(app)
     app.queue.enqueue(job)
     return job
@@ -183,6 +189,30 @@ def job_counts(*, app: App | None = None) -> dict[str, int]:
     counts = dict(app.queue.counts())
     counts.update(app.results.counts())
     return counts
+
+
+def queue_counts(*, app: App | None = None) -> dict[str, dict[str, int]]:
+    """Jobs by named queue, then by state: ``{"emails": {"queued": 3, "retrying": 0,
+    "running": 1}, ...}`` (:meth:`BaseJobQueue.queue_counts`). ``queued`` holds
+    the jobs waiting for their parents (``WAITING``) too; a key the store cannot
+    tell is left out, and a store without named queues answers for ``default``."""
+    return (app or default_app()).queue.queue_counts()
+
+
+def dependents(job_id: str, *, app: App | None = None) -> list[str]:
+    """The ids of the jobs waiting for ``job_id`` to finish (workflows:
+    ``job.then``, ``group(...).then``, ``depends_on=``). The store knows them
+    while they wait: once released they run on their own, and their own record
+    names this job among its parents (``job.flow.parents``)."""
+    validate_job_id(job_id)
+    return (app or default_app()).queue.dependents(job_id)
+
+
+def cancels_running_jobs(*, app: App | None = None) -> bool:
+    """Whether :func:`cancel_job` can stop a job a worker is running on this
+    store: the store records cancel requests (:meth:`BaseJobQueue.request_cancel`).
+    Without them only waiting jobs are cancelled."""
+    return type((app or default_app()).queue).request_cancel is not BaseJobQueue.request_cancel
 
 
 def queued_jobs(limit: int = 50, *, app: App | None = None) -> list[Job]:

@@ -429,6 +429,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--processes", type=int, default=None, help="process pool size (NUVOM_PROCESSES; default: cores)"
     )
+    parser.add_argument(
+        "--queues",
+        type=_queue_names,
+        default=None,
+        help="named queues to serve, comma-separated, the first first (NUVOM_QUEUES; default: default)",
+    )
     args = parser.parse_args(argv)
     if "" not in sys.path and os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())  # tasks.py beside the caller imports, as with `python -m`
@@ -440,7 +446,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         install_handler(app.settings, sys.stderr)
         # NUVOM_TASK_MODULES and the given modules; one that raises is logged and its tasks never run.
         app.import_task_modules(args.modules)
-        return Worker(max_workers=args.threads, app=app, executor=args.pool, processes=args.processes).run_forever()
+        worker = Worker(
+            max_workers=args.threads, app=app, executor=args.pool, processes=args.processes, queues=args.queues
+        )
+        return worker.run_forever()
     except (NuvomError, ImportError) as exc:
         # The CLI's exit codes: 5 a setting, 6 the store, 2 usage (a module that cannot be found).
         sys.stderr.write(f"error: {exc}\n")
@@ -449,6 +458,25 @@ def main(argv: Sequence[str] | None = None) -> int:
         if isinstance(exc, (ImportError, TaskNotFound)):
             return 2
         return 6 if isinstance(exc, BackendError) else 1
+
+
+def _queue_names(value: str) -> list[str]:
+    """``--queues emails,default`` as names, each checked as ``@task(queue=)`` checks it."""
+    import argparse
+
+    from nuvom.job import TaskOptions
+
+    names = list(dict.fromkeys(name.strip() for name in value.split(",") if name.strip()))
+    if not names:
+        raise argparse.ArgumentTypeError("give one or more queue names, e.g. --queues emails,default")
+    for name in names:
+        try:
+            TaskOptions.model_validate({"queue": name})
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"{name!r} is not a queue name: 1-64 letters, digits, '_', '.', ':' or '-'"
+            ) from None
+    return names
 
 
 if __name__ == "__main__":

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from typing import Annotated, Any
 
 import typer
-from nuvom.cli import _cmd_config, _cmd_jobs, _cmd_plugin, _cmd_schedule, _cmd_tasks, _cmd_worker
+from nuvom.cli import _cmd_config, _cmd_control, _cmd_jobs, _cmd_plugin, _cmd_schedule, _cmd_tasks, _cmd_worker
 from nuvom.cli._errors import EXIT_INTERNAL, EXIT_USAGE, CliError, options, report, report_usage
 from nuvom.cli._extensions import extension_entry_points, load_extension
 from nuvom.cli._help import NuvomCommand, format_command_help
@@ -217,6 +217,8 @@ _SUBCOMMANDS: dict[str, Callable[[typer.Typer], None]] = {
     "inspect": _group("inspect", _JOBS, _cmd_jobs.inspect_app),
     "history": _group("history", _JOBS, _cmd_jobs.history_app),
     "retry": _group("retry", _JOBS, _cmd_jobs.retry_app),
+    "cancel": _group("cancel", _JOBS, _cmd_control.cancel_app),
+    "queues": _command("queues", _JOBS, _cmd_control.queues),
     "schedule": _group("schedule", _JOBS, _cmd_schedule.schedule_app),
     "list": _group("list", _TASKS, _cmd_tasks.list_app),
     "discover": _group("discover", _TASKS, _cmd_tasks.discover_app),

@@ -68,11 +68,13 @@ def status(job_id: JobId, format: FormatOpt = Format.table) -> None:
     [bold]status[/] in [bold]--format json[/]); 3 when no backend knows the id.
     """
     job = _find(job_id)
+    dependents = _dependents(job)
     if format is Format.json:
         from nuvom.cli._output import job_document, print_json
 
-        print_json(job_document(job))
+        print_json({**job_document(job), "dependents": dependents})
         return
+    from nuvom.cli._cmd_control import control_rows
     from nuvom.cli._output import fmt_duration, fmt_time, last_attempt_secs, short_repr, status_value
     from nuvom.cli._render import Value, print_grid, styled
 
@@ -81,6 +83,7 @@ def status(job_id: JobId, format: FormatOpt = Format.table) -> None:
         ("job", f"{job.id}  ({job.func_name})"),
         ("status", status_value(job.status.value)),
         ("attempts", f"{job.attempts} of at most {job.max_retries + 1}"),
+        *control_rows(job, dependents),
     ]
     if job.finished_at is not None:
         took = fmt_duration(last_attempt_secs(job))
@@ -93,6 +96,13 @@ def status(job_id: JobId, format: FormatOpt = Format.table) -> None:
         rows.append(("error", styled(f"{job.error.type}: {job.error.message}", "red")))
         rows.append(("", styled(f"nuvom inspect job {job.id}  shows the traceback", "dim")))
     print_grid(out, rows)
+
+
+def _dependents(job: Job) -> list[str]:
+    """The jobs still waiting for ``job`` (workflows): the store forgets them once released."""
+    from nuvom.sdk import dependents
+
+    return dependents(job.id)
 
 
 def _out() -> tuple[Any, bool]:
@@ -124,15 +134,17 @@ def inspect_job(job_id: JobId, format: FormatOpt = Format.table) -> None:
     Example: [bold]nuvom inspect job 3f2c9a0d8e6b4c1fa2b7d9e0c4a1b2f3 --format json[/]
     """
     job = _find(job_id)
+    dependents = _dependents(job)
     if format is Format.json:
         from nuvom.cli._output import job_document, print_json
 
-        print_json(job_document(job))
+        print_json({**job_document(job), "dependents": dependents})
         return
-    _print_job(job)
+    _print_job(job, dependents)
 
 
-def _print_job(job: Job) -> None:
+def _print_job(job: Job, dependents: list[str]) -> None:
+    from nuvom.cli._cmd_control import control_rows
     from nuvom.cli._output import attempt_secs, fmt_duration, fmt_time, last_attempt_secs, short_repr, status_value
     from nuvom.cli._render import Column, Value, print_block, print_grid, print_line, print_table, styled
 
@@ -157,6 +169,7 @@ def _print_job(job: Job) -> None:
     )
     timeout = f"{job.timeout_secs:g} s" if job.timeout_secs else "worker default (NUVOM_JOB_TIMEOUT_SECS)"
     rows.append(("timeout", f"{timeout}, policy {job.timeout_policy or 'default'}"))
+    rows += control_rows(job, dependents)
     rows.append(("created", fmt_time(job.created_at)))
     if job.not_before is not None and not job.done:
         rows.append(("not before", fmt_time(job.not_before)))

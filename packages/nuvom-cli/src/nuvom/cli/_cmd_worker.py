@@ -90,10 +90,20 @@ def runworker(
             help="Process pool size (NUVOM_PROCESSES; default: cores).",
         ),
     ] = None,
+    queues: Annotated[
+        str | None,
+        typer.Option(
+            "--queues",
+            "-q",
+            metavar="NAMES",
+            help="Named queues to serve, comma-separated, the first first: a job of a later queue is claimed "
+            "only when the earlier ones have none due (NUVOM_QUEUES; default: default).",
+        ),
+    ] = None,
 ) -> None:
     """Run the worker engine until Ctrl+C (SIGINT) or SIGTERM, then stop gracefully (exit 0).
 
-    Example: [bold]nuvom runworker --workers 8 --batch-size 64[/]
+    Example: [bold]nuvom runworker --workers 8 --batch-size 64 --queues emails,default[/]
 
     The current directory is put on the import path, so the project's tasks
     import without setting PYTHONPATH; NUVOM_TASK_MODULES are imported at start.
@@ -104,6 +114,9 @@ def runworker(
 
     if pool is not None and pool not in ("thread", "process"):
         raise CliError(f"--pool {pool!r} is not an executor: choose thread or process", EXIT_INVALID)
+    from nuvom.cli._cmd_control import queue_names
+
+    served = None if queues is None else queue_names(queues)
     root = project_on_path()
     settings = load_project_settings()
     setup_logging(settings.log_level, rich=True, log_format=settings.log_format)
@@ -119,7 +132,9 @@ def runworker(
     # NUVOM_TASK_MODULES: one that fails at import is logged and its tasks fail their jobs; the others run.
     default_app().import_task_modules()
     executor: Literal["thread", "process"] | None = "process" if pool == "process" else "thread" if pool else None
-    worker = Worker(max_workers=workers, batch_size=batch_size, dev=dev, executor=executor, processes=processes)
+    worker = Worker(
+        max_workers=workers, batch_size=batch_size, dev=dev, executor=executor, processes=processes, queues=served
+    )
 
     # From here on SIGINT/SIGTERM only ask the worker to stop: a KeyboardInterrupt
     # raised at an arbitrary point of start-up (inside Thread.start(), a plugin's
@@ -165,7 +180,8 @@ def _banner(
         info = backends[role]
         grid.add_row(label, f"{escape(info['name'])}  [dim]({escape(info['why'])})[/]")
     grid.add_row("store", escape(worker.queue.describe()))
-    grid.add_row("queues", "default")
+    order = "  [dim](in this order)[/]" if len(worker.queues) > 1 else ""
+    grid.add_row("queues", escape(", ".join(worker.queues)) + order)
     grid.add_row("data", escape(str(Path(settings.data_dir).resolve())))
     names = worker.registry.names()
     shown = ", ".join(names[:8]) + (f", … ({len(names) - 8} more)" if len(names) > 8 else "")
@@ -251,7 +267,8 @@ def _read_job_file(path: Path) -> Job:
     if not isinstance(data.get("func_name"), str) or not data["func_name"]:
         raise CliError(f'{path}: "func_name" (the task name) is missing', EXIT_INVALID)
     fresh = {"status": JobStatus.PENDING, "attempts": 0, "history": [], "error": None, "result": None}
-    for key in ("started_at", "finished_at", "worker_id", "not_before", "duration_secs"):
+    # What a run records, and `dependents` (the queue's, shown by `inspect job`), are not the job's to set.
+    for key in ("started_at", "finished_at", "worker_id", "not_before", "duration_secs", "dependents"):
         data.pop(key, None)
     if isinstance(data.get("error"), dict) or data.get("error") is None:
         data.pop("error", None)

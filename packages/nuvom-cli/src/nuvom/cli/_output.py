@@ -195,6 +195,10 @@ def job_document(job: Job) -> dict[str, Any]:
         "executor": job.executor,
         "retry_of": job.retry_of,
         "schedule_key": job.schedule_key,
+        "queue": job.queue,
+        "priority": job.priority,
+        "unique_key": job.unique_key,
+        "flow": None if job.flow is None else job.flow.model_dump(),
         "history": [
             {
                 "number": a.number,
@@ -217,6 +221,7 @@ STATUS_STYLE = {
     "RUNNING": "bold cyan",
     "PENDING": "yellow",
     "RETRYING": "bold yellow",
+    "WAITING": "magenta",
 }
 
 

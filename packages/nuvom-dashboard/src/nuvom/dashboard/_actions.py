@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 from nuvom import sdk
 from nuvom.dashboard._format import filter_query, filters_of
-from nuvom.dashboard._pages import job_or_none
+from nuvom.dashboard._pages import cancel_state, job_or_none
 from nuvom.dashboard._security import SESSION_COOKIE, cookie_path, session_value
 from nuvom.job import Job, JobStatus
 from starlette.requests import Request
@@ -58,21 +58,35 @@ async def retry_one(dash: Dashboard, request: Request) -> Response:
 async def cancel_one(dash: Dashboard, request: Request) -> Response:
     job_id = request.path_params["job_id"]
     record = job_or_none(job_id, dash.app)
-    if record is None or record.status not in (JobStatus.PENDING, JobStatus.RETRYING):
+    state = None if record is None else cancel_state(record, dash.app)
+    if record is None or state is None:
         return dash.message(
-            request, 409, "Cannot cancel", f"Job {job_id} is not waiting in the queue, so it cannot be cancelled."
+            request, 409, "Cannot cancel", f"Job {job_id} is neither waiting nor running, so it cannot be cancelled."
         )
+    if not state[0]:
+        return dash.message(request, 409, "Cannot cancel", f"Job {job_id} is running, and {state[1]}.")
     if request.method == "GET":
         return dash.render(request, "confirm.html", action="cancel", job=record, count=1, filter_query="")
     form = await dash.checked_form(request)
     if isinstance(form, Response):
         return form
-    if sdk.cancel_job(job_id, app=dash.app) is None:
+    done = sdk.cancel_job(job_id, app=dash.app)
+    if done is None:
         return dash.message(
             request,
             409,
             "Not cancelled",
             f"Job {job_id} was claimed by a worker (or finished) before it could be cancelled.",
+        )
+    link = {"link": request.url_for("job", job_id=job_id), "link_text": f"Open job {job_id}"}
+    if not done.done:
+        log.info("dashboard: asked the worker running job %s to stop", job_id)
+        return dash.message(
+            request,
+            200,
+            "Asked to stop",
+            f"The worker running job {job_id} was asked to stop it; its record ends failed (Cancelled).",
+            **link,
         )
     log.info("dashboard: cancelled job %s", job_id)
     return dash.message(
@@ -80,8 +94,7 @@ async def cancel_one(dash: Dashboard, request: Request) -> Response:
         200,
         "Cancelled",
         f"Job {job_id} was taken out of the queue and recorded as failed (Cancelled).",
-        link=request.url_for("job", job_id=job_id),
-        link_text=f"Open job {job_id}",
+        **link,
     )
 
 

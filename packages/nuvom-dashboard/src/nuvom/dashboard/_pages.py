@@ -7,9 +7,9 @@ from typing import TYPE_CHECKING, Any
 
 from nuvom import sdk
 from nuvom.dashboard._format import filter_query, filters_of, parse_cursor
-from nuvom.dashboard._sampler import RATE_WINDOW_SECS
+from nuvom.dashboard._sampler import HEAD_PEEK, RATE_WINDOW_SECS
 from nuvom.errors import BackendError, InvalidJobId
-from nuvom.job import Job, validate_job_id
+from nuvom.job import Job, JobStatus, validate_job_id
 from nuvom.plugins._presence import GONE_KEEP_SECS, core_version
 from starlette.requests import Request
 from starlette.responses import JSONResponse, RedirectResponse, Response
@@ -20,6 +20,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "PAGE_SIZE",
+    "cancel_state",
     "job",
     "job_or_none",
     "jobs",
@@ -99,7 +100,25 @@ async def job(dash: Dashboard, request: Request) -> Response:
     record = job_or_none(job_id, dash.app)
     if record is None:
         return dash.message(request, 404, "No such job", f"No job {job_id!r} is known.")
-    return dash.render(request, "job.html", job=record, active="jobs")
+    return dash.render(
+        request,
+        "job.html",
+        job=record,
+        children=sdk.dependents(job_id, app=dash.app),
+        cancel=cancel_state(record, dash.app),
+        active="jobs",
+    )
+
+
+def cancel_state(record: Job, app: App) -> tuple[bool, str] | None:
+    """Whether the job page offers Cancel: ``None`` (a finished job: no button),
+    ``(True, "")``, or ``(False, why)`` for a running job on a store that cannot
+    cancel running jobs (the button shown disabled, with the reason)."""
+    if record.done:
+        return None
+    if record.status is JobStatus.RUNNING and not sdk.cancels_running_jobs(app=app):
+        return False, f"the {type(app.queue).__name__} store cannot cancel running jobs: let it finish"
+    return True, ""
 
 
 async def schedules(dash: Dashboard, request: Request) -> Response:
@@ -148,7 +167,13 @@ async def workers_fragment(dash: Dashboard, request: Request) -> Response:
 
 
 def _queues_context(dash: Dashboard) -> dict[str, Any]:
-    return {"rows": dash.sampler.queue_rows(), "sample": dash.sampler.latest(), "window": RATE_WINDOW_SECS}
+    return {
+        "rows": dash.sampler.queue_rows(),
+        "sample": dash.sampler.latest(),
+        "window": RATE_WINDOW_SECS,
+        "head_peek": HEAD_PEEK,
+        "named_queues": dash.app.queue.supports_queues,
+    }
 
 
 async def queues(dash: Dashboard, request: Request) -> Response:

@@ -30,7 +30,7 @@ from collections import deque
 from dataclasses import dataclass, field
 
 from nuvom import sdk
-from nuvom.app import App
+from nuvom.app import App, default_app
 from nuvom.plugins.contracts import WorkerInfo
 
 __all__ = ["QueueRow", "Sample", "Sampler", "TaskStats", "WorkerSeen"]
@@ -49,6 +49,8 @@ RATE_WINDOW_SECS = 60.0
 FAILURE_MIN_FINISHED = 20
 #: ...and stretches its window back this far at most to find them.
 FAILURE_MAX_WINDOW_SECS = 600.0
+#: Waiting jobs read per sample, on a store with named queues, to find each queue's oldest due job.
+HEAD_PEEK = 100
 
 
 @dataclass(frozen=True)
@@ -77,6 +79,10 @@ class Sample:
     workers: list[WorkerInfo] | None = None
     #: When the next waiting job became due (``None``: none waiting, or none due yet).
     head_due: float | None = None
+    #: Jobs by named queue and state (``nuvom.sdk.queue_counts``); ``None``: not read.
+    queues: dict[str, dict[str, int]] | None = None
+    #: Per queue, when its oldest due job among the next waiting ones became due.
+    queue_heads: dict[str, float] | None = None
 
     @property
     def finished(self) -> int:
@@ -93,18 +99,20 @@ class Sample:
 
 @dataclass(frozen=True)
 class QueueRow:
-    """One queue on the Queues page. Today there is one queue, ``default``;
-    named queues add a row each."""
+    """One named queue on the Queues page (``default`` alone on a store without named queues)."""
 
     name: str
     waiting: int
     retrying: int | None
     running: int | None
-    #: How long the next job to run has been due, seconds (``None``: nothing due).
+    #: How long its oldest due job has been due, seconds (``None``: nothing due,
+    #: or not among the next :data:`HEAD_PEEK` waiting jobs of the store).
     latency: float | None
     #: Jobs queued / finished per second over the last window (``None``: too few samples yet).
     rate_in: float | None
     rate_out: float | None
+    #: Live workers serving it (``None``: the store keeps no presence).
+    workers: int | None = None
 
 
 @dataclass
@@ -113,6 +121,8 @@ class Stats:
     workers: list[WorkerSeen] = field(default_factory=list)
     at: float = 0.0
     finished: int = -1
+    #: Of the records read, how many finished in the last RATE_WINDOW_SECS, by queue.
+    recent_by_queue: dict[str, int] = field(default_factory=dict)
 
 
 def percentile(sorted_values: list[float], q: float) -> float | None:
@@ -171,9 +181,10 @@ class Sampler:
             except Exception as exc:  # shown on the page; the dashboard keeps running
                 log.warning("sampling the job counts failed: %s", exc)
                 counts, error = (dict(self.samples[-1].counts) if self.samples else {}), f"{type(exc).__name__}: {exc}"
-            workers, head_due = self._workers_and_head() if error is None else (None, None)
+            workers, head_due, queues, heads = self._side_reads() if error is None else (None, None, None, None)
             now = time.time()
-            sample = Sample(now, counts, (time.perf_counter() - started) * 1000, error, workers, head_due)
+            took = (time.perf_counter() - started) * 1000
+            sample = Sample(now, counts, took, error, workers, head_due, queues, heads)
             stats = self.stats
             if error is None and (sample.finished != stats.finished or sample.at - stats.at > STATS_MAX_AGE_SECS):
                 try:
@@ -185,20 +196,32 @@ class Sampler:
             self.samples.append(sample)
             return sample
 
-    def _workers_and_head(self) -> tuple[list[WorkerInfo] | None, float | None]:
-        """The store's workers and when its next waiting job became due; a failure
-        leaves them out of the sample (logged once per change)."""
+    def _side_reads(
+        self,
+    ) -> tuple[list[WorkerInfo] | None, float | None, dict[str, dict[str, int]] | None, dict[str, float] | None]:
+        """The store's workers, when its next waiting job became due, its named
+        queues' counts and each queue's oldest due job; a failure leaves them out
+        of the sample (logged once per change)."""
         try:
             workers = sdk.list_workers(app=self.app)
-            head = sdk.queued_jobs(limit=1, app=self.app)
+            queues = sdk.queue_counts(app=self.app)
+            # Without named queues (and so priorities) the next job is the oldest due (FIFO);
+            # with them, read further to find each queue's oldest.
+            named = (self.app or default_app()).queue.supports_queues
+            head = sdk.queued_jobs(limit=HEAD_PEEK if named else 1, app=self.app)
         except Exception as exc:
             if str(exc) != self._side_error:
                 self._side_error = str(exc)
-                log.warning("reading the workers or the next queued job failed: %s", exc)
-            return None, None
+                log.warning("reading the workers, the queues or the next queued jobs failed: %s", exc)
+            return None, None, None, None
         self._side_error = None
-        due = head[0].due_at if head else None
-        return workers, due if due is not None and due <= time.time() else None
+        now = time.time()
+        heads: dict[str, float] = {}
+        for job in head:
+            if job.due_at <= now and job.due_at < heads.get(job.queue, now + 1):
+                heads[job.queue] = job.due_at
+        next_due = head[0].due_at if head else None
+        return workers, next_due if next_due is not None and next_due <= now else None, queues, heads
 
     def latest(self, max_age: float | None = None) -> Sample:
         """The newest sample, taken now when there is none younger than ``max_age``
@@ -235,32 +258,76 @@ class Sampler:
         return out
 
     def queue_rows(self) -> list[QueueRow]:
-        """The Queues page's rows. Counts are the store's totals: with one queue
-        they are that queue's."""
+        """The Queues page's rows: one per named queue holding jobs or served by
+        a live worker. With one queue its rates are the store's totals; with
+        several, a queue's rate out is the total split by the queues of the
+        newest records finished in the window, and its rate in that rate plus
+        the change of its depth over the window."""
         samples = list(self.samples)
         if not samples:
             samples = [self.take()]
         cur = samples[-1]
-        c = cur.counts
-        rate_in = rate_out = None
         start = bisect.bisect_left([s.at for s in samples], cur.at - RATE_WINDOW_SECS)
         first = samples[min(start, len(samples) - 1)]
-        if cur.at - first.at > 0:
-            span = cur.at - first.at
+        span = cur.at - first.at
+        serving: dict[str, int] = {}
+        for info in cur.live_workers():
+            for name in info.queues:
+                serving[name] = serving.get(name, 0) + 1
+        queues = cur.queues or {}
+        names = sorted(set(queues) | set(serving))
+        if len(names) <= 1:
+            return [self._single_row(names[0] if names else "default", cur, first, span, serving)]
+        total_out = max(0, cur.finished - first.finished) / span if span > 0 else None
+        recent = self.stats.recent_by_queue
+        recent_total = sum(recent.values())
+        rows = []
+        for name in names:
+            counts = queues.get(name, {})
+            rate_out = rate_in = None
+            if total_out is not None and (recent_total or not total_out):
+                rate_out = total_out * recent.get(name, 0) / recent_total if recent_total else 0.0
+                if first.queues is not None:
+                    rate_in = max(0.0, rate_out + (_depth(counts) - _depth(first.queues.get(name, {}))) / span)
+            head = (cur.queue_heads or {}).get(name)
+            rows.append(
+                QueueRow(
+                    name=name,
+                    waiting=counts.get("queued", 0) + counts.get("retrying", 0),
+                    retrying=counts.get("retrying", 0 if name not in queues else None),
+                    running=counts.get("running", 0 if name not in queues else None),
+                    latency=None if head is None else max(0.0, cur.at - head),
+                    rate_in=rate_in,
+                    rate_out=rate_out,
+                    workers=None if cur.workers is None else serving.get(name, 0),
+                )
+            )
+        return rows
+
+    @staticmethod
+    def _single_row(name: str, cur: Sample, first: Sample, span: float, serving: dict[str, int]) -> QueueRow:
+        """The one queue in use (every job of a store without named queues): the store's totals."""
+        c = cur.counts
+        due = cur.head_due if cur.queue_heads is None else cur.queue_heads.get(name)
+        rate_in = rate_out = None
+        if span > 0:
             # Pruned results or a cleared queue lower the totals: no negative rates.
             rate_in = max(0, cur.total - first.total) / span
             rate_out = max(0, cur.finished - first.finished) / span
-        return [
-            QueueRow(
-                name="default",
-                waiting=c.get("queued", 0) + c.get("retrying", 0),
-                retrying=c.get("retrying"),
-                running=c.get("running"),
-                latency=None if cur.head_due is None else max(0.0, cur.at - cur.head_due),
-                rate_in=rate_in,
-                rate_out=rate_out,
-            )
-        ]
+        return QueueRow(
+            name=name,
+            waiting=c.get("queued", 0) + c.get("retrying", 0),
+            retrying=c.get("retrying"),
+            running=c.get("running"),
+            latency=None if due is None else max(0.0, cur.at - due),
+            rate_in=rate_in,
+            rate_out=rate_out,
+            workers=None if cur.workers is None else serving.get(name, 0),
+        )
+
+
+def _depth(counts: dict[str, int]) -> int:
+    return sum(counts.get(k, 0) for k in ("queued", "retrying", "running"))
 
 
 def _cumulative(samples: list[Sample]) -> tuple[list[int], list[int]]:
@@ -313,4 +380,8 @@ def compute_stats(finished: int, app: App | None = None) -> Stats:
         tasks.append(TaskStats(name, count, failures.get(name, 0), percentile(values, 50), percentile(values, 95)))
     seen_list = [WorkerSeen(wid, last, int(n)) for wid, (last, n) in workers.items()]
     seen_list.sort(key=lambda w: w.last_seen, reverse=True)
-    return Stats(tasks, seen_list, now, finished)
+    recent: dict[str, int] = {}
+    for job in jobs:
+        if job.finished_at is not None and now - job.finished_at <= RATE_WINDOW_SECS:
+            recent[job.queue] = recent.get(job.queue, 0) + 1
+    return Stats(tasks, seen_list, now, finished, recent)

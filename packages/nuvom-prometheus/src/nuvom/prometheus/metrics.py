@@ -13,7 +13,7 @@ from nuvom.job import Job
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily, Metric
 
-__all__ = ["OTHER_TASK", "OUTCOMES", "JobMetrics", "WorkerCollector"]
+__all__ = ["OTHER_TASK", "OUTCOMES", "QUEUE_STATES", "JobMetrics", "QueueCollector", "WorkerCollector"]
 
 log = logging.getLogger("nuvom.prometheus")
 
@@ -21,6 +21,8 @@ log = logging.getLogger("nuvom.prometheus")
 OUTCOMES = ("success", "failure", "timeout", "retry")
 #: The task label of tasks beyond ``NUVOM_PROMETHEUS_MAX_TASKS``.
 OTHER_TASK = "_other"
+#: The ``state`` label of ``nuvom_queue_jobs``: the keys of ``BaseJobQueue.queue_counts()``.
+QUEUE_STATES = ("queued", "retrying", "running")
 
 
 class JobMetrics:
@@ -173,3 +175,38 @@ class WorkerCollector:
             info.add_metric([], {"worker_id": str(f.get("worker_id") or ""), "version": self.version})
             loop_blocked.add_metric([], float(f.get("loop_blocked_total") or 0))
         yield from (worker_count, inflight, queue_size, start_time, uptime, info, loop_blocked)
+
+
+class QueueCollector:
+    """``nuvom_queue_jobs{queue, state}``: the store's jobs by named queue and
+    state, read from ``queue_counts()`` at every scrape (one store call). A state
+    the store cannot tell has no sample; a store that cannot be read, none at all."""
+
+    def __init__(self, read: Callable[[], dict[str, dict[str, int]]]) -> None:
+        self.read = read
+
+    def describe(self) -> list[Metric]:
+        return [self._family()]
+
+    def collect(self) -> Iterator[Metric]:
+        try:
+            counts = self.read()
+        except Exception as exc:
+            log.warning("reading the queues' counts failed; this scrape has no nuvom_queue_jobs: %s", exc)
+            return
+        family = self._family()
+        for queue, by_state in sorted(counts.items()):
+            for state in QUEUE_STATES:
+                if by_state.get(state) is not None:
+                    family.add_metric([queue, state], float(by_state[state]))
+        yield family
+
+    @staticmethod
+    def _family() -> GaugeMetricFamily:
+        return GaugeMetricFamily(
+            "nuvom_queue_jobs",
+            "Jobs in the store by named queue and state: queued (waiting, due or not, and workflow jobs waiting "
+            "for others), retrying (waiting after a failed attempt), running (claimed by a worker). Shared by "
+            "every worker of the store.",
+            labels=["queue", "state"],
+        )

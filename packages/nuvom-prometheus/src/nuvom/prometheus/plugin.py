@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from nuvom.job import Job
 from nuvom.plugins.contracts import API_VERSION, Plugin
-from nuvom.prometheus.metrics import JobMetrics, WorkerCollector
+from nuvom.prometheus.metrics import JobMetrics, QueueCollector, WorkerCollector
 from nuvom.prometheus.server import MetricsServer, PortUnavailable
 from nuvom.prometheus.settings import PrometheusSettings, load_prometheus_settings
 from prometheus_client import CollectorRegistry
@@ -97,6 +97,9 @@ class PrometheusPlugin(Plugin):
         if provider is not None:
             registry.register(WorkerCollector(provider, version=_nuvom_version()))
         worker = extras.get("worker")
+        queue = getattr(worker, "queue", None)
+        if queue is not None:
+            registry.register(QueueCollector(queue.queue_counts))
         title = f"worker {getattr(worker, 'worker_id', '')}".strip()
         try:
             server = MetricsServer.bind(

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 import secrets
 import socket
 import sqlite3
@@ -21,7 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from nuvom.errors import BackendError, SerializationError
-from nuvom.job import DEFAULT_QUEUE, LEASE_FACTOR, LEASE_MARGIN_SECS, Job, JobError, JobStatus, lease_secs_for
+from nuvom.job import DEFAULT_QUEUE, LEASE_FACTOR, LEASE_MARGIN_SECS, Job, lease_secs_for
 from nuvom.plugins.contracts import BaseJobQueue, BaseResultBackend
 from nuvom.sqlite._control import (
     INSERT_QUEUED,
@@ -37,6 +36,7 @@ from nuvom.sqlite._db import Database
 from nuvom.sqlite._results import SQLiteResultBackend, insert_results, result_row
 from nuvom.sqlite._schedules import SQLiteSchedules
 from nuvom.sqlite._settings import SQLiteSettings, load_sqlite_settings, resolve_paths
+from nuvom.sqlite._settling import decode_row, delete_claimed, requeue_rows, unreadable, write_marks
 from nuvom.sqlite._workers import SQLitePresence
 
 if TYPE_CHECKING:
@@ -58,21 +58,6 @@ _POLL_FAST = 0.001
 _POLL_IDLE = 0.05
 _IDLE_AFTER = 2.0
 
-# A job put back that this object never claimed: the row as given, or as it
-# was if it is still there. Its unique key, if it has one and the row is gone,
-# only while no other job holds it: a second holder would fail the whole write.
-_UPSERT = (
-    "INSERT INTO nuvom_queue (id, func_name, state, ready_at, attempts, timeout_secs, created_at, payload, queue, "
-    "priority, unique_key) VALUES (?1, ?2, 0, ?3, ?4, ?5, ?6, ?7, ?8, ?9, "
-    "CASE WHEN EXISTS (SELECT 1 FROM nuvom_queue WHERE unique_key = ?10) THEN NULL ELSE ?10 END) "
-    "ON CONFLICT (id) DO UPDATE SET func_name = excluded.func_name, state = 0, "
-    "ready_at = excluded.ready_at, attempts = excluded.attempts, timeout_secs = excluded.timeout_secs, "
-    "payload = excluded.payload, claim_token = NULL, claimed_by = NULL, started_at = NULL"
-)
-_REQUEUE_CLAIMED = (
-    "UPDATE nuvom_queue SET state = 0, ready_at = ?, attempts = ?, payload = ?, claim_token = NULL, "
-    "claimed_by = NULL, started_at = NULL WHERE id = ? AND claim_token = ?"
-)
 # ``attempts`` counts the runs that started: a row claimed (state 1) whose claim
 # never started (no start mark) has that claim's attempt undone when it is claimed again.
 _UNSTARTED = "(state = 1 AND started_at IS NULL)"
@@ -266,20 +251,20 @@ class SQLiteJobQueue(SQLitePresence, SQLiteJobControl, BaseJobQueue, SQLiteSched
         # Decoded after the commit: the write lock is held for SQL only.
         marked: list[Job] = []
         jobs: list[Job] = []
-        unreadable: list[tuple[int, Job]] = []
+        corrupt: list[tuple[int, Job]] = []
         for i, (seq, raw_id, raw_name, attempts, created_at, payload) in enumerate(rows):
             try:
-                job = _decode_row(raw_id, raw_name, payload)
+                job = decode_row(raw_id, raw_name, payload)
             except SerializationError as exc:
-                unreadable.append(
-                    (seq, _unreadable(seq, raw_id, raw_name, attempts, created_at, payload, exc, self.claimer))
+                corrupt.append(
+                    (seq, unreadable(seq, raw_id, raw_name, attempts, created_at, payload, exc, self.claimer))
                 )
                 continue
             job.attempts = attempts
             job.mark_claimed()
             (marked if i < started else jobs).append(job)
-        if unreadable:
-            self._quarantine(unreadable, token)
+        if corrupt:
+            self._quarantine(corrupt, token)
         with self._claims_lock:
             claims = self._claims
             for job in (*marked, *jobs):
@@ -431,7 +416,7 @@ class SQLiteJobQueue(SQLitePresence, SQLiteJobControl, BaseJobQueue, SQLiteSched
         tokens = self._tokens(ids)
         rows = self._requeue_rows(jobs, tokens)
         with self.db.write("requeueing jobs") as conn:
-            _requeue(conn, *rows)
+            requeue_rows(conn, *rows)
         self._forget(ids, tokens)
         self._local_writes += 1
 
@@ -475,11 +460,11 @@ class SQLiteJobQueue(SQLitePresence, SQLiteJobControl, BaseJobQueue, SQLiteSched
             kept: list[str] = []
             released = 0
             if finished:
-                kept, released = _delete_claimed(conn, finished, tokens)
+                kept, released = delete_claimed(conn, finished, tokens)
                 insert_results(conn, rows if len(kept) == len(rows) else [r for r in rows if r[0] in set(kept)])
             if back is not None:
-                _requeue(conn, *back)
-            return kept, released, set() if marks is None else _write_marks(conn, marks)
+                requeue_rows(conn, *back)
+            return kept, released, set() if marks is None else write_marks(conn, marks)
 
         kept, released, marked = self.db.combined(write, "settling jobs")
         if finished:
@@ -568,7 +553,7 @@ class SQLiteJobQueue(SQLitePresence, SQLiteJobControl, BaseJobQueue, SQLiteSched
         groups = self._mark_groups([job])
         if not groups:
             return True  # not claimed through this object: nothing to fence
-        marked = self.db.combined(lambda conn: _write_marks(conn, groups), "marking a job started", one_statement=True)
+        marked = self.db.combined(lambda conn: write_marks(conn, groups), "marking a job started", one_statement=True)
         if job.id in marked:
             return True
         self._forget([job.id], [token for (_, token, _), ids in groups.items() if job.id in ids])
@@ -576,121 +561,3 @@ class SQLiteJobQueue(SQLitePresence, SQLiteJobControl, BaseJobQueue, SQLiteSched
 
     def close(self) -> None:
         self.db.close()
-
-
-def _requeue(conn: sqlite3.Connection, guarded: list[tuple[Any, ...]], free: list[tuple[Any, ...]]) -> None:
-    for row in guarded:
-        if conn.execute(_REQUEUE_CLAIMED, row).rowcount == 0:
-            log.info("job %s was claimed by another worker meanwhile; not requeued", row[3])
-    if free:
-        conn.executemany(_UPSERT, free)
-
-
-def _write_marks(conn: sqlite3.Connection, groups: dict[tuple[str, int, float], list[str]]) -> set[str]:
-    """Write start marks, one statement per claim and lease; returns the ids
-    whose claim still held (the others were taken over)."""
-    now = time.time()
-    marked: set[str] = set()
-    for (kind, token, lease), ids in groups.items():
-        for chunk in chunks(ids):
-            # A fresh claim keeps its lease (it has 90 % of it or more left): not
-            # moving ready_at spares an index update, about half the mark's cost.
-            sets = "started_at = ?" if kind == "fresh" else "started_at = ?, ready_at = ? + ?"
-            params = (now,) if kind == "fresh" else (now, now, lease)
-            cur = conn.execute(
-                f"UPDATE nuvom_queue SET {sets} WHERE id IN ({qmarks(len(chunk))}) AND claim_token = ? RETURNING id",
-                (*params, *chunk, token),
-            )
-            marked.update(row[0] for row in cur.fetchall())
-    return marked
-
-
-def _delete_claimed(
-    conn: sqlite3.Connection, jobs: Sequence[Job], tokens: Sequence[int | None]
-) -> tuple[list[str], int]:
-    """Delete the queue rows of ``jobs`` whose claim is still the one these
-    jobs were run under, and release the jobs that waited only for them;
-    returns the ids deleted and how many were released.
-
-    The claim is known by its token when it was made through this queue
-    object; otherwise the row must still be claimed with the job's attempt
-    count (a later claim would have counted another attempt)."""
-    kept: list[str] = []
-    awaited: list[str] = []
-    # Grouped by claim (a worker's completions mostly come from one or two
-    # claims), so each statement finds its rows through the id index.
-    by_token: dict[int, list[str]] = {}
-    for job, token in zip(jobs, tokens, strict=True):
-        if token is not None:
-            by_token.setdefault(token, []).append(job.id)
-    for token, ids in by_token.items():
-        for chunk in chunks(ids):
-            cur = conn.execute(
-                f"DELETE FROM nuvom_queue WHERE id IN ({qmarks(len(chunk))}) AND claim_token = ? RETURNING id, awaited",
-                (*chunk, token),
-            )
-            deleted = cur.fetchall()
-            kept.extend(row[0] for row in deleted)
-            awaited.extend(row[0] for row in deleted if row[1])
-    for job, token in zip(jobs, tokens, strict=True):
-        if token is None:
-            cur = conn.execute(
-                "DELETE FROM nuvom_queue WHERE id = ? AND state = 1 AND attempts = ? RETURNING id, awaited",
-                (job.id, job.attempts),
-            )
-            deleted = cur.fetchall()
-            kept.extend(row[0] for row in deleted)
-            awaited.extend(row[0] for row in deleted if row[1])
-    return kept, release(conn, awaited) if awaited else 0
-
-
-def _decode_row(raw_id: bytes, raw_name: bytes, payload: bytes) -> Job:
-    """The job of a queue row; :class:`SerializationError` saying what is wrong
-    if the row cannot be run as stored."""
-    try:
-        job_id = raw_id.decode("utf-8")
-        raw_name.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise SerializationError(f"its id or task name is not valid UTF-8 ({exc})") from None
-    job = Job.from_bytes(payload)
-    if job.id != job_id:
-        # Run, it would be settled under the other id and this row never removed.
-        raise SerializationError(f"the row of job {job_id!r} holds job {job.id!r}")
-    return job
-
-
-def _unreadable(
-    seq: int,
-    raw_id: bytes,
-    raw_name: bytes,
-    attempts: int,
-    created_at: float,
-    payload: bytes,
-    exc: Exception,
-    worker: str,
-) -> Job:
-    """The quarantine record of a row that cannot be run: FAILED with the reason;
-    the raw row in ``result``."""
-    job_id = raw_id.decode("utf-8", "replace")
-    if not _VALID_ID.fullmatch(job_id):
-        job_id = f"quarantined-{seq}"
-    now = time.time()
-    return Job(
-        id=job_id,
-        func_name=raw_name.decode("utf-8", "replace"),
-        status=JobStatus.FAILED,
-        attempts=attempts,
-        created_at=created_at if isinstance(created_at, (int, float)) else now,
-        started_at=None,
-        finished_at=now,
-        worker_id=worker,
-        store_result=True,
-        result={"quarantined": True, "id": raw_id, "func_name": raw_name, "payload": payload},
-        error=JobError(
-            type="SerializationError",
-            message=f"the job's queue row is corrupt and was quarantined, not run: {exc}",
-        ),
-    )
-
-
-_VALID_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")

@@ -43,8 +43,8 @@ def test_unknown_backend_is_exit_6(cli):
 
 
 def test_unknown_result_backend_is_exit_6(cli):
-    out = cli("history", "recent", env={"NUVOM_RESULT_BACKEND": "postgres"})
-    assert_one_line_error(out, 6, "unknown result backend 'postgres'")
+    out = cli("history", "recent", env={"NUVOM_RESULT_BACKEND": "cassandra"})
+    assert_one_line_error(out, 6, "unknown result backend 'cassandra'")
 
 
 def test_bad_env_file_value_names_the_variable(cli, tmp_path):

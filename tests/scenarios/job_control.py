@@ -277,3 +277,21 @@ def check_signature_validation(app: App) -> None:
     else:
         raise AssertionError("a wrong map item was accepted")
     assert app.queue.qsize() == 0  # nothing stored, not even the map's valid first item
+
+
+# Every check above, in the order a store's tests run them:
+# ``@pytest.mark.parametrize("check", CHECKS, ids=check_id)``.
+CHECKS: tuple[Callable[[App], None], ...] = (
+    check_named_queues_and_priorities,
+    check_retry_policies,
+    check_unique_jobs,
+    check_rate_limits,
+    check_cancel_running_jobs,
+    check_job_context,
+    check_workflows,
+    check_signature_validation,
+)
+
+
+def check_id(check: Callable[[App], None]) -> str:
+    return check.__name__.removeprefix("check_")

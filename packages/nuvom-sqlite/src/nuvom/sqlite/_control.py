@@ -103,22 +103,7 @@ def insert_jobs(conn: sqlite3.Connection, jobs: Sequence[Job]) -> None:
                     [(parent, job.id) for parent in present],
                 )
             job.set_fields(status=JobStatus.WAITING if present else JobStatus.PENDING)
-        conn.execute(
-            _INSERT,
-            (
-                job.id,
-                job.func_name,
-                job.due_at,
-                job.attempts,
-                job.timeout_secs,
-                job.created_at,
-                job.to_bytes(),
-                job.queue,
-                job.priority,
-                job.unique_key,
-                state,
-            ),
-        )
+        conn.execute(_INSERT, (*queue_row(job), job.unique_key, state))
 
 
 def release(conn: sqlite3.Connection, parents: Sequence[str]) -> int:

@@ -29,7 +29,19 @@ class JobContext:
     children are killed, so they need not look.
     """
 
-    __slots__ = ("_cancelled", "attempt", "deadline", "id", "queue", "retries_left", "schedule_key", "tags", "task")
+    __slots__ = (
+        "_cancelled",
+        "_job",
+        "_retries_left",
+        "_tags",
+        "attempt",
+        "deadline",
+        "id",
+        "queue",
+        "schedule_key",
+        "task",
+    )
+    _FIELDS = ("id", "task", "attempt", "retries_left", "queue", "schedule_key", "tags", "deadline")
 
     def __init__(
         self,
@@ -43,23 +55,39 @@ class JobContext:
         tags: list[str],
         deadline: float,
     ) -> None:
-        self.id, self.task, self.attempt, self.retries_left = id, task, attempt, retries_left
-        self.queue, self.schedule_key, self.tags, self.deadline = queue, schedule_key, tags, deadline
+        self.id, self.task, self.attempt, self.queue = id, task, attempt, queue
+        self.schedule_key, self.deadline = schedule_key, deadline
+        self._retries_left: int | None = retries_left
+        self._tags: list[str] | None = tags
+        self._job: Job | None = None
         self._cancelled = False
 
     @classmethod
     def of(cls, job: Job, deadline: float) -> JobContext:
-        failures = sum(1 for a in job.history if a.outcome in ("error", "timeout"))
-        return cls(
-            id=job.id,
-            task=job.func_name,
-            attempt=job.attempts,
-            retries_left=max(0, job.max_retries - failures),
-            queue=job.queue,
-            schedule_key=job.schedule_key,
-            tags=list(job.tags),
-            deadline=deadline,
-        )
+        # Made for every attempt, read by few tasks: what costs more than a
+        # field copy (counting failures, copying tags) waits until it is asked for.
+        context = cls.__new__(cls)
+        context.id, context.task, context.attempt = job.id, job.func_name, job.attempts
+        context.queue, context.schedule_key, context.deadline = job.queue, job.schedule_key, deadline
+        context._retries_left = context._tags = None
+        context._job = job
+        context._cancelled = False
+        return context
+
+    @property
+    def retries_left(self) -> int:
+        if self._retries_left is None:
+            assert self._job is not None
+            failures = sum(1 for a in self._job.history if a.outcome in ("error", "timeout"))
+            self._retries_left = max(0, self._job.max_retries - failures)
+        return self._retries_left
+
+    @property
+    def tags(self) -> list[str]:
+        if self._tags is None:
+            assert self._job is not None
+            self._tags = list(self._job.tags)
+        return self._tags
 
     @property
     def cancelled(self) -> bool:
@@ -71,7 +99,7 @@ class JobContext:
 
     def to_dict(self) -> dict[str, object]:
         """Its fields as plain values (sent to a pool child)."""
-        return {name: getattr(self, name) for name in self.__slots__ if name != "_cancelled"}
+        return {name: getattr(self, name) for name in self._FIELDS}
 
     def __repr__(self) -> str:
         return f"<JobContext {self.id} ({self.task}) attempt {self.attempt}>"

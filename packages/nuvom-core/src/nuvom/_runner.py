@@ -218,18 +218,25 @@ class JobRunner:
         ``KeyboardInterrupt`` raised by the task itself: signals reach only the
         main thread) fails the attempt; it never ends the worker thread."""
         args, kwargs = self.inputs_of(job)
+        span = self._spans.get(job.id) if self._spans else None
         token = _context.enter(self._contexts.get(job.id))
         try:
-            with _tracing.using(self._spans.get(job.id) if self._spans else None):
-                if task.is_async:
-                    # An async def task sent to a thread (executor="thread", or no
-                    # worker at all) gets an event loop of its own.
-                    return True, asyncio.run(task.fn(*args, **kwargs))
-                return True, task.fn(*args, **kwargs)
+            if span is not None:
+                with _tracing.using(span):
+                    return True, self._invoke(task, args, kwargs)
+            return True, self._invoke(task, args, kwargs)
         except BaseException as exc:
             return False, exc
         finally:
             _context.leave(token)
+
+    @staticmethod
+    def _invoke(task: Task[Any], args: list[Any], kwargs: dict[str, Any]) -> Any:
+        if task.is_async:
+            # An async def task sent to a thread (executor="thread", or no
+            # worker at all) gets an event loop of its own.
+            return asyncio.run(task.fn(*args, **kwargs))
+        return task.fn(*args, **kwargs)
 
     def span_of(self, job: Job) -> Any:
         """The running attempt's span (``None`` without tracing), for an executor

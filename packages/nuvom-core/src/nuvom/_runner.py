@@ -304,12 +304,13 @@ class JobRunner:
         if context is not None and context.cancelled:
             exc, error, timed_out = _Cancelled("cancelled while it ran"), None, False
         recorded = error or _fate.error_of(exc)
+        now = time.time()
         verdict = _fate.fail_attempt(
             job,
             attempt,
             recorded,
             timed_out=timed_out,
-            now=time.time(),
+            now=now,
             default_policy=self.default_timeout_policy,
             task=task,
             exc=exc,
@@ -318,7 +319,7 @@ class JobRunner:
             call_hooks(self.hooks.on_error, job, exc)
         if task is not None and task.on_error is not None:
             call_hooks([task.on_error], job, exc)
-        self._log_failure(job, attempt, recorded, verdict)
+        self._log_failure(job, attempt, recorded, verdict, now)
         outcome = "retry" if verdict == "retry" else "timeout" if timed_out else "failure"
         self._report(job, outcome, attempt)
         if self._spans:
@@ -330,7 +331,7 @@ class JobRunner:
             call_hooks([task.on_failure], job, exc)
         self.finish(job)
 
-    def _log_failure(self, job: Job, attempt: Attempt, error: JobError, verdict: _fate.Verdict) -> None:
+    def _log_failure(self, job: Job, attempt: Attempt, error: JobError, verdict: _fate.Verdict, now: float) -> None:
         # One line per attempt: a retry is a WARNING, the final failure an ERROR.
         # The traceback is stored with the job; the log carries it at DEBUG only.
         tb = f"\n{error.traceback}" if self.traceback_in_log and error.traceback else ""
@@ -342,7 +343,8 @@ class JobRunner:
                 attempt.number,
                 error.type,
                 error.message,
-                job.retry_delay_secs,
+                # the wait the retry policy chose (back-off and jitter included)
+                round(max(0.0, (job.not_before or now) - now), 3),
                 job.retries_left,
                 "y" if job.retries_left == 1 else "ies",
                 tb,

@@ -160,3 +160,29 @@ def test_jobs_of_one_task_share_no_mutable_field_and_match_a_validated_job(mem):
     assert set(c.__dict__) == set(type(c).model_fields)
     assert c.model_dump() == validated.model_dump()
     assert c.status is JobStatus.PENDING and c.attempts == 0 and c.retry_delay_secs == 1.5
+
+
+def test_positional_calls_are_checked_by_count_exactly_as_bind_checks_them(mem):
+    # A call with positional arguments only is checked by their count when the
+    # signature allows it; every shape must agree with Signature.bind.
+    import inspect
+
+    def defaults(a, b=1, *, c=2): ...
+    def kw_required(a, *, c): ...
+    def star(a, *rest): ...
+    def none(): ...
+
+    for fn in (defaults, kw_required, star, none):
+        made = task(name=f"count_{fn.__name__}")(fn)
+        for n in range(4):
+            args = list(range(n))
+            try:
+                inspect.signature(fn).bind(*args)
+                fits = True
+            except TypeError:
+                fits = False
+            if fits:
+                assert made.make_job(args, {}).args == args
+            else:
+                with pytest.raises(TypeError, match=f"task 'count_{fn.__name__}'"):
+                    made.make_job(args, {})

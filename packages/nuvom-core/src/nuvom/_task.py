@@ -118,6 +118,7 @@ class Task(Generic[R]):
             self._signature: inspect.Signature | None = inspect.signature(fn)
         except (TypeError, ValueError):  # a builtin or C function without one
             self._signature = None
+        self._positional = _positional_range(self._signature)
         # Per-call fields of a task made by with_options() (unique_key=, depends_on=).
         self._call_fields: dict[str, Any] = {}
         self._build_template()
@@ -382,10 +383,12 @@ class Task(Generic[R]):
         ``receives``: a workflow job, given one more first argument when it runs."""
         app = app or self._app()
         if self._signature is not None:
-            try:
-                self._signature.bind(*((None, *args) if receives else args), **kwargs)
-            except TypeError as exc:
-                raise TypeError(f"task {self.name!r}: {exc}") from None
+            positional = self._positional
+            if kwargs or positional is None or not positional[0] <= len(args) + receives <= positional[1]:
+                try:
+                    self._signature.bind(*((None, *args) if receives else args), **kwargs)
+                except TypeError as exc:
+                    raise TypeError(f"task {self.name!r}: {exc}") from None
         limit = app.settings.max_payload_bytes
         if (
             kwargs
@@ -516,3 +519,24 @@ def _first_line(doc: str | None) -> str | None:
     if not doc:
         return None
     return doc.strip().splitlines()[0].strip() or None
+
+
+def _positional_range(signature: inspect.Signature | None) -> tuple[int, int] | None:
+    """How many positional arguments alone make a valid call, as (fewest, most),
+    when the count settles it: no ``*args``/``**kwargs`` and no keyword-only
+    parameter without a default. The common call then skips ``Signature.bind``,
+    which costs more than the rest of building the job's arguments."""
+    if signature is None:
+        return None
+    fewest = most = 0
+    for param in signature.parameters.values():
+        if param.kind in (param.POSITIONAL_ONLY, param.POSITIONAL_OR_KEYWORD):
+            most += 1
+            if param.default is param.empty:
+                fewest = most
+        elif param.kind is param.KEYWORD_ONLY:
+            if param.default is param.empty:
+                return None
+        else:
+            return None
+    return fewest, most

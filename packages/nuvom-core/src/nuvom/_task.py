@@ -256,14 +256,21 @@ class Task(Generic[R]):
         queue, first = app.queue, jobs[0]
         if first.queue != DEFAULT_QUEUE or first.unique_key is not None or first.flow is not None:
             _check_store(queue, first, self.name)
-        with _tracing.enqueue(self.name, jobs):
-            if first.unique_key is None:
-                if len(jobs) == 1:
-                    queue.enqueue(first)
-                else:
-                    queue.enqueue_many(jobs)
-                return jobs
-            return [_enqueue_unique(app, job) for job in jobs]
+        if _tracing.active():
+            with _tracing.enqueue(self.name, jobs):
+                return self._store(app, jobs)
+        return self._store(app, jobs)  # tracing off: not even a context manager per call
+
+    @staticmethod
+    def _store(app: App, jobs: list[Job]) -> list[Job]:
+        first = jobs[0]
+        if first.unique_key is None:
+            if len(jobs) == 1:
+                app.queue.enqueue(first)
+            else:
+                app.queue.enqueue_many(jobs)
+            return jobs
+        return [_enqueue_unique(app, job) for job in jobs]
 
     def map(self, items: Iterable[Any]) -> list[Job]:
         """Queue one job per item, in one backend round trip.

@@ -191,6 +191,14 @@ class MemoryJobQueue(MemoryPresence, MemorySchedules, BaseJobQueue, BaseSchedule
 
     def ack(self, job_ids: Sequence[str]) -> None:
         with self._lock:
+            if not (self._unique or self._cancels or self._children):
+                # No key, cancel request or waiting job refers to any held job:
+                # leaving the queue is forgetting them (the common case, kept cheap).
+                claimed, held = self._claimed, self._held
+                for job_id in job_ids:
+                    claimed.pop(job_id, None)
+                    held.pop(job_id, None)
+                return
             released = 0
             for job_id in job_ids:
                 self._claimed.pop(job_id, None)

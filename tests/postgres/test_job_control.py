@@ -21,6 +21,8 @@ from nuvom.job import DEFAULT_QUEUE, Flow, Job, JobStatus
 from nuvom.postgres import PostgresJobQueue
 from nuvom.postgres._schema import _MIGRATIONS, SCHEMA_VERSION
 
+from .conftest import wait_until
+
 sys.path.insert(0, str(Path(__file__).parents[1]))
 from scenarios import job_control
 
@@ -211,6 +213,18 @@ def test_a_waiting_job_is_released_by_the_settle_that_takes_out_its_last_parent(
     [late] = make(1, flow=Flow(parents=[first.id]))
     queue.enqueue(late)  # its parent is gone: due at once
     assert [j.id for j in queue.claim(10)] == [late.id]
+
+
+def test_a_released_child_waits_for_its_own_due_time(queue, results):
+    [parent] = make(1)
+    queue.enqueue(parent)
+    [child] = make(1, flow=Flow(parents=[parent.id]), not_before=time.time() + 1.0)
+    queue.enqueue(child)
+    [claimed] = queue.claim(1)
+    queue.settle(finish([claimed]), (), (), results)
+    assert queue.get(child.id).status is JobStatus.PENDING and queue.claim(1) == []
+    got = wait_until(lambda: queue.claim(1), 10, "the child due")
+    assert [j.id for j in got] == [child.id] and time.time() >= child.not_before
 
 
 def test_children_queued_while_their_parents_leave_are_never_stranded(queue, results, psettings):

@@ -137,7 +137,8 @@ _MIGRATIONS: dict[int, tuple[str, ...]] = {
     2: (
         # Job control (named queues, priorities, unique keys, cancel requests,
         # workflows). ``state`` 2: waiting for parents (``ready_at`` infinite, so
-        # no claim ever reaches it); ``blockers``: how many of its parents are
+        # no claim ever reaches it, and ``due_at`` its due time once released);
+        # ``blockers``: how many of its parents are
         # still in the queue; ``children``: on a parent, the jobs waiting for it,
         # read back by the statement that deletes it (it sees the latest version
         # of the row, so a child queued meanwhile is not missed). Defaults keep
@@ -145,7 +146,8 @@ _MIGRATIONS: dict[int, tuple[str, ...]] = {
         "ALTER TABLE {s}.nuvom_queue ADD COLUMN queue text COLLATE \"C\" NOT NULL DEFAULT 'default', "
         'ADD COLUMN priority integer NOT NULL DEFAULT 0, ADD COLUMN unique_key text COLLATE "C", '
         "ADD COLUMN cancel_requested boolean NOT NULL DEFAULT false, "
-        "ADD COLUMN blockers integer NOT NULL DEFAULT 0, ADD COLUMN children text[]",
+        "ADD COLUMN blockers integer NOT NULL DEFAULT 0, ADD COLUMN children text[], "
+        "ADD COLUMN due_at double precision",
         # A claim is one walk of this index per queue: higher priority first, then due order.
         "CREATE INDEX nuvom_queue_claim ON {s}.nuvom_queue (queue, priority DESC, ready_at, id)",
         # At most one job per unique key while it is in the queue: the key is free
@@ -183,7 +185,8 @@ _MIGRATIONS: dict[int, tuple[str, ...]] = {
             WITH k AS (SELECT c AS id, count(*) AS k FROM unnest(kids) AS c GROUP BY c),
             r AS (UPDATE {s}.nuvom_queue AS j SET blockers = j.blockers - k.k,
                     state = CASE WHEN j.blockers - k.k <= 0 THEN 0 ELSE 2 END,
-                    ready_at = CASE WHEN j.blockers - k.k <= 0 THEN date_part('epoch', clock_timestamp())
+                    ready_at = CASE WHEN j.blockers - k.k <= 0
+                               THEN greatest(date_part('epoch', clock_timestamp()), coalesce(j.due_at, 0))
                                ELSE j.ready_at END
                   FROM k WHERE j.id = k.id AND j.state = 2 AND j.id = ANY(kids) RETURNING j.state)
             SELECT count(*) INTO n FROM r WHERE r.state = 0;

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import threading
@@ -92,17 +93,44 @@ def test_claims_take_the_first_queue_first_then_higher_priority_then_due_order(q
     assert [j.queue for j in queue.claim(10)] == ["default", "default"]  # claim() serves default
 
 
-def test_a_queues_claim_walks_its_index(queue):
-    queue.enqueue_many(make(200, queue="emails"))
-    plan = "\n".join(
-        row[0]
-        for row in sql(
-            queue,
-            "EXPLAIN SELECT id FROM {q} WHERE queue = 'emails' AND ready_at <= 1e12 "
-            "ORDER BY priority DESC, ready_at, id LIMIT 10 FOR UPDATE SKIP LOCKED",
-        )
-    )
-    assert "nuvom_queue_claim" in plan and "Sort" not in plan, plan
+def claim_plan(queue: PostgresJobQueue, queue_name: str) -> str:
+    """The plan of the claim statement as a worker's connection runs it: a
+    generic plan (the pool forces them), executed in a transaction rolled back."""
+    names: list[str] = []
+
+    def positional(match: re.Match[str]) -> str:
+        if match.group(1) not in names:
+            names.append(match.group(1))
+        return f"${names.index(match.group(1)) + 1}"
+
+    statement = re.sub(r"%\((\w+)\)s", positional, queue._claim_sql)
+    values = {"n": 10, "start": 0, "token": 1, "by": "'t'", "queue": f"'{queue_name}'", "due_slack": "0"}
+
+    def run(conn: psycopg.Connection[Any]) -> list[Any]:
+        conn.execute("BEGIN")
+        try:
+            conn.execute("PREPARE claim_plan AS " + statement)  # type: ignore[arg-type]
+            args = ", ".join(str(values[name]) for name in names)
+            return conn.execute(f"EXPLAIN (ANALYZE, COSTS OFF) EXECUTE claim_plan({args})").fetchall()  # type: ignore[arg-type]
+        finally:
+            conn.execute("ROLLBACK")
+
+    return "\n".join(row[0] for row in queue.db.run("a test", run))
+
+
+def test_a_claim_reads_each_priority_as_a_range_of_its_queues_index(queue):
+    """Within a queue and a priority the due rows are a range of the claim
+    index, left at the first row not due: delayed and running rows behind them
+    are not read, whatever the planner knew of the table when it planned."""
+    queue.enqueue_many(make(300, queue="emails", not_before=time.time() + 3600))
+    due = make(5, queue="emails") + make(3, queue="emails", priority=3)
+    queue.enqueue_many(due)
+    queue.db.run("a test", lambda c: c.execute(f"ANALYZE {queue.sql.queue}"))
+    plan = claim_plan(queue, "emails")
+    assert "Seq Scan" not in plan and "JIT" not in plan, plan
+    scans = re.findall(r"Index Scan using nuvom_queue_claim.*\n\s+Index Cond: \((.*)\)", plan)
+    assert any("priority = " in cond and "ready_at <= " in cond for cond in scans), plan
+    assert [j.id for j in claim(queue, 10, ("emails",))] == [j.id for j in (*due[5:], *due[:5])]
 
 
 def test_an_expired_claim_comes_back_in_its_own_queue(queue):

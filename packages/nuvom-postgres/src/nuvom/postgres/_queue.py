@@ -247,7 +247,7 @@ class PostgresJobQueue(PostgresPresence, QueueControl, QueueReads, BaseJobQueue,
         first queue's first, or none and the seconds until something may be due
         (``None``: the queues are empty)."""
         token = secrets.randbits(62)
-        params = {"n": batch_size, "start": start, "token": token, "by": self.claimer}
+        params = {"n": batch_size, "start": start, "token": token, "by": self.claimer, "due_slack": 0.0}
         began = time.monotonic()  # the server's claim (and its lease) comes after this
         rows: list[Any] = []
         soonest: float | None = None

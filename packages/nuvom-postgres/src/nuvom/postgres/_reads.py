@@ -82,8 +82,15 @@ class QueueReads:
         rows = self.db.run(
             "reading queued jobs",
             lambda conn: conn.execute(
-                f"SELECT attempts, payload FROM {self.sql.queue} WHERE state = 0 ORDER BY ready_at, id LIMIT %s",
-                (limit,),
+                # The first ``limit`` of each queue (its due index in order, the queues
+                # found by a walk of that index), then the first ``limit`` of those.
+                f"WITH RECURSIVE qs AS (SELECT min(queue) AS queue FROM {self.sql.queue} UNION ALL "
+                f"SELECT (SELECT min(queue) FROM {self.sql.queue} WHERE queue > qs.queue) FROM qs "
+                "WHERE qs.queue IS NOT NULL) "
+                "SELECT p.attempts, p.payload FROM qs, LATERAL (SELECT attempts, payload, ready_at, id FROM "
+                f"{self.sql.queue} WHERE queue = qs.queue AND state = 0 ORDER BY ready_at, id LIMIT %s) AS p "
+                "ORDER BY p.ready_at, p.id LIMIT %s",
+                (limit, limit),
             ).fetchall(),
         )
         out: list[Job] = []

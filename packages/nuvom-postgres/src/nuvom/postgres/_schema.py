@@ -150,6 +150,10 @@ _MIGRATIONS: dict[int, tuple[str, ...]] = {
         "ADD COLUMN due_at double precision",
         # A claim is one walk of this index per queue: higher priority first, then due order.
         "CREATE INDEX nuvom_queue_claim ON {s}.nuvom_queue (queue, priority DESC, ready_at, id)",
+        # When a queue's next row is due (a claim that found none sleeps until
+        # then), and a queue's waiting jobs in due order (peek): per queue now.
+        "DROP INDEX {s}.nuvom_queue_ready",
+        "CREATE INDEX nuvom_queue_due ON {s}.nuvom_queue (queue, ready_at)",
         # At most one job per unique key while it is in the queue: the key is free
         # once its row is deleted (outcome stored, acknowledged, cancelled).
         "CREATE UNIQUE INDEX nuvom_queue_unique ON {s}.nuvom_queue (unique_key) WHERE unique_key IS NOT NULL",

@@ -156,11 +156,34 @@ class Statements:
         skipped; the first ``%(start)s`` start-marked (their claim's lease runs
         from now). ``attempts`` undoes the attempt of an expired claim that
         never started. With nothing claimed, one row instead: seconds until the
-        next row is due (or a lease ends), ``NULL`` if the queue is empty."""
+        next row is due (or a lease ends), ``NULL`` if the queue is empty.
+
+        ``%(due_slack)s`` is 0. A parameter in "due by now" keeps its plan (a
+        generic one: the pool's connections force them) from being chosen by how
+        many rows were due when the table was last analyzed: planned while the
+        queue was idle, it read every due row through another index and sorted
+        them; planned without a guess, it reads this queue's claim index.
+
+        The index is walked one priority at a time (``ps``: a loose scan of the
+        queue's priorities): within a priority the due rows are a range, left at
+        the first row not due, where one walk of the whole queue read every
+        delayed and every running row behind the due ones. A claim may lock up to
+        ``%(n)s`` rows of each priority for the instant of its statement and
+        takes the first ``%(n)s``: with one priority (the usual case), as many as it takes."""
         q = self.queue
         return (
-            f"WITH due AS (SELECT id, priority, ready_at FROM {q} WHERE queue = %(queue)s AND ready_at <= {NOW} "
-            "ORDER BY priority DESC, ready_at, id LIMIT %(n)s FOR UPDATE SKIP LOCKED), "
+            # The queue's priorities, highest first, one index probe each.
+            f"WITH RECURSIVE ps AS ((SELECT priority FROM {q} WHERE queue = %(queue)s "
+            "ORDER BY priority DESC LIMIT 1) UNION ALL SELECT (SELECT p.priority FROM "
+            f"{q} AS p WHERE p.queue = %(queue)s AND p.priority < ps.priority ORDER BY p.priority DESC LIMIT 1) "
+            "FROM ps WHERE ps.priority IS NOT NULL), "
+            # Each priority's due rows: a range of the index, left at the first row
+            # not due (ordered as the index is, so that no other index serves it).
+            "due AS (SELECT c.id, c.priority, c.ready_at FROM ps, LATERAL (SELECT id, priority, ready_at "
+            f"FROM {q} WHERE queue = %(queue)s AND priority = ps.priority "
+            f"AND ready_at <= {NOW} + %(due_slack)s::float8 ORDER BY priority DESC, ready_at, id LIMIT %(n)s "
+            "FOR UPDATE SKIP LOCKED) AS c WHERE ps.priority IS NOT NULL "
+            "ORDER BY c.priority DESC, c.ready_at, c.id LIMIT %(n)s), "
             "ranked AS (SELECT id, row_number() OVER (ORDER BY priority DESC, ready_at, id) AS k FROM due), "
             f"claimed AS (UPDATE {q} AS j SET state = 1, "
             "attempts = j.attempts + 1 - (j.state = 1 AND j.started_at IS NULL)::int, "

@@ -120,8 +120,8 @@ def test_the_schema_is_created_in_the_named_schema_and_logged_once(queue, pg_ser
     caplog.set_level("INFO", logger="nuvom.postgres")
     queue.qsize()
     assert tables(pg_server.url(), schema) == [
-        "nuvom_job_tags", "nuvom_queue", "nuvom_result_waiters", "nuvom_results", "nuvom_schedule_ticks",
-        "nuvom_schedules", "nuvom_schema", "nuvom_workers",
+        "nuvom_job_tags", "nuvom_queue", "nuvom_rates", "nuvom_result_waiters", "nuvom_results",
+        "nuvom_schedule_ticks", "nuvom_schedules", "nuvom_schema", "nuvom_workers",
     ]  # fmt: skip
     other = PostgresJobQueue(
         load_settings(), postgres=queue.postgres_settings.model_copy(update={"postgres_pool_size": 3})
@@ -152,8 +152,8 @@ def test_workers_starting_together_create_the_schema_once(pg_server, schema, tmp
     assert [p.returncode for p in procs] == [0] * 5, [err.decode()[-2000:] for _, err in outs]
     assert [out.strip() for out, _ in outs] == [b"0"] * 5
     with psycopg.connect(pg_server.url()) as conn:
-        versions = conn.execute(f'SELECT version FROM "{schema}".nuvom_schema').fetchall()
-    assert versions == [(SCHEMA_VERSION,)]
+        versions = conn.execute(f'SELECT version FROM "{schema}".nuvom_schema ORDER BY 1').fetchall()
+    assert versions == [(v,) for v in range(1, SCHEMA_VERSION + 1)]  # each migration applied once
 
 
 def test_a_schema_from_a_newer_release_is_refused_and_left_alone(queue, pg_server, schema):

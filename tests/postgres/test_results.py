@@ -8,6 +8,7 @@ import threading
 import time
 from typing import Any
 
+import psycopg
 from nuvom.config import load_settings
 from nuvom.job import Job, JobError, JobStatus
 from nuvom.postgres import PostgresResultBackend
@@ -193,19 +194,22 @@ def test_wait_async_gets_the_record_without_holding_a_thread(results, psettings)
 def plan(results: PostgresResultBackend, **query: Any) -> str:
     """The plan of ``results.query(**query)``: captured from the statement it runs."""
     seen: list[tuple[str, Any]] = []
-    read = results._read
+    read = results._read_planned
 
     def capture(what: str, statement: str, params: Any = ()) -> list[Any]:
         seen.append((statement, params))
         return read(what, statement, params)
 
-    results._read = capture  # type: ignore[method-assign]
+    results._read_planned = capture  # type: ignore[method-assign]
     try:
         results.query(**query)
     finally:
-        results._read = read  # type: ignore[method-assign]
+        results._read_planned = read  # type: ignore[method-assign]
     statement, params = seen[-1]
-    found = results.db.run("a test", lambda c: c.execute("EXPLAIN " + statement, params).fetchall())
+    # As the query ran: its values in its text (psycopg binds them client-side).
+    found = results.db.run(
+        "a test", lambda c: psycopg.ClientCursor(c).execute("EXPLAIN " + statement, params).fetchall()
+    )
     return "\n".join(line for (line,) in found)
 
 
@@ -239,3 +243,61 @@ def test_every_history_query_walks_an_index_in_page_order(results):
         text = plan(results, limit=50, **shape)
         assert "Sort" not in text and "Seq Scan" not in text, (shape, text)
         assert "Index" in text, (shape, text)
+
+
+ROWS = 200_000
+
+
+def test_the_first_page_by_tag_reads_a_page_of_the_tags_rows_not_all_of_them(psettings):
+    """The page is planned for its tag and its size, though the pool's
+    connections plan generically: the server reads about a page of the tag's
+    rows (a generic plan read and sorted every one: 269 ms at 1,000,000 results)."""
+    results = PostgresResultBackend(load_settings(), postgres=psettings.model_copy(update={"postgres_pool_size": 1}))
+    try:
+        results.count()  # the schema
+        r, t = results.sql.results, results.sql.tags
+        payload = done(0).to_bytes()
+        # Stored by SQL (storing them one by one takes a while): every other one
+        # tagged "common", one in a thousand "rare", newest last.
+        results.db.run(
+            "a test",
+            lambda c: c.execute(
+                f"INSERT INTO {r} (id, func_name, status, attempts, finished_at, tags, payload) "
+                "SELECT lpad(i::text, 32, '0'), 't', 'SUCCESS', 1, i, CASE WHEN i %% 2 = 1 THEN ARRAY['common'] "
+                "ELSE ARRAY[]::text[] END || CASE WHEN i %% 1000 = 0 THEN ARRAY['rare'] ELSE ARRAY[]::text[] END, "
+                "%s FROM generate_series(1, %s) AS i",
+                (payload, ROWS),
+            ),
+        )
+        results.db.run(
+            "a test",
+            lambda c: c.execute(
+                f"INSERT INTO {t} (tag, finished_at, job_id, status, func_name) "
+                f"SELECT x, finished_at, id, status, func_name FROM {r}, unnest(tags) AS x"
+            ),
+        )
+        for table in (r, t):
+            results.db.run("a test", lambda c, table=table: c.execute(f"VACUUM ANALYZE {table}"))
+        schema = results.db.schema
+
+        def rows_read() -> int:
+            # Flushed at the end of the statement before (the pool holds one connection).
+            results.db.run("a test", lambda c: c.execute("SELECT pg_stat_force_next_flush()"))
+            [(n,)] = results.db.run(
+                "a test",
+                lambda c: c.execute(
+                    "SELECT coalesce(sum(s.idx_tup_read), 0) + (SELECT seq_tup_read FROM pg_stat_user_tables "
+                    "WHERE schemaname = %s AND relname = 'nuvom_job_tags') FROM pg_stat_user_indexes AS s "
+                    "WHERE s.schemaname = %s AND s.relname = 'nuvom_job_tags'",
+                    (schema, schema),
+                ).fetchall(),
+            )
+            return int(n)
+
+        before = rows_read()
+        page = results.query(tag="common", limit=50)
+        read = rows_read() - before
+        assert len(page) == 50
+        assert 50 <= read <= 100, read  # of the tag's 100,000 rows (a generic plan read them all)
+    finally:
+        results.close()

@@ -24,6 +24,7 @@ import psycopg
 from nuvom.errors import BackendError, SerializationError
 from nuvom.job import DEFAULT_QUEUE, LEASE_FACTOR, LEASE_MARGIN_SECS, Job, lease_secs_for
 from nuvom.plugins.contracts import BaseJobQueue, BaseResultBackend
+from nuvom.postgres._control import QueueControl
 from nuvom.postgres._db import Database, acquire, release
 from nuvom.postgres._listen import Wakeups
 from nuvom.postgres._reads import QueueReads
@@ -33,7 +34,6 @@ from nuvom.postgres._rows import unreadable as quarantined
 from nuvom.postgres._schedules import PostgresSchedules
 from nuvom.postgres._settings import PostgresSettings, load_postgres_settings
 from nuvom.postgres._sql import bools, byteas, floats, ints, texts
-from nuvom.postgres._transaction import execute_in
 from nuvom.postgres._workers import PostgresPresence
 
 if TYPE_CHECKING:
@@ -66,7 +66,7 @@ def _NO_START() -> int:
     return 0
 
 
-class PostgresJobQueue(PostgresPresence, QueueReads, BaseJobQueue, PostgresSchedules):
+class PostgresJobQueue(PostgresPresence, QueueControl, QueueReads, BaseJobQueue, PostgresSchedules):
     """A durable queue in PostgreSQL, shared by every process on every host that
     uses the same database and schema. Safe across threads and processes. It
     keeps schedules too (``task.schedule(...)``) and queues jobs in the caller's
@@ -77,6 +77,9 @@ class PostgresJobQueue(PostgresPresence, QueueReads, BaseJobQueue, PostgresSched
 
     settings_class = PostgresSettings
     shared_between_processes = True
+    supports_queues = True
+    supports_unique = True
+    supports_workflows = True
 
     def __init__(self, settings: Settings | None = None, *, postgres: PostgresSettings | None = None) -> None:
         super().__init__(settings)
@@ -117,9 +120,14 @@ class PostgresJobQueue(PostgresPresence, QueueReads, BaseJobQueue, PostgresSched
     # -- producing ------------------------------------------------------------
     def enqueue(self, job: Job) -> None:
         """One statement (and one commit): the row and a NOTIFY for idle workers."""
+        if job.flow is not None:
+            self._enqueue_control([job], "queueing a job")
+            return
         params = {
             "id": job.id,
             "func_name": job.func_name,
+            "queue": job.queue,
+            "priority": job.priority,
             "due_at": job.due_at,
             "attempts": job.attempts,
             "timeout": job.timeout_secs,
@@ -130,7 +138,9 @@ class PostgresJobQueue(PostgresPresence, QueueReads, BaseJobQueue, PostgresSched
 
     def enqueue_many(self, jobs: Sequence[Job]) -> None:
         """Every job in one statement: all of them or (on any failure) none."""
-        if jobs:
+        if any(job.flow is not None for job in jobs):
+            self._enqueue_control(jobs, "queueing jobs")
+        elif jobs:
             self._insert(self.sql.enqueue, enqueue_arrays(jobs), "queueing jobs")
 
     def _insert(self, statement: str, params: dict[str, Any], what: str) -> None:
@@ -152,32 +162,9 @@ class PostgresJobQueue(PostgresPresence, QueueReads, BaseJobQueue, PostgresSched
 
         self.db.run(what, run)
 
-    def enqueue_in(self, connection: Any, jobs: Sequence[Job]) -> None:
-        """Queue ``jobs`` through the caller's own open connection (psycopg,
-        psycopg2, a SQLAlchemy ``Connection`` or ``Session``, Django's
-        ``connection``), in its transaction: they exist if and only if it
-        commits, and the NOTIFY that wakes workers is sent at that commit."""
-        if not jobs:
-            return
-        self.db.run("checking the schema", lambda conn: None)  # created by nuvom's connection, not the caller's
-        try:
-            params = enqueue_arrays(jobs)
-            params["sent"] = time.time()
-            execute_in(connection, self.sql.enqueue, params)
-        except BackendError:
-            raise
-        except Exception as exc:
-            name = type(exc).__name__
-            if "UndefinedTable" in name or "does not exist" in str(exc):
-                raise BackendError(
-                    f"queueing in your transaction: {exc}; the connection must be to the database of "
-                    f"NUVOM_POSTGRES_URL ({self.db.safe_url}), where schema {self.db.schema} holds nuvom's tables"
-                ) from exc
-            raise
-
     # -- claiming -------------------------------------------------------------
     def claim(self, batch_size: int) -> list[Job]:
-        return self.db.run("claiming jobs", lambda conn: self._claim(conn, batch_size, 0)[0])
+        return self.db.run("claiming jobs", lambda conn: self._claim(conn, batch_size, 0, (DEFAULT_QUEUE,))[0])
 
     def pop_batch(self, batch_size: int, timeout: float | None = 0.0) -> list[Job]:
         """Claim up to ``batch_size`` due jobs, waiting up to ``timeout`` s
@@ -186,12 +173,12 @@ class PostgresJobQueue(PostgresPresence, QueueReads, BaseJobQueue, PostgresSched
         (``NUVOM_POSTGRES_POLL_SECS``). While the server is unreachable this
         returns ``[]`` after backing off (one line logged each way): the worker
         keeps running what it holds."""
-        return self._pop(batch_size, timeout, _NO_START)
+        return self._pop(batch_size, timeout, _NO_START, (DEFAULT_QUEUE,))
 
     def pop_batch_starting(self, batch_size: int, timeout: float | None = 0.0, *, start: int = 0) -> list[Job]:
         """:meth:`pop_batch` whose claim statement also writes the start marks of
         the first ``start`` jobs (the claim's lease already runs from now)."""
-        return self._pop(batch_size, timeout, lambda: max(0, start))
+        return self._pop(batch_size, timeout, lambda: max(0, start), (DEFAULT_QUEUE,))
 
     def claim_batch(
         self,
@@ -200,8 +187,10 @@ class PostgresJobQueue(PostgresPresence, QueueReads, BaseJobQueue, PostgresSched
         idle: Callable[[], int],
         queues: Sequence[str] = (DEFAULT_QUEUE,),
     ) -> list[Job]:
-        """:meth:`pop_batch_starting`, asking ``idle()`` right before each claim statement."""
-        return self._pop(limit, timeout, idle)
+        """:meth:`pop_batch_starting` of the jobs of ``queues``, asking ``idle()``
+        right before each claim: one statement per queue, in order, each
+        walking its queue's index, until ``limit`` jobs are claimed."""
+        return self._pop(limit, timeout, idle, tuple(queues) or (DEFAULT_QUEUE,))
 
     def _listener(self) -> Wakeups:
         wakeups = self._wakeups
@@ -209,7 +198,9 @@ class PostgresJobQueue(PostgresPresence, QueueReads, BaseJobQueue, PostgresSched
             wakeups = self._wakeups = Wakeups(self.db)
         return wakeups
 
-    def _pop(self, batch_size: int, timeout: float | None, idle: Callable[[], int]) -> list[Job]:
+    def _pop(
+        self, batch_size: int, timeout: float | None, idle: Callable[[], int], queues: tuple[str, ...]
+    ) -> list[Job]:
         deadline = None if timeout is None else time.monotonic() + timeout
         wakeups = None if timeout == 0 else self._listener()
         listening = wakeups is not None and self._listen(wakeups)
@@ -218,7 +209,9 @@ class PostgresJobQueue(PostgresPresence, QueueReads, BaseJobQueue, PostgresSched
             seen = wakeups.count if wakeups is not None else 0  # read before the claim: no wake-up is missed
             try:
                 jobs, due_in = self.db.run(
-                    "claiming jobs", lambda conn: self._claim(conn, batch_size, idle()), patience=_CLAIM_PATIENCE
+                    "claiming jobs",
+                    lambda conn: self._claim(conn, batch_size, idle(), queues),
+                    patience=_CLAIM_PATIENCE,
                 )
                 pause = _BACKOFF_FIRST
             except BackendError as exc:
@@ -247,17 +240,33 @@ class PostgresJobQueue(PostgresPresence, QueueReads, BaseJobQueue, PostgresSched
             log.debug("listening for new jobs: %s", exc)
             return False
 
-    def _claim(self, conn: psycopg.Connection[Any], batch_size: int, start: int) -> tuple[list[Job], float | None]:
-        """Claimed jobs (the first ``start`` start-marked), or none and the
-        seconds until something may be due (``None``: the queue is empty)."""
+    def _claim(
+        self, conn: psycopg.Connection[Any], batch_size: int, start: int, queues: Sequence[str]
+    ) -> tuple[list[Job], float | None]:
+        """Claimed jobs of ``queues`` (the first ``start`` start-marked), the
+        first queue's first, or none and the seconds until something may be due
+        (``None``: the queues are empty)."""
         token = secrets.randbits(62)
-        params = {"n": batch_size, "start": start, "token": token, "by": self.claimer}
+        params = {"n": batch_size, "start": start, "token": token, "by": self.claimer, "due_slack": 0.0}
         began = time.monotonic()  # the server's claim (and its lease) comes after this
-        rows = conn.execute(self._claim_sql, params, prepare=True).fetchall()
-        if rows and rows[0][0] is None:
-            due_in = rows[0][6]
-            return [], None if due_in is None else float(due_in)
-        rows.sort(key=lambda row: int(row[0]))
+        rows: list[Any] = []
+        soonest: float | None = None
+        for name in queues:
+            params["queue"] = name
+            got = conn.execute(self._claim_sql, params, prepare=True).fetchall()
+            if got and got[0][0] is None:
+                due_in = got[0][6]
+                if due_in is not None and (soonest is None or float(due_in) < soonest):
+                    soonest = float(due_in)
+                continue
+            got.sort(key=lambda row: int(row[0]))
+            rows += [(len(rows) + k, *row[1:]) for k, row in enumerate(got, 1)]
+            if len(rows) >= batch_size:
+                break
+            params["n"] = batch_size - len(rows)
+            params["start"] = max(0, start - len(rows))
+        if not rows:
+            return [], soonest
         marked: list[Job] = []
         jobs: list[Job] = []
         unreadable: list[Job] = []
@@ -313,8 +322,9 @@ class PostgresJobQueue(PostgresPresence, QueueReads, BaseJobQueue, PostgresSched
         def run(conn: psycopg.Connection[Any]) -> None:
             # A claim taken over since is left alone: its new holder settles it.
             conn.execute(
-                f"DELETE FROM {q} AS j USING unnest(%s::text[], %s::bigint[]) AS a(id, token) "
-                "WHERE j.id = a.id AND j.id = ANY(%s::text[]) AND (a.token IS NULL OR j.claim_token = a.token)",
+                f"WITH done AS (DELETE FROM {q} AS j USING unnest(%s::text[], %s::bigint[]) AS a(id, token) "
+                "WHERE j.id = a.id AND j.id = ANY(%s::text[]) AND (a.token IS NULL OR j.claim_token = a.token) "
+                f"RETURNING j.children), {self.sql.release} SELECT count(*) FROM rel",
                 (texts(job_ids), ints(tokens), texts(job_ids)),
             )
 
@@ -386,6 +396,8 @@ class PostgresJobQueue(PostgresPresence, QueueReads, BaseJobQueue, PostgresSched
             params.update(
                 g_id=texts([job.id for job in free]),
                 g_func=texts([job.func_name for job in free]),
+                g_queue=texts([job.queue for job in free]),
+                g_priority=ints([job.priority for job in free]),
                 g_due=floats([job.due_at for job in free]),
                 g_attempts=ints([job.attempts for job in free]),
                 g_timeout=floats([job.timeout_secs for job in free]),

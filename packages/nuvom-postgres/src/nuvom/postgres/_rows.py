@@ -17,6 +17,8 @@ def enqueue_arrays(jobs: Sequence[Job]) -> dict[str, Any]:
     return {
         "id": texts([job.id for job in jobs]),
         "func_name": texts([job.func_name for job in jobs]),
+        "queue": texts([job.queue for job in jobs]),
+        "priority": ints([job.priority for job in jobs]),
         "due_at": floats([job.due_at for job in jobs]),
         "attempts": ints([job.attempts for job in jobs]),
         "timeout": floats([job.timeout_secs for job in jobs]),

@@ -138,9 +138,9 @@ class PostgresSchedules(BaseScheduleStore):
         tail = ""
         if job is not None:
             ctes += [
-                f"j AS (INSERT INTO {q} (id, func_name, ready_at, attempts, timeout_secs, created_at, payload) "
-                f"SELECT %(id)s, %(func)s, {NOW} + (%(due_at)s - %(sent)s), %(attempts)s, %(timeout)s, %(created)s, "
-                "%(payload)s "
+                f"j AS (INSERT INTO {q} (id, func_name, queue, priority, ready_at, attempts, timeout_secs, "
+                f"created_at, payload) SELECT %(id)s, %(func)s, %(queue)s, %(priority)s, "
+                f"{NOW} + (%(due_at)s - %(sent)s), %(attempts)s, %(timeout)s, %(created)s, %(payload)s "
                 "FROM t ON CONFLICT (id) DO NOTHING RETURNING id)",
                 f"n AS (SELECT pg_notify('{self.sql.jobs_channel}', '') FROM j)",
             ]
@@ -148,6 +148,8 @@ class PostgresSchedules(BaseScheduleStore):
             params.update(
                 id=job.id,
                 func=job.func_name,
+                queue=job.queue,
+                priority=job.priority,
                 due_at=job.due_at,
                 attempts=job.attempts,
                 timeout=job.timeout_secs,

@@ -134,6 +134,73 @@ _MIGRATIONS: dict[int, tuple[str, ...]] = {
         )
         """,
     ),
+    2: (
+        # Job control (named queues, priorities, unique keys, cancel requests,
+        # workflows). ``state`` 2: waiting for parents (``ready_at`` infinite, so
+        # no claim ever reaches it, and ``due_at`` its due time once released);
+        # ``blockers``: how many of its parents are
+        # still in the queue; ``children``: on a parent, the jobs waiting for it,
+        # read back by the statement that deletes it (it sees the latest version
+        # of the row, so a child queued meanwhile is not missed). Defaults keep
+        # rows of version 1 valid: in ``default``, priority 0, unique-free.
+        "ALTER TABLE {s}.nuvom_queue ADD COLUMN queue text COLLATE \"C\" NOT NULL DEFAULT 'default', "
+        'ADD COLUMN priority integer NOT NULL DEFAULT 0, ADD COLUMN unique_key text COLLATE "C", '
+        "ADD COLUMN cancel_requested boolean NOT NULL DEFAULT false, "
+        "ADD COLUMN blockers integer NOT NULL DEFAULT 0, ADD COLUMN children text[], "
+        "ADD COLUMN due_at double precision",
+        # A claim is one walk of this index per queue: higher priority first, then due order.
+        "CREATE INDEX nuvom_queue_claim ON {s}.nuvom_queue (queue, priority DESC, ready_at, id)",
+        # When a queue's next row is due (a claim that found none sleeps until
+        # then), and a queue's waiting jobs in due order (peek): per queue now.
+        "DROP INDEX {s}.nuvom_queue_ready",
+        "CREATE INDEX nuvom_queue_due ON {s}.nuvom_queue (queue, ready_at)",
+        # At most one job per unique key while it is in the queue: the key is free
+        # once its row is deleted (outcome stored, acknowledged, cancelled).
+        "CREATE UNIQUE INDEX nuvom_queue_unique ON {s}.nuvom_queue (unique_key) WHERE unique_key IS NOT NULL",
+        # Rate limits (GCRA): the theoretical arrival time of the next start, per key.
+        "CREATE TABLE {s}.nuvom_rates (key text PRIMARY KEY, tat double precision NOT NULL)",
+        # One start of ``lim`` per ``per`` seconds for ``k``: 0 when taken, else the
+        # seconds until one frees. The clock is read after the row lock is held, so
+        # that the times of the starts of one key are in the order they were taken.
+        """
+        CREATE FUNCTION {s}.nuvom_acquire_rate(k text, lim integer, per double precision)
+        RETURNS double precision LANGUAGE plpgsql VOLATILE AS $$
+        DECLARE stored double precision; t_now double precision; next_tat double precision;
+        BEGIN
+            INSERT INTO {s}.nuvom_rates (key, tat) VALUES (k, 0) ON CONFLICT (key) DO NOTHING;
+            SELECT r.tat INTO stored FROM {s}.nuvom_rates AS r WHERE r.key = k FOR UPDATE;
+            t_now := date_part('epoch', clock_timestamp());
+            next_tat := greatest(stored, t_now) + per / lim;
+            IF next_tat - t_now > per THEN
+                RETURN next_tat - t_now - per;
+            END IF;
+            UPDATE {s}.nuvom_rates AS r SET tat = next_tat WHERE r.key = k;
+            RETURN 0;
+        END $$
+        """,
+        # Release the waiting jobs of parents that left the queue: ``kids`` holds
+        # each child once per departed parent. Volatile, so its statement reads a
+        # snapshot of its own: a child committed after the calling statement began
+        # (its enqueue held the parent's row lock, which the caller waited for) is seen.
+        """
+        CREATE FUNCTION {s}.nuvom_release(kids text[], chan text) RETURNS integer LANGUAGE plpgsql VOLATILE AS $$
+        DECLARE n integer;
+        BEGIN
+            WITH k AS (SELECT c AS id, count(*) AS k FROM unnest(kids) AS c GROUP BY c),
+            r AS (UPDATE {s}.nuvom_queue AS j SET blockers = j.blockers - k.k,
+                    state = CASE WHEN j.blockers - k.k <= 0 THEN 0 ELSE 2 END,
+                    ready_at = CASE WHEN j.blockers - k.k <= 0
+                               THEN greatest(date_part('epoch', clock_timestamp()), coalesce(j.due_at, 0))
+                               ELSE j.ready_at END
+                  FROM k WHERE j.id = k.id AND j.state = 2 AND j.id = ANY(kids) RETURNING j.state)
+            SELECT count(*) INTO n FROM r WHERE r.state = 0;
+            IF n > 0 THEN
+                PERFORM pg_notify(chan, '');
+            END IF;
+            RETURN n;
+        END $$
+        """,
+    ),
 }
 SCHEMA_VERSION = max(_MIGRATIONS)
 

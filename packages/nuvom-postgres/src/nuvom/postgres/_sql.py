@@ -72,6 +72,12 @@ _RESULT_INPUT = (
     "AS f(id, token, attempts, func_name, status, worker_id, created_at, started_at, finished_at, error_type, "
     "error_message, tags, payload)"
 )
+# The columns of a queued job, as unnested from the arrays of an enqueue.
+_JOB_INPUT = (
+    "unnest(%(id)s::text[], %(func_name)s::text[], %(queue)s::text[], %(priority)s::int[], %(due_at)s::float8[], "
+    "%(attempts)s::int[], %(timeout)s::float8[], %(created_at)s::float8[], %(payload)s::bytea[]) "
+    "AS f(id, func_name, queue, priority, due_at, attempts, timeout_secs, created_at, payload)"
+)
 _RESULT_COLUMNS = (
     "id, func_name, status, attempts, worker_id, created_at, started_at, finished_at, error_type, "
     "error_message, tags, payload"
@@ -92,37 +98,93 @@ class Statements:
         self.waiters, self.workers = f"{s}.nuvom_result_waiters", f"{s}.nuvom_workers"
         self.schedules, self.ticks = f"{s}.nuvom_schedules", f"{s}.nuvom_schedule_ticks"
         self.jobs_channel, self.done_channel = channel(schema, "jobs"), channel(schema, "done")
+        self.rates_fn = f"{s}.nuvom_acquire_rate"
         q = self.queue
         # Queued from arrays (one job or a whole map()), and a NOTIFY to wake idle
         # workers: delivered at commit, so a job queued in the caller's own
         # transaction wakes nobody before it is visible, or ever if rolled back.
         # Due times are the sender's, made relative to its clock at sending (%(sent)s).
         self.enqueue = (
-            f"WITH j AS (INSERT INTO {q} (id, func_name, ready_at, attempts, timeout_secs, created_at, payload) "
-            f"SELECT f.id, f.func_name, {NOW} + (f.due_at - %(sent)s), f.attempts, f.timeout_secs, f.created_at, "
-            "f.payload FROM unnest(%(id)s::text[], %(func_name)s::text[], %(due_at)s::float8[], %(attempts)s::int[], "
-            "%(timeout)s::float8[], %(created_at)s::float8[], %(payload)s::bytea[]) "
-            "AS f(id, func_name, due_at, attempts, timeout_secs, created_at, payload)) "
+            f"WITH j AS (INSERT INTO {q} (id, func_name, queue, priority, ready_at, attempts, timeout_secs, "
+            f"created_at, payload) SELECT f.id, f.func_name, f.queue, f.priority, {NOW} + (f.due_at - %(sent)s), "
+            f"f.attempts, f.timeout_secs, f.created_at, f.payload FROM {_JOB_INPUT}) "
             f"SELECT pg_notify('{self.jobs_channel}', '')"
         )
         # One job: the same, without arrays (a .delay() loop's one statement).
         self.enqueue_one = (
-            f"WITH j AS (INSERT INTO {q} (id, func_name, ready_at, attempts, timeout_secs, created_at, payload) "
-            f"VALUES (%(id)s, %(func_name)s, {NOW} + (%(due_at)s - %(sent)s), %(attempts)s, %(timeout)s, "
-            f"%(created_at)s, %(payload)s)) SELECT pg_notify('{self.jobs_channel}', '')"
+            f"WITH j AS (INSERT INTO {q} (id, func_name, queue, priority, ready_at, attempts, timeout_secs, "
+            f"created_at, payload) VALUES (%(id)s, %(func_name)s, %(queue)s, %(priority)s, "
+            f"{NOW} + (%(due_at)s - %(sent)s), %(attempts)s, %(timeout)s, %(created_at)s, %(payload)s)) "
+            f"SELECT pg_notify('{self.jobs_channel}', '')"
+        )
+        # Jobs with unique keys or parents (workflows). Each parent still in the
+        # queue gets the child in its ``children`` (the row lock orders this with
+        # the statement that deletes the parent: either the parent is gone and
+        # does not count, or its deletion waits and reads the child back); a job
+        # with parents left waits (state 2). A job whose unique key is held is not
+        # queued: the holder's id is returned instead, one row per job given.
+        self.enqueue_control = (
+            "WITH e AS (SELECT * FROM unnest(%(e_child)s::text[], %(e_parent)s::text[]) AS e(child, parent)), "
+            f"held AS (UPDATE {q} AS p SET children = coalesce(p.children, '{{}}') || x.kids "
+            "FROM (SELECT parent, array_agg(child) AS kids FROM e GROUP BY parent) AS x "
+            "WHERE p.id = x.parent AND p.id = ANY(%(e_parent)s::text[]) RETURNING p.id), "
+            "c AS (SELECT e.child, count(*) AS n FROM e JOIN held ON held.id = e.parent GROUP BY e.child), "
+            f"j AS (INSERT INTO {q} (id, func_name, queue, priority, unique_key, state, blockers, ready_at, due_at, "
+            "attempts, timeout_secs, created_at, payload) SELECT f.id, f.func_name, f.queue, f.priority, u.key, "
+            "CASE WHEN c.n > 0 THEN 2 ELSE 0 END, coalesce(c.n, 0), "
+            f"CASE WHEN c.n > 0 THEN 'Infinity'::float8 ELSE {NOW} + (f.due_at - %(sent)s) END, "
+            f"{NOW} + (f.due_at - %(sent)s), f.attempts, "
+            f"f.timeout_secs, f.created_at, f.payload FROM {_JOB_INPUT} "
+            "JOIN unnest(%(id)s::text[], %(unique_key)s::text[]) AS u(id, key) ON u.id = f.id "
+            "LEFT JOIN c ON c.child = f.id "
+            "ON CONFLICT (unique_key) WHERE unique_key IS NOT NULL DO NOTHING RETURNING id, unique_key, state), "
+            f"n AS (SELECT pg_notify('{self.jobs_channel}', '') FROM (SELECT 1 FROM j WHERE state = 0 LIMIT 1) AS x) "
+            "SELECT u.id, coalesce(j.id, (SELECT h.id FROM "
+            f"{q} AS h WHERE h.unique_key = u.key)) FROM unnest(%(id)s::text[], %(unique_key)s::text[]) AS u(id, key) "
+            "LEFT JOIN j ON j.id = u.id UNION ALL SELECT NULL, NULL FROM n"
+        )
+        # Jobs that left the queue (``done``: their ``children``) release their
+        # waiting children, in the statement that takes them out.
+        self.release = (
+            f"rel AS (SELECT {s}.nuvom_release(array_agg(c), '{self.jobs_channel}') FROM done, "
+            "unnest(done.children) AS c HAVING count(*) > 0)"
         )
 
     def claim(self, lease: str) -> str:
-        """Up to ``%(n)s`` due jobs, oldest due first, rows other claimers hold
+        """Up to ``%(n)s`` due jobs of queue ``%(queue)s``, higher priority first,
+        then oldest due first, rows other claimers hold
         skipped; the first ``%(start)s`` start-marked (their claim's lease runs
         from now). ``attempts`` undoes the attempt of an expired claim that
         never started. With nothing claimed, one row instead: seconds until the
-        next row is due (or a lease ends), ``NULL`` if the queue is empty."""
+        next row is due (or a lease ends), ``NULL`` if the queue is empty.
+
+        ``%(due_slack)s`` is 0. A parameter in "due by now" keeps its plan (a
+        generic one: the pool's connections force them) from being chosen by how
+        many rows were due when the table was last analyzed: planned while the
+        queue was idle, it read every due row through another index and sorted
+        them; planned without a guess, it reads this queue's claim index.
+
+        The index is walked one priority at a time (``ps``: a loose scan of the
+        queue's priorities): within a priority the due rows are a range, left at
+        the first row not due, where one walk of the whole queue read every
+        delayed and every running row behind the due ones. A claim may lock up to
+        ``%(n)s`` rows of each priority for the instant of its statement and
+        takes the first ``%(n)s``: with one priority (the usual case), as many as it takes."""
         q = self.queue
         return (
-            f"WITH due AS (SELECT id, ready_at FROM {q} WHERE ready_at <= {NOW} ORDER BY ready_at, id "
-            "LIMIT %(n)s FOR UPDATE SKIP LOCKED), "
-            "ranked AS (SELECT id, row_number() OVER (ORDER BY ready_at, id) AS k FROM due), "
+            # The queue's priorities, highest first, one index probe each.
+            f"WITH RECURSIVE ps AS ((SELECT priority FROM {q} WHERE queue = %(queue)s "
+            "ORDER BY priority DESC LIMIT 1) UNION ALL SELECT (SELECT p.priority FROM "
+            f"{q} AS p WHERE p.queue = %(queue)s AND p.priority < ps.priority ORDER BY p.priority DESC LIMIT 1) "
+            "FROM ps WHERE ps.priority IS NOT NULL), "
+            # Each priority's due rows: a range of the index, left at the first row
+            # not due (ordered as the index is, so that no other index serves it).
+            "due AS (SELECT c.id, c.priority, c.ready_at FROM ps, LATERAL (SELECT id, priority, ready_at "
+            f"FROM {q} WHERE queue = %(queue)s AND priority = ps.priority "
+            f"AND ready_at <= {NOW} + %(due_slack)s::float8 ORDER BY priority DESC, ready_at, id LIMIT %(n)s "
+            "FOR UPDATE SKIP LOCKED) AS c WHERE ps.priority IS NOT NULL "
+            "ORDER BY c.priority DESC, c.ready_at, c.id LIMIT %(n)s), "
+            "ranked AS (SELECT id, row_number() OVER (ORDER BY priority DESC, ready_at, id) AS k FROM due), "
             f"claimed AS (UPDATE {q} AS j SET state = 1, "
             "attempts = j.attempts + 1 - (j.state = 1 AND j.started_at IS NULL)::int, "
             f"started_at = CASE WHEN r.k <= %(start)s THEN {NOW} END, "
@@ -130,7 +192,8 @@ class Statements:
             "FROM ranked AS r WHERE j.id = r.id AND j.id = ANY(ARRAY(SELECT id FROM due)) "
             "RETURNING r.k, j.id, j.attempts, j.created_at, j.func_name, j.payload) "
             "SELECT k, id, attempts, created_at, func_name, payload, NULL::float8 FROM claimed "
-            f"UNION ALL SELECT NULL, NULL, NULL, NULL, NULL, NULL, (SELECT min(ready_at) FROM {q}) - {NOW} "
+            "UNION ALL SELECT NULL, NULL, NULL, NULL, NULL, NULL, "
+            f"(SELECT min(ready_at) FROM {q} WHERE queue = %(queue)s) - {NOW} "
             "WHERE NOT EXISTS (SELECT 1 FROM claimed)"
         )
 
@@ -162,10 +225,12 @@ class Statements:
                 ctes.append(
                     f"done AS (DELETE FROM {q} AS j USING f WHERE j.id = f.id AND j.id = ANY(%(id)s::text[]) "
                     "AND (j.claim_token = f.token OR (f.token IS NULL AND j.state = 1 AND j.attempts = f.attempts)) "
-                    "RETURNING j.id)"
+                    "RETURNING j.id, j.children)"
                 )
+                ctes.append(self.release)
+                selects.append("SELECT 'n', NULL FROM rel")
             else:
-                ctes.append("done AS (SELECT id FROM f)")
+                ctes.append("done AS (SELECT id, NULL::text[] AS children FROM f)")
             ctes += [
                 # Records replaced (stored before under the same id): their tag rows
                 # that no longer match go; new ones are added below.
@@ -199,13 +264,16 @@ class Statements:
             selects.append("SELECT 'b', id FROM back")
         if free:
             ctes.append(
-                f"given AS (INSERT INTO {q} (id, func_name, state, ready_at, attempts, timeout_secs, created_at, "
-                f"payload) SELECT g.id, g.func_name, 0, {NOW} + (g.due_at - %(sent)s), g.attempts, g.timeout_secs, "
-                "g.created_at, "
-                "g.payload FROM unnest(%(g_id)s::text[], %(g_func)s::text[], %(g_due)s::float8[], "
-                "%(g_attempts)s::int[], %(g_timeout)s::float8[], %(g_created)s::float8[], %(g_payload)s::bytea[]) "
-                "AS g(id, func_name, due_at, attempts, timeout_secs, created_at, payload) "
+                f"given AS (INSERT INTO {q} (id, func_name, queue, priority, state, ready_at, attempts, timeout_secs, "
+                f"created_at, payload) SELECT g.id, g.func_name, g.queue, g.priority, 0, "
+                f"{NOW} + (g.due_at - %(sent)s), g.attempts, g.timeout_secs, g.created_at, "
+                "g.payload FROM unnest(%(g_id)s::text[], %(g_func)s::text[], %(g_queue)s::text[], "
+                "%(g_priority)s::int[], "
+                "%(g_due)s::float8[], %(g_attempts)s::int[], %(g_timeout)s::float8[], %(g_created)s::float8[], "
+                "%(g_payload)s::bytea[]) "
+                "AS g(id, func_name, queue, priority, due_at, attempts, timeout_secs, created_at, payload) "
                 "ON CONFLICT (id) DO UPDATE SET func_name = excluded.func_name, state = 0, "
+                "queue = excluded.queue, priority = excluded.priority, "
                 "ready_at = excluded.ready_at, attempts = excluded.attempts, timeout_secs = excluded.timeout_secs, "
                 "payload = excluded.payload, claim_token = NULL, claimed_by = NULL, started_at = NULL RETURNING id)"
             )

@@ -36,20 +36,7 @@ def app(pg_env: dict[str, str], tmp_path: Path) -> Iterator[App]:
     app.close()
 
 
-@pytest.mark.parametrize(
-    "check",
-    [
-        job_control.check_named_queues_and_priorities,
-        job_control.check_retry_policies,
-        job_control.check_unique_jobs,
-        job_control.check_rate_limits,
-        job_control.check_cancel_running_jobs,
-        job_control.check_job_context,
-        job_control.check_workflows,
-        job_control.check_signature_validation,
-    ],
-    ids=lambda check: check.__name__.removeprefix("check_"),
-)
+@pytest.mark.parametrize("check", job_control.CHECKS, ids=job_control.check_id)
 def test_job_control_on_the_postgres_store(app: App, check) -> None:
     check(app)
 

@@ -433,8 +433,12 @@ def sqlite_drain_floor(base: Path, n: int, batch: int = 256, fused: bool = False
 
     def claim() -> list[tuple[int, str]]:
         t = time.time()
+        # One queue, one priority: a range of the claim index (queue, priority DESC,
+        # ready_at), the least any claim on this schema reads.
         rows = conn.execute(
-            "SELECT seq, id FROM nuvom_queue WHERE ready_at <= ? ORDER BY ready_at, seq LIMIT ?", (t, batch)
+            "SELECT seq, id FROM nuvom_queue INDEXED BY nuvom_queue_claim "
+            "WHERE queue = 'default' AND priority = 0 AND state < 2 AND ready_at <= ? LIMIT ?",
+            (t, batch),
         ).fetchall()
         if rows:
             conn.execute(

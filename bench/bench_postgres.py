@@ -273,14 +273,18 @@ def history(url: str, rows: int) -> dict[str, Any]:
 # -- peers --------------------------------------------------------------------------
 PEER_WORKERS = {
     "pgqueuer": """
-import asyncio, sys
+import asyncio, inspect, sys
 import asyncpg
 from pgqueuer import QueueManager
 from pgqueuer.db import AsyncpgDriver
+from pgqueuer.queries import Queries
 
 async def main():
     conn = await asyncpg.connect(sys.argv[1])
-    qm = QueueManager(AsyncpgDriver(conn))
+    driver = AsyncpgDriver(conn)
+    # PgQueuer 1.x takes its queries object, earlier versions the driver.
+    first = next(iter(inspect.signature(QueueManager).parameters))
+    qm = QueueManager(Queries(driver) if first == "queries" else driver)
 
     @qm.entrypoint("noop")
     async def noop(job):
@@ -314,7 +318,16 @@ def peer_drain(system: str, url: str, n: int, folder: Path) -> dict[str, float]:
     script = folder / f"{system}_worker.py"
     script.write_text(PEER_WORKERS[system])
     if system == "pgqueuer":
-        subprocess.run([sys.executable, "-m", "pgqueuer", "install", "--pg-dsn", url], check=False, capture_output=True)
+        # The DSN through the environment: PgQueuer's CLI has moved its --pg-dsn
+        # option between versions, and reads PGDSN in all of them.
+        installed = subprocess.run(
+            [sys.executable, "-m", "pgqueuer", "install"],
+            env={**os.environ, "PGDSN": url},
+            capture_output=True,
+            text=True,
+        )
+        if installed.returncode != 0:
+            sys.exit(f"bench_postgres: `pgqueuer install` failed: {installed.stderr.strip()[-300:]}")
         enqueue = (
             "import asyncio, sys, asyncpg\nfrom pgqueuer.db import AsyncpgDriver\n"
             "from pgqueuer.queries import Queries\n"

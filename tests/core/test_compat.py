@@ -267,3 +267,13 @@ def test_register_by_name_takes_the_earlier_metadata_and_a_task_under_a_second_n
         app.registry.register("not_callable", 42)  # type: ignore[arg-type]
     with pytest.raises(TypeError, match="register\\(task\\) takes a Task"):
         app.registry.register(original, _sample)
+
+
+def test_from_dict_of_to_dict_keeps_the_queue_and_priority() -> None:
+    from nuvom.job import Job
+
+    job = Job(func_name="add", args=[1, 2], queue="emails", priority=7)
+    back = Job.from_dict(job.to_dict())
+    assert (back.id, back.queue, back.priority) == (job.id, "emails", 7)
+    # the earlier nuvom's non-integer priority is dropped, as before
+    assert Job.from_dict({**job.to_dict(), "priority": "high"}).priority == 0

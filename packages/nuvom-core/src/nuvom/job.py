@@ -248,10 +248,13 @@ class Job(BaseModel):
         pydantic's ``ValidationError``). The earlier nuvom's ``to_dict()`` is
         read too: its ``next_retry_at`` is ``not_before``, a string ``error``
         is the message, and its keys this version derives or does not keep
-        (``retries_left``, ``priority``, ``scheduled``, ``hooks``) are ignored."""
+        (``retries_left``, ``scheduled``, ``hooks``, a ``priority`` that is not an
+        integer) are ignored."""
         values = dict(data)
-        for key in ("retries_left", "priority", "scheduled", "hooks"):
+        for key in ("retries_left", "scheduled", "hooks"):
             values.pop(key, None)
+        if not isinstance(values.get("priority", 0), int):
+            values.pop("priority")  # the earlier nuvom's, of another kind; this version's is an int
         if "next_retry_at" in values:
             not_before = values.pop("next_retry_at")
             values.setdefault("not_before", not_before)

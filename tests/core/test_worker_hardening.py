@@ -148,8 +148,14 @@ def test_a_task_holding_the_gil_past_a_third_of_the_lease_is_reported_naming_it(
             # One C call of a second or more: the GIL is never released inside it.
             return sum(range(150_000_000)) > 0
 
+        @app.task(name="warm_up")
+        def warm_up() -> bool:
+            return True
+
         caplog.set_level(logging.WARNING, logger="nuvom")
         with Worker(app=app, max_workers=1):
+            # One job through first: the watchdog is in its loop before the GIL is taken from it.
+            assert warm_up.delay().get(timeout=30) is True
             job = hogs_the_gil.delay()
             assert job.get(timeout=60) is True
         starved = [r.getMessage() for r in caplog.records if "watchdog could not run" in r.getMessage()]

@@ -163,8 +163,9 @@ class Worker:
         self._executors.ensure("thread")
         if self.default_executor == "process":
             self._executors.ensure("process")  # children start now, not with the first job
-        self._claims.start()
+        # The watchdog first: timeouts and leases are watched from the first job on.
         self._watchdog.start()
+        self._claims.start()
         self._start_scheduler()
         log.info(
             "worker %s started: %d threads%s; store %s, results %s; queues: %s; %d tasks registered%s",

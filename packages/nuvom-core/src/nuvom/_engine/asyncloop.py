@@ -182,7 +182,7 @@ class AsyncExecutor:
     def held_ids(self) -> list[str]:
         return [*self._waiting, *self._running]
 
-    def running(self) -> list[Job]:
+    def running(self, since: float | None = None) -> list[Job]:
         return [entry.job for entry in list(self._running.values())]
 
     def submit(self, jobs: list[Job]) -> None:

@@ -42,8 +42,9 @@ class Executor(Protocol):
         """Ids of the jobs it holds, waiting or running: their leases are renewed."""
         ...
 
-    def running(self) -> list[Job]:
-        """The jobs running now."""
+    def running(self, since: float | None = None) -> list[Job]:
+        """The jobs running now; with ``since`` (monotonic), also those whose run
+        ended at or after it, where the executor keeps that (thread slots)."""
         ...
 
     def cancel(self, job_id: str) -> None:

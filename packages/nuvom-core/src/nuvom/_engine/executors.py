@@ -141,5 +141,5 @@ class Executors:
     def held_ids(self) -> list[str]:
         return [job_id for ex in self.started() for job_id in ex.held_ids()]
 
-    def running(self) -> list[Job]:
-        return [job for ex in self.started() for job in ex.running()]
+    def running(self, since: float | None = None) -> list[Job]:
+        return [job for ex in self.started() for job in ex.running(since)]

@@ -208,7 +208,7 @@ class ProcessPool:
     def held_ids(self) -> list[str]:
         return [j.id for j in self.running()] + [j.id for j in list(self._backlog)]
 
-    def running(self) -> list[Job]:
+    def running(self, since: float | None = None) -> list[Job]:
         return list(self._running.values())
 
     def cancel(self, job_id: str) -> None:

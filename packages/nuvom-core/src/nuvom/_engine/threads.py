@@ -37,7 +37,20 @@ log = logging.getLogger("nuvom.worker")
 class _Slot:
     """One worker thread and what it runs."""
 
-    __slots__ = ("abandoned", "attempt", "deadline", "index", "job", "lock", "task", "thread", "timed_out", "wake")
+    __slots__ = (
+        "abandoned",
+        "attempt",
+        "deadline",
+        "ended",
+        "index",
+        "job",
+        "last",
+        "lock",
+        "task",
+        "thread",
+        "timed_out",
+        "wake",
+    )
 
     def __init__(self, index: int) -> None:
         self.index = index
@@ -50,6 +63,10 @@ class _Slot:
         self.timed_out = False  # warned already (policy "ignore")
         self.thread: threading.Thread | None = None
         self.abandoned = False
+        # The last run's job and when it ended (monotonic): a task that held the
+        # GIL has often ended by the time the starved watchdog can name it.
+        self.last: Job | None = None
+        self.ended = 0.0
 
 
 class ThreadSlots:
@@ -121,8 +138,12 @@ class ThreadSlots:
     def held_ids(self) -> list[str]:
         return [job.id for job in list(self._ready)] + [job.id for job in self.running()]
 
-    def running(self) -> list[Job]:
-        return [s.job for s in list(self._slots.values()) if s.job is not None and not s.abandoned]
+    def running(self, since: float | None = None) -> list[Job]:
+        slots = [s for s in list(self._slots.values()) if not s.abandoned]
+        jobs = [s.job for s in slots if s.job is not None]
+        if since is not None:
+            jobs += [s.last for s in slots if s.last is not None and s.ended >= since and s.last not in jobs]
+        return jobs
 
     def cancel(self, job_id: str) -> None:
         """Nothing to interrupt: a thread cannot be stopped. The job's context
@@ -237,6 +258,7 @@ class ThreadSlots:
         with slot.lock:
             if slot.abandoned:
                 return False
+            slot.last, slot.ended = job, time.monotonic()
             slot.job = slot.task = slot.attempt = slot.deadline = None
             slot.timed_out = False
         runner.settle(job, task, attempt, ok, value)

@@ -78,7 +78,7 @@ class Watchdog:
             try:
                 now = time.monotonic()
                 if now - woke_by > self.lease_every:
-                    self._starved(now - woke_by)
+                    self._starved(now - woke_by, woke_by)
                 next_check = now + _TICK
                 for ex in self.executors.started():
                     next_check = min(next_check, ex.check(now))
@@ -101,8 +101,9 @@ class Watchdog:
             woke_by = time.monotonic() + wait
             self._stop.wait(wait)
 
-    def _starved(self, late: float) -> None:
-        running = ", ".join(f"{job.id} ({job.func_name})" for job in self.executors.running()[:5]) or "none"
+    def _starved(self, late: float, since: float) -> None:
+        # The jobs that ran while the watchdog could not, ended since or not.
+        running = ", ".join(f"{job.id} ({job.func_name})" for job in self.executors.running(since)[:5]) or "none"
         safe_log(
             log.warning,
             "the watchdog could not run for %.1f s: a task held the GIL (C code that never releases it); "

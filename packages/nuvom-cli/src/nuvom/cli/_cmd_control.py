@@ -1,5 +1,6 @@
-"""Named queues, workflows and cancelling: ``queues``, ``cancel job``, and the
-rows ``status`` and ``inspect job`` add for a job's queue and workflow."""
+"""Named queues and cancelling: ``queues`` and ``cancel job`` (the rows
+``status`` and ``inspect job`` add for a job's queue and workflow are
+:func:`nuvom.cli._render.control_rows`)."""
 
 from __future__ import annotations
 
@@ -12,9 +13,8 @@ from nuvom.cli._output import Format
 
 if TYPE_CHECKING:
     from nuvom.cli._render import Value
-    from nuvom.job import Job
 
-__all__ = ["cancel_app", "control_rows", "queue_names", "queues"]
+__all__ = ["cancel_app", "queue_names", "queues"]
 
 JobId = Annotated[str, typer.Argument(metavar="JOB_ID", help="The id printed by .delay() or `nuvom history recent`.")]
 FormatOpt = Annotated[
@@ -23,14 +23,6 @@ FormatOpt = Annotated[
         "--format", "-f", case_sensitive=False, metavar="table|json", help="table for people, json for scripts."
     ),
 ]
-
-#: What a workflow job receives from the jobs it waits for, in words.
-_RECEIVES = {
-    "result": "runs once it succeeded, with its result as first argument",
-    "results": "runs once they all succeeded, with their results (a list) as first argument",
-    "error": "runs only if one fails for good, with its error as first argument (on_failure)",
-    "nothing": "runs once they all succeeded (depends_on)",
-}
 
 
 def queue_names(value: str, option: str = "--queues") -> list[str]:
@@ -49,22 +41,6 @@ def queue_names(value: str, option: str = "--queues") -> list[str]:
                 f"{option}: {name!r} is not a queue name: 1-64 letters, digits, '_', '.', ':' or '-'", EXIT_USAGE
             ) from None
     return names
-
-
-# -- status / inspect job: a job's queue and workflow ------------------------------
-def control_rows(job: Job, dependents: list[str]) -> list[tuple[str, Value]]:
-    """The rows of ``status`` and ``inspect job`` for the job's queue, priority,
-    unique key, the jobs it waits for and those waiting for it."""
-    rows: list[tuple[str, Value]] = [("queue", f"{job.queue}, priority {job.priority}")]
-    if job.unique_key:
-        rows.append(("unique key", job.unique_key))
-    flow = job.flow
-    if flow is not None:
-        receives = "error" if flow.run_if == "failed" else flow.receives
-        rows.append(("waits for", [(", ".join(flow.parents), ""), (f"  ({_RECEIVES[receives]})", "dim")]))
-    if dependents:
-        rows.append(("then", [(", ".join(dependents), ""), ("  (waiting for this job)", "dim")]))
-    return rows
 
 
 # -- queues -----------------------------------------------------------------------

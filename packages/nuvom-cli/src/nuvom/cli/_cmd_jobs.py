@@ -74,9 +74,8 @@ def status(job_id: JobId, format: FormatOpt = Format.table) -> None:
 
         print_json({**job_document(job), "dependents": dependents})
         return
-    from nuvom.cli._cmd_control import control_rows
     from nuvom.cli._output import fmt_duration, fmt_time, last_attempt_secs, short_repr, status_value
-    from nuvom.cli._render import Value, print_grid, styled
+    from nuvom.cli._render import Value, control_rows, print_grid, styled
 
     out, whole = _out()
     rows: list[tuple[str, Value]] = [
@@ -144,9 +143,8 @@ def inspect_job(job_id: JobId, format: FormatOpt = Format.table) -> None:
 
 
 def _print_job(job: Job, dependents: list[str]) -> None:
-    from nuvom.cli._cmd_control import control_rows
     from nuvom.cli._output import attempt_secs, fmt_duration, fmt_time, last_attempt_secs, short_repr, status_value
-    from nuvom.cli._render import Column, Value, print_block, print_grid, print_line, print_table, styled
+    from nuvom.cli._render import Column, Value, control_rows, print_block, print_grid, print_line, print_table, styled
 
     out, whole = _out()
     rows: list[tuple[str, Value]] = [

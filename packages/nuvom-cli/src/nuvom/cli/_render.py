@@ -18,11 +18,13 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from nuvom.job import Job
     from rich.console import Console
 
 __all__ = [
     "Column",
     "Value",
+    "control_rows",
     "print_block",
     "print_grid",
     "print_line",
@@ -147,3 +149,28 @@ def print_line(out: Console | None, value: Value = "") -> None:
         out.print(_rich_text(value))
         return
     _write(text_of(value) + "\n")
+
+
+#: What a workflow job receives from the jobs it waits for, in words.
+_RECEIVES = {
+    "result": "runs once it succeeded, with its result as first argument",
+    "results": "runs once they all succeeded, with their results (a list) as first argument",
+    "error": "runs only if one fails for good, with its error as first argument (on_failure)",
+    "nothing": "runs once they all succeeded (depends_on)",
+}
+
+
+# -- status / inspect job: a job's queue and workflow ------------------------------
+def control_rows(job: Job, dependents: list[str]) -> list[tuple[str, Value]]:
+    """The rows of ``status`` and ``inspect job`` for the job's queue, priority,
+    unique key, the jobs it waits for and those waiting for it."""
+    rows: list[tuple[str, Value]] = [("queue", f"{job.queue}, priority {job.priority}")]
+    if job.unique_key:
+        rows.append(("unique key", job.unique_key))
+    flow = job.flow
+    if flow is not None:
+        receives = "error" if flow.run_if == "failed" else flow.receives
+        rows.append(("waits for", [(", ".join(flow.parents), ""), (f"  ({_RECEIVES[receives]})", "dim")]))
+    if dependents:
+        rows.append(("then", [(", ".join(dependents), ""), ("  (waiting for this job)", "dim")]))
+    return rows

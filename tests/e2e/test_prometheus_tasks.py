@@ -48,14 +48,22 @@ def test_manifest_tasks_have_their_series_at_zero_before_their_first_job(make_pr
     port = _free_port()
     p.env.update({"NUVOM_PROMETHEUS_ENABLED": "true", "NUVOM_PROMETHEUS_PORT": str(port)})
     worker = p.start_worker("--workers", "1")
-    body = wait_for(lambda: _scrape(f"http://127.0.0.1:{port}/metrics"), what="the exporter to serve")
 
-    finished = {
-        (s.labels["task"], s.labels["outcome"]): s.value
-        for family in text_string_to_metric_families(body)
-        for s in family.samples
-        if s.name == "nuvom_jobs_finished_total"
-    }
+    def finished_series() -> dict[tuple[str, str], float] | None:
+        # The exporter may answer a moment before the manifest's tasks are
+        # registered (another plugin does that): look until they are, no job queued.
+        body = _scrape(f"http://127.0.0.1:{port}/metrics")
+        if body is None:
+            return None
+        series = {
+            (s.labels["task"], s.labels["outcome"]): s.value
+            for family in text_string_to_metric_families(body)
+            for s in family.samples
+            if s.name == "nuvom_jobs_finished_total"
+        }
+        return series or None
+
+    finished = wait_for(finished_series, what="the manifest's tasks in the exporter")
     expected = {
         (name, outcome): 0.0
         for name in ("resize", "notify", "bill")

@@ -109,10 +109,9 @@ class JobRunner:
             return None
         if self._cancelled and job.id in self._cancelled:
             self._cancelled.discard(job.id)
-            self._settle_unrun(job, _cancelled_error(), "failure")
+            self._settle_unrun(job, _cancelled_error())
             return None
-        rate = task.options.rate_limit
-        if rate is not None and self.rate is not None and self._deferred(job, task):
+        if task.options.rate_limit is not None and self.rate is not None and self._deferred(job, task):
             return None
         if job.flow is not None and not self._flow_inputs(job):
             return None
@@ -141,10 +140,10 @@ class JobRunner:
         if verdict == "run":
             self._inputs[job.id] = value
             return True
-        self._settle_unrun(job, value, "failure" if verdict == "fail" else "skipped")
+        self._settle_unrun(job, value)
         return False
 
-    def _settle_unrun(self, job: Job, error: JobError, outcome: str) -> None:
+    def _settle_unrun(self, job: Job, error: JobError) -> None:
         job.mark_failed(error, time.time(), self.worker_id)
         log.warning(
             "job %s (%s) not run: %s: %s", job.id, job.func_name, error.type, error.message, extra=self._extra(job)
@@ -218,7 +217,7 @@ class JobRunner:
         ``KeyboardInterrupt`` raised by the task itself: signals reach only the
         main thread) fails the attempt; it never ends the worker thread."""
         args, kwargs = self.inputs_of(job)
-        span = self._spans.get(job.id) if self._spans else None
+        span = self.span_of(job)
         token = _context.enter(self._contexts.get(job.id))
         try:
             if span is not None:
@@ -238,6 +237,13 @@ class JobRunner:
             return asyncio.run(task.fn(*args, **kwargs))
         return task.fn(*args, **kwargs)
 
+    def _ended_cancelled(self, job: Job) -> bool:
+        """Forget the ended attempt's context and inputs; whether it was cancelled while it ran."""
+        context = self._contexts.pop(job.id, None)
+        if self._inputs:
+            self._inputs.pop(job.id, None)
+        return context is not None and context.cancelled
+
     def span_of(self, job: Job) -> Any:
         """The running attempt's span (``None`` without tracing), for an executor
         that runs the task elsewhere than in :meth:`call` (the event loop)."""
@@ -246,10 +252,7 @@ class JobRunner:
     def settle(self, job: Job, task: Task[Any] | None, attempt: Attempt, ok: bool, value: Any) -> None:
         """Record the attempt's outcome and hand the job on."""
         now = time.time()
-        context = self._contexts.pop(job.id, None)
-        if self._inputs:
-            self._inputs.pop(job.id, None)
-        if context is not None and context.cancelled:
+        if self._ended_cancelled(job):
             ok, value = False, _Cancelled("cancelled while it ran (its result, if any, is dropped)")
         if ok and not (self._small_results_fit and serialization.is_small_scalar(value)):
             error = self._oversized(job, value)
@@ -298,10 +301,7 @@ class JobRunner:
     ) -> None:
         """``error``: the error as recorded, when ``exc`` stands in for one raised
         elsewhere (a pool child's exception, with the child's traceback)."""
-        context = self._contexts.pop(job.id, None)
-        if self._inputs:
-            self._inputs.pop(job.id, None)
-        if context is not None and context.cancelled:
+        if self._ended_cancelled(job):
             exc, error, timed_out = _Cancelled("cancelled while it ran"), None, False
         recorded = error or _fate.error_of(exc)
         now = time.time()

@@ -6,13 +6,19 @@
 
 Parts (docs/postgres.md has the table they fill):
 
-* ``e2e``: ``.delay()`` then ``get()``, one job at a time, one worker process
-  (nuvom: 4 threads; PgQueuer: ``QueueManager.run(batch_size=10)``; procrastinate:
-  ``run_worker(concurrency=10)``), jobs per second.
+* ``e2e``: one worker process running (nuvom: ``--threads 4``; PgQueuer:
+  ``QueueManager.run(batch_size=100)``; procrastinate: ``run_worker(concurrency=10)``),
+  a producer loops ``--e2e-jobs`` single-job calls (``.delay()``, ``enqueue``,
+  ``defer``), then waits for each job's result (nuvom: ``get()`` of each; the
+  peers: their finished rows counted): jobs per second from the first call to
+  the last result, and the worker's CPU per job.
 * ``drain``: ``--jobs`` jobs queued first, then one worker process drains them
   (nuvom with ``NUVOM_BATCH_SIZE=100``, PgQueuer with ``batch_size=100``,
   procrastinate with ``concurrency=10``): jobs per second from the first
   result to the last, and the worker's CPU per job (``/proc/<pid>/stat``).
+  With nuvom, two floors in the same run (``_postgres_floors.py``): bare psycopg
+  on nuvom's schema, no task run, claiming and completing 100 at a time
+  (PgQueuer's shape), and one transaction per 4 jobs with durable start marks.
 * ``latency``: enqueue to start on an idle worker, one job every 20 ms (p50, p99).
 * ``history``: ``--rows`` finished jobs stored, then each history query shape
   timed (median of 20, a page of 50), first page and a deep keyset page.
@@ -21,7 +27,8 @@ Starts its own server (Debian's PostgreSQL: ``initdb`` + ``pg_ctl`` into a
 temporary folder, run as an unprivileged user under root) on a free loopback
 port, with the server's defaults (``synchronous_commit = on``) for every system.
 Peers are skipped, said so, when not installed (``hatch run bench:postgres``
-installs them). Figures go to stdout and ``bench/results/postgres.json``.
+installs them). Figures and nuvom's ratios to each peer go to stdout and
+``bench/results/postgres.json``, with the load average before and after.
 """
 
 from __future__ import annotations
@@ -42,6 +49,10 @@ import time
 import uuid
 from pathlib import Path
 from typing import Any
+
+import _postgres_floors
+import _postgres_peers
+from _common import load_average, proc_cpu
 
 ROOT = Path(__file__).resolve().parent
 USER = "nuvompg"
@@ -106,11 +117,6 @@ class Server:
         shutil.rmtree(self.folder, ignore_errors=True)
 
 
-def cpu_secs(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def pct(values: list[float], p: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(p * len(ordered)))]
@@ -149,24 +155,31 @@ class Nuvom:
             cwd=self.folder,
             env={**self.env, **env},
         )
-        time.sleep(1.5)  # its imports and first claim: not part of any measure
+        self.task.delay(-1).get(timeout=60)  # its imports and first claim: not part of any measure
         return proc
 
     def e2e(self, n: int) -> dict[str, float]:
+        """A ``.delay()`` loop of ``n`` jobs, then ``get()`` of each."""
         proc = self.worker()
         try:
+            cpu0 = proc_cpu(proc.pid)
             t0 = time.perf_counter()
-            for i in range(n):
-                self.task.delay(i).get(timeout=30)
+            jobs = [self.task.delay(i) for i in range(n)]
+            for job in jobs:
+                job.get(timeout=60)
             secs = time.perf_counter() - t0
+            cpu = proc_cpu(proc.pid) - cpu0
         finally:
             proc.send_signal(signal.SIGTERM)
             proc.wait(30)
-        return {"jobs_per_sec": n / secs}
+        return {"jobs_per_sec": n / secs, "worker_cpu_us_per_job": cpu / n * 1e6}
 
-    def drain(self, n: int) -> dict[str, float]:
+    def fill(self, n: int) -> None:
         for k in range(0, n, 5000):
             self.task.map(range(k, min(n, k + 5000)))
+
+    def drain(self, n: int) -> dict[str, float]:
+        self.fill(n)
         before = self.results.count()
         proc = subprocess.Popen(
             [sys.executable, "-m", "nuvom.worker", "tasks", "--threads", "4"],
@@ -176,10 +189,10 @@ class Nuvom:
         try:
             while self.results.count() == before:
                 time.sleep(0.01)
-            t0, cpu0, done0 = time.perf_counter(), cpu_secs(proc.pid), self.results.count() - before
+            t0, cpu0, done0 = time.perf_counter(), proc_cpu(proc.pid), self.results.count() - before
             while (done := self.results.count() - before) < n:
                 time.sleep(0.05)
-            secs, cpu = time.perf_counter() - t0, cpu_secs(proc.pid) - cpu0
+            secs, cpu = time.perf_counter() - t0, proc_cpu(proc.pid) - cpu0
         finally:
             proc.send_signal(signal.SIGTERM)
             proc.wait(30)
@@ -270,104 +283,18 @@ def history(url: str, rows: int) -> dict[str, Any]:
     return out
 
 
-# -- peers --------------------------------------------------------------------------
-PEER_WORKERS = {
-    "pgqueuer": """
-import asyncio, inspect, sys
-import asyncpg
-from pgqueuer import QueueManager
-from pgqueuer.db import AsyncpgDriver
-from pgqueuer.queries import Queries
-
-async def main():
-    conn = await asyncpg.connect(sys.argv[1])
-    driver = AsyncpgDriver(conn)
-    # PgQueuer 1.x takes its queries object, earlier versions the driver.
-    first = next(iter(inspect.signature(QueueManager).parameters))
-    qm = QueueManager(Queries(driver) if first == "queries" else driver)
-
-    @qm.entrypoint("noop")
-    async def noop(job):
-        return None
-
-    await qm.run(batch_size=int(sys.argv[2]))
-
-asyncio.run(main())
-""",
-    "procrastinate": """
-import sys
-import procrastinate
-
-app = procrastinate.App(connector=procrastinate.PsycopgConnector(conninfo=sys.argv[1]))
-
-@app.task(name="noop")
-def noop(i):
-    return i
-
-with app.open():
-    app.run_worker(concurrency=int(sys.argv[2]), wait=True, install_signal_handlers=True)
-""",
-}
-
-
-def peer_drain(system: str, url: str, n: int, folder: Path) -> dict[str, float]:
-    """Queue ``n`` jobs with the peer's own API, then time one worker process draining them."""
-    import psycopg
-
-    folder.mkdir(parents=True, exist_ok=True)
-    script = folder / f"{system}_worker.py"
-    script.write_text(PEER_WORKERS[system])
-    if system == "pgqueuer":
-        # The DSN through the environment: PgQueuer's CLI has moved its --pg-dsn
-        # option between versions, and reads PGDSN in all of them.
-        installed = subprocess.run(
-            [sys.executable, "-m", "pgqueuer", "install"],
-            env={**os.environ, "PGDSN": url},
-            capture_output=True,
-            text=True,
-        )
-        if installed.returncode != 0:
-            sys.exit(f"bench_postgres: `pgqueuer install` failed: {installed.stderr.strip()[-300:]}")
-        enqueue = (
-            "import asyncio, sys, asyncpg\nfrom pgqueuer.db import AsyncpgDriver\n"
-            "from pgqueuer.queries import Queries\n"
-            "async def main():\n    c = await asyncpg.connect(sys.argv[1]); q = Queries(AsyncpgDriver(c))\n"
-            "    n = int(sys.argv[2])\n    for k in range(0, n, 5000):\n        m = min(5000, n - k)\n"
-            "        await q.enqueue(['noop'] * m, [None] * m, [0] * m)\nasyncio.run(main())\n"
-        )
-        done_sql = "SELECT count(*) FROM pgqueuer_log WHERE status = 'successful'"
-        batch = "100"
-    else:
-        enqueue = (
-            "import sys, procrastinate\n"
-            "app = procrastinate.App(connector=procrastinate.PsycopgConnector(conninfo=sys.argv[1]))\n"
-            "@app.task(name='noop')\ndef noop(i):\n    return i\n"
-            "with app.open():\n    app.schema_manager.apply_schema() if sys.argv[3] == 'install' else None\n"
-            "    for i in range(int(sys.argv[2])):\n        noop.defer(i=i)\n"
-        )
-        done_sql = "SELECT count(*) FROM procrastinate_jobs WHERE status = 'succeeded'"
-        batch = "10"
-    (folder / "enqueue.py").write_text(enqueue)
-    subprocess.run([sys.executable, "enqueue.py", url, "0", "install"], cwd=folder, check=False, capture_output=True)
-    subprocess.run([sys.executable, "enqueue.py", url, str(n), "-"], cwd=folder, check=True)
-    with psycopg.connect(url, autocommit=True) as conn:
-
-        def count() -> int:
-            return int(conn.execute(done_sql).fetchone()[0])  # type: ignore[index]
-
-        before = count()
-        proc = subprocess.Popen([sys.executable, script.name, url, batch], cwd=folder)
-        try:
-            while count() == before:
-                time.sleep(0.01)
-            t0, cpu0, done0 = time.perf_counter(), cpu_secs(proc.pid), count() - before
-            while (done := count() - before) < n:
-                time.sleep(0.05)
-            secs, cpu = time.perf_counter() - t0, cpu_secs(proc.pid) - cpu0
-        finally:
-            proc.send_signal(signal.SIGTERM)
-            proc.wait(30)
-    return {"jobs_per_sec": (done - done0) / secs, "worker_cpu_us_per_job": cpu / (done - done0) * 1e6}
+def ratios(out: dict[str, Any]) -> dict[str, float]:
+    """nuvom's jobs per second over each peer's, and over each floor, part by part."""
+    got: dict[str, float] = {}
+    for part in ("e2e", "drain"):
+        ours = out.get(f"nuvom_{part}")
+        if ours is None:
+            continue
+        for other in (*_postgres_peers.PEERS, *(("floor_batch100", "floor_durable4") if part == "drain" else ())):
+            theirs = out.get(f"{other}_{part}") or out.get("nuvom_drain_floors", {}).get(other.removeprefix("floor_"))
+            if theirs:
+                got[f"{part}_vs_{other}"] = round(ours["jobs_per_sec"] / theirs["jobs_per_sec"], 3)
+    return got
 
 
 def main() -> None:
@@ -383,6 +310,7 @@ def main() -> None:
     server = Server()
     folder = Path(tempfile.mkdtemp(prefix="nuvom-bench-"))
     out: dict[str, Any] = {"machine": os.uname().nodename, "cpus": os.cpu_count(), "python": sys.version.split()[0]}
+    out["load_average_before"] = load_average()
     try:
         if "nuvom" in systems and parts & {"e2e", "drain", "latency"}:
             nuvom = Nuvom(server.url, folder / "nuvom")
@@ -390,22 +318,31 @@ def main() -> None:
                 out["nuvom_e2e"] = nuvom.e2e(args.e2e_jobs)
             if "drain" in parts:
                 out["nuvom_drain"] = nuvom.drain(args.jobs)
+                out["nuvom_drain_floors"] = _postgres_floors.floors(
+                    server.url, nuvom.env["NUVOM_POSTGRES_SCHEMA"], nuvom.fill, args.jobs
+                )
             if "latency" in parts:
                 out["nuvom_latency"] = nuvom.latency(args.latency_jobs)
-        for peer in ("pgqueuer", "procrastinate"):
-            if peer not in systems or "drain" not in parts:
+        for peer in _postgres_peers.PEERS:
+            if peer not in systems or not parts & {"e2e", "drain"}:
                 continue
             try:
                 __import__(peer)
             except ImportError:
                 print(f"{peer}: not installed, skipped (hatch run bench:postgres installs it)")
                 continue
-            out[f"{peer}_drain"] = peer_drain(peer, server.url, args.jobs, folder / peer)
+            where = _postgres_peers.setup(peer, server.url, folder / peer)
+            if "e2e" in parts:
+                out[f"{peer}_e2e"] = _postgres_peers.e2e(peer, server.url, args.e2e_jobs, where)
+            if "drain" in parts:
+                out[f"{peer}_drain"] = _postgres_peers.drain(peer, server.url, args.jobs, where)
         if "history" in parts:
             out["history"] = history(server.url, args.rows)
     finally:
         server.stop()
         shutil.rmtree(folder, ignore_errors=True)
+    out["ratios"] = ratios(out)
+    out["load_average_after"] = load_average()
     print(json.dumps(out, indent=2))
     results_dir = ROOT / "results"
     results_dir.mkdir(exist_ok=True)

@@ -1,0 +1,96 @@
+"""Floors of a drain for bench_postgres.py: bare psycopg on nuvom-postgres's own
+schema, no task run, no payload decoded, one connection, statements prepared.
+
+* ``batch100``: PgQueuer's shape. One statement claims 100 due rows (``FOR UPDATE
+  SKIP LOCKED``, the claim index's order), one statement deletes those 100 from
+  the queue and stores their results, fenced by the claim's token. No start mark.
+* ``durable4``: what any queue that makes start marks durable before running, with
+  4 slots, must commit: one statement (one transaction, one WAL flush) per 4 jobs
+  that stores the previous 4 outcomes and claims 4 more with their start marks.
+
+A figure above a floor is out of reach for nuvom's worker with that shape of
+commits, whatever its Python does; the client CPU a job is what that shape costs
+the client with nothing else on top (the server's CPU is not counted).
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+from typing import Any
+
+NOW = "date_part('epoch', statement_timestamp())"
+
+
+def _claim(q: str, start: bool) -> str:
+    started = f"{NOW}" if start else "NULL"
+    return (
+        f"UPDATE {q} AS j SET state = 1, attempts = j.attempts + 1, started_at = {started}, "
+        f"claim_token = %(token)s, claimed_by = 'floor', ready_at = {NOW} + 60 "
+        f"WHERE j.id = ANY(ARRAY(SELECT id FROM {q} WHERE queue = 'default' AND ready_at <= {NOW} "
+        "ORDER BY priority DESC, ready_at, id LIMIT %(n)s FOR UPDATE SKIP LOCKED)) "
+        "RETURNING j.id, j.attempts, j.payload"
+    )
+
+
+def _store(q: str, r: str) -> str:
+    """CTEs ``done`` and ``stored``: the claimed rows out of the queue, their results in."""
+    return (
+        f"done AS (DELETE FROM {q} AS j WHERE j.id = ANY(%(done)s::text[]) AND j.claim_token = %(prev)s "
+        "RETURNING j.id, j.func_name, j.attempts, j.created_at, j.started_at, j.payload), "
+        f"stored AS (INSERT INTO {r} (id, func_name, status, attempts, worker_id, created_at, started_at, "
+        f"finished_at, payload) SELECT id, func_name, 'SUCCESS', attempts, 'floor', created_at, "
+        f"coalesce(started_at, {NOW}), {NOW}, payload FROM done)"
+    )
+
+
+def _ids(rows: list[Any]) -> str:
+    return "{" + ",".join(row[0] for row in rows) + "}"  # nuvom's ids are hex: no quoting
+
+
+def batch100(conn: Any, schema: str, n: int) -> dict[str, float]:
+    q, r = f'"{schema}".nuvom_queue', f'"{schema}".nuvom_results'
+    claim, complete = _claim(q, start=False), f"WITH {_store(q, r)} SELECT count(*) FROM done"
+    done = 0
+    t0, cpu0 = time.perf_counter(), time.process_time()
+    while True:
+        token = secrets.randbits(62)
+        rows = conn.execute(claim, {"token": token, "n": 100}, prepare=True).fetchall()
+        if not rows:
+            break
+        conn.execute(complete, {"done": _ids(rows), "prev": token}, prepare=True).fetchall()
+        done += len(rows)
+    secs, cpu = time.perf_counter() - t0, time.process_time() - cpu0
+    assert done == n, (done, n)
+    return {"jobs_per_sec": done / secs, "client_cpu_us_per_job": cpu / done * 1e6}
+
+
+def durable4(conn: Any, schema: str, n: int) -> dict[str, float]:
+    q, r = f'"{schema}".nuvom_queue', f'"{schema}".nuvom_results'
+    step = f"WITH {_store(q, r)}, claimed AS ({_claim(q, start=True)}) SELECT id, attempts, payload FROM claimed"
+    done, held, prev = 0, "{}", 0
+    t0, cpu0 = time.perf_counter(), time.process_time()
+    while True:
+        token = secrets.randbits(62)
+        rows = conn.execute(step, {"token": token, "n": 4, "done": held, "prev": prev}, prepare=True).fetchall()
+        if held != "{}":
+            done += held.count(",") + 1
+        if not rows:
+            break
+        held, prev = _ids(rows), token
+    secs, cpu = time.perf_counter() - t0, time.process_time() - cpu0
+    assert done == n, (done, n)
+    return {"jobs_per_sec": done / secs, "client_cpu_us_per_job": cpu / done * 1e6}
+
+
+def floors(url: str, schema: str, fill: Any, n: int) -> dict[str, dict[str, float]]:
+    """Each floor on ``n`` jobs queued by ``fill(n)`` (nuvom's own ``.map()``)."""
+    import psycopg
+
+    out: dict[str, dict[str, float]] = {}
+    with psycopg.connect(url, autocommit=True, options="-c plan_cache_mode=force_generic_plan -c jit=off") as conn:
+        for name, run in (("batch100", batch100), ("durable4", durable4)):
+            fill(n)
+            conn.execute(f'VACUUM ANALYZE "{schema}".nuvom_queue')
+            out[name] = run(conn, schema, n)
+    return out

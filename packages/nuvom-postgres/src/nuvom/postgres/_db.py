@@ -28,6 +28,7 @@ from typing import Any, TypeVar
 
 import psycopg
 from nuvom.errors import BackendError
+from nuvom.postgres._prepared import Prepared, PreparedConnection
 from nuvom.postgres._schema import ensure_schema
 from nuvom.postgres._settings import PostgresSettings, redact_url
 from nuvom.postgres._sql import Statements
@@ -64,7 +65,7 @@ _PERMANENT = (
 )
 
 
-class PooledConnection(psycopg.Connection[Any]):
+class PooledConnection(PreparedConnection):
     """The pool's connections: a class of their own, so that the pool's log
     records about them can be told from those about the application's own."""
 
@@ -122,13 +123,15 @@ class Database:
             "autocommit": True,
             "connect_timeout": max(2, round(settings.postgres_connect_timeout_secs)),
             "fallback_application_name": "nuvom",
-            # The hot statements are prepared once per connection (psycopg's prepare=True)
+            # The hot statements are prepared once per connection (_prepared.py, or psycopg's prepare=True)
             # and planned once: the server's default re-plans each execution while it
             # compares plans, and planning the group write cost more than running it.
             # No JIT: each statement reads a page of rows, and a plan whose estimate
             # crossed jit_above_cost (the claim's walk of a queue's priorities) spent
             # tens of milliseconds compiling what runs in a tenth of one.
             "options": "-c plan_cache_mode=force_generic_plan -c jit=off",
+            # The prepared statements (_prepared.py) send and read text as UTF-8.
+            "client_encoding": "UTF8",
         }
         try:
             psycopg.conninfo.conninfo_to_dict(self.url)
@@ -154,6 +157,7 @@ class Database:
         self._ready = False
         self._opened = False
         self._down_since: float | None = None
+        self._prepared: dict[str, Prepared] = {}
         self.users = 0
 
     def __repr__(self) -> str:
@@ -193,6 +197,13 @@ class Database:
         self._ready = False
 
     # -- running statements -----------------------------------------------------
+    def prepared(self, sql: str) -> Prepared:
+        """The :class:`Prepared` form of one of the hot statements (made once)."""
+        found = self._prepared.get(sql)
+        if found is None:
+            found = self._prepared[sql] = Prepared(sql)
+        return found
+
     def run(self, what: str, fn: Callable[[psycopg.Connection[Any]], T], *, patience: float | None = None) -> T:
         """Call ``fn`` with a pooled connection (autocommit), retrying a lost
         connection for up to ``patience`` seconds (default ``NUVOM_POSTGRES_RETRY_SECS``).

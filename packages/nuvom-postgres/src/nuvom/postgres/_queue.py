@@ -151,7 +151,7 @@ class PostgresJobQueue(PostgresPresence, QueueControl, QueueReads, BaseJobQueue,
             tries += 1
             params["sent"] = time.time()
             try:
-                conn.execute(statement, params, prepare=True)
+                self.db.prepared(statement).rows(conn, params)
             except psycopg.errors.UniqueViolation:
                 # A retry after a lost reply finds its own jobs queued: that is success.
                 if tries == 1:
@@ -249,11 +249,12 @@ class PostgresJobQueue(PostgresPresence, QueueControl, QueueReads, BaseJobQueue,
         token = secrets.randbits(62)
         params = {"n": batch_size, "start": start, "token": token, "by": self.claimer, "due_slack": 0.0}
         began = time.monotonic()  # the server's claim (and its lease) comes after this
+        claim = self.db.prepared(self._claim_sql)
         rows: list[Any] = []
         soonest: float | None = None
         for name in queues:
             params["queue"] = name
-            got = conn.execute(self._claim_sql, params, prepare=True).fetchall()
+            got = claim.rows(conn, params)
             if got and got[0][0] is None:
                 due_in = got[0][6]
                 if due_in is not None and (soonest is None or float(due_in) < soonest):
@@ -407,11 +408,11 @@ class PostgresJobQueue(PostgresPresence, QueueControl, QueueReads, BaseJobQueue,
         if mark_ids:
             params.update(m_id=texts(mark_ids), m_token=ints(mark_tokens), m_keep=bools(mark_keep))
         kind = ("fenced" if fenced else "plain") if done else ""
-        statement = self.sql.settle(self._lease, kind, bool(guarded), bool(free), bool(mark_ids))
+        prepared = self.db.prepared(self.sql.settle(self._lease, kind, bool(guarded), bool(free), bool(mark_ids)))
 
         def run(conn: psycopg.Connection[Any]) -> list[Any]:
             params["sent"] = time.time()
-            return conn.execute(statement, params, prepare=True).fetchall()
+            return prepared.rows(conn, params)
 
         rows = self.db.run("settling jobs", run, patience=self._worker_patience())
         got: dict[str, set[str]] = {"d": set(), "b": set(), "m": set(), "p": set()}

@@ -113,10 +113,11 @@ class Prepared:
 
     def rows(self, conn: psycopg.Connection[Any], params: Mapping[str, Any]) -> list[tuple[Any, ...]]:
         """Run the statement (autocommit: one transaction) and return its rows."""
-        values: list[bytes | None] = []
+        # NULLs are None (libpq's NULL pointer), which psycopg's stubs leave out.
+        values: list[Any] = []
         types: list[int] = []
-        for name in self.names:
-            value, oid = _param(params[name])
+        for key in self.names:
+            value, oid = _param(params[key])
             values.append(value)
             types.append(oid)
         name = f"nuvom_{self._digest}_{'_'.join(map(str, types))}".encode()
@@ -139,7 +140,7 @@ class Prepared:
             decode = _DECODERS.get(result.ftype(k), bytes)
             cells = [get(i, k) for i in rows]
             columns.append([None if v is None else decode(v) for v in cells])
-        return list(zip(*columns))
+        return list(zip(*columns, strict=True))
 
 
 def _check(result: pq.abc.PGresult, pgconn: pq.abc.PGconn) -> None:

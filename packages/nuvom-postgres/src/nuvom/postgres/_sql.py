@@ -12,6 +12,7 @@ from __future__ import annotations
 import functools
 import hashlib
 from collections.abc import Sequence
+from typing import cast
 
 __all__ = ["NOW", "Statements", "bools", "byteas", "channel", "floats", "ints", "text_array", "texts"]
 
@@ -50,13 +51,13 @@ def texts(items: Sequence[str | None]) -> str:
 
 def floats(items: Sequence[float | None]) -> str:
     if None not in items:
-        return "{" + ",".join(map(repr, map(float, items))) + "}"
+        return "{" + ",".join(map(repr, map(float, cast("Sequence[float]", items)))) + "}"
     return "{" + ",".join("NULL" if item is None else repr(float(item)) for item in items) + "}"
 
 
 def ints(items: Sequence[int | None]) -> str:
     if None not in items:
-        return "{" + ",".join(map(str, map(int, items))) + "}"
+        return "{" + ",".join(map(str, map(int, cast("Sequence[int]", items)))) + "}"
     return "{" + ",".join("NULL" if item is None else str(int(item)) for item in items) + "}"
 
 

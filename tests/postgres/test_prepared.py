@@ -52,6 +52,15 @@ def test_a_connection_outside_the_pool_keeps_no_prepared_statement(queue: Postgr
         assert conn.execute("SELECT count(*) FROM pg_prepared_statements").fetchone() == (0,)
 
 
+def test_a_statement_deallocated_under_a_connection_is_prepared_again(queue: PostgresJobQueue) -> None:
+    statement = Prepared("SELECT %(x)s::int * 2")
+    queue.qsize()  # the pool is open
+    with queue.db.pool.connection() as conn:
+        assert statement.rows(conn, {"x": 2}) == [(4,)]
+        conn.execute("DEALLOCATE ALL")
+        assert statement.rows(conn, {"x": 3}) == [(6,)]
+
+
 def test_ids_task_names_and_tags_that_need_escaping_go_through_claim_and_settle_intact(
     queue: PostgresJobQueue, results: PostgresResultBackend
 ) -> None:

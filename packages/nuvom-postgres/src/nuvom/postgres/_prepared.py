@@ -30,6 +30,7 @@ from psycopg import pq
 __all__ = ["Prepared", "PreparedConnection"]
 
 _OK = (pq.ExecStatus.TUPLES_OK, pq.ExecStatus.COMMAND_OK)
+_NO_SUCH_STATEMENT = b"26000"  # invalid_sql_statement_name
 _PLACEHOLDER = re.compile(r"%\((\w+)\)s|%")
 
 # Parameter types as psycopg would send them (text: "unknown", left to the
@@ -128,6 +129,12 @@ class Prepared:
             if held is not None:
                 held.add(name)
         result = pgconn.exec_prepared(name, values, result_format=1)
+        if held is not None and result.error_field(pq.DiagnosticField.SQLSTATE) == _NO_SUCH_STATEMENT:
+            # Someone deallocated it on this connection (DEALLOCATE ALL, DISCARD ALL): prepare it again.
+            held.clear()
+            _check(pgconn.prepare(name, self.text, types), pgconn)
+            held.add(name)
+            result = pgconn.exec_prepared(name, values, result_format=1)
         _check(result, pgconn)
         if held is None:
             _check(pgconn.exec_(b"DEALLOCATE " + name), pgconn)

@@ -138,7 +138,8 @@ class Nuvom:
             NUVOM_POSTGRES_SCHEMA=f"b{uuid.uuid4().hex[:8]}",
             NUVOM_DATA_DIR=str(folder / "data"),
             NUVOM_LOG_LEVEL="WARNING",
-            PYTHONPATH=str(folder),
+            # The caller's path after the tasks' folder: workers import the same nuvom as this process.
+            PYTHONPATH=os.pathsep.join(filter(None, (str(folder), os.environ.get("PYTHONPATH")))),
         )
         os.environ.update(self.env)
         sys.path.insert(0, str(folder))

@@ -1,9 +1,9 @@
-"""The worker's hot statements (claim, group write, single enqueue), sent
+"""The hot statements (claim, group write, enqueue), sent
 through the connection's libpq handle as server-side prepared statements.
 
 psycopg's ``execute(..., prepare=True)`` builds a cursor, converts the query and
-dumps each parameter through its adapters on every call: measured at about
-three times the client CPU of the libpq call itself here, for a statement
+dumps each parameter through its adapters on every call: measured at several
+times the client CPU of the libpq call itself here, for a statement
 whose parameters are a handful of strings. These statements need none of
 that: their parameters are strings (array literals built in one call), numbers
 and bytes, sent as text; their rows come back in binary and are decoded by

@@ -447,16 +447,19 @@ class PostgresJobQueue(PostgresPresence, QueueControl, QueueReads, BaseJobQueue,
         with self._claims_lock:
             held = [(job, self._claims.get(job.id)) for job in jobs]
             times = {token: self._claimed_at.get(token) for _, token in held if token is not None}
+        fresh: dict[float | None, float] = {}  # timeout -> how soon after its claim a start keeps the lease
         for job, token in held:
             if token is None:
                 continue
             since = times.get(token)
-            lease = lease_secs_for(
-                job.timeout_secs, lease_secs=self.lease_secs, default_timeout_secs=self.default_timeout
-            )
+            timeout = job.timeout_secs
+            window = fresh.get(timeout)
+            if window is None:
+                lease = lease_secs_for(timeout, lease_secs=self.lease_secs, default_timeout_secs=self.default_timeout)
+                window = fresh[timeout] = min(_FRESH_CLAIM_MAX_SECS, lease * _FRESH_CLAIM)
             ids.append(job.id)
             tokens.append(token)
-            keep.append(since is not None and now - since <= min(_FRESH_CLAIM_MAX_SECS, lease * _FRESH_CLAIM))
+            keep.append(since is not None and now - since <= window)
         return ids, tokens, keep
 
     def mark_started(self, job: Job) -> bool:

@@ -33,23 +33,43 @@ _WAITER_KEEP_SECS = 86400.0
 
 
 def result_arrays(jobs: Sequence[Job], tokens: Sequence[int | None]) -> dict[str, str]:
-    """The parameters of a store (``Statements.settle``): one array literal per column."""
+    """The parameters of a store (``Statements.settle``): one array literal per
+    column, from one pass over the jobs (a group write's Python is mostly this)."""
     now = time.time()
-    errors = [job.error for job in jobs]
+    rows = [
+        (
+            job.id,
+            job.attempts,
+            job.func_name,
+            job.status.value,
+            job.worker_id,
+            job.created_at,
+            job.started_at,
+            job.finished_at or now,
+            None if job.error is None else job.error.type,
+            None if job.error is None else job.error.message,
+            text_array(list(dict.fromkeys(job.tags))) if job.tags else None,
+            job.to_bytes(),
+        )
+        for job in jobs
+    ]
+    ids, attempts, funcs, statuses, workers, created, started, finished, etypes, emessages, tags, payloads = (
+        zip(*rows, strict=True) if rows else ((),) * 12
+    )
     return {
-        "id": texts([job.id for job in jobs]),
+        "id": texts(ids),
         "token": ints(tokens),
-        "attempts": ints([job.attempts for job in jobs]),
-        "func_name": texts([job.func_name for job in jobs]),
-        "status": texts([job.status.value for job in jobs]),
-        "worker_id": texts([job.worker_id for job in jobs]),
-        "created_at": floats([job.created_at for job in jobs]),
-        "started_at": floats([job.started_at for job in jobs]),
-        "finished_at": floats([job.finished_at or now for job in jobs]),
-        "error_type": texts([None if err is None else err.type for err in errors]),
-        "error_message": texts([None if err is None else err.message for err in errors]),
-        "tags": texts([text_array(list(dict.fromkeys(job.tags))) if job.tags else None for job in jobs]),
-        "payload": byteas([job.to_bytes() for job in jobs]),
+        "attempts": ints(attempts),
+        "func_name": texts(funcs),
+        "status": texts(statuses),
+        "worker_id": texts(workers),
+        "created_at": floats(created),
+        "started_at": floats(started),
+        "finished_at": floats(finished),
+        "error_type": texts(etypes),
+        "error_message": texts(emessages),
+        "tags": texts(tags),
+        "payload": byteas(payloads),
     }
 
 

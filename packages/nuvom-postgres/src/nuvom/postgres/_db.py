@@ -219,8 +219,14 @@ class Database:
                 if not self._ready:
                     self._prepare()
                 left = deadline - time.monotonic()
-                with self.pool.connection(timeout=max(0.05, min(_GETCONN_SLICE, left))) as conn:
+                # getconn/putconn, not pool.connection(): that also enters the connection's own
+                # context, a commit on the way out, which autocommit connections never need
+                # (a visible share of a busy worker's time in this package, in py-spy).
+                conn = self.pool.getconn(timeout=max(0.05, min(_GETCONN_SLICE, left)))
+                try:
                     result = fn(conn)
+                finally:
+                    self.pool.putconn(conn)
             except BackendError:
                 raise
             except Exception as exc:

@@ -229,15 +229,8 @@ class Database:
             raise self._refused(what)
         handle = self._connections.use()
         conn = handle.conn
-        # No lock of our own around this: the writes of a worker's hot path
-        # (claims, start marks, completions) go through combined(), which
-        # commits one at a time by construction; the rare others wait in
-        # SQLite's busy handler.
         try:
-            try:
-                conn.execute("BEGIN IMMEDIATE")
-            except sqlite3.Error as exc:
-                raise self.error(exc, what) from None
+            self._begin(conn, what)
             try:
                 yield conn
                 conn.execute("COMMIT")
@@ -359,6 +352,20 @@ class Database:
             self._connections.release(handle)
         if self._file.refusing:
             self._file.wrote(self.path)
+
+    def _begin(self, conn: sqlite3.Connection, what: str) -> None:
+        """``BEGIN IMMEDIATE``, the write lock waited for here as in
+        :meth:`write_one`: SQLite's busy handler sleeps 1, 2, 5, 10 ms... while
+        another process's transaction holds the lock for a fraction of a
+        millisecond, and two workers on one file took turns at a commit or two
+        a millisecond. Inside the transaction nothing waits for a lock (WAL:
+        the write lock is held, readers block no one)."""
+        conn.execute("PRAGMA busy_timeout=0")
+        try:
+            self._spin(conn, "BEGIN IMMEDIATE", (), what)
+        finally:
+            with contextlib.suppress(sqlite3.Error):
+                conn.execute(f"PRAGMA busy_timeout={int(self.busy_timeout * 1000)}")
 
     def _spin(self, conn: sqlite3.Connection, sql: str, params: Sequence[Any], what: str) -> None:
         pause, deadline = _SPIN_FIRST, 0.0

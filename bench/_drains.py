@@ -200,8 +200,8 @@ def redis_floor_drain(base: Path, n: int, redis_url: str) -> dict[str, float]:
     return drain_figures(samples, n, None)
 
 
-def sqlite_floor_drain(base: Path, n: int, batch: int, fused: bool) -> dict[str, float]:
-    wall, cpu = bench_hotpath.sqlite_drain_floor(base, n, batch, fused)
+def sqlite_floor_drain(base: Path, n: int, batch: int, fused: bool, slots: int = 0) -> dict[str, float]:
+    wall, cpu = bench_hotpath.sqlite_drain_floor(base, n, batch, fused, slots)
     return {"rate": 1 / wall, "cpu": cpu * 1e6}
 
 

@@ -17,7 +17,10 @@ figures are medians over rounds, ratios the median of each round's ratio.
    bare ``sqlite3`` on nuvom-sqlite's schema, no task run: (a) 256 jobs a claim
    transaction and 256 a completion transaction; (b) one transaction per 4 jobs
    that completes 4 and claims 4 start-marked: what any queue with durable start
-   marks and 4 slots must commit.
+   marks and 4 slots must commit; (c) (b) run by 4 threads, each running one
+   empty job at a time and waiting for its start mark's commit (the last of a
+   round commits and hands the others their jobs): what a worker with 4 thread
+   slots and durable start marks pays in CPython on top of the commits.
 2. SQLite ``.delay()`` loop, then ``get()`` of each (a producer process beside
    the worker); peer: tuned SqliteHuey, ``task()`` + ``get(blocking=True)``;
    floor: one committed INSERT a call (mean, SQLite's checkpoints included).
@@ -112,6 +115,7 @@ def systems(
             if have["huey"]:
                 out["sqlite drain huey"] = lambda r: d.huey_drain(base, "sqlite", n, None)
             out["sqlite floor b"] = lambda r: d.sqlite_floor_drain(base, n, 4, fused=True)
+            out["sqlite floor c"] = lambda r: d.sqlite_floor_drain(base, n, 4, fused=True, slots=4)
         if rows & {1, 3}:
             out["sqlite floor a"] = lambda r: d.sqlite_floor_drain(base, n, 256, fused=False)
         modes = [m for row, m in ((2, "delay"), (3, "map")) if row in rows]

@@ -136,6 +136,19 @@ def test_wait_returns_within_milliseconds_of_the_store_and_costs_few_commands(pr
     results.close()
 
 
+def test_waiting_for_a_job_already_stored_is_one_command(private_server):
+    # The producer of a .delay() loop then get() of each finds most jobs done.
+    results = RedisResultBackend(load_settings(), redis=RedisSettings(redis_url=private_server.url))
+    job = done(1)
+    results.store([job])
+    results.client.config_resetstat()
+    assert results.wait(job.id, timeout=1).id == job.id
+    stats = results.client.info("commandstats")
+    calls = {k: v["calls"] for k, v in stats.items() if not k.startswith("cmdstat_config")}
+    assert calls == {"cmdstat_get": 1}, calls
+    results.close()
+
+
 def test_wait_times_out_with_none(results):
     t0 = time.monotonic()
     assert results.wait("never", timeout=0.3) is None

@@ -224,11 +224,15 @@ class RedisResultBackend(BaseResultBackend):
     def wait(self, job_id: str, timeout: float | None = None) -> Job | None:
         """Block until the job has a record or ``timeout`` passes.
 
-        The waiter registers its job id first, then looks; the script that
-        stores the record pushes to ``<prefix>:wake:<id>`` for a registered id,
-        and the waiter blocks on that list (BLPOP), so a wait costs a few
-        commands however long it lasts, and ends within a millisecond of the store.
+        One read if the job has a record already. Else the waiter registers
+        its job id, then looks again; the script that stores the record pushes
+        to ``<prefix>:wake:<id>`` for a registered id, and the waiter blocks on
+        that list (BLPOP), so a wait costs a few commands however long it
+        lasts, and ends within a millisecond of the store.
         """
+        record = self.get_full(job_id)
+        if record is not None:
+            return record
         deadline = None if timeout is None else time.monotonic() + timeout
         waiters, wake = f"{self.prefix}:waiters", f"{self.prefix}:wake:{job_id}"
         self.conn.run("waiting for a result", lambda: self.client.sadd(waiters, job_id))

@@ -38,12 +38,10 @@ def texts(items: Sequence[str | None]) -> str:
     if not items:
         return "{}"
     if None not in items:
-        try:
-            plain = "".join(items)  # type: ignore[arg-type]
-        except TypeError:
-            plain = '"'
+        strings = cast("Sequence[str]", items)
+        plain = "".join(strings)
         if '"' not in plain and "\\" not in plain:
-            return '{"' + '","'.join(items) + '"}'  # type: ignore[arg-type]
+            return '{"' + '","'.join(strings) + '"}'
     elif items.count(None) == len(items):
         return "{" + ",".join(["NULL"] * len(items)) + "}"
     return "{" + ",".join("NULL" if item is None else _quote(item) for item in items) + "}"
@@ -80,8 +78,7 @@ def text_array(items: list[str] | None) -> str | None:
     varying length cannot travel as one array parameter, literals can."""
     if not items:
         return None
-    quoted = ('"' + item.replace("\\", "\\\\").replace('"', '\\"') + '"' for item in items)
-    return "{" + ",".join(quoted) + "}"
+    return "{" + ",".join(map(_quote, items)) + "}"
 
 
 # The columns of a finished job, as unnested from the arrays of a store.

@@ -43,13 +43,26 @@ class Disk:
         self.mounts: list[Path] = []
 
     def bind(self, at: Path) -> Path:
-        at.mkdir(exist_ok=True)
-        _mount("--bind", str(self.root), str(at))
-        self.mounts.append(at)
+        self.bind_from(self.root, at)
         return at
 
     def read_only(self, at: Path) -> None:
         _mount("-o", "remount,bind,ro", str(at))
+
+    def cover_read_only(self, at: Path) -> None:
+        """A read-only view of the disk mounted over ``at`` in one step. A bind
+        over ``at`` made read-only afterwards fails with EBUSY whenever a process
+        opened a file for writing through it in between (a worker's thread
+        opening its connection): a bind of a read-only bind is read-only from
+        its first moment."""
+        stage = self.root.parent / "read-only-stage"
+        self.read_only(self.bind(stage))
+        self.bind_from(stage, at)
+
+    def bind_from(self, source: Path, at: Path) -> None:
+        at.mkdir(exist_ok=True)
+        _mount("--bind", str(source), str(at))
+        self.mounts.append(at)
 
     def writable(self, at: Path) -> None:
         _mount("-o", "remount,bind,rw", str(at))
@@ -127,8 +140,7 @@ def test_a_read_only_spell_under_a_running_worker_ends_with_every_job_done_once(
     _, log = start_worker(project, data)
     # A read-only mount over the data folder: what the worker opens from now on
     # (its threads' first connections) is read-only, its open files are not.
-    disk.bind(disk.root)
-    disk.read_only(disk.root)
+    disk.cover_read_only(disk.root)
     queue, results = SQLiteJobQueue(path=producer_side), SQLiteResultBackend(path=producer_side)
     jobs = [Job(func_name="record", task_path="tasks:record", args=[f"k{i}"]) for i in range(N_JOBS)]
     queue.enqueue_many(jobs)

@@ -8,6 +8,11 @@ schema, no task run, no payload decoded, one connection, statements prepared.
   4 slots, must commit: one statement (one transaction, one WAL flush) per 4 jobs
   that stores the previous 4 outcomes and claims 4 more with their start marks.
 
+* ``calls``: the e2e's floor, what the producer's side alone costs with no
+  worker: one committed ``INSERT`` of a job row per call (autocommit: one
+  transaction, one WAL flush each), then one ``SELECT`` of a stored result per
+  ``get()``. A worker can only add to that time.
+
 A figure above a floor is out of reach for nuvom's worker with that shape of
 commits, whatever its Python does; the client CPU a job is what that shape costs
 the client with nothing else on top (the server's CPU is not counted).
@@ -81,6 +86,37 @@ def durable4(conn: Any, schema: str, n: int) -> dict[str, float]:
     secs, cpu = time.perf_counter() - t0, time.process_time() - cpu0
     assert done == n, (done, n)
     return {"jobs_per_sec": done / secs, "client_cpu_us_per_job": cpu / done * 1e6}
+
+
+def calls(url: str, schema: str, n: int) -> dict[str, float]:
+    """The ``calls`` floor on ``n`` jobs (the rows it queues are removed after)."""
+    import psycopg
+    from nuvom.job import new_job_id
+
+    q, r = f'"{schema}".nuvom_queue', f'"{schema}".nuvom_results'
+    ids = [new_job_id() for _ in range(n)]
+    payload = bytes(80)  # about a no-op job's record
+    insert = f"INSERT INTO {q} (id, func_name, ready_at, created_at, payload) VALUES (%s, 'noop', {NOW}, {NOW}, %s)"
+    read = f"SELECT payload FROM {r} WHERE id = %s"
+    with psycopg.connect(url, autocommit=True, options="-c plan_cache_mode=force_generic_plan -c jit=off") as conn:
+        t0, cpu0 = time.perf_counter(), time.process_time()
+        for job_id in ids:
+            conn.execute(insert, (job_id, payload), prepare=True)
+        queued, cpu_queued = time.perf_counter() - t0, time.process_time() - cpu0
+        # Not timed: the results a worker would have stored, and the queue left empty.
+        conn.execute(
+            f"INSERT INTO {r} (id, func_name, status, attempts, finished_at, payload) "
+            f"SELECT id, func_name, 'SUCCESS', 1, {NOW}, payload FROM {q} WHERE id = ANY(%s)",
+            (ids,),
+        )
+        conn.execute(f"DELETE FROM {q} WHERE id = ANY(%s)", (ids,))
+        t1, cpu1 = time.perf_counter(), time.process_time()
+        for job_id in ids:
+            conn.execute(read, (job_id,), prepare=True).fetchall()
+        secs = queued + time.perf_counter() - t1
+        cpu = cpu_queued + time.process_time() - cpu1
+        conn.execute(f"DELETE FROM {r} WHERE id = ANY(%s)", (ids,))
+    return {"jobs_per_sec": n / secs, "client_cpu_us_per_job": cpu / n * 1e6, "insert_us": queued / n * 1e6}
 
 
 def floors(url: str, schema: str, fill: Any, n: int) -> dict[str, dict[str, float]]:

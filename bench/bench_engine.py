@@ -24,9 +24,12 @@ figures are medians over rounds, ratios the median of each round's ratio.
 2. SQLite ``.delay()`` loop, then ``get()`` of each (a producer process beside
    the worker); peer: tuned SqliteHuey, ``task()`` + ``get(blocking=True)``;
    floor: one committed INSERT a call (mean, SQLite's checkpoints included).
-3. SQLite ``.map()`` of N, then ``get()`` of each; floor (a).
-4. Redis drain as row 1; peer: RedisHuey's consumer; floor: a bare redis-py
-   consumer (BLMPOP of 64, SETs pipelined), rate from its samples.
+3. SQLite ``.map()`` of N, then ``get()`` of each; floor (a), and floor (c): the
+   jobs are drained by one worker, so no figure of this row passes it.
+4. Redis drain as row 1; peer: RedisHuey's consumer; floors, bare redis-py:
+   (a) a consumer (BLMPOP of 64, SETs pipelined), rate from its samples; (b)
+   one script call per 4 jobs that stores 4 outcomes and claims 4 start-marked;
+   (c) (b) run by 4 threads as in row 1 (``_redis_floors.py``).
 5. Redis ``.delay()`` loop / ``.map()``, then ``get()``; peers: RedisHuey's
    ``task()`` loop / ``task.map()``, RQ's ``enqueue()`` loop / ``enqueue_many()``
    on ``--rq-jobs``; floor: one LPUSH round trip a call.
@@ -62,6 +65,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import _drains as d
+import _redis_floors
 import bench_hotpath
 import bench_redis
 from _common import load_average, machine, replace_block, stop_processes
@@ -115,9 +119,9 @@ def systems(
             if have["huey"]:
                 out["sqlite drain huey"] = lambda r: d.huey_drain(base, "sqlite", n, None)
             out["sqlite floor b"] = lambda r: d.sqlite_floor_drain(base, n, 4, fused=True)
-            out["sqlite floor c"] = lambda r: d.sqlite_floor_drain(base, n, 4, fused=True, slots=4)
         if rows & {1, 3}:
             out["sqlite floor a"] = lambda r: d.sqlite_floor_drain(base, n, 256, fused=False)
+            out["sqlite floor c"] = lambda r: d.sqlite_floor_drain(base, n, 4, fused=True, slots=4)
         modes = [m for row, m in ((2, "delay"), (3, "map")) if row in rows]
         if modes:
             out["sqlite e2e"] = lambda r: d.nuvom_e2e(base, "sqlite", n, order(modes, r), None)
@@ -131,6 +135,8 @@ def systems(
             if have["huey"]:
                 out["redis drain huey"] = lambda r: d.huey_drain(base, "redis", n, url)
             out["redis drain floor"] = lambda r: d.redis_floor_drain(base, n, url)
+            out["redis floor b"] = lambda r: _redis_floors.fused_drain(url, n)
+            out["redis floor c"] = lambda r: _redis_floors.fused_drain(url, n, slots=4)
         if 5 in rows:
             both = ["delay", "map"]
             out["redis e2e"] = lambda r: d.nuvom_e2e(base, "redis", n, order(both, r), url)

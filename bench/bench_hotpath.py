@@ -52,15 +52,14 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import uuid
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 from _common import free_port, replace_block
+from _slots import drain_by_slots
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs" / "benchmarks.md"
@@ -417,7 +416,7 @@ def sqlite_drain_floor(
     claims the next, start-marked: the least a queue must commit whose start marks
     are durable before a job runs and whose batches are no larger than its slots.
     ``slots``: the fused loop run by that many threads, one job each at a time
-    (:func:`_drain_by_slots`); CPU seconds of the whole process."""
+    (:func:`_slots.drain_by_slots`); CPU seconds of the whole process."""
     from nuvom.sqlite import SQLiteJobQueue
 
     path = base / f"drain-{uuid.uuid4().hex}.db"
@@ -471,8 +470,17 @@ def sqlite_drain_floor(
     held: list[tuple[int, str]] = []  # fused: claimed (and start-marked), completed by the next transaction
     start = time.perf_counter()
     if slots:
+
+        def commit(rows_done: list[tuple[int, str]]) -> list[tuple[int, str]]:
+            conn.execute("BEGIN IMMEDIATE")
+            if rows_done:
+                complete(rows_done)
+            rows = claim()
+            conn.execute("COMMIT")
+            return rows
+
         cpu = time.process_time()
-        _drain_by_slots(conn, slots, claim, complete)
+        drain_by_slots(slots, commit)
         cpu = time.process_time() - cpu
     else:
         cpu = time.thread_time()
@@ -496,70 +504,6 @@ def sqlite_drain_floor(
     for suffix in ("", "-wal", "-shm"):
         Path(f"{path}{suffix}").unlink(missing_ok=True)
     return elapsed / n, cpu / n
-
-
-def _drain_by_slots(
-    conn: sqlite3.Connection,
-    slots: int,
-    claim: Callable[[], list[tuple[int, str]]],
-    complete: Callable[[list[tuple[int, str]]], None],
-) -> None:
-    """The fused loop run by ``slots`` threads, each running one (empty) job at a
-    time and waiting for its start mark's commit before the next: the thread
-    whose job ends last in a round commits the round's outcomes with the next
-    claim and hands the others their jobs. What any worker with that many
-    threads and durable start marks pays on top of the commits: a wake-up of a
-    waiting thread per job, and the GIL passed between them."""
-    wakes = [threading.Lock() for _ in range(slots)]
-    for lock in wakes:
-        lock.acquire()
-    jobs: list[tuple[int, str] | None] = [None] * slots
-    ended: list[tuple[int, str]] = []
-    guard = threading.Lock()
-    round_size = [0]
-
-    def commit(rows_done: list[tuple[int, str]]) -> list[tuple[int, str]]:
-        conn.execute("BEGIN IMMEDIATE")
-        if rows_done:
-            complete(rows_done)
-        rows = claim()
-        conn.execute("COMMIT")
-        round_size[0] = len(rows)
-        return rows
-
-    def hand_out(rows: list[tuple[int, str]], me: int) -> tuple[int, str] | None:
-        mine = None
-        for k in range(slots):
-            row = rows[k] if k < len(rows) else None
-            if k == me:
-                mine = row
-            else:
-                jobs[k] = row
-                wakes[k].release()
-        return mine
-
-    def slot(k: int) -> None:
-        wakes[k].acquire()
-        row = jobs[k]
-        while row is not None:
-            with guard:
-                ended.append(row)
-                last = len(ended) == round_size[0]
-                done_rows = ended[:] if last else []
-                if last:
-                    ended.clear()
-            if last:
-                row = hand_out(commit(done_rows), k)
-            else:
-                wakes[k].acquire()
-                row = jobs[k]
-
-    threads = [threading.Thread(target=slot, args=(k,)) for k in range(slots)]
-    for thread in threads:
-        thread.start()
-    hand_out(commit([]), -1)
-    for thread in threads:
-        thread.join()
 
 
 def redis_floor(url: str, n: int) -> float:

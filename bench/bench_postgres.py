@@ -11,7 +11,9 @@ Parts (docs/postgres.md has the table they fill):
   a producer loops ``--e2e-jobs`` single-job calls (``.delay()``, ``enqueue``,
   ``defer``), then waits for each job's result (nuvom: ``get()`` of each; the
   peers: their finished rows counted): jobs per second from the first call to
-  the last result, and the worker's CPU per job.
+  the last result, and the worker's CPU per job. With nuvom, its floor in the
+  same run (``_postgres_floors.calls``): bare psycopg, no worker, one committed
+  ``INSERT`` a call, then one ``SELECT`` a ``get()``.
 * ``drain``: ``--jobs`` jobs queued first, then one worker process drains them
   (nuvom with ``NUVOM_BATCH_SIZE=100``, PgQueuer with ``batch_size=100``,
   procrastinate with ``concurrency=10``): jobs per second from the first
@@ -291,8 +293,13 @@ def ratios(out: dict[str, Any]) -> dict[str, float]:
         ours = out.get(f"nuvom_{part}")
         if ours is None:
             continue
-        for other in (*_postgres_peers.PEERS, *(("floor_batch100", "floor_durable4") if part == "drain" else ())):
-            theirs = out.get(f"{other}_{part}") or out.get("nuvom_drain_floors", {}).get(other.removeprefix("floor_"))
+        floors = ("floor_batch100", "floor_durable4") if part == "drain" else ("floor_calls",)
+        for other in (*_postgres_peers.PEERS, *floors):
+            theirs = (
+                out.get(f"{other}_{part}")
+                or out.get("nuvom_drain_floors", {}).get(other.removeprefix("floor_"))
+                or (out.get("nuvom_e2e_floor") if other == "floor_calls" else None)
+            )
             if theirs:
                 got[f"{part}_vs_{other}"] = round(ours["jobs_per_sec"] / theirs["jobs_per_sec"], 3)
     return got
@@ -317,6 +324,9 @@ def main() -> None:
             nuvom = Nuvom(server.url, folder / "nuvom")
             if "e2e" in parts:
                 out["nuvom_e2e"] = nuvom.e2e(args.e2e_jobs)
+                out["nuvom_e2e_floor"] = _postgres_floors.calls(
+                    server.url, nuvom.env["NUVOM_POSTGRES_SCHEMA"], args.e2e_jobs
+                )
             if "drain" in parts:
                 out["nuvom_drain"] = nuvom.drain(args.jobs)
                 out["nuvom_drain_floors"] = _postgres_floors.floors(

@@ -9,9 +9,10 @@ import time
 from typing import Any
 
 import psycopg
-from nuvom.config import load_settings
+from nuvom.app import App
+from nuvom.config import Settings, load_settings
 from nuvom.job import Job, JobError, JobStatus
-from nuvom.postgres import PostgresResultBackend
+from nuvom.postgres import PostgresResultBackend, PostgresSettings
 
 
 def done(i: int, status: JobStatus = JobStatus.SUCCESS, task: str = "record", at: float | None = None, **f: Any) -> Job:
@@ -174,6 +175,60 @@ def test_wait_times_out_with_none_and_forgets_its_waiter(results):
     assert results.wait("never", timeout=0.3) is None
     assert 0.25 < time.monotonic() - t0 < 3.0
     assert rows(results, f"SELECT count(*) FROM {results.sql.waiters}") == [(0,)]
+
+
+def logged_statements(pg_server: Any, schema: str) -> list[str]:
+    """The statements naming ``schema`` in the server's log (its connections
+    opened with ``log_statement=all``; every statement of a backend names its schema)."""
+    text = (pg_server.folder / "server.log").read_text(errors="replace")
+    return [line for line in text.splitlines() if "statement:" in line or "execute" in line if schema in line]
+
+
+def test_the_urls_own_options_reach_the_server_beside_the_backends(pg_server, schema):
+    url = pg_server.url() + "?options=-c%20statement_timeout%3D1234"
+    results = PostgresResultBackend(
+        load_settings(), postgres=PostgresSettings(postgres_url=url, postgres_schema=schema)
+    )
+    shown = results.db.run(
+        "a test", lambda c: c.execute("SELECT current_setting('statement_timeout'), current_setting('jit')").fetchone()
+    )
+    assert shown == ("1234ms", "off")
+    results.close()
+
+
+def test_waiting_for_a_record_already_stored_is_one_statement_and_registers_no_waiter(pg_server, schema):
+    logged = PostgresSettings(
+        postgres_url=pg_server.url() + "?options=-c%20log_statement%3Dall", postgres_schema=schema
+    )
+    results = PostgresResultBackend(load_settings(), postgres=logged)
+    jobs = [done(i) for i in range(3)]
+    results.store(jobs)
+    before = len(logged_statements(pg_server, schema))
+    assert [results.wait(job.id, timeout=5).id for job in jobs] == [job.id for job in jobs]
+    assert asyncio.run(results.wait_async(jobs[0].id, timeout=5)).id == jobs[0].id
+    seen = logged_statements(pg_server, schema)[before:]
+    # One read a get(): no waiter written and forgotten (two statements more
+    # each), no watcher listening (a connection and a LISTEN more).
+    assert len(seen) == 4, "\n".join(seen)
+    assert not any(results.sql.waiters in line or "LISTEN" in line for line in seen), "\n".join(seen)
+    results.close()
+
+
+def test_a_loop_of_get_over_finished_jobs_reads_them_in_a_few_statements(pg_server, schema, monkeypatch, tmp_path):
+    monkeypatch.setenv("NUVOM_POSTGRES_URL", pg_server.url() + "?options=-c%20log_statement%3Dall")
+    monkeypatch.setenv("NUVOM_POSTGRES_SCHEMA", schema)
+    app = App(Settings(queue_backend="postgres", result_backend="postgres", data_dir=tmp_path / "data"))
+    echo = app.task(lambda x: x, name="echo")
+    jobs = echo.map(range(500)) + [echo.delay(i) for i in range(500, 600)]
+    app.results.store(
+        [Job(id=j.id, func_name="echo", args=j.args, status=JobStatus.SUCCESS, result=j.args[0]) for j in jobs]
+    )
+    before = len(logged_statements(pg_server, schema))
+    assert [job.get(timeout=5) for job in jobs] == list(range(600))
+    seen = logged_statements(pg_server, schema)[before:]
+    # One statement a batch (16, 32, ... 256 jobs), not one a job.
+    assert len(seen) <= 8, "\n".join(line[:160] for line in seen)
+    app.close()
 
 
 def test_wait_async_gets_the_record_without_holding_a_thread(results, psettings):

@@ -6,7 +6,8 @@ import threading
 import time
 
 import pytest
-from nuvom.config import load_settings
+from nuvom.app import App
+from nuvom.config import Settings, load_settings
 from nuvom.job import Job, JobError, JobStatus
 from nuvom.redis import RedisResultBackend, RedisSettings
 
@@ -147,6 +148,24 @@ def test_waiting_for_a_job_already_stored_is_one_command(private_server):
     calls = {k: v["calls"] for k, v in stats.items() if not k.startswith("cmdstat_config")}
     assert calls == {"cmdstat_get": 1}, calls
     results.close()
+
+
+def test_a_loop_of_get_over_finished_jobs_reads_them_with_a_few_mgets(private_server, monkeypatch, tmp_path):
+    monkeypatch.setenv("NUVOM_REDIS_URL", private_server.url)
+    app = App(Settings(queue_backend="redis", result_backend="redis", data_dir=tmp_path / "data"))
+    echo = app.task(lambda x: x, name="echo")
+    jobs = echo.map(range(500)) + [echo.delay(i) for i in range(500, 600)]
+    # What a worker stores for them.
+    app.results.store(
+        [Job(id=j.id, func_name="echo", args=j.args, status=JobStatus.SUCCESS, result=j.args[0]) for j in jobs]
+    )
+    app.results.client.config_resetstat()
+    assert [job.get(timeout=5) for job in jobs] == list(range(600))
+    stats = app.results.client.info("commandstats")
+    calls = {k: v["calls"] for k, v in stats.items() if not k.startswith("cmdstat_config")}
+    # One read a batch (16, 32, ... 256 jobs), not one a job.
+    assert calls.get("cmdstat_mget", 0) <= 8 and sum(calls.values()) <= 10, calls
+    app.close()
 
 
 def test_wait_times_out_with_none(results):

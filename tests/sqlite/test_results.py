@@ -110,3 +110,15 @@ def test_wait_returns_when_another_connection_stores_the_record(results, db_path
     assert time.monotonic() - t0 < 2
     assert results.wait("missing", timeout=0.05) is None
     writer.close()
+
+
+def test_get_many_reads_the_records_there_in_one_read_past_sqlites_variable_limit(results, db_path):
+    jobs = [done(result=i) for i in range(2500)]
+    results.store(jobs[:2000])
+    missing = [job.id for job in jobs[2000:]]
+    reads = []
+    results.db.connection().set_trace_callback(lambda sql: reads.append(sql) if sql.startswith("SELECT") else None)
+    found = results.get_many([job.id for job in jobs[1000:2000]] + missing + [job.id for job in jobs[:1000]])
+    results.db.connection().set_trace_callback(None)
+    assert {k: v.result for k, v in found.items()} == {job.id: job.result for job in jobs[:2000]}
+    assert len(reads) <= 5  # chunks of a few hundred ids, not a read each

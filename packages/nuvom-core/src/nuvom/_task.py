@@ -269,8 +269,12 @@ class Task(Generic[R]):
                 app.queue.enqueue(first)
             else:
                 app.queue.enqueue_many(jobs)
-            return jobs
-        return [_enqueue_unique(app, job) for job in jobs]
+        else:
+            jobs = [_enqueue_unique(app, job) for job in jobs]
+        gather = app._read_ahead()
+        if gather is not None:
+            gather.queued(jobs)  # their get() may read their results in batches
+        return jobs
 
     def map(self, items: Iterable[Any]) -> list[Job]:
         """Queue one job per item, in one backend round trip.
@@ -322,6 +326,9 @@ class Task(Generic[R]):
             _check_store(app.queue, first, self.name)
         with _tracing.enqueue(self.name, jobs):
             app.queue.enqueue_in(connection, jobs)
+        gather = app._read_ahead()
+        if gather is not None:
+            gather.queued(jobs)
 
     def schedule(
         self,

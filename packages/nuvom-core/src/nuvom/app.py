@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 from nuvom import _default
 from nuvom._backends import BackendTable, Role, registering_into
+from nuvom._gather import Gather, reads_in_batches
 from nuvom._hooks import AppHooks
 from nuvom._registry import TaskRegistry, project_import_policy
 from nuvom._settings import Settings, load_settings
@@ -73,6 +74,10 @@ class App:
         self._queue = queue
         self._results = results
         self._lock = threading.RLock()
+        # Reads results ahead for job.get() (nuvom._gather), if the result backend
+        # reads many in one call; decided once per result backend.
+        self._gather: Gather | None = None
+        self._gather_known = False
 
     def __repr__(self) -> str:
         return f"<nuvom App queue={type(self._queue).__name__ if self._queue else '?'}>"
@@ -181,6 +186,28 @@ class App:
                 self._queue = queue
             if results is not None:
                 self._results = results
+                self._gather, self._gather_known = None, False
+
+    def _read_ahead(self) -> Gather | None:
+        """What reads this app's results in batches for ``job.get()``
+        (:mod:`nuvom._gather`); ``None`` when the result backend reads one
+        record a call. Decided from the backend's class: queueing a job does
+        not create the result backend."""
+        if not self._gather_known:
+            with self._lock:
+                if not self._gather_known:
+                    try:
+                        results = self._results
+                        if results is not None:
+                            cls: type[Any] = type(results)
+                        else:
+                            cls = self.backend_class("result", self.backend_names()["result"][0])
+                        batches = reads_in_batches(cls)
+                    except Exception:
+                        batches = False  # a backend that cannot load says so when a result is read
+                    self._gather = Gather(lambda: self.results) if batches else None
+                    self._gather_known = True
+        return self._gather
 
     def _close_backends(self) -> None:
         for backend in (self._queue, self._results):
@@ -190,6 +217,7 @@ class App:
                 except Exception:
                     log.exception("closing %r failed", backend)
         self._queue = self._results = None
+        self._gather, self._gather_known = None, False
 
     # -- jobs -----------------------------------------------------------------
     def get_job(self, job_id: str) -> Job | None:

@@ -404,7 +404,11 @@ class Job(BaseModel):
         It waits on the results of the app the job was queued through.
         """
         app = self._bound_app()
-        record = app.results.wait(self.id, timeout)
+        # Read with the results of other jobs queued here, when the backend reads many at once.
+        gather = app._read_ahead()
+        record = None if gather is None else gather.take(self.id)
+        if record is None:
+            record = app.results.wait(self.id, timeout)
         if record is None:
             raise TimeoutError(app.no_outcome_message(self, timeout))
         return self._take_outcome(record)

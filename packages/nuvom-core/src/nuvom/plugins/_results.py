@@ -87,6 +87,21 @@ class BaseResultBackend(abc.ABC):
         record.status, record.error = JobStatus.FAILED, value
         self.store([record])
 
+    def get_many(self, job_ids: Sequence[str]) -> dict[str, Job]:
+        """The stored records of those of ``job_ids`` that have one, by id.
+
+        The default reads each with :meth:`get_full`. A backend that reads many
+        records in one round trip overrides it, and ``job.get()`` then reads
+        the results of a process's jobs in batches: a loop of ``get()`` over
+        many jobs costs a round trip per batch, not one per job
+        (:mod:`nuvom._gather`)."""
+        found: dict[str, Job] = {}
+        for job_id in job_ids:
+            record = self.get_full(job_id)
+            if record is not None:
+                found[job_id] = record
+        return found
+
     def get_result(self, job_id: str) -> Any:
         record = self.get_full(job_id)
         return None if record is None else record.result

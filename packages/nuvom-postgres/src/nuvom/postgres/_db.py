@@ -134,12 +134,17 @@ class Database:
             "client_encoding": "UTF8",
         }
         try:
-            psycopg.conninfo.conninfo_to_dict(self.url)
+            given = psycopg.conninfo.conninfo_to_dict(self.url)
         except psycopg.ProgrammingError as exc:
             raise BackendError(
                 f"NUVOM_POSTGRES_URL={self.safe_url!r} is not a PostgreSQL URL ({_first_line(exc)}); expected "
                 "postgresql://[user[:password]@]host[:port]/dbname or a libpq key=value string"
             ) from None
+        if given.get("options"):
+            # The URL's own options (``?options=-c statement_timeout=5000``) are kept,
+            # after these: a keyword argument replaces the URL's value, and the
+            # server applies the last of two settings of one name.
+            self._connect_kwargs["options"] += f" {given['options']}"
         _quiet_pool_logs()
         self.pool: ConnectionPool[PooledConnection] = ConnectionPool(
             self.url,

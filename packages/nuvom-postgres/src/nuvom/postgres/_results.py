@@ -192,6 +192,14 @@ class PostgresResultBackend(BaseResultBackend):
         rows = self._read("reading a result", f"SELECT payload FROM {self.sql.results} WHERE id = %s", (job_id,))
         return Job.from_bytes(bytes(rows[0][0])) if rows else None
 
+    def get_many(self, job_ids: Sequence[str]) -> dict[str, Job]:
+        """One statement for all of them (``job.get()`` reads ahead with it)."""
+        if not job_ids:
+            return {}
+        statement = f"SELECT id, payload FROM {self.sql.results} WHERE id = ANY(%s)"
+        rows = self._read("reading results", statement, (list(job_ids),))
+        return {job_id: Job.from_bytes(bytes(payload)) for job_id, payload in rows}
+
     def list_jobs(self, status: JobStatus | str | None = None, limit: int = 100, task: str | None = None) -> list[Job]:
         return self.query(status=status, task=task, limit=limit)
 
@@ -272,9 +280,18 @@ class PostgresResultBackend(BaseResultBackend):
                 self._watcher = ResultWatcher(self.db, self.postgres_settings.postgres_poll_secs)
             return self._watcher
 
-    def _start_waiting(self, job_id: str) -> tuple[ResultWatcher, Any, Job | None]:
-        """Register a waiter for ``job_id`` (here and in the server), and read its
-        record in the same statement: ``(watcher, lock, record or None)``."""
+    def _start_waiting(self, job_id: str) -> tuple[ResultWatcher | None, Any, Job | None]:
+        """``(watcher, lock, record)``: the record alone (no watcher, no lock) if
+        it is stored already, read by one plain statement; else a waiter
+        registered for ``job_id`` (here and in the server) and its record read
+        in the same statement, found if it was stored in between.
+
+        A finished job's ``get()`` is the common case (a loop of ``get()`` after
+        ``.delay()``s, the CLI, the dashboard): registering first cost it a
+        second statement to forget the waiter, and woke the watcher."""
+        record = self.get_full(job_id)
+        if record is not None:
+            return None, None, record
         watcher = self._watching()
         held = watcher.register(job_id)
         try:
@@ -285,9 +302,14 @@ class PostgresResultBackend(BaseResultBackend):
         rows = self._read("waiting for a result", self._register, params)
         return watcher, held, Job.from_bytes(bytes(rows[0][0])) if rows else None
 
-    def _stop_waiting(self, watcher: ResultWatcher, job_id: str, held: Any) -> bytes | None:
+    def _stop_waiting(self, watcher: ResultWatcher | None, job_id: str, held: Any, registered: bool) -> bytes | None:
+        """Stop awaiting ``job_id``; the payload the watcher found, if any.
+        ``registered``: the server holds a waiter row to forget (the record was
+        not there when the waiter was registered)."""
+        if watcher is None:
+            return None
         payload = watcher.take(job_id, held)
-        if payload is None and not watcher.awaits(job_id):
+        if registered and payload is None and not watcher.awaits(job_id):
             statement = f"DELETE FROM {self.sql.waiters} WHERE job_id = %s AND waiter = %s"
             try:
                 self.db.run("waiting for a result", lambda conn: conn.execute(statement, (job_id, watcher.waiter)))
@@ -296,15 +318,17 @@ class PostgresResultBackend(BaseResultBackend):
         return payload
 
     def wait(self, job_id: str, timeout: float | None = None) -> Job | None:
-        """Block until the job has a record: one statement if it has one already
-        (which also registers the wait), else a NOTIFY from the statement that
-        stores it, received by this backend's watcher thread, which serves
-        every waiting ``get()`` of the process (:mod:`nuvom.postgres._listen`)."""
+        """Block until the job has a record: one statement if it has one already,
+        else a NOTIFY from the statement that stores it, received by this
+        backend's watcher thread, which serves every waiting ``get()`` of the
+        process (:mod:`nuvom.postgres._listen`)."""
         deadline = None if timeout is None else time.monotonic() + timeout
         watcher, held, record = self._start_waiting(job_id)
+        registered = record is None
         payload = None
         try:
             while record is None:
+                assert watcher is not None
                 left = None if deadline is None else deadline - time.monotonic()
                 if left is not None and left <= 0:
                     return None
@@ -313,7 +337,7 @@ class PostgresResultBackend(BaseResultBackend):
                 if not watcher.ensure():  # no notifications for now: look ourselves
                     record = self.get_full(job_id)
         finally:
-            payload = self._stop_waiting(watcher, job_id, held)
+            payload = self._stop_waiting(watcher, job_id, held, registered)
         if record is not None:
             return record
         return None if payload is None else Job.from_bytes(payload)
@@ -323,16 +347,19 @@ class PostgresResultBackend(BaseResultBackend):
         and the coroutine looks at its lock between short sleeps, holding no thread."""
         deadline = None if timeout is None else time.monotonic() + timeout
         watcher, held, record = await asyncio.to_thread(self._start_waiting, job_id)
+        registered = record is None
+        payload = None
         interval = 0.001
         try:
-            while record is None and not held.acquire(blocking=False):
+            while record is None and held is not None and not held.acquire(blocking=False):
                 left = None if deadline is None else deadline - time.monotonic()
                 if left is not None and left <= 0:
                     return None
                 await asyncio.sleep(interval if left is None else min(interval, left))
                 interval = min(interval * 2, 0.05)
         finally:
-            payload = await asyncio.to_thread(self._stop_waiting, watcher, job_id, held)
+            if watcher is not None:  # else found by the first read: nothing to forget
+                payload = await asyncio.to_thread(self._stop_waiting, watcher, job_id, held, registered)
         if record is not None:
             return record
         return None if payload is None else Job.from_bytes(payload)

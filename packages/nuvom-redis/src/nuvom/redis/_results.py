@@ -157,6 +157,18 @@ class RedisResultBackend(BaseResultBackend):
         data = self.conn.run("reading a result", lambda: self.client.get(self.key(job_id)))
         return None if data is None else Job.from_bytes(cast(bytes, data))
 
+    def get_many(self, job_ids: Sequence[str]) -> dict[str, Job]:
+        """One ``MGET`` for all of them (``job.get()`` reads ahead with it)."""
+        if not job_ids:
+            return {}
+        keys = [self.key(job_id) for job_id in job_ids]
+        values = self.conn.run("reading results", lambda: self.client.mget(keys))
+        return {
+            job_id: Job.from_bytes(cast(bytes, data))
+            for job_id, data in zip(job_ids, cast(list[Any], values), strict=True)
+            if data is not None
+        }
+
     def list_jobs(self, status: JobStatus | str | None = None, limit: int = 100, task: str | None = None) -> list[Job]:
         if limit <= 0:
             return []

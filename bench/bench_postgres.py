@@ -13,7 +13,7 @@ Parts (docs/postgres.md has the table they fill):
   peers: their finished rows counted): jobs per second from the first call to
   the last result, and the worker's CPU per job. With nuvom, its floor in the
   same run (``_postgres_floors.calls``): bare psycopg, no worker, one committed
-  ``INSERT`` a call, then one ``SELECT`` a ``get()``.
+  ``INSERT`` a call, then the results read 256 to a ``SELECT``.
 * ``drain``: ``--jobs`` jobs queued first, then one worker process drains them
   (nuvom with ``NUVOM_BATCH_SIZE=100``, PgQueuer with ``batch_size=100``,
   procrastinate with ``concurrency=10``): jobs per second from the first

@@ -6,7 +6,8 @@
 
 Parts (docs/postgres.md has the table they fill):
 
-* ``e2e``: one worker process running (nuvom: ``--threads 4``; PgQueuer:
+* ``e2e`` (``--e2e-rounds`` interleaved rounds, medians, and nuvom's ratios as
+  the median of each round's): one worker process running (nuvom: ``--threads 4``; PgQueuer:
   ``QueueManager.run(batch_size=100)``; procrastinate: ``run_worker(concurrency=10)``),
   a producer loops ``--e2e-jobs`` single-job calls (``.delay()``, ``enqueue``,
   ``defer``), then waits for each job's result (nuvom: ``get()`` of each; the
@@ -305,12 +306,46 @@ def ratios(out: dict[str, Any]) -> dict[str, float]:
     return got
 
 
+def e2e_rounds(args: argparse.Namespace, url: str, nuvom: Nuvom | None, where: dict[str, Path]) -> dict[str, Any]:
+    """The e2e part, ``--e2e-rounds`` interleaved rounds (each system once a round, the
+    order rotated): each system's medians, its rounds, and nuvom's ratio to each
+    other system as the median of the rounds' ratios."""
+    systems: list[str] = [*(["nuvom", "floor_calls"] if nuvom is not None else []), *where]
+    runs: dict[str, list[dict[str, float]]] = {name: [] for name in systems}
+    for r in range(args.e2e_rounds):
+        for name in systems[r % len(systems) :] + systems[: r % len(systems)]:
+            if name == "nuvom":
+                assert nuvom is not None
+                runs[name].append(nuvom.e2e(args.e2e_jobs))
+            elif name == "floor_calls":
+                assert nuvom is not None
+                schema = nuvom.env["NUVOM_POSTGRES_SCHEMA"]
+                runs[name].append(_postgres_floors.calls(url, schema, args.e2e_jobs))
+            else:
+                runs[name].append(_postgres_peers.e2e(name, url, args.e2e_jobs, where[name]))
+        print(f"e2e round {r + 1}/{args.e2e_rounds} done", file=sys.stderr, flush=True)
+    out: dict[str, Any] = {}
+    for name, figures in runs.items():
+        key = "nuvom_e2e_floor" if name == "floor_calls" else f"{name}_e2e"
+        out[key] = {k: statistics.median(f[k] for f in figures) for k in figures[0]}
+        out[key]["rounds"] = [round(f["jobs_per_sec"]) for f in figures]
+    if nuvom is not None:
+        ours = [f["jobs_per_sec"] for f in runs["nuvom"]]
+        out["e2e_round_ratios"] = {
+            name: round(statistics.median(a / f["jobs_per_sec"] for a, f in zip(ours, runs[name], strict=True)), 3)
+            for name in systems
+            if name != "nuvom"
+        }
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--only", default="e2e,drain,latency,history")
     parser.add_argument("--systems", default="nuvom,pgqueuer,procrastinate")
     parser.add_argument("--jobs", type=int, default=20_000)
     parser.add_argument("--e2e-jobs", type=int, default=2_000)
+    parser.add_argument("--e2e-rounds", type=int, default=5, help="interleaved rounds of the e2e part (medians)")
     parser.add_argument("--latency-jobs", type=int, default=200)
     parser.add_argument("--rows", type=int, default=1_000_000)
     args = parser.parse_args()
@@ -320,20 +355,10 @@ def main() -> None:
     out: dict[str, Any] = {"machine": os.uname().nodename, "cpus": os.cpu_count(), "python": sys.version.split()[0]}
     out["load_average_before"] = load_average()
     try:
-        if "nuvom" in systems and parts & {"e2e", "drain", "latency"}:
-            nuvom = Nuvom(server.url, folder / "nuvom")
-            if "e2e" in parts:
-                out["nuvom_e2e"] = nuvom.e2e(args.e2e_jobs)
-                out["nuvom_e2e_floor"] = _postgres_floors.calls(
-                    server.url, nuvom.env["NUVOM_POSTGRES_SCHEMA"], args.e2e_jobs
-                )
-            if "drain" in parts:
-                out["nuvom_drain"] = nuvom.drain(args.jobs)
-                out["nuvom_drain_floors"] = _postgres_floors.floors(
-                    server.url, nuvom.env["NUVOM_POSTGRES_SCHEMA"], nuvom.fill, args.jobs
-                )
-            if "latency" in parts:
-                out["nuvom_latency"] = nuvom.latency(args.latency_jobs)
+        nuvom = (
+            Nuvom(server.url, folder / "nuvom") if "nuvom" in systems and parts & {"e2e", "drain", "latency"} else None
+        )
+        where: dict[str, Path] = {}
         for peer in _postgres_peers.PEERS:
             if peer not in systems or not parts & {"e2e", "drain"}:
                 continue
@@ -342,11 +367,19 @@ def main() -> None:
             except ImportError:
                 print(f"{peer}: not installed, skipped (hatch run bench:postgres installs it)")
                 continue
-            where = _postgres_peers.setup(peer, server.url, folder / peer)
-            if "e2e" in parts:
-                out[f"{peer}_e2e"] = _postgres_peers.e2e(peer, server.url, args.e2e_jobs, where)
-            if "drain" in parts:
-                out[f"{peer}_drain"] = _postgres_peers.drain(peer, server.url, args.jobs, where)
+            where[peer] = _postgres_peers.setup(peer, server.url, folder / peer)
+        if "e2e" in parts:
+            out.update(e2e_rounds(args, server.url, nuvom, where))
+        if nuvom is not None and "drain" in parts:
+            out["nuvom_drain"] = nuvom.drain(args.jobs)
+            out["nuvom_drain_floors"] = _postgres_floors.floors(
+                server.url, nuvom.env["NUVOM_POSTGRES_SCHEMA"], nuvom.fill, args.jobs
+            )
+        if nuvom is not None and "latency" in parts:
+            out["nuvom_latency"] = nuvom.latency(args.latency_jobs)
+        if "drain" in parts:
+            for peer, peer_folder in where.items():
+                out[f"{peer}_drain"] = _postgres_peers.drain(peer, server.url, args.jobs, peer_folder)
         if "history" in parts:
             out["history"] = history(server.url, args.rows)
     finally:

@@ -288,21 +288,16 @@ def history(url: str, rows: int) -> dict[str, Any]:
 
 
 def ratios(out: dict[str, Any]) -> dict[str, float]:
-    """nuvom's jobs per second over each peer's, and over each floor, part by part."""
+    """The drain's: nuvom's jobs per second over each peer's and each floor's (the
+    e2e's are ``e2e_round_ratios``, the median of each round's ratio)."""
+    ours = out.get("nuvom_drain")
+    if ours is None:
+        return {}
     got: dict[str, float] = {}
-    for part in ("e2e", "drain"):
-        ours = out.get(f"nuvom_{part}")
-        if ours is None:
-            continue
-        floors = ("floor_batch100", "floor_durable4") if part == "drain" else ("floor_calls",)
-        for other in (*_postgres_peers.PEERS, *floors):
-            theirs = (
-                out.get(f"{other}_{part}")
-                or out.get("nuvom_drain_floors", {}).get(other.removeprefix("floor_"))
-                or (out.get("nuvom_e2e_floor") if other == "floor_calls" else None)
-            )
-            if theirs:
-                got[f"{part}_vs_{other}"] = round(ours["jobs_per_sec"] / theirs["jobs_per_sec"], 3)
+    for other in (*_postgres_peers.PEERS, "floor_batch100", "floor_durable4"):
+        theirs = out.get(f"{other}_drain") or out.get("nuvom_drain_floors", {}).get(other.removeprefix("floor_"))
+        if theirs:
+            got[f"drain_vs_{other}"] = round(ours["jobs_per_sec"] / theirs["jobs_per_sec"], 3)
     return got
 
 

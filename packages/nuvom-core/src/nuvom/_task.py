@@ -271,9 +271,7 @@ class Task(Generic[R]):
                 app.queue.enqueue_many(jobs)
         else:
             jobs = [_enqueue_unique(app, job) for job in jobs]
-        gather = app._read_ahead()
-        if gather is not None:
-            gather.queued(jobs)  # their get() may read their results in batches
+        _read_ahead_for(app, jobs)
         return jobs
 
     def map(self, items: Iterable[Any]) -> list[Job]:
@@ -326,9 +324,7 @@ class Task(Generic[R]):
             _check_store(app.queue, first, self.name)
         with _tracing.enqueue(self.name, jobs):
             app.queue.enqueue_in(connection, jobs)
-        gather = app._read_ahead()
-        if gather is not None:
-            gather.queued(jobs)
+        _read_ahead_for(app, jobs)
 
     def schedule(
         self,
@@ -486,6 +482,14 @@ def _check_store(queue: Any, job: Job, name: str) -> None:
         raise BackendError(f"task {name!r} is unique, but the {store} store cannot keep unique keys")
     if job.flow is not None and not queue.supports_workflows:
         raise BackendError(f"task {name!r} waits for other jobs, but the {store} store keeps no workflows")
+
+
+def _read_ahead_for(app: App, jobs: list[Job]) -> None:
+    """Let ``get()`` of these freshly queued jobs read their results in batches
+    (:mod:`nuvom._gather`), when the app's result backend can."""
+    gather = app._read_ahead()
+    if gather is not None:
+        gather.queued(jobs)
 
 
 def _enqueue_unique(app: App, job: Job) -> Job:

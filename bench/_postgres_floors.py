@@ -12,6 +12,10 @@ schema, no task run, no payload decoded, one connection, statements prepared.
   worker: one committed ``INSERT`` of a job row per call (autocommit: one
   transaction, one WAL flush each), then the stored results read 256 to a
   ``SELECT`` (as ``get()`` reads ahead). A worker can only add to that time.
+* ``beside``: ``calls`` with a worker beside it doing ``durable4``'s steps in a
+  process of its own (looking again every 0.2 ms while the queue is empty),
+  the results read as they are stored: the producer and a worker with durable
+  start marks at the least each must do, sharing the cores and the server.
 
 A figure above a floor is out of reach for nuvom's worker with that shape of
 commits, whatever its Python does; the client CPU a job is what that shape costs
@@ -25,6 +29,7 @@ import time
 from typing import Any
 
 NOW = "date_part('epoch', statement_timestamp())"
+_OPTIONS = "-c plan_cache_mode=force_generic_plan -c jit=off"
 
 
 def _claim(q: str, start: bool) -> str:
@@ -98,7 +103,7 @@ def calls(url: str, schema: str, n: int) -> dict[str, float]:
     payload = bytes(80)  # about a no-op job's record
     insert = f"INSERT INTO {q} (id, func_name, ready_at, created_at, payload) VALUES (%s, 'noop', {NOW}, {NOW}, %s)"
     read = f"SELECT id, payload FROM {r} WHERE id = ANY(%s)"
-    with psycopg.connect(url, autocommit=True, options="-c plan_cache_mode=force_generic_plan -c jit=off") as conn:
+    with psycopg.connect(url, autocommit=True, options=_OPTIONS) as conn:
         t0, cpu0 = time.perf_counter(), time.process_time()
         for job_id in ids:
             conn.execute(insert, (job_id, payload), prepare=True)
@@ -119,12 +124,65 @@ def calls(url: str, schema: str, n: int) -> dict[str, float]:
     return {"jobs_per_sec": n / secs, "client_cpu_us_per_job": cpu / n * 1e6, "insert_us": queued / n * 1e6}
 
 
+def _drainer(url: str, schema: str, n: int, ready: Any) -> None:
+    """``durable4``'s steps until ``n`` jobs are done (for :func:`beside`)."""
+    import psycopg
+
+    q, r = f'"{schema}".nuvom_queue', f'"{schema}".nuvom_results'
+    step = f"WITH {_store(q, r)}, claimed AS ({_claim(q, start=True)}) SELECT id, attempts, payload FROM claimed"
+    with psycopg.connect(url, autocommit=True, options=_OPTIONS) as conn:
+        ready.set()
+        done, held, prev = 0, "{}", 0
+        while done < n:
+            token = secrets.randbits(62)
+            rows = conn.execute(step, {"token": token, "n": 4, "done": held, "prev": prev}, prepare=True).fetchall()
+            if held != "{}":
+                done += held.count(",") + 1
+            held, prev = (_ids(rows), token) if rows else ("{}", 0)
+            if not rows:
+                time.sleep(0.0002)
+
+
+def beside(url: str, schema: str, n: int) -> dict[str, float]:
+    """The ``beside`` floor on ``n`` jobs (the results it stores are removed after)."""
+    import multiprocessing
+
+    import psycopg
+    from nuvom.job import new_job_id
+
+    q, r = f'"{schema}".nuvom_queue', f'"{schema}".nuvom_results'
+    ctx = multiprocessing.get_context("spawn")
+    ready = ctx.Event()
+    worker = ctx.Process(target=_drainer, args=(url, schema, n, ready), daemon=True)
+    worker.start()
+    if not ready.wait(60):
+        worker.kill()
+        raise RuntimeError("the beside floor's worker did not start")
+    ids = [new_job_id() for _ in range(n)]
+    payload = bytes(80)
+    insert = f"INSERT INTO {q} (id, func_name, ready_at, created_at, payload) VALUES (%s, 'noop', {NOW}, {NOW}, %s)"
+    read = f"SELECT id, payload FROM {r} WHERE id = ANY(%s)"
+    with psycopg.connect(url, autocommit=True, options=_OPTIONS) as conn:
+        t0 = time.perf_counter()
+        for job_id in ids:
+            conn.execute(insert, (job_id, payload), prepare=True)
+        for k in range(0, n, 256):
+            while len(conn.execute(read, (ids[k : k + 256],), prepare=True).fetchall()) < len(ids[k : k + 256]):
+                time.sleep(0.0002)
+        secs = time.perf_counter() - t0
+        worker.join(60)
+        conn.execute(f"DELETE FROM {r} WHERE id = ANY(%s)", (ids,))
+    if worker.exitcode != 0:
+        raise RuntimeError(f"the beside floor's worker ended with {worker.exitcode}")
+    return {"jobs_per_sec": n / secs}
+
+
 def floors(url: str, schema: str, fill: Any, n: int) -> dict[str, dict[str, float]]:
     """Each floor on ``n`` jobs queued by ``fill(n)`` (nuvom's own ``.map()``)."""
     import psycopg
 
     out: dict[str, dict[str, float]] = {}
-    with psycopg.connect(url, autocommit=True, options="-c plan_cache_mode=force_generic_plan -c jit=off") as conn:
+    with psycopg.connect(url, autocommit=True, options=_OPTIONS) as conn:
         for name, run in (("batch100", batch100), ("durable4", durable4)):
             fill(n)
             conn.execute(f'VACUUM ANALYZE "{schema}".nuvom_queue')

@@ -16,11 +16,12 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable
 from typing import Any
 
 from _slots import drain_by_slots
 
-__all__ = ["fused_drain"]
+__all__ = ["fused_drain", "fused_step", "payload_of"]
 
 _STEP = """
 for i = 2, #ARGV, 2 do
@@ -38,15 +39,14 @@ return ids
 """
 
 
-def fused_drain(url: str, n: int, slots: int = 0) -> dict[str, float]:
-    """Floor (b) (``slots=0``: one thread) or (c) (``slots`` threads) on ``n``
-    queued 250-byte payloads: jobs/s and the client's CPU a job (us)."""
-    import redis
+def payload_of(i: int) -> bytes:
+    """A 250-byte job payload whose first 16 bytes are its id."""
+    return f"{i:016d}".encode() + os.urandom(234)
 
-    client = redis.Redis.from_url(url)
-    client.delete("fused:q", "fused:started", *client.keys("fused:res:*"))
-    for k in range(0, n, 1000):
-        client.rpush("fused:q", *(f"{i:016d}".encode() + os.urandom(234) for i in range(k, min(n, k + 1000))))
+
+def fused_step(client: Any) -> Callable[[list[Any]], list[Any]]:
+    """The step of floors (b) and (c): stores the outcomes of the ids it is given,
+    claims up to 4 more start-marked, and returns their ids."""
     result = os.urandom(300)
     script = client.register_script(_STEP)
     keys = ["fused:q", "fused:started"]
@@ -57,6 +57,19 @@ def fused_drain(url: str, n: int, slots: int = 0) -> dict[str, float]:
             args += (job_id, result)  # each outcome sent, as a worker sends its results
         return list(script(keys=keys, args=args))
 
+    return step
+
+
+def fused_drain(url: str, n: int, slots: int = 0) -> dict[str, float]:
+    """Floor (b) (``slots=0``: one thread) or (c) (``slots`` threads) on ``n``
+    queued 250-byte payloads: jobs/s and the client's CPU a job (us)."""
+    import redis
+
+    client = redis.Redis.from_url(url)
+    client.delete("fused:q", "fused:started", *client.keys("fused:res:*"))
+    for k in range(0, n, 1000):
+        client.rpush("fused:q", *(payload_of(i) for i in range(k, min(n, k + 1000))))
+    step = fused_step(client)
     start = time.perf_counter()
     if slots:
         cpu = time.process_time()

@@ -22,7 +22,8 @@ Row = TypeVar("Row")
 
 
 def drain_by_slots(slots: int, step: Callable[[list[Row]], Sequence[Row]]) -> None:
-    """Until a step claims nothing."""
+    """Until a step claims nothing. A step may claim fewer jobs than there are
+    slots: the slots left without one wait for a later step."""
     wakes = [threading.Lock() for _ in range(slots)]
     for lock in wakes:
         lock.acquire()
@@ -37,9 +38,17 @@ def drain_by_slots(slots: int, step: Callable[[list[Row]], Sequence[Row]]) -> No
         return rows
 
     def hand_out(rows: Sequence[Row], me: int) -> Row | None:
+        """The step's jobs to ``me`` (the slot that made it; -1: none) and to
+        slots waiting; a slot given none waits on. No jobs: every slot stops."""
+        if not rows:
+            for k in range(slots):
+                if k != me:
+                    jobs[k] = None
+                    wakes[k].release()
+            return None
         mine = None
-        for k in range(slots):
-            row = rows[k] if k < len(rows) else None
+        order = [me, *(k for k in range(slots) if k != me)] if me >= 0 else list(range(slots))
+        for k, row in zip(order, rows):
             if k == me:
                 mine = row
             else:

@@ -23,7 +23,10 @@ figures are medians over rounds, ratios the median of each round's ratio.
    slots and durable start marks pays in CPython on top of the commits.
 2. SQLite ``.delay()`` loop, then ``get()`` of each (a producer process beside
    the worker); peer: tuned SqliteHuey, ``task()`` + ``get(blocking=True)``;
-   floor: one committed INSERT a call (mean, SQLite's checkpoints included).
+   floors: the producer's, one committed INSERT a call (mean, SQLite's
+   checkpoints included), and the e2e floor, that producer and floor (c) at once
+   in two processes, the results read 256 at a time (``_e2e_floors.py``); a
+   goal is checked against the lower.
 3. SQLite ``.map()`` of N, then ``get()`` of each; floor (a), and floor (c): the
    jobs are drained by one worker, so no figure of this row passes it.
 4. Redis drain as row 1; peer: RedisHuey's consumer; floors, bare redis-py:
@@ -32,7 +35,8 @@ figures are medians over rounds, ratios the median of each round's ratio.
    (c) (b) run by 4 threads as in row 1 (``_redis_floors.py``).
 5. Redis ``.delay()`` loop / ``.map()``, then ``get()``; peers: RedisHuey's
    ``task()`` loop / ``task.map()``, RQ's ``enqueue()`` loop / ``enqueue_many()``
-   on ``--rq-jobs``; floor: one LPUSH round trip a call.
+   on ``--rq-jobs``; floors: the producer's, one LPUSH round trip a call, and the
+   e2e floor as in row 2 (Redis floor (c) beside it).
 6. file ``.delay()`` loop, then ``get()``; peer: FileHuey; floor: create + write +
    close + rename of one job-sized file.
 7. memory, in this process: ``.delay()`` + ``get()`` and ``.map()`` + ``get()``
@@ -65,6 +69,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import _drains as d
+import _e2e_floors
 import _redis_floors
 import bench_hotpath
 import bench_redis
@@ -129,6 +134,7 @@ def systems(
             if have["huey"]:
                 out["sqlite e2e huey"] = lambda r: d.huey_e2e(base, "sqlite", n, ["delay"], None)
             out["sqlite insert floor"] = lambda r: {"rate": 1 / bench_hotpath.sqlite_floor(base, n)[0]}
+            out["sqlite e2e floor"] = lambda r: _e2e_floors.sqlite_e2e(base, n)
     if have["redis"] and url:
         if 4 in rows:
             out["redis drain"] = lambda r: d.nuvom_drain(base, "redis", n, url)
@@ -145,6 +151,7 @@ def systems(
             if have["rq"]:
                 out["redis e2e rq"] = lambda r: d.rq_e2e(base, rq, order(both, r), url)
             out["redis lpush floor"] = lambda r: {"rate": 1 / bench_hotpath.redis_floor(url, n)}
+            out["redis e2e floor"] = lambda r: _e2e_floors.redis_e2e(url, n)
     if 6 in rows:
         out["file e2e"] = lambda r: d.nuvom_e2e(base, "file", n, ["delay"], None)
         if have["huey"]:

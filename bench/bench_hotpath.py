@@ -54,6 +54,7 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -408,33 +409,25 @@ def sqlite_worker_floor(base: Path, n: int, batch: int = 256) -> float:
     return sqlite_drain_floor(base, n, batch)[0]
 
 
-def sqlite_drain_floor(
-    base: Path, n: int, batch: int = 256, fused: bool = False, slots: int = 0
-) -> tuple[float, float]:
-    """(wall seconds, CPU seconds of this thread) per job of :func:`sqlite_worker_floor`.
-    ``fused``: one transaction per ``batch`` that completes the previous batch and
-    claims the next, start-marked: the least a queue must commit whose start marks
-    are durable before a job runs and whose batches are no larger than its slots.
-    ``slots``: the fused loop run by that many threads, one job each at a time
-    (:func:`_slots.drain_by_slots`); CPU seconds of the whole process."""
+def sqlite_floor_file(base: Path, prefix: str) -> Path:
+    """A new file with nuvom-sqlite's schema (tables, indexes, triggers)."""
     from nuvom.sqlite import SQLiteJobQueue
 
-    path = base / f"drain-{uuid.uuid4().hex}.db"
+    path = base / f"{prefix}-{uuid.uuid4().hex}.db"
     schema = SQLiteJobQueue(path=path)
-    schema.qsize()  # opening the file creates nuvom-sqlite's schema (tables, indexes, triggers)
+    schema.qsize()  # opening the file creates the schema
     schema.close()
-    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-    conn.execute("PRAGMA synchronous=NORMAL")
+    return path
+
+
+def sqlite_steps(
+    conn: sqlite3.Connection, batch: int
+) -> tuple[Callable[[], list[tuple[int, str]]], Callable[[list[tuple[int, str]]], None]]:
+    """The floors' two steps on nuvom-sqlite's schema, in the caller's transaction:
+    ``claim()`` takes up to ``batch`` due rows start-marked, ``complete(rows)``
+    deletes them and stores their results."""
     now = time.time()
-    payload, result = os.urandom(250), os.urandom(300)
-    conn.execute("BEGIN IMMEDIATE")
-    conn.executemany(
-        "INSERT INTO nuvom_queue (id, func_name, state, ready_at, attempts, created_at, payload) "
-        "VALUES (?, 'noop', 0, ?, 0, ?, ?)",
-        [(uuid.uuid4().hex, now + i * 1e-6, now, payload) for i in range(n)],
-    )
-    conn.execute("COMMIT")
-    conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    result = os.urandom(300)
 
     def claim() -> list[tuple[int, str]]:
         t = time.time()
@@ -465,6 +458,33 @@ def sqlite_drain_floor(
             "VALUES (?, 'noop', 'SUCCESS', 1, 'w', ?, ?, ?, NULL, NULL, ?, NULL)",
             [(r[1], now, t, t, result) for r in rows],
         )
+
+    return claim, complete
+
+
+def sqlite_drain_floor(
+    base: Path, n: int, batch: int = 256, fused: bool = False, slots: int = 0
+) -> tuple[float, float]:
+    """(wall seconds, CPU seconds of this thread) per job of :func:`sqlite_worker_floor`.
+    ``fused``: one transaction per ``batch`` that completes the previous batch and
+    claims the next, start-marked: the least a queue must commit whose start marks
+    are durable before a job runs and whose batches are no larger than its slots.
+    ``slots``: the fused loop run by that many threads, one job each at a time
+    (:func:`_slots.drain_by_slots`); CPU seconds of the whole process."""
+    path = sqlite_floor_file(base, "drain")
+    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    conn.execute("PRAGMA synchronous=NORMAL")
+    now = time.time()
+    payload = os.urandom(250)
+    conn.execute("BEGIN IMMEDIATE")
+    conn.executemany(
+        "INSERT INTO nuvom_queue (id, func_name, state, ready_at, attempts, created_at, payload) "
+        "VALUES (?, 'noop', 0, ?, 0, ?, ?)",
+        [(uuid.uuid4().hex, now + i * 1e-6, now, payload) for i in range(n)],
+    )
+    conn.execute("COMMIT")
+    conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    claim, complete = sqlite_steps(conn, batch)
 
     done = 0
     held: list[tuple[int, str]] = []  # fused: claimed (and start-marked), completed by the next transaction

@@ -13,8 +13,10 @@ Parts (docs/postgres.md has the table they fill):
   ``defer``), then waits for each job's result (nuvom: ``get()`` of each; the
   peers: their finished rows counted): jobs per second from the first call to
   the last result, and the worker's CPU per job. With nuvom, its floor in the
-  same run (``_postgres_floors.calls``): bare psycopg, no worker, one committed
-  ``INSERT`` a call, then the results read 256 to a ``SELECT``.
+  same run (``_postgres_floors.py``): ``calls``, bare psycopg, no worker, one
+  committed ``INSERT`` a call, then the results read 256 to a ``SELECT``; and
+  ``beside``, the same calls with a bare worker of durable start marks (one
+  statement per 4 jobs) in another process at once.
 * ``drain``: ``--jobs`` jobs queued first, then one worker process drains them
   (nuvom with ``NUVOM_BATCH_SIZE=100``, PgQueuer with ``batch_size=100``,
   procrastinate with ``concurrency=10``): jobs per second from the first
@@ -305,23 +307,24 @@ def e2e_rounds(args: argparse.Namespace, url: str, nuvom: Nuvom | None, where: d
     """The e2e part, ``--e2e-rounds`` interleaved rounds (each system once a round, the
     order rotated): each system's medians, its rounds, and nuvom's ratio to each
     other system as the median of the rounds' ratios."""
-    systems: list[str] = [*(["nuvom", "floor_calls"] if nuvom is not None else []), *where]
+    systems: list[str] = [*(["nuvom", "floor_calls", "floor_beside"] if nuvom is not None else []), *where]
     runs: dict[str, list[dict[str, float]]] = {name: [] for name in systems}
     for r in range(args.e2e_rounds):
         for name in systems[r % len(systems) :] + systems[: r % len(systems)]:
             if name == "nuvom":
                 assert nuvom is not None
                 runs[name].append(nuvom.e2e(args.e2e_jobs))
-            elif name == "floor_calls":
+            elif name in ("floor_calls", "floor_beside"):
                 assert nuvom is not None
                 schema = nuvom.env["NUVOM_POSTGRES_SCHEMA"]
-                runs[name].append(_postgres_floors.calls(url, schema, args.e2e_jobs))
+                floor = _postgres_floors.calls if name == "floor_calls" else _postgres_floors.beside
+                runs[name].append(floor(url, schema, args.e2e_jobs))
             else:
                 runs[name].append(_postgres_peers.e2e(name, url, args.e2e_jobs, where[name]))
         print(f"e2e round {r + 1}/{args.e2e_rounds} done", file=sys.stderr, flush=True)
     out: dict[str, Any] = {}
     for name, figures in runs.items():
-        key = "nuvom_e2e_floor" if name == "floor_calls" else f"{name}_e2e"
+        key = {"floor_calls": "nuvom_e2e_floor", "floor_beside": "nuvom_e2e_floor_beside"}.get(name, f"{name}_e2e")
         out[key] = {k: statistics.median(f[k] for f in figures) for k in figures[0]}
         out[key]["rounds"] = [round(f["jobs_per_sec"]) for f in figures]
     if nuvom is not None:

@@ -159,6 +159,37 @@ def test_while_storing_fails_the_worker_stops_claiming_beyond_capacity_then_stor
     app.close()
 
 
+class ClaimsSeen(MemoryJobQueue):
+    """Records which thread made each claim that took jobs, and how many."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.claims: list[tuple[str, int]] = []
+
+    def claim_batch(self, limit, timeout, idle, queues=("default",)):  # type: ignore[no-untyped-def]
+        jobs = super().claim_batch(limit, timeout, idle, queues)
+        if jobs:
+            self.claims.append((threading.current_thread().name, len(jobs)))
+        return jobs
+
+
+def test_while_the_claim_loop_waits_for_room_the_writer_claims_after_the_group_that_freed_it() -> None:
+    settings = Settings(queue_backend="memory", result_backend="memory", batch_size=8)
+    queue = ClaimsSeen()
+    app = App(settings, queue=queue, results=MemoryResultBackend())
+    runs: list[int] = []
+    counted = app.task(lambda i: runs.append(i) or i, name="counted")
+    jobs = counted.map(range(400))  # a backlog: the worker is full from its first claim
+    with Worker(app=app, max_workers=2) as worker:
+        assert [j.get(timeout=30) for j in jobs] == list(range(400))
+        capacity = worker.capacity
+    app.close()
+    assert sorted(runs) == list(range(400))  # each ran once
+    by = {name for name, _ in queue.claims}
+    assert "nuvom-outcomes" in by, queue.claims  # the writer's thread, not only the loop's
+    assert sum(n for _, n in queue.claims) == 400 and max(n for _, n in queue.claims) <= capacity
+
+
 # -- the cheaper per-job steps -----------------------------------------------------
 def test_the_attempt_a_start_builds_is_the_validated_one() -> None:
     queued = job()

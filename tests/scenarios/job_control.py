@@ -134,10 +134,14 @@ def check_rate_limits(app: App) -> None:
         jobs = limited.map(range(15))
         assert [j.get(timeout=60) for j in jobs] == list(range(15))
     starts.sort()
-    # A burst of 5, then one every 0.2 s: 15 starts take about 2 s, never 5 in any 0.5 s after the burst.
+    # A burst of 5, then one every 0.2 s: 15 starts take about 2 s, and any 6 starts
+    # after the burst span about 1 s. The starts are read in the task, late by however
+    # long its thread waited for a CPU after its grant (a tenth of a second on a loaded
+    # machine): 6 starts, not 4, keep that jitter small beside what a limiter twice too
+    # lax would show (0.5 s).
     assert starts[-1] - starts[0] >= 1.6
-    for k in range(5, len(starts) - 3):
-        assert starts[k + 3] - starts[k] >= 0.5
+    for k in range(5, len(starts) - 5):
+        assert starts[k + 5] - starts[k] >= 0.8, [round(s - starts[0], 3) for s in starts]
 
 
 def check_cancel_running_jobs(app: App) -> None:

@@ -220,6 +220,33 @@ def test_requeue_puts_the_job_back_as_given_with_its_not_before(queue):
     assert time.time() >= job.not_before
 
 
+def test_a_group_is_fenced_job_by_job_and_settled_without_a_step_per_row(db_path, queue, results):
+    queue.enqueue_many(make(7))
+    jobs = queue.claim(7)
+    done, starting = finish(jobs[:4]), jobs[4:]
+    with sqlite3.connect(db_path) as conn:
+        # Another worker's claims now (their leases ran out here), and a row gone.
+        conn.execute("UPDATE nuvom_queue SET claim_token = 1 WHERE id IN (?, ?)", (done[1].id, starting[1].id))
+        conn.execute("DELETE FROM nuvom_queue WHERE id = ?", (done[2].id,))
+    conn.close()
+    statements: list[str] = []
+    traced = queue.db.connection()
+    traced.set_trace_callback(statements.append)
+    try:
+        assert queue.settle(done, [], starting, results) == [True, False, True]
+    finally:
+        traced.set_trace_callback(None)
+    assert {j.id for j in done if results.get_full(j.id) is not None} == {done[0].id, done[3].id}
+    with sqlite3.connect(db_path) as conn:
+        left = {r[0]: r[1] for r in conn.execute("SELECT id, started_at FROM nuvom_queue").fetchall()}
+    conn.close()
+    assert set(left) == {done[1].id, *(j.id for j in starting)}  # the other claim's row stays
+    assert left[starting[0].id] is not None and left[starting[1].id] is None and left[starting[2].id] is not None
+    # Each row a statement returns is a step, and each step lets other threads
+    # take the GIL: the common case (every claim held) returns none.
+    assert statements and not any("RETURNING" in s for s in statements), statements
+
+
 def test_requeue_of_a_claim_taken_over_leaves_the_new_claim_alone(db_path, queue):
     other = SQLiteJobQueue(path=db_path)
     queue.enqueue(make(1)[0])

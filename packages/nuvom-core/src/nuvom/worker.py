@@ -206,6 +206,7 @@ class Worker:
         self._claims = ClaimLoop(
             queue, self._executors, writer, batch_size=self.batch_size, capacity=self.capacity, queues=self.queues
         )
+        writer.claim_now = self._claims.claim_now
         self._watchdog = Watchdog(
             queue,
             self._executors,

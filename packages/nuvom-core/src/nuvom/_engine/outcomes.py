@@ -72,6 +72,9 @@ class OutcomeWriter:
         self.queue, self.results = queue, results
         self.capacity = capacity
         self._on_stored = on_stored
+        #: Called after each group stored, before ``on_stored``: the claim loop's
+        #: ``claim_now`` (set by the worker).
+        self.claim_now: Callable[[], None] | None = None
         #: How many start marks to expect soon: the slots running a job (set by the worker).
         self.expected: Callable[[], int] | None = None
         #: Whether the queue keeps start marks (a queue that does not is never asked for one).
@@ -260,6 +263,8 @@ class OutcomeWriter:
             self._failing = False
             self._backoff = _RETRY_FIRST
             safe_log(log.warning, "storing finished jobs works again; %d job(s) stored", len(finished))
+        if self.claim_now is not None:
+            self.claim_now()
         self._on_stored()
 
     def _failed(self, exc: Exception, finished: list[Job], requeued: list[Job], marks: list[_Mark]) -> None:

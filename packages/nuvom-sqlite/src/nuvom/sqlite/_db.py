@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Generic, TypeVar
 
 from nuvom.errors import BackendError
-from nuvom.sqlite._files import Connections, shared_file
+from nuvom.sqlite._files import Connections, Handle, shared_file
 from nuvom.sqlite._schema import ensure_schema
 
 __all__ = ["Database"]
@@ -116,8 +116,9 @@ class Database:
 
     # -- connections ----------------------------------------------------------
     def connection(self) -> sqlite3.Connection:
-        """This thread's connection, opened (and the schema checked) on first use."""
-        return self._connections.get("conn").conn
+        """This thread's connection, opened (and the schema checked) on first use,
+        with its long busy timeout."""
+        return self._waiting(self._connections.get("conn"))
 
     def _open_kind(self, kind: str) -> sqlite3.Connection:
         if kind == "conn":
@@ -230,10 +231,13 @@ class Database:
         handle = self._connections.use()
         conn = handle.conn
         try:
-            self._begin(conn, what)
+            self._begin(handle, what)
             try:
                 yield conn
-                conn.execute("COMMIT")
+                # Waits here if it must (a file not in WAL mode waits for its
+                # readers): the busy timeout may be zero (_begin). A COMMIT that
+                # met SQLITE_BUSY left the transaction open, to be tried again.
+                self._spin(conn, "COMMIT", (), what)
             except BaseException as exc:
                 with contextlib.suppress(sqlite3.Error):
                     conn.execute("ROLLBACK")
@@ -320,7 +324,7 @@ class Database:
             self._refuse_if_corrupt()
             handle = self._connections.use()
             try:
-                value = w.fn(handle.conn)
+                value = w.fn(self._waiting(handle))
             except sqlite3.Error as exc:
                 raise self.error(exc, w.what) from None
             finally:
@@ -353,19 +357,31 @@ class Database:
         if self._file.refusing:
             self._file.wrote(self.path)
 
-    def _begin(self, conn: sqlite3.Connection, what: str) -> None:
+    def _begin(self, handle: Handle, what: str) -> None:
         """``BEGIN IMMEDIATE``, the write lock waited for here as in
         :meth:`write_one`: SQLite's busy handler sleeps 1, 2, 5, 10 ms... while
         another process's transaction holds the lock for a fraction of a
         millisecond, and two workers on one file took turns at a commit or two
         a millisecond. Inside the transaction nothing waits for a lock (WAL:
-        the write lock is held, readers block no one)."""
-        conn.execute("PRAGMA busy_timeout=0")
-        try:
-            self._spin(conn, "BEGIN IMMEDIATE", (), what)
-        finally:
-            with contextlib.suppress(sqlite3.Error):
-                conn.execute(f"PRAGMA busy_timeout={int(self.busy_timeout * 1000)}")
+        the write lock is held, readers block no one).
+
+        The busy timeout stays zero after the transaction, until a read needs
+        it back (:meth:`_waiting`): a worker's writer thread only writes, and two
+        ``PRAGMA busy_timeout`` a transaction were two more statements, each a
+        release of the GIL that the worker's other threads took (8 % of a
+        SQLite drain's throughput, measured)."""
+        if handle.waits:
+            handle.conn.execute("PRAGMA busy_timeout=0")
+            handle.waits = False
+        self._spin(handle.conn, "BEGIN IMMEDIATE", (), what)
+
+    def _waiting(self, handle: Handle) -> sqlite3.Connection:
+        """The handle's connection with its long busy timeout (statements that
+        may meet another connection's lock wait in SQLite's busy handler)."""
+        if not handle.waits:
+            handle.conn.execute(f"PRAGMA busy_timeout={int(self.busy_timeout * 1000)}")
+            handle.waits = True
+        return handle.conn
 
     def _spin(self, conn: sqlite3.Connection, sql: str, params: Sequence[Any], what: str) -> None:
         pause, deadline = _SPIN_FIRST, 0.0
@@ -423,7 +439,7 @@ class Database:
         """Run ``fn(conn)`` (one or more reads); SQLite errors become BackendError."""
         handle = self._connections.use()
         try:
-            return fn(handle.conn)
+            return fn(self._waiting(handle))
         except sqlite3.Error as exc:
             raise self.error(exc, what) from None
         finally:

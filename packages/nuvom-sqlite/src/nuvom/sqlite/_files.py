@@ -44,7 +44,7 @@ class Handle:
     connection under a running statement could crash the interpreter, so that
     is never done."""
 
-    __slots__ = ("closed", "conn", "depth", "lock", "retired", "serial")
+    __slots__ = ("closed", "conn", "depth", "lock", "retired", "serial", "waits")
 
     _serials = itertools.count(1)
 
@@ -56,6 +56,9 @@ class Handle:
         self.depth = 0
         self.retired = False
         self.closed = False
+        #: Whether the connection's busy timeout is the long one (Database.write
+        #: sets it to zero, and leaves it so until a read needs it back).
+        self.waits = True
 
     def retire(self) -> bool:
         """Mark for closing, and close now if unused; True if closed by this call."""

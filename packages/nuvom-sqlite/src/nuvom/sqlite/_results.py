@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import sqlite3
@@ -30,6 +31,15 @@ INSERT_RESULT = (
     "INSERT OR REPLACE INTO nuvom_results (id, func_name, status, attempts, worker_id, created_at, "
     "started_at, finished_at, error_type, error_message, payload, tags) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
+
+_ROWS_PER_INSERT = 16
+_ONE_ROW = "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+
+
+@functools.lru_cache(maxsize=_ROWS_PER_INSERT)
+def _insert_results(n: int) -> str:
+    return INSERT_RESULT.replace(_ONE_ROW, ",".join([_ONE_ROW] * n))
+
 
 INSERT_TAG = "INSERT OR IGNORE INTO nuvom_job_tags (tag, finished_at, job_id, status, func_name) VALUES (?, ?, ?, ?, ?)"
 
@@ -70,7 +80,12 @@ def insert_results(conn: sqlite3.Connection, rows: Sequence[tuple[Any, ...]]) ->
     tagged = [row for row in rows if row[11] is not None]
     if tagged:
         _unindex_previous(conn, [row[0] for row in tagged])
-    conn.executemany(INSERT_RESULT, rows)
+    # Up to _ROWS_PER_INSERT rows a statement: one step, where executemany()
+    # takes a step a row, and each step lets go of the GIL (see
+    # nuvom.sqlite._settling.write_marks). At most that many texts to prepare.
+    for first in range(0, len(rows), _ROWS_PER_INSERT):
+        part = rows[first : first + _ROWS_PER_INSERT]
+        conn.execute(_insert_results(len(part)), [value for row in part for value in row])
     if tagged:
         conn.executemany(
             INSERT_TAG, [(tag, row[7], row[0], row[2], row[1]) for row in tagged for tag in _tag_list(row[11])]

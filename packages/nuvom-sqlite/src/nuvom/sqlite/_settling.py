@@ -48,7 +48,13 @@ def requeue_rows(conn: sqlite3.Connection, guarded: list[tuple[Any, ...]], free:
 
 def write_marks(conn: sqlite3.Connection, groups: dict[tuple[str, int, float], list[str]]) -> set[str]:
     """Write start marks, one statement per claim and lease; returns the ids
-    whose claim still held (the others were taken over)."""
+    whose claim still held (the others were taken over).
+
+    No ``RETURNING``: each row a statement returns is a step of its own, and
+    each step lets go of the GIL, which a worker's other threads then hold
+    while the writer waits for it back. The count of rows changed says
+    whether every claim held (nearly always); only when one did not does a
+    second statement find which."""
     now = time.time()
     marked: set[str] = set()
     for (kind, token, lease), ids in groups.items():
@@ -57,11 +63,14 @@ def write_marks(conn: sqlite3.Connection, groups: dict[tuple[str, int, float], l
             # moving ready_at spares an index update, about half the mark's cost.
             sets = "started_at = ?" if kind == "fresh" else "started_at = ?, ready_at = ? + ?"
             params = (now,) if kind == "fresh" else (now, now, lease)
-            cur = conn.execute(
-                f"UPDATE nuvom_queue SET {sets} WHERE id IN ({qmarks(len(chunk))}) AND claim_token = ? RETURNING id",
-                (*params, *chunk, token),
-            )
-            marked.update(row[0] for row in cur.fetchall())
+            where = f"id IN ({qmarks(len(chunk))}) AND claim_token = ?"
+            changed = conn.execute(f"UPDATE nuvom_queue SET {sets} WHERE {where}", (*params, *chunk, token)).rowcount
+            if changed == len(chunk):
+                marked.update(chunk)
+            elif changed:
+                # The rows still under this claim are the ones just marked.
+                rows = conn.execute(f"SELECT id FROM nuvom_queue WHERE {where}", (*chunk, token)).fetchall()
+                marked.update(row[0] for row in rows)
     return marked
 
 
@@ -85,13 +94,25 @@ def delete_claimed(
             by_token.setdefault(token, []).append(job.id)
     for token, ids in by_token.items():
         for chunk in chunks(ids):
-            cur = conn.execute(
-                f"DELETE FROM nuvom_queue WHERE id IN ({qmarks(len(chunk))}) AND claim_token = ? RETURNING id, awaited",
-                (*chunk, token),
+            # Which of them this claim no longer holds (gone, or claimed again
+            # since), and which have dependents waiting: nearly always none, one
+            # step. Then the delete, one step, where RETURNING would take a step
+            # a row (see write_marks). The write lock is held: nothing changes
+            # between the two.
+            odd = conn.execute(
+                f"SELECT v.column1, q.claim_token IS ? AS held FROM (VALUES {_values(len(chunk))}) AS v "
+                "LEFT JOIN nuvom_queue AS q ON q.id = v.column1 WHERE q.claim_token IS NOT ? OR q.awaited",
+                (token, *chunk, token),
+            ).fetchall()
+            conn.execute(
+                f"DELETE FROM nuvom_queue WHERE id IN ({qmarks(len(chunk))}) AND claim_token = ?", (*chunk, token)
             )
-            deleted = cur.fetchall()
-            kept.extend(row[0] for row in deleted)
-            awaited.extend(row[0] for row in deleted if row[1])
+            if not odd:
+                kept.extend(chunk)
+                continue
+            lost = {row[0] for row in odd if not row[1]}
+            kept.extend(job_id for job_id in chunk if job_id not in lost)
+            awaited.extend(row[0] for row in odd if row[1])
     for job, token in zip(jobs, tokens, strict=True):
         if token is None:
             cur = conn.execute(
@@ -102,6 +123,10 @@ def delete_claimed(
             kept.extend(row[0] for row in deleted)
             awaited.extend(row[0] for row in deleted if row[1])
     return kept, release(conn, awaited) if awaited else 0
+
+
+def _values(n: int) -> str:
+    return ",".join(["(?)"] * n)
 
 
 def decode_row(raw_id: bytes, raw_name: bytes, payload: bytes) -> Job:

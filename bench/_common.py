@@ -26,6 +26,29 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def start_beside(target: Callable[..., None], *args: Any) -> Any:
+    """``target(*args, ready)`` in a spawned process, returned once it set ``ready``
+    (a floor's worker, started before the producer beside it is timed)."""
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("spawn")
+    ready = ctx.Event()
+    proc = ctx.Process(target=target, args=(*args, ready), daemon=True)
+    proc.start()
+    if not ready.wait(60):
+        proc.kill()
+        raise RuntimeError(f"{getattr(target, '__name__', target)}: the floor's worker did not start")
+    return proc
+
+
+def join_beside(proc: Any) -> None:
+    """Wait for a process of :func:`start_beside`; an error if it failed."""
+    proc.join(60)
+    if proc.exitcode != 0:
+        proc.kill()
+        raise RuntimeError(f"the floor's worker ended with {proc.exitcode}")
+
+
 def start_processes(code: str, n: int, workdir: Path, env: dict[str, str]) -> list[subprocess.Popen[bytes]]:
     """``n`` processes running ``python -c code`` in ``workdir``, each of which
     touches ``ready-<pid>`` when it is ready; returns once all have."""

@@ -18,7 +18,6 @@ bound: it has both cores to itself.
 
 from __future__ import annotations
 
-import multiprocessing
 import os
 import sqlite3
 import time
@@ -29,6 +28,7 @@ from typing import Any, TypeVar
 
 import _redis_floors
 import bench_hotpath
+from _common import join_beside, start_beside
 from _slots import drain_by_slots
 
 __all__ = ["redis_e2e", "sqlite_e2e"]
@@ -102,29 +102,10 @@ def _redis_worker(url: str, n: int, ready: Any) -> None:
     drain_by_slots(4, _until(n, step))
 
 
-def _beside(worker: Callable[..., None], *args: Any) -> multiprocessing.process.BaseProcess:
-    """``worker(*args, ready)`` started in a process of its own, once it is ready."""
-    ctx = multiprocessing.get_context("spawn")
-    ready = ctx.Event()
-    proc = ctx.Process(target=worker, args=(*args, ready), daemon=True)
-    proc.start()
-    if not ready.wait(60):
-        proc.kill()
-        raise RuntimeError("the e2e floor's worker did not start")
-    return proc
-
-
-def _wait_for(proc: multiprocessing.process.BaseProcess) -> None:
-    proc.join(60)
-    if proc.exitcode != 0:
-        proc.kill()
-        raise RuntimeError(f"the e2e floor's worker ended with {proc.exitcode}")
-
-
 def sqlite_e2e(base: Path, n: int) -> dict[str, float]:
     """The SQLite floor of row 2, on a new file with nuvom-sqlite's schema."""
     path = bench_hotpath.sqlite_floor_file(base, "e2e")
-    proc = _beside(_sqlite_worker, str(path), n)
+    proc = start_beside(_sqlite_worker, str(path), n)
     conn = _connect(str(path))
     payload = os.urandom(250)
     ids = [uuid.uuid4().hex for _ in range(n)]
@@ -143,7 +124,7 @@ def sqlite_e2e(base: Path, n: int) -> dict[str, float]:
             time.sleep(_POLL)
     elapsed = time.perf_counter() - start
     conn.close()
-    _wait_for(proc)
+    join_beside(proc)
     for suffix in ("", "-wal", "-shm"):
         Path(f"{path}{suffix}").unlink(missing_ok=True)
     return {"rate": n / elapsed}
@@ -155,7 +136,7 @@ def redis_e2e(url: str, n: int) -> dict[str, float]:
 
     client = redis.Redis.from_url(url)
     client.delete("fused:q", "fused:started", *client.keys("fused:res:*"))
-    proc = _beside(_redis_worker, url, n)
+    proc = start_beside(_redis_worker, url, n)
     payloads = [_redis_floors.payload_of(i) for i in range(n)]
     keys = [f"fused:res:{i:016d}" for i in range(n)]
     start = time.perf_counter()
@@ -165,7 +146,7 @@ def redis_e2e(url: str, n: int) -> dict[str, float]:
         while any(value is None for value in client.mget(keys[k : k + _READ])):
             time.sleep(_POLL)
     elapsed = time.perf_counter() - start
-    _wait_for(proc)
+    join_beside(proc)
     left = client.zcard("fused:started")
     client.delete("fused:q", "fused:started", *client.keys("fused:res:*"))
     client.close()

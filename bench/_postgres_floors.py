@@ -28,6 +28,8 @@ import secrets
 import time
 from typing import Any
 
+from _common import join_beside, start_beside
+
 NOW = "date_part('epoch', statement_timestamp())"
 _OPTIONS = "-c plan_cache_mode=force_generic_plan -c jit=off"
 
@@ -75,7 +77,9 @@ def batch100(conn: Any, schema: str, n: int) -> dict[str, float]:
     return {"jobs_per_sec": done / secs, "client_cpu_us_per_job": cpu / done * 1e6}
 
 
-def durable4(conn: Any, schema: str, n: int) -> dict[str, float]:
+def durable4(conn: Any, schema: str, n: int, poll: bool = False) -> dict[str, float]:
+    """The *durable4* floor on ``n`` queued jobs; ``poll``: while fewer than ``n``
+    are done, an empty queue is looked at again every 0.2 ms (jobs still coming)."""
     q, r = f'"{schema}".nuvom_queue', f'"{schema}".nuvom_results'
     step = f"WITH {_store(q, r)}, claimed AS ({_claim(q, start=True)}) SELECT id, attempts, payload FROM claimed"
     done, held, prev = 0, "{}", 0
@@ -85,12 +89,21 @@ def durable4(conn: Any, schema: str, n: int) -> dict[str, float]:
         rows = conn.execute(step, {"token": token, "n": 4, "done": held, "prev": prev}, prepare=True).fetchall()
         if held != "{}":
             done += held.count(",") + 1
-        if not rows:
+        if rows:
+            held, prev = _ids(rows), token
+        elif poll and done < n:
+            held, prev = "{}", 0
+            time.sleep(0.0002)
+        else:
             break
-        held, prev = _ids(rows), token
     secs, cpu = time.perf_counter() - t0, time.process_time() - cpu0
     assert done == n, (done, n)
     return {"jobs_per_sec": done / secs, "client_cpu_us_per_job": cpu / done * 1e6}
+
+
+def _insert(q: str) -> str:
+    """One job row queued, as a ``.delay()`` writes it (``calls``, ``beside``)."""
+    return f"INSERT INTO {q} (id, func_name, ready_at, created_at, payload) VALUES (%s, 'noop', {NOW}, {NOW}, %s)"
 
 
 def calls(url: str, schema: str, n: int) -> dict[str, float]:
@@ -101,8 +114,7 @@ def calls(url: str, schema: str, n: int) -> dict[str, float]:
     q, r = f'"{schema}".nuvom_queue', f'"{schema}".nuvom_results'
     ids = [new_job_id() for _ in range(n)]
     payload = bytes(80)  # about a no-op job's record
-    insert = f"INSERT INTO {q} (id, func_name, ready_at, created_at, payload) VALUES (%s, 'noop', {NOW}, {NOW}, %s)"
-    read = f"SELECT id, payload FROM {r} WHERE id = ANY(%s)"
+    insert, read = _insert(q), f"SELECT id, payload FROM {r} WHERE id = ANY(%s)"
     with psycopg.connect(url, autocommit=True, options=_OPTIONS) as conn:
         t0, cpu0 = time.perf_counter(), time.process_time()
         for job_id in ids:
@@ -125,43 +137,24 @@ def calls(url: str, schema: str, n: int) -> dict[str, float]:
 
 
 def _drainer(url: str, schema: str, n: int, ready: Any) -> None:
-    """``durable4``'s steps until ``n`` jobs are done (for :func:`beside`)."""
+    """``durable4`` until ``n`` jobs are done, as they come (for :func:`beside`)."""
     import psycopg
 
-    q, r = f'"{schema}".nuvom_queue', f'"{schema}".nuvom_results'
-    step = f"WITH {_store(q, r)}, claimed AS ({_claim(q, start=True)}) SELECT id, attempts, payload FROM claimed"
     with psycopg.connect(url, autocommit=True, options=_OPTIONS) as conn:
         ready.set()
-        done, held, prev = 0, "{}", 0
-        while done < n:
-            token = secrets.randbits(62)
-            rows = conn.execute(step, {"token": token, "n": 4, "done": held, "prev": prev}, prepare=True).fetchall()
-            if held != "{}":
-                done += held.count(",") + 1
-            held, prev = (_ids(rows), token) if rows else ("{}", 0)
-            if not rows:
-                time.sleep(0.0002)
+        durable4(conn, schema, n, poll=True)
 
 
 def beside(url: str, schema: str, n: int) -> dict[str, float]:
     """The ``beside`` floor on ``n`` jobs (the results it stores are removed after)."""
-    import multiprocessing
-
     import psycopg
     from nuvom.job import new_job_id
 
     q, r = f'"{schema}".nuvom_queue', f'"{schema}".nuvom_results'
-    ctx = multiprocessing.get_context("spawn")
-    ready = ctx.Event()
-    worker = ctx.Process(target=_drainer, args=(url, schema, n, ready), daemon=True)
-    worker.start()
-    if not ready.wait(60):
-        worker.kill()
-        raise RuntimeError("the beside floor's worker did not start")
+    worker = start_beside(_drainer, url, schema, n)
     ids = [new_job_id() for _ in range(n)]
     payload = bytes(80)
-    insert = f"INSERT INTO {q} (id, func_name, ready_at, created_at, payload) VALUES (%s, 'noop', {NOW}, {NOW}, %s)"
-    read = f"SELECT id, payload FROM {r} WHERE id = ANY(%s)"
+    insert, read = _insert(q), f"SELECT id, payload FROM {r} WHERE id = ANY(%s)"
     with psycopg.connect(url, autocommit=True, options=_OPTIONS) as conn:
         t0 = time.perf_counter()
         for job_id in ids:
@@ -170,10 +163,8 @@ def beside(url: str, schema: str, n: int) -> dict[str, float]:
             while len(conn.execute(read, (ids[k : k + 256],), prepare=True).fetchall()) < len(ids[k : k + 256]):
                 time.sleep(0.0002)
         secs = time.perf_counter() - t0
-        worker.join(60)
+        join_beside(worker)
         conn.execute(f"DELETE FROM {r} WHERE id = ANY(%s)", (ids,))
-    if worker.exitcode != 0:
-        raise RuntimeError(f"the beside floor's worker ended with {worker.exitcode}")
     return {"jobs_per_sec": n / secs}
 
 

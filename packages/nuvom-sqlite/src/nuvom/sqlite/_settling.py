@@ -107,11 +107,8 @@ def delete_claimed(
             conn.execute(
                 f"DELETE FROM nuvom_queue WHERE id IN ({qmarks(len(chunk))}) AND claim_token = ?", (*chunk, token)
             )
-            if not odd:
-                kept.extend(chunk)
-                continue
             lost = {row[0] for row in odd if not row[1]}
-            kept.extend(job_id for job_id in chunk if job_id not in lost)
+            kept.extend([job_id for job_id in chunk if job_id not in lost] if lost else chunk)
             awaited.extend(row[0] for row in odd if row[1])
     for job, token in zip(jobs, tokens, strict=True):
         if token is None:
